@@ -1,0 +1,1 @@
+"""Circuit datasets: the built-in generator, the on-disk format, building, loading, QoR labels, SQuAD."""

@@ -1,0 +1,1 @@
+"""Shared mixture-of-experts core: routers, experts, MoE block, adapters, losses, expert parallelism."""

@@ -1,0 +1,1 @@
+"""Downstream tasks: QoR, logic equivalence, signal probability, QA, domain shift."""

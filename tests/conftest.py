@@ -1,0 +1,36 @@
+"""Shared fixtures: seeds, the third-party circuits in ../shared/data (skipped cleanly when absent)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CIRCUITML_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of ../shared/data; tests that use it skip with a reason when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"third-party circuits not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def shared_files(pattern: str) -> list[Path]:
+    """Files under ../shared/data matching a glob (empty when the folder is absent), for parametrize."""
+    if not SHARED_DATA.is_dir():
+        return []
+    return sorted(SHARED_DATA.glob(pattern))
