@@ -1,0 +1,329 @@
+"""AIG → PyG graph tensors, and the level schedule that level-wise (DAG) message passing runs on.
+
+The graph follows the convention of DeepGate (Li et al., "DeepGate: Learning Neural Representations of Logic
+Gates", DAC 2022) and MGVGA (Wu et al., "Circuit Representation Learning with Masked Gate Modeling and
+Verilog-AIG Alignment", ICLR 2025): every node is a gate of one of the types ``PI, PO, AND, NOT`` (plus ``CONST``
+when a constant is referenced), each complemented AIG edge becomes an explicit ``NOT`` node — one per AIG node
+whose complement is used, shared by all its inverted fanouts — and each primary output gets its own ``PO`` node.
+With ``explicit_not=False`` complements stay on the edges as ``edge_attr`` instead.
+
+Node order: ``[CONST] + PIs + ANDs`` (AIG order), then ``NOT`` nodes (by the AIG node they invert), then ``PO``
+nodes (output order). Edges run fanin → fanout. ``level`` / ``rev_level`` are longest-path levels on the *graph*
+(NOT and PO nodes count as a level), so a level-wise encoder never sees a node before its fanins.
+
+All of it is numpy array work: no Python code runs per node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from circuitml.aig import AIG, longest_path_levels
+
+__all__ = [
+    "PI",
+    "PO",
+    "AND",
+    "NOT",
+    "CONST",
+    "NUM_NODE_TYPES",
+    "MASK_TYPE",
+    "NODE_TYPE_NAMES",
+    "aig_to_data",
+    "LevelSchedule",
+    "level_schedule",
+    "to_dgl",
+]
+
+PI, PO, AND, NOT, CONST = 0, 1, 2, 3, 4
+NUM_NODE_TYPES = 5
+#: Input type reserved for masked gates (MGVGA's masked gate modeling): type embeddings need NUM_NODE_TYPES + 1 rows.
+MASK_TYPE = 5
+NODE_TYPE_NAMES = ("PI", "PO", "AND", "NOT", "CONST")
+
+
+def _graph_arrays(aig: AIG, explicit_not: bool) -> dict[str, np.ndarray]:
+    """Node types, edges and AIG-node ids of the graph of ``aig`` (numpy, before levels)."""
+    n_aig = aig.num_nodes
+    and_nodes = aig.first_and + np.arange(aig.num_ands, dtype=np.int64)
+    fanin_lits = aig.ands.reshape(-1)  # row-major: fanin 0 and 1 of each AND, in AND order
+    po_lits = aig.pos
+
+    # The constant gets a graph node only when something reads it.
+    const_used = bool((fanin_lits < 2).any() or (po_lits < 2).any())
+    shift = 0 if const_used else 1  # graph id of AIG node v (v >= shift) is v - shift
+    n_base = n_aig - shift
+
+    base_type = np.full(n_base, AND, dtype=np.int64)
+    base_type[: 1 + aig.num_pis - shift] = PI
+    if const_used:
+        base_type[0] = CONST
+    base_aig = np.arange(shift, n_aig, dtype=np.int64)
+
+    all_lits = np.concatenate([fanin_lits, po_lits])
+    and_dst = np.repeat(and_nodes - shift, 2)
+    po_ids = np.arange(aig.num_pos, dtype=np.int64)
+
+    if explicit_not:
+        # One NOT node per AIG node whose complement is used anywhere, numbered in AIG-node order.
+        inverted = np.zeros(n_aig, dtype=bool)
+        inverted[all_lits[(all_lits & 1) == 1] >> 1] = True
+        not_aig = np.flatnonzero(inverted).astype(np.int64)
+        n_not = not_aig.size
+        not_id = np.full(n_aig, -1, dtype=np.int64)
+        not_id[not_aig] = n_base + np.arange(n_not, dtype=np.int64)
+        po_start = n_base + n_not
+
+        def driver(lits: np.ndarray) -> np.ndarray:
+            node = lits >> 1
+            return np.where((lits & 1) == 1, not_id[node], node - shift)
+
+        src = np.concatenate([not_aig - shift, driver(fanin_lits), driver(po_lits)])
+        dst = np.concatenate([not_id[not_aig], and_dst, po_start + po_ids])
+        node_type = np.concatenate(
+            [base_type, np.full(n_not, NOT, dtype=np.int64), np.full(aig.num_pos, PO, dtype=np.int64)]
+        )
+        aig_node = np.concatenate([base_aig, not_aig, np.full(aig.num_pos, -1, dtype=np.int64)])
+        edge_compl = None
+    else:
+        po_start = n_base
+        src = (all_lits >> 1) - shift
+        dst = np.concatenate([and_dst, po_start + po_ids])
+        node_type = np.concatenate([base_type, np.full(aig.num_pos, PO, dtype=np.int64)])
+        aig_node = np.concatenate([base_aig, np.full(aig.num_pos, -1, dtype=np.int64)])
+        edge_compl = (all_lits & 1).astype(np.float32)
+        n_not = 0
+
+    is_latch = np.zeros(node_type.size, dtype=bool)
+    if aig.num_latches:
+        first_latch_pi = 1 + aig.num_inputs - shift
+        is_latch[first_latch_pi : 1 + aig.num_pis - shift] = True
+        is_latch[po_start + aig.num_outputs : po_start + aig.num_pos] = True
+    return {
+        "node_type": node_type,
+        "src": src,
+        "dst": dst,
+        "aig_node": aig_node,
+        "edge_compl": edge_compl,
+        "is_latch": is_latch,
+        "po_start": np.int64(po_start),
+        "po_lits": po_lits,
+        "n_not": np.int64(n_not),
+    }
+
+
+def aig_to_data(
+    aig: AIG,
+    *,
+    explicit_not: bool = True,
+    with_prob: bool = False,
+    num_patterns: int = 4096,
+    seed: int = 0,
+) -> Data:
+    """Turn an AIG into a ``torch_geometric.data.Data`` graph.
+
+    Args:
+        aig: the circuit (latches cut: their pseudo-PIs/POs are flagged in ``is_latch``).
+        explicit_not: complemented edges become ``NOT`` nodes (DeepGate/MGVGA convention); when ``False`` they
+            stay edges with ``edge_attr = 1``.
+        with_prob: add ``prob``, each node's probability of being 1 under uniform random inputs, estimated by
+            bit-parallel simulation of ``num_patterns`` patterns (:func:`circuitml.sim.signal_probability`).
+        num_patterns, seed: simulation size and seed for ``prob``.
+
+    Returns:
+        ``Data`` with ``x`` ``long[N]`` node type (``PI=0, PO=1, AND=2, NOT=3, CONST=4``), ``edge_index``
+        ``long[2, E]`` fanin → fanout, ``edge_attr`` ``float[E, 1]`` complement bit (only when
+        ``explicit_not=False``), ``level`` / ``rev_level`` ``long[N]`` longest-path levels from the inputs /
+        from the outputs, ``aig_node`` ``long[N]`` (the AIG node a graph node computes; the inverted node for
+        NOT nodes; −1 for PO nodes), ``is_latch`` ``bool[N]``, ``prob`` ``float[N]`` (when ``with_prob``),
+        ``name`` and ``num_nodes``. ``Batch.from_data_list`` offsets only ``edge_index``.
+    """
+    g = _graph_arrays(aig, explicit_not)
+    num_nodes = int(g["node_type"].size)
+    src, dst = g["src"], g["dst"]
+    level = longest_path_levels(num_nodes, src, dst)
+    rev_level = longest_path_levels(num_nodes, dst, src)
+
+    data = Data(
+        x=torch.from_numpy(g["node_type"]),
+        edge_index=torch.from_numpy(np.stack([src, dst])),
+        level=torch.from_numpy(level),
+        rev_level=torch.from_numpy(rev_level),
+        aig_node=torch.from_numpy(g["aig_node"]),
+        is_latch=torch.from_numpy(g["is_latch"]),
+        num_nodes=num_nodes,
+    )
+    if g["edge_compl"] is not None:
+        data.edge_attr = torch.from_numpy(g["edge_compl"]).view(-1, 1)
+    if with_prob:
+        from circuitml.sim import signal_probability
+
+        p_aig = signal_probability(aig, num_patterns=num_patterns, seed=seed)
+        data.prob = torch.from_numpy(_graph_probabilities(g, p_aig))
+    data.name = aig.name
+    return data
+
+
+def _graph_probabilities(g: dict[str, np.ndarray], p_aig: np.ndarray) -> np.ndarray:
+    """Per-graph-node probability from per-AIG-node ones: NOT nodes 1 − p, PO nodes their output literal's value."""
+    prob = np.empty(g["node_type"].size, dtype=np.float32)
+    inner = g["aig_node"] >= 0
+    prob[inner] = p_aig[g["aig_node"][inner]]
+    is_not = g["node_type"] == NOT
+    prob[is_not] = 1.0 - prob[is_not]
+    po_lits = g["po_lits"]
+    p_po = p_aig[po_lits >> 1]
+    prob[int(g["po_start"]) :] = np.where((po_lits & 1) == 1, 1.0 - p_po, p_po)
+    return prob
+
+
+@dataclass(frozen=True)
+class LevelSchedule:
+    """Nodes and edges grouped by level, for level-wise DAG propagation (one gather + one segment reduce per level).
+
+    Forward pass, level ``l`` (1 .. ``num_levels`` − 1): nodes ``node_perm[node_ptr[l]:node_ptr[l+1]]`` are updated
+    from edges ``edge_perm[edge_ptr[l]:edge_ptr[l+1]]``, exactly the edges whose *target* is at level ``l``; those
+    edges are sorted by target, so a segment reduction over them needs no further sort. Reverse pass: the same with
+    ``rev_level``, edges grouped by the reverse level of their *source* (and sorted by source within it).
+    Level 0 holds the sources (no incoming edges). All tensors live on the device of the graph; the ``*_bounds``
+    tuples are the pointers as Python ints, so a loop over levels never synchronizes with the device.
+
+    Attributes:
+        num_levels: ``max(level) + 1`` (equal to ``max(rev_level) + 1`` on a DAG).
+        node_perm, rev_node_perm: ``long[N]`` node ids sorted (stably) by level / reverse level.
+        node_ptr, rev_node_ptr: ``long[num_levels + 1]`` CSR pointers into the node permutations.
+        edge_perm, rev_edge_perm: ``long[E]`` edge ids sorted by target level (then target) / source reverse
+            level (then source).
+        edge_ptr, rev_edge_ptr: ``long[num_levels + 1]`` CSR pointers into the edge permutations.
+    """
+
+    num_levels: int
+    node_perm: Tensor
+    node_ptr: Tensor
+    edge_perm: Tensor
+    edge_ptr: Tensor
+    rev_node_perm: Tensor
+    rev_node_ptr: Tensor
+    rev_edge_perm: Tensor
+    rev_edge_ptr: Tensor
+    node_bounds: tuple[int, ...] = ()
+    edge_bounds: tuple[int, ...] = ()
+    rev_node_bounds: tuple[int, ...] = ()
+    rev_edge_bounds: tuple[int, ...] = ()
+
+    def nodes(self, lvl: int, reverse: bool = False) -> Tensor:
+        """Node ids at (reverse) level ``lvl``."""
+        perm, b = (
+            (self.rev_node_perm, self.rev_node_bounds) if reverse else (self.node_perm, self.node_bounds)
+        )
+        return perm[b[lvl] : b[lvl + 1]]
+
+    def edges(self, lvl: int, reverse: bool = False) -> Tensor:
+        """Edge ids processed at (reverse) level ``lvl``: targets (forward) / sources (reverse) at that level."""
+        perm, b = (
+            (self.rev_edge_perm, self.rev_edge_bounds) if reverse else (self.edge_perm, self.edge_bounds)
+        )
+        return perm[b[lvl] : b[lvl + 1]]
+
+    def to(self, device: torch.device | str) -> LevelSchedule:
+        moved = {k: getattr(self, k).to(device) for k in _TENSOR_FIELDS}
+        return LevelSchedule(
+            num_levels=self.num_levels,
+            node_bounds=self.node_bounds,
+            edge_bounds=self.edge_bounds,
+            rev_node_bounds=self.rev_node_bounds,
+            rev_edge_bounds=self.rev_edge_bounds,
+            **moved,
+        )
+
+
+_TENSOR_FIELDS = (
+    "node_perm",
+    "node_ptr",
+    "edge_perm",
+    "edge_ptr",
+    "rev_node_perm",
+    "rev_node_ptr",
+    "rev_edge_perm",
+    "rev_edge_ptr",
+)
+_CACHE_ATTR = "_level_schedule_cache"
+
+
+def _group(key: Tensor, num_levels: int, tie: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Stable permutation sorting ``key`` (ties broken by ``tie`` when given) and CSR pointers per key value."""
+    if tie is None:
+        perm = torch.sort(key, stable=True).indices
+    else:
+        # One sort on a combined key: level major, tie (a node id < 2**40) minor.
+        perm = torch.sort(key * (1 << 40) + tie, stable=True).indices
+    ptr = torch.zeros(num_levels + 1, dtype=torch.long, device=key.device)
+    torch.cumsum(torch.bincount(key, minlength=num_levels), dim=0, out=ptr[1:])
+    return perm, ptr
+
+
+def level_schedule(data: Data) -> LevelSchedule:
+    """The :class:`LevelSchedule` of a graph or a ``Batch`` of graphs, computed once and cached on the object.
+
+    Works on a ``Batch`` directly (levels are per graph and never offset, so the graphs' level ``l`` nodes simply
+    fall into the same group). The cache is tied to the very ``edge_index`` / ``level`` / ``rev_level`` tensors it
+    was computed from and recomputed if any of them is replaced.
+    """
+    edge_index, level, rev_level = data.edge_index, data.level, data.rev_level
+    store = getattr(data, "_store", None)  # PyG keeps attributes in a storage object; cache next to them
+    cached = store.__dict__.get(_CACHE_ATTR) if store is not None else None
+    if cached is not None:
+        ei, lv, rl, sched = cached
+        if ei is edge_index and lv is level and rl is rev_level:
+            return sched
+    num_levels = int(level.max()) + 1 if level.numel() else 0
+    src, dst = edge_index[0], edge_index[1]
+    node_perm, node_ptr = _group(level, num_levels)
+    rev_node_perm, rev_node_ptr = _group(rev_level, num_levels)
+    edge_perm, edge_ptr = _group(level[dst], num_levels, tie=dst)
+    rev_edge_perm, rev_edge_ptr = _group(rev_level[src], num_levels, tie=src)
+    sched = LevelSchedule(
+        num_levels=num_levels,
+        node_perm=node_perm,
+        node_ptr=node_ptr,
+        edge_perm=edge_perm,
+        edge_ptr=edge_ptr,
+        rev_node_perm=rev_node_perm,
+        rev_node_ptr=rev_node_ptr,
+        rev_edge_perm=rev_edge_perm,
+        rev_edge_ptr=rev_edge_ptr,
+        node_bounds=tuple(node_ptr.tolist()),
+        edge_bounds=tuple(edge_ptr.tolist()),
+        rev_node_bounds=tuple(rev_node_ptr.tolist()),
+        rev_edge_bounds=tuple(rev_edge_ptr.tolist()),
+    )
+    if store is not None:
+        store.__dict__[_CACHE_ATTR] = (edge_index, level, rev_level, sched)
+    return sched
+
+
+def to_dgl(data: Data):
+    """The same graph as a ``dgl.DGLGraph``: same node and edge order, node features in ``ndata``
+    (``x``, ``level``, ``rev_level``, ``aig_node``, ``is_latch``, ``prob``), ``edge_attr`` in ``edata``.
+
+    Raises:
+        ImportError: when dgl is not installed (``pip install "circuitml[dgl]"``).
+    """
+    try:
+        import dgl
+    except ImportError as exc:  # keep the hint: dgl is an optional extra
+        raise ImportError('to_dgl needs dgl: pip install "circuitml[dgl]"') from exc
+    src, dst = data.edge_index[0], data.edge_index[1]
+    g = dgl.graph((src, dst), num_nodes=int(data.num_nodes))
+    for key in ("x", "level", "rev_level", "aig_node", "is_latch", "prob"):
+        value = getattr(data, key, None)
+        if isinstance(value, Tensor):
+            g.ndata[key] = value
+    if isinstance(getattr(data, "edge_attr", None), Tensor):
+        g.edata["edge_attr"] = data.edge_attr
+    return g
