@@ -1,0 +1,393 @@
+"""AIGER reader and writer, ASCII (``.aag``) and binary (``.aig``).
+
+Format: A. Biere, "The AIGER And-Inverter Graph (AIG) Format, Version 20071012" and the AIGER 1.9 extension
+(latch reset values; bad-state and invariant-constraint sections, read here as extra outputs). Latches are cut on
+reading: latch outputs become pseudo-PIs after the inputs, latch next-state functions pseudo-POs after the outputs
+(see :mod:`circuitml.aig`), and writing puts them back as latches.
+
+The binary AND section is decoded without a Python loop: variable-length deltas are found from their terminator
+bytes and summed with ``np.add.reduceat``. Every size in the header is checked against the bytes the file actually
+has before anything is allocated, so a header claiming 10^12 nodes is refused at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from circuitml.aig import AIG, longest_path_levels
+from circuitml.errors import CircuitFormatError
+
+__all__ = ["parse_aiger", "read_aiger", "aiger_bytes", "write_aiger"]
+
+# Beyond this many variables a literal no longer fits the int64 arithmetic comfortably and no real AIG is this big.
+MAX_VARIABLES = 1 << 40
+
+
+class _Text:
+    """Line cursor over the text parts of an AIGER file that knows line numbers and byte offsets."""
+
+    def __init__(self, data: bytes, file: str) -> None:
+        self.data = data
+        self.file = file
+        self.pos = 0
+        self.line = 0
+
+    def next_line(self, expected: str) -> str:
+        if self.pos >= len(self.data):
+            raise CircuitFormatError(self.file, expected, line=self.line + 1, got="end of file")
+        end = self.data.find(b"\n", self.pos)
+        if end < 0:
+            end = len(self.data)
+        raw = self.data[self.pos : end]
+        self.pos = end + 1
+        self.line += 1
+        try:
+            return raw.decode("ascii").rstrip("\r")
+        except UnicodeDecodeError:
+            raise CircuitFormatError(self.file, expected, line=self.line, got="non-ASCII bytes") from None
+
+    def error(self, expected: str, got: str | None = None) -> CircuitFormatError:
+        return CircuitFormatError(self.file, expected, line=self.line, got=got)
+
+
+def _ints(text: _Text, line: str, count: int | tuple[int, int], what: str) -> list[int]:
+    parts = line.split(" ")
+    lo, hi = (count, count) if isinstance(count, int) else count
+    if not lo <= len(parts) <= hi or not all(p.isdigit() for p in parts):
+        raise text.error(what, line)
+    return [int(p) for p in parts]
+
+
+def _parse_header(text: _Text) -> tuple[bool, list[int]]:
+    line = text.next_line("AIGER header 'aag|aig M I L O A'")
+    parts = line.split(" ")
+    if len(parts) < 6 or parts[0] not in ("aag", "aig") or len(parts) > 10:
+        raise text.error("AIGER header 'aag|aig M I L O A [B C J F]'", line)
+    if not all(p.isdigit() for p in parts[1:]):
+        raise text.error("non-negative integers in the header", line)
+    nums = [int(p) for p in parts[1:]] + [0] * (10 - len(parts))
+    return parts[0] == "aig", nums
+
+
+def _check_sizes(text: _Text, binary: bool, m: int, i: int, l: int, o: int, a: int, b: int, c: int) -> None:
+    if m > MAX_VARIABLES:
+        raise text.error(f"M at most {MAX_VARIABLES}", str(m))
+    if binary and m != i + l + a:
+        raise text.error(f"M = I + L + A = {i + l + a} in a binary AIGER header", str(m))
+    if m < i + l + a:
+        raise text.error(f"M >= I + L + A = {i + l + a}", str(m))
+    # Smallest possible encodings: ASCII "2\n" per input, "2 2\n" per latch, "2\n" per output, "2 2 2\n" per AND;
+    # binary: nothing per input, two bytes per output/latch line and per AND. A header promising more than the
+    # file can hold is refused before any allocation.
+    remaining = len(text.data) - text.pos
+    need = (0 if binary else 2 * i) + 4 * l + 2 * (o + b + c) + (2 if binary else 6) * a
+    if need > remaining:
+        raise text.error(f"a body large enough for {i} inputs, {l} latches, {o} outputs, {a} ANDs", f"{remaining} bytes")
+
+
+def _decode_varints(data: bytes, start: int, count: int, file: str) -> tuple[np.ndarray, int]:
+    """Decode ``count`` AIGER varints starting at byte ``start``; returns (values, end offset)."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), start
+    buf = np.frombuffer(data, dtype=np.uint8, offset=start)
+    ends = np.flatnonzero(buf < 128)
+    if ends.size < count:
+        raise CircuitFormatError(file, f"{count // 2} binary AND gates", byte=len(data), got="end of file")
+    ends = ends[:count]
+    starts = np.empty(count, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts + 1
+    if lengths.max() > 9:
+        bad = int(np.argmax(lengths > 9))
+        raise CircuitFormatError(file, "a delta of at most 9 bytes", byte=start + int(starts[bad]), got="longer varint")
+    body = buf[: ends[-1] + 1].astype(np.uint64)
+    offset_in_group = np.arange(body.size, dtype=np.int64) - np.repeat(starts, lengths)
+    contrib = (body & np.uint64(127)) << (np.uint64(7) * offset_in_group.astype(np.uint64))
+    values = np.add.reduceat(contrib, starts).astype(np.int64)
+    return values, start + int(ends[-1]) + 1
+
+
+def _encode_varints(values: np.ndarray) -> bytes:
+    values = np.asarray(values, dtype=np.uint64)
+    if values.size == 0:
+        return b""
+    lengths = np.ones(values.size, dtype=np.int64)
+    for k in range(1, 10):
+        lengths += values >= (np.uint64(1) << np.uint64(7 * k))
+    total = int(lengths.sum())
+    group_start = np.cumsum(lengths) - lengths
+    j = np.arange(total, dtype=np.int64) - np.repeat(group_start, lengths)
+    rep = np.repeat(values, lengths)
+    out = (rep >> (np.uint64(7) * j.astype(np.uint64))) & np.uint64(127)
+    more = j < np.repeat(lengths, lengths) - 1
+    out |= more.astype(np.uint64) << np.uint64(7)
+    return out.astype(np.uint8).tobytes()
+
+
+def _parse_symbols(text: _Text, counts: dict[str, int]) -> tuple[dict[str, dict[int, str]], list[str]]:
+    symbols: dict[str, dict[int, str]] = {k: {} for k in counts}
+    comments: list[str] = []
+    while text.pos < len(text.data):
+        line = text.next_line("a symbol line or 'c'")
+        if line == "c":
+            rest = text.data[text.pos :].decode("utf-8", errors="replace")
+            comments = rest.split("\n")
+            if comments and comments[-1] == "":
+                comments.pop()
+            break
+        if line == "":
+            # Trailing blank lines are common in the wild; anything after them must still be well-formed.
+            continue
+        kind = line[0]
+        head, sep, name = line[1:].partition(" ")
+        if kind not in counts or not sep or not head.isdigit() or not name:
+            raise text.error("symbol 'i<k> name', 'l<k> name', 'o<k> name', 'b<k> name', 'c<k> name' or 'c'", line)
+        idx = int(head)
+        if idx >= counts[kind]:
+            raise text.error(f"{kind} symbol index below {counts[kind]}", line)
+        symbols[kind][idx] = name
+    return symbols, comments
+
+
+def _ascii_and_section(text: _Text, a: int) -> np.ndarray:
+    """Read A lines of 'lhs rhs0 rhs1' with one numpy parse; on a bad line, find and report it."""
+    start_pos, start_line = text.pos, text.line
+    end = text.pos
+    for _ in range(a):
+        nl = text.data.find(b"\n", end)
+        if nl < 0:
+            end = len(text.data)
+            break
+        end = nl + 1
+    chunk = text.data[start_pos:end]
+    lines = chunk.split(b"\n")[:a]
+    if len(lines) == a and all(len(row.split()) == 3 for row in lines):
+        try:
+            arr = np.array(chunk.split(), dtype=np.int64)
+        except ValueError:
+            arr = None
+        if arr is not None and arr.size == 3 * a and (arr >= 0).all():
+            text.pos = end
+            text.line = start_line + a
+            return arr.reshape(a, 3)
+    # slow path, only to name the offending line
+    text.pos, text.line = start_pos, start_line
+    rows = np.zeros((a, 3), dtype=np.int64)
+    for k in range(a):
+        rows[k] = _ints(text, text.next_line("AND line 'lhs rhs0 rhs1'"), 3, "AND line 'lhs rhs0 rhs1'")
+    return rows
+
+
+def parse_aiger(data: bytes, file: str | os.PathLike | None = None, name: str | None = None) -> AIG:
+    """Parse AIGER bytes (ASCII or binary, chosen by the header) into an :class:`AIG`.
+
+    Raises:
+        CircuitFormatError: naming ``file``, the line or byte offset, and what was expected.
+    """
+    file = str(file) if file is not None else "<bytes>"
+    text = _Text(bytes(data), file)
+    binary, (m, i, l, o, a, b, c, j, f) = _parse_header(text)
+    if j or f:
+        raise text.error("no justice or fairness properties (J = F = 0)", f"J={j} F={f}")
+    _check_sizes(text, binary, m, i, l, o, a, b, c)
+
+    inputs = np.arange(1, i + 1, dtype=np.int64) * 2
+    if not binary:
+        inputs = np.array([_ints(text, text.next_line("input literal"), 1, "input literal")[0] for _ in range(i)],
+                          dtype=np.int64).reshape(-1)
+    latch_lhs = np.zeros(l, dtype=np.int64)
+    latch_next = np.zeros(l, dtype=np.int64)
+    latch_init = np.zeros(l, dtype=np.int8)
+    for k in range(l):
+        what = "latch line 'next [init]'" if binary else "latch line 'lhs next [init]'"
+        nums = _ints(text, text.next_line(what), (1, 2) if binary else (2, 3), what)
+        lhs = 2 * (i + k + 1) if binary else nums.pop(0)
+        latch_lhs[k], latch_next[k] = lhs, nums[0]
+        if len(nums) == 2:
+            init = nums[1]
+            if init not in (0, 1, lhs):
+                raise text.error(f"latch reset 0, 1 or {lhs}", str(init))
+            latch_init[k] = -1 if init == lhs else init
+    outs = [
+        _ints(text, text.next_line(what), 1, what)[0]
+        for what, n in (("output literal", o), ("bad-state literal", b), ("constraint literal", c))
+        for _ in range(n)
+    ]
+    outputs = np.array(outs, dtype=np.int64)
+
+    if binary:
+        deltas, text.pos = _decode_varints(text.data, text.pos, 2 * a, file)
+        lhs = 2 * (i + l + 1 + np.arange(a, dtype=np.int64))
+        d0, d1 = deltas[0::2], deltas[1::2]
+        rhs0 = lhs - d0
+        rhs1 = rhs0 - d1
+        bad = (d0 <= 0) | (rhs1 < 0)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise CircuitFormatError(file, f"AND {k}: deltas with lhs > rhs0 >= rhs1 >= 0", byte=text.pos)
+        ands = np.stack([rhs0, rhs1], axis=1)
+        # the AND block is binary; later text lines are counted from here
+        text.line += 1
+    else:
+        rows = _ascii_and_section(text, a)
+        lhs, ands = rows[:, 0], rows[:, 1:]
+
+    all_lits = np.concatenate([inputs, latch_lhs, latch_next, outputs, lhs, ands.reshape(-1)])
+    if all_lits.size and all_lits.max() > 2 * m + 1:
+        raise text.error(f"literals at most 2M+1 = {2 * m + 1}", str(int(all_lits.max())))
+
+    symbols, comments = _parse_symbols(text, {"i": i, "l": l, "o": o, "b": b, "c": c})
+
+    if not binary:
+        ands, outputs, latch_next = _canonicalize_ascii(file, m, inputs, latch_lhs, latch_next, outputs, lhs, ands)
+
+    def names(kind: str, n: int) -> list[str]:
+        table = symbols[kind]
+        return [table.get(k, "") for k in range(n)]
+
+    has_names = any(symbols.values())
+    pi_names = names("i", i) + names("l", l) if has_names else None
+    po_names = None
+    if has_names:
+        latch_po = [f"{nm}$next" if nm else "" for nm in names("l", l)]
+        po_names = names("o", o) + names("b", b) + names("c", c) + latch_po
+    aig = AIG(
+        num_pis=i + l,
+        ands=ands,
+        pos=np.concatenate([outputs, latch_next]),
+        num_latches=l,
+        latch_init=latch_init,
+        pi_names=pi_names,
+        po_names=po_names,
+        name=name or "",
+        comments=comments,
+    )
+    return aig
+
+
+def _canonicalize_ascii(
+    file: str,
+    m: int,
+    inputs: np.ndarray,
+    latch_lhs: np.ndarray,
+    latch_next: np.ndarray,
+    outputs: np.ndarray,
+    lhs: np.ndarray,
+    ands: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Renumber an ASCII AIG (any variable order) into inputs, latches, then ANDs in topological order."""
+    defined = np.concatenate([inputs, latch_lhs, lhs])
+    if defined.size and ((defined & 1).any() or (defined < 2).any()):
+        k = int(np.argmax((defined & 1) | (defined < 2)))
+        raise CircuitFormatError(file, "inputs, latches and AND outputs defined by even literals >= 2",
+                                 got=str(int(defined[k])))
+    var = defined >> 1
+    counts = np.bincount(var, minlength=m + 1)
+    if (counts > 1).any():
+        raise CircuitFormatError(file, "each variable defined once", got=f"variable {int(np.argmax(counts > 1))}")
+    is_defined = counts.astype(bool)
+    is_defined[0] = True
+    used = np.concatenate([latch_next, outputs, ands.reshape(-1)]) >> 1
+    if used.size and not is_defined[used].all():
+        v = int(used[~is_defined[used]][0])
+        raise CircuitFormatError(file, f"a definition for used variable {v}", got="undefined variable")
+
+    i, l, a = inputs.size, latch_lhs.size, lhs.size
+    # order ANDs topologically: longest-path level over AND-to-AND edges, then stable by file order
+    and_pos = np.full(m + 1, -1, dtype=np.int64)
+    and_pos[lhs >> 1] = np.arange(a)
+    fan = and_pos[ands.reshape(-1) >> 1]
+    src = fan[fan >= 0]
+    dst = np.repeat(np.arange(a), 2)[fan >= 0]
+    if (src < dst).all():
+        order = np.arange(a)  # already topological in file order: keep it, so round trips are exact
+    else:
+        try:
+            lvl = longest_path_levels(a, src, dst)
+        except ValueError:
+            raise CircuitFormatError(file, "an acyclic AND graph", got="a combinational cycle") from None
+        order = np.argsort(lvl, kind="stable")
+
+    new_var = np.zeros(m + 1, dtype=np.int64)
+    new_var[inputs >> 1] = np.arange(1, i + 1)
+    new_var[latch_lhs >> 1] = np.arange(i + 1, i + l + 1)
+    new_var[lhs[order] >> 1] = np.arange(i + l + 1, i + l + 1 + a)
+
+    def remap(lits: np.ndarray) -> np.ndarray:
+        return 2 * new_var[lits >> 1] + (lits & 1)
+
+    new_ands = remap(ands[order])
+    new_ands.sort(axis=1)
+    new_ands = new_ands[:, ::-1].copy()  # AIGER convention rhs0 >= rhs1
+    return new_ands, remap(outputs), remap(latch_next)
+
+
+def read_aiger(path: str | os.PathLike) -> AIG:
+    """Read an ``.aag`` or ``.aig`` file (format chosen by its header, not its suffix)."""
+    path = Path(path)
+    return parse_aiger(path.read_bytes(), file=path, name=path.stem)
+
+
+def aiger_bytes(aig: AIG, binary: bool = True, symbols: bool = True) -> bytes:
+    """Serialize an :class:`AIG` as AIGER (binary by default). Cut latches are written back as latches."""
+    i, l = aig.num_inputs, aig.num_latches
+    o = aig.num_outputs
+    a = aig.num_ands
+    m = aig.num_pis + a
+    out: list[bytes] = [f"{'aig' if binary else 'aag'} {m} {i} {l} {o} {a}\n".encode()]
+    pos = aig.pos
+    nxt = pos[o:]
+    if not binary:
+        out.append("".join(f"{2 * k}\n" for k in range(1, i + 1)).encode())
+    latch_lines = []
+    for k in range(l):
+        lhs = 2 * (i + k + 1)
+        init = int(aig.latch_init[k])
+        fields = ([] if binary else [str(lhs)]) + [str(int(nxt[k]))]
+        if init == 1:
+            fields.append("1")
+        elif init == -1:
+            fields.append(str(lhs))
+        latch_lines.append(" ".join(fields) + "\n")
+    out.append("".join(latch_lines).encode())
+    out.append("".join(f"{int(x)}\n" for x in pos[:o]).encode())
+    if a:
+        lhs = 2 * (aig.first_and + np.arange(a, dtype=np.int64))
+        r = np.sort(aig.ands, axis=1)[:, ::-1]
+        if binary:
+            deltas = np.stack([lhs - r[:, 0], r[:, 0] - r[:, 1]], axis=1).reshape(-1)
+            out.append(_encode_varints(deltas))
+        else:
+            rows = np.stack([lhs, r[:, 0], r[:, 1]], axis=1)
+            out.append(("\n".join(" ".join(map(str, row)) for row in rows.tolist()) + "\n").encode())
+    if symbols:
+        sym = []
+        if aig.pi_names is not None:
+            sym += [f"i{k} {nm}" for k, nm in enumerate(aig.pi_names[:i]) if nm]
+            sym += [f"l{k} {nm}" for k, nm in enumerate(aig.pi_names[i:]) if nm]
+        if aig.po_names is not None:
+            sym += [f"o{k} {nm}" for k, nm in enumerate(aig.po_names[:o]) if nm]
+        if sym:
+            out.append(("\n".join(sym) + "\n").encode())
+    if aig.comments:
+        out.append(("c\n" + "\n".join(aig.comments) + "\n").encode())
+    return b"".join(out)
+
+
+def write_aiger(aig: AIG, path: str | os.PathLike, binary: bool | None = None) -> None:
+    """Write ``aig`` to ``path`` atomically; binary unless the suffix is ``.aag`` (or ``binary`` says otherwise)."""
+    path = Path(path)
+    if binary is None:
+        binary = path.suffix.lower() != ".aag"
+    data = aiger_bytes(aig, binary=binary)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,231 @@
+"""ISCAS ``.bench`` reader and writer.
+
+The format of the ISCAS'85 (Brglez and Fujiwara, 1985) and ISCAS'89 (Brglez, Bryan and Kozminski, 1989)
+benchmark suites, also written by ABC (``write_bench``) and used by OpenABC-D::
+
+    # comment
+    INPUT(a)
+    OUTPUT(y)
+    n1 = NAND(a, b)
+    q  = DFF(n1)
+
+Any mix of AND, NAND, OR, NOR, XOR, XNOR (any fanin count), NOT, BUFF/BUF, DFF and the constants vdd/gnd is
+turned into an AIG; gates may appear in any order (they are levelized first). DFFs are cut: the flop output
+becomes a pseudo-PI and its data input a pseudo-PO, like AIGER latches.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from circuitml.aig import AIG, AIGBuilder, longest_path_levels
+from circuitml.errors import CircuitFormatError
+
+__all__ = ["parse_bench", "read_bench", "bench_text", "write_bench"]
+
+_IO = re.compile(r"^(INPUT|OUTPUT)\s*\(\s*([^\s()]+)\s*\)$", re.IGNORECASE)
+_GATE = re.compile(r"^([^\s=()]+)\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(([^()]*)\)$")
+_CONST = re.compile(r"^([^\s=()]+)\s*=\s*(vdd|gnd|VDD|GND|CONST0|CONST1|const0|const1)\s*(\(\s*\))?$")
+
+_ARITY = {"NOT": (1, 1), "BUFF": (1, 1), "BUF": (1, 1), "DFF": (1, 1)}
+_KNOWN = {"AND", "NAND", "OR", "NOR", "XOR", "XNOR", "NOT", "BUFF", "BUF", "DFF", "CONST0", "CONST1"}
+
+
+def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = "") -> AIG:
+    """Parse ``.bench`` text into an :class:`AIG` (structurally hashed).
+
+    Raises:
+        CircuitFormatError: naming the file, the line, and what was expected (unknown gate, wrong fanin count,
+            undefined or twice-defined signal, combinational cycle).
+    """
+    file = str(file) if file is not None else "<string>"
+    inputs: list[str] = []
+    outputs: list[tuple[str, int]] = []
+    gates: list[tuple[str, str, list[str], int]] = []  # (output, type, fanins, line)
+    defined: dict[str, int] = {}
+
+    def define(sig: str, line_no: int) -> None:
+        if sig in defined:
+            raise CircuitFormatError(file, f"'{sig}' defined once (first on line {defined[sig]})", line=line_no)
+        defined[sig] = line_no
+
+    for line_no, raw in enumerate(text.split("\n"), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = _IO.match(line)
+        if m:
+            kind, sig = m.group(1).upper(), m.group(2)
+            if kind == "INPUT":
+                define(sig, line_no)
+                inputs.append(sig)
+            else:
+                outputs.append((sig, line_no))
+            continue
+        m = _CONST.match(line)
+        if m:
+            define(m.group(1), line_no)
+            value = m.group(2).lower() in ("vdd", "const1")
+            gates.append((m.group(1), "CONST1" if value else "CONST0", [], line_no))
+            continue
+        m = _GATE.match(line)
+        if not m:
+            raise CircuitFormatError(file, "'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)'", line=line_no, got=line)
+        out, gtype, args = m.group(1), m.group(2).upper(), m.group(3)
+        fanins = [a.strip() for a in args.split(",")] if args.strip() else []
+        if gtype not in _KNOWN:
+            raise CircuitFormatError(
+                file, "a gate among AND NAND OR NOR XOR XNOR NOT BUFF DFF", line=line_no, got=m.group(2)
+            )
+        lo, hi = _ARITY.get(gtype, (1, 1 << 30))
+        if not lo <= len(fanins) <= hi or any(not f or " " in f for f in fanins):
+            want = f"exactly {lo}" if lo == hi else f"at least {lo}"
+            raise CircuitFormatError(file, f"{gtype} with {want} fanin name(s)", line=line_no, got=line)
+        define(out, line_no)
+        gates.append((out, gtype, fanins, line_no))
+
+    for sig, line_no in outputs:
+        if sig not in defined:
+            raise CircuitFormatError(file, f"a definition of output '{sig}'", line=line_no, got="undefined signal")
+
+    # Index signals; flops are sources (cut), so levelize only combinational gates.
+    sig_id = {s: k for k, s in enumerate(defined)}
+    flops = [g for g in gates if g[1] == "DFF"]
+    comb = [g for g in gates if g[1] != "DFF"]
+    src: list[int] = []
+    dst: list[int] = []
+    for k, (_out, _t, fanins, line_no) in enumerate(comb):
+        for f in fanins:
+            if f not in sig_id:
+                raise CircuitFormatError(file, f"a definition of signal '{f}'", line=line_no, got="undefined signal")
+            src.append(sig_id[f])
+            dst.append(len(sig_id) + k)
+    for _out, _t, fanins, line_no in flops:
+        if fanins[0] not in sig_id:
+            raise CircuitFormatError(file, f"a definition of signal '{fanins[0]}'", line=line_no, got="undefined")
+    # gate node k sits at index len(sig_id)+k; an edge gate-node -> its output signal links the two
+    n_sig = len(sig_id)
+    gate_of = np.array([sig_id[g[0]] for g in comb], dtype=np.int64)
+    src_a = np.concatenate([np.array(src, dtype=np.int64), n_sig + np.arange(len(comb))])
+    dst_a = np.concatenate([np.array(dst, dtype=np.int64), gate_of])
+    try:
+        level = longest_path_levels(n_sig + len(comb), src_a, dst_a)
+    except ValueError:
+        raise CircuitFormatError(file, "no combinational cycle", line=comb[0][3] if comb else None) from None
+    order = np.argsort(level[n_sig:], kind="stable")
+
+    b = AIGBuilder(name)
+    lit: dict[str, int] = {}
+    for sig in inputs:
+        lit[sig] = b.add_pi(sig)
+    for out, _t, _f, _l in flops:
+        lit[out] = b.add_pi(out)
+    for k in order.tolist():
+        out, gtype, fanins, _ = comb[k]
+        lit[out] = _gate(b, gtype, [lit[f] for f in fanins])
+    for sig, _ in outputs:
+        b.add_po(lit[sig], sig)
+    for out, _t, fanins, _ in flops:
+        b.add_po(lit[fanins[0]], f"{out}$next")
+    return b.build(num_latches=len(flops))
+
+
+def _gate(b: AIGBuilder, gtype: str, args: list[int]) -> int:
+    if gtype in ("BUFF", "BUF"):
+        return args[0]
+    if gtype == "NOT":
+        return args[0] ^ 1
+    if gtype == "CONST0":
+        return 0
+    if gtype == "CONST1":
+        return 1
+    if gtype in ("AND", "NAND"):
+        out = b.and_many(args)
+    elif gtype in ("OR", "NOR"):
+        out = b.or_many(args)
+    else:  # XOR / XNOR
+        out = b.xor_many(args)
+    return out ^ 1 if gtype in ("NAND", "NOR", "XNOR") else out
+
+
+def read_bench(path: str | os.PathLike) -> AIG:
+    """Read an ISCAS ``.bench`` file into an :class:`AIG`."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CircuitFormatError(path, "UTF-8 text", line=line, byte=exc.start, got="undecodable bytes") from None
+    return parse_bench(text, file=path, name=path.stem)
+
+
+def bench_text(aig: AIG) -> str:
+    """Serialize as ``.bench`` with AND and NOT gates (ABC's style); latches become DFFs."""
+    i, l, o = aig.num_inputs, aig.num_latches, aig.num_outputs
+
+    def pi_name(k: int) -> str:
+        if aig.pi_names is not None and aig.pi_names[k]:
+            return aig.pi_names[k]
+        return f"pi{k}" if k < i else f"latch{k - i}"
+
+    pi = [pi_name(k) for k in range(aig.num_pis)]
+    taken = set(pi)
+    prefix = "n"
+    while any(nm.startswith(prefix) for nm in taken):
+        prefix = "_" + prefix
+    names = ["gnd"] + pi + [f"{prefix}{aig.first_and + k}" for k in range(aig.num_ands)]
+    lines = [f"# {aig.name or 'circuit'}: {i} inputs, {o} outputs, {l} latches, {aig.num_ands} ANDs (circuitml)"]
+    lines += [f"INPUT({names[1 + k]})" for k in range(i)]
+    po_names: list[str] = []
+    for k in range(o):
+        nm = aig.po_names[k] if aig.po_names is not None and aig.po_names[k] else f"po{k}"
+        driver = int(aig.pos[k])
+        # an output may share its name with the input that drives it; any other clash gets a fresh name
+        if nm in taken and not (driver % 2 == 0 and 1 <= driver // 2 <= aig.num_pis and pi[driver // 2 - 1] == nm):
+            base, j = nm, 1
+            while f"{base}_{j}" in taken:
+                j += 1
+            nm = f"{base}_{j}"
+        taken.add(nm)
+        po_names.append(nm)
+    lines += [f"OUTPUT({nm})" for nm in po_names]
+    used_const = bool((aig.ands >> 1 == 0).any() or (aig.pos >> 1 == 0).any())
+    if used_const:
+        lines.append("gnd = gnd")
+    negated: set[int] = set()
+
+    def ref(literal: int) -> str:
+        node = literal >> 1
+        if literal & 1:
+            if node not in negated:
+                negated.add(node)
+                lines.append(f"{names[node]}_n = NOT({names[node]})")
+            return f"{names[node]}_n"
+        return names[node]
+
+    for k in range(l):
+        lines.append(f"{names[1 + i + k]} = DFF({ref(int(aig.pos[o + k]))})")
+    for k, (a, c) in enumerate(aig.ands.tolist()):
+        ra, rc = ref(a), ref(c)
+        lines.append(f"{names[aig.first_and + k]} = AND({ra}, {rc})")
+    for k in range(o):
+        driver = ref(int(aig.pos[k]))
+        if driver != po_names[k]:
+            lines.append(f"{po_names[k]} = BUFF({driver})")
+    return "\n".join(lines) + "\n"
+
+
+def write_bench(aig: AIG, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(bench_text(aig))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
