@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         code = 2
     except FileNotFoundError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.filename or exc}: no such file", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {exc.filename or exc}: no such file", highlight=False, soft_wrap=True
+        )
         code = 2
     except click.exceptions.Exit as exc:
         code = exc.exit_code

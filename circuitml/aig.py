@@ -218,11 +218,11 @@ class AIG:
         )
 
     def same_structure(self, other: AIG) -> bool:
-        """True when both graphs have the same sizes, fanins and outputs (names ignored)."""
+        """True when both graphs have the same sizes, fanins and outputs (names and fanin order ignored)."""
         return (
             self.num_pis == other.num_pis
             and self.num_latches == other.num_latches
-            and np.array_equal(self.ands, other.ands)
+            and np.array_equal(np.sort(self.ands, axis=1), np.sort(other.ands, axis=1))
             and np.array_equal(self.pos, other.pos)
             and np.array_equal(self.latch_init, other.latch_init)
         )

@@ -63,7 +63,9 @@ def read_circuit(path: str | os.PathLike, *, top: str | None = None) -> AIG:
         from circuitml.verilog import verilog_to_aig  # Yosys is only needed for Verilog
 
         return verilog_to_aig([path], top=top)
-    raise CircuitFormatError(path, f"a file ending in one of {', '.join(READ_SUFFIXES)}", got=suffix or "no suffix")
+    raise CircuitFormatError(
+        path, f"a file ending in one of {', '.join(READ_SUFFIXES)}", got=suffix or "no suffix"
+    )
 
 
 def write_circuit(aig: AIG, path: str | os.PathLike) -> None:
@@ -75,4 +77,6 @@ def write_circuit(aig: AIG, path: str | os.PathLike) -> None:
     elif suffix == ".bench":
         write_bench(aig, path)
     else:
-        raise CircuitFormatError(path, f"an output suffix among {', '.join(WRITE_SUFFIXES)}", got=suffix or "none")
+        raise CircuitFormatError(
+            path, f"an output suffix among {', '.join(WRITE_SUFFIXES)}", got=suffix or "none"
+        )

@@ -22,8 +22,8 @@ from circuitml.errors import CircuitFormatError
 
 __all__ = ["parse_aiger", "read_aiger", "aiger_bytes", "write_aiger"]
 
-# Beyond this many variables a literal no longer fits the int64 arithmetic comfortably and no real AIG is this big.
-MAX_VARIABLES = 1 << 40
+# AIGER literals are 2*M+1 and the reference tools keep them in unsigned 32-bit integers.
+MAX_VARIABLES = (1 << 31) - 1
 
 
 class _Text:
@@ -83,9 +83,13 @@ def _check_sizes(text: _Text, binary: bool, m: int, i: int, l: int, o: int, a: i
     # binary: nothing per input, two bytes per output/latch line and per AND. A header promising more than the
     # file can hold is refused before any allocation.
     remaining = len(text.data) - text.pos
-    need = (0 if binary else 2 * i) + 4 * l + 2 * (o + b + c) + (2 if binary else 6) * a
+    need = (
+        (0 if binary else 2 * i) + (2 if binary else 4) * l + 2 * (o + b + c) + (2 if binary else 6) * a - 1
+    )
     if need > remaining:
-        raise text.error(f"a body large enough for {i} inputs, {l} latches, {o} outputs, {a} ANDs", f"{remaining} bytes")
+        raise text.error(
+            f"a body large enough for {i} inputs, {l} latches, {o} outputs, {a} ANDs", f"{remaining} bytes"
+        )
 
 
 def _decode_varints(data: bytes, start: int, count: int, file: str) -> tuple[np.ndarray, int]:
@@ -103,7 +107,9 @@ def _decode_varints(data: bytes, start: int, count: int, file: str) -> tuple[np.
     lengths = ends - starts + 1
     if lengths.max() > 9:
         bad = int(np.argmax(lengths > 9))
-        raise CircuitFormatError(file, "a delta of at most 9 bytes", byte=start + int(starts[bad]), got="longer varint")
+        raise CircuitFormatError(
+            file, "a delta of at most 9 bytes", byte=start + int(starts[bad]), got="longer varint"
+        )
     body = buf[: ends[-1] + 1].astype(np.uint64)
     offset_in_group = np.arange(body.size, dtype=np.int64) - np.repeat(starts, lengths)
     contrib = (body & np.uint64(127)) << (np.uint64(7) * offset_in_group.astype(np.uint64))
@@ -145,7 +151,9 @@ def _parse_symbols(text: _Text, counts: dict[str, int]) -> tuple[dict[str, dict[
         kind = line[0]
         head, sep, name = line[1:].partition(" ")
         if kind not in counts or not sep or not head.isdigit() or not name:
-            raise text.error("symbol 'i<k> name', 'l<k> name', 'o<k> name', 'b<k> name', 'c<k> name' or 'c'", line)
+            raise text.error(
+                "symbol 'i<k> name', 'l<k> name', 'o<k> name', 'b<k> name', 'c<k> name' or 'c'", line
+            )
         idx = int(head)
         if idx >= counts[kind]:
             raise text.error(f"{kind} symbol index below {counts[kind]}", line)
@@ -195,10 +203,12 @@ def parse_aiger(data: bytes, file: str | os.PathLike | None = None, name: str | 
         raise text.error("no justice or fairness properties (J = F = 0)", f"J={j} F={f}")
     _check_sizes(text, binary, m, i, l, o, a, b, c)
 
-    inputs = np.arange(1, i + 1, dtype=np.int64) * 2
+    inputs = np.zeros(0, dtype=np.int64)  # implicit in binary files: never materialized
     if not binary:
-        inputs = np.array([_ints(text, text.next_line("input literal"), 1, "input literal")[0] for _ in range(i)],
-                          dtype=np.int64).reshape(-1)
+        inputs = np.array(
+            [_ints(text, text.next_line("input literal"), 1, "input literal")[0] for _ in range(i)],
+            dtype=np.int64,
+        ).reshape(-1)
     latch_lhs = np.zeros(l, dtype=np.int64)
     latch_next = np.zeros(l, dtype=np.int64)
     latch_init = np.zeros(l, dtype=np.int8)
@@ -243,7 +253,9 @@ def parse_aiger(data: bytes, file: str | os.PathLike | None = None, name: str | 
     symbols, comments = _parse_symbols(text, {"i": i, "l": l, "o": o, "b": b, "c": c})
 
     if not binary:
-        ands, outputs, latch_next = _canonicalize_ascii(file, m, inputs, latch_lhs, latch_next, outputs, lhs, ands)
+        ands, outputs, latch_next = _canonicalize_ascii(
+            file, m, inputs, latch_lhs, latch_next, outputs, lhs, ands
+        )
 
     def names(kind: str, n: int) -> list[str]:
         table = symbols[kind]
@@ -279,30 +291,41 @@ def _canonicalize_ascii(
     lhs: np.ndarray,
     ands: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Renumber an ASCII AIG (any variable order) into inputs, latches, then ANDs in topological order."""
+    """Renumber an ASCII AIG (any variable order) into inputs, latches, then ANDs in topological order.
+
+    Works on the defined variables only (sorted + searchsorted), so memory follows the file, not the header's M.
+    """
     defined = np.concatenate([inputs, latch_lhs, lhs])
     if defined.size and ((defined & 1).any() or (defined < 2).any()):
         k = int(np.argmax((defined & 1) | (defined < 2)))
-        raise CircuitFormatError(file, "inputs, latches and AND outputs defined by even literals >= 2",
-                                 got=str(int(defined[k])))
-    var = defined >> 1
-    counts = np.bincount(var, minlength=m + 1)
-    if (counts > 1).any():
-        raise CircuitFormatError(file, "each variable defined once", got=f"variable {int(np.argmax(counts > 1))}")
-    is_defined = counts.astype(bool)
-    is_defined[0] = True
-    used = np.concatenate([latch_next, outputs, ands.reshape(-1)]) >> 1
-    if used.size and not is_defined[used].all():
-        v = int(used[~is_defined[used]][0])
-        raise CircuitFormatError(file, f"a definition for used variable {v}", got="undefined variable")
-
+        raise CircuitFormatError(
+            file, "inputs, latches and AND outputs defined by even literals >= 2", got=str(int(defined[k]))
+        )
     i, l, a = inputs.size, latch_lhs.size, lhs.size
-    # order ANDs topologically: longest-path level over AND-to-AND edges, then stable by file order
-    and_pos = np.full(m + 1, -1, dtype=np.int64)
-    and_pos[lhs >> 1] = np.arange(a)
-    fan = and_pos[ands.reshape(-1) >> 1]
-    src = fan[fan >= 0]
-    dst = np.repeat(np.arange(a), 2)[fan >= 0]
+    var = np.concatenate([[0], defined >> 1])  # variable 0 is the constant
+    sort = np.argsort(var, kind="stable")
+    svar = var[sort]
+    if (np.diff(svar) == 0).any():
+        v = int(svar[1:][np.diff(svar) == 0][0])
+        raise CircuitFormatError(file, "each variable defined once", got=f"variable {v} defined twice")
+
+    def slot(lits: np.ndarray) -> np.ndarray:
+        """Index into ``var`` (0 = constant, then inputs, latches, ANDs in file order) of each literal's variable."""
+        v = lits >> 1
+        pos = np.searchsorted(svar, v)
+        ok = pos < svar.size
+        ok[ok] = svar[pos[ok]] == v[ok]
+        if not ok.all():
+            bad = int(v[~ok][0])
+            raise CircuitFormatError(file, f"a definition for used variable {bad}", got="undefined variable")
+        return sort[pos]
+
+    and_slots = slot(ands.reshape(-1)).reshape(-1, 2)
+    first_and_slot = 1 + i + l
+    fan = and_slots.reshape(-1) - first_and_slot
+    keep = fan >= 0
+    src = fan[keep]
+    dst = np.repeat(np.arange(a), 2)[keep]
     if (src < dst).all():
         order = np.arange(a)  # already topological in file order: keep it, so round trips are exact
     else:
@@ -312,15 +335,15 @@ def _canonicalize_ascii(
             raise CircuitFormatError(file, "an acyclic AND graph", got="a combinational cycle") from None
         order = np.argsort(lvl, kind="stable")
 
-    new_var = np.zeros(m + 1, dtype=np.int64)
-    new_var[inputs >> 1] = np.arange(1, i + 1)
-    new_var[latch_lhs >> 1] = np.arange(i + 1, i + l + 1)
-    new_var[lhs[order] >> 1] = np.arange(i + l + 1, i + l + 1 + a)
+    # new node id of every slot: constant 0, inputs and latches keep their order, ANDs follow `order`
+    new_id = np.arange(1 + i + l + a, dtype=np.int64)
+    new_id[first_and_slot + order] = first_and_slot + np.arange(a)
 
-    def remap(lits: np.ndarray) -> np.ndarray:
-        return 2 * new_var[lits >> 1] + (lits & 1)
+    def remap(lits: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
+        s = slot(lits) if slots is None else slots
+        return 2 * new_id[s] + (lits & 1)
 
-    new_ands = remap(ands[order])
+    new_ands = remap(ands[order].reshape(-1), and_slots[order].reshape(-1)).reshape(-1, 2)
     new_ands.sort(axis=1)
     new_ands = new_ands[:, ::-1].copy()  # AIGER convention rhs0 >= rhs1
     return new_ands, remap(outputs), remap(latch_next)

@@ -50,7 +50,9 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
 
     def define(sig: str, line_no: int) -> None:
         if sig in defined:
-            raise CircuitFormatError(file, f"'{sig}' defined once (first on line {defined[sig]})", line=line_no)
+            raise CircuitFormatError(
+                file, f"'{sig}' defined once (first on line {defined[sig]})", line=line_no
+            )
         defined[sig] = line_no
 
     for line_no, raw in enumerate(text.split("\n"), start=1):
@@ -74,7 +76,9 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
             continue
         m = _GATE.match(line)
         if not m:
-            raise CircuitFormatError(file, "'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)'", line=line_no, got=line)
+            raise CircuitFormatError(
+                file, "'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)'", line=line_no, got=line
+            )
         out, gtype, args = m.group(1), m.group(2).upper(), m.group(3)
         fanins = [a.strip() for a in args.split(",")] if args.strip() else []
         if gtype not in _KNOWN:
@@ -90,7 +94,9 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
 
     for sig, line_no in outputs:
         if sig not in defined:
-            raise CircuitFormatError(file, f"a definition of output '{sig}'", line=line_no, got="undefined signal")
+            raise CircuitFormatError(
+                file, f"a definition of output '{sig}'", line=line_no, got="undefined signal"
+            )
 
     # Index signals; flops are sources (cut), so levelize only combinational gates.
     sig_id = {s: k for k, s in enumerate(defined)}
@@ -101,12 +107,16 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
     for k, (_out, _t, fanins, line_no) in enumerate(comb):
         for f in fanins:
             if f not in sig_id:
-                raise CircuitFormatError(file, f"a definition of signal '{f}'", line=line_no, got="undefined signal")
+                raise CircuitFormatError(
+                    file, f"a definition of signal '{f}'", line=line_no, got="undefined signal"
+                )
             src.append(sig_id[f])
             dst.append(len(sig_id) + k)
     for _out, _t, fanins, line_no in flops:
         if fanins[0] not in sig_id:
-            raise CircuitFormatError(file, f"a definition of signal '{fanins[0]}'", line=line_no, got="undefined")
+            raise CircuitFormatError(
+                file, f"a definition of signal '{fanins[0]}'", line=line_no, got="undefined"
+            )
     # gate node k sits at index len(sig_id)+k; an edge gate-node -> its output signal links the two
     n_sig = len(sig_id)
     gate_of = np.array([sig_id[g[0]] for g in comb], dtype=np.int64)
@@ -160,7 +170,9 @@ def read_bench(path: str | os.PathLike) -> AIG:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise CircuitFormatError(path, "UTF-8 text", line=line, byte=exc.start, got="undecodable bytes") from None
+        raise CircuitFormatError(
+            path, "UTF-8 text", line=line, byte=exc.start, got="undecodable bytes"
+        ) from None
     return parse_bench(text, file=path, name=path.stem)
 
 
@@ -179,14 +191,18 @@ def bench_text(aig: AIG) -> str:
     while any(nm.startswith(prefix) for nm in taken):
         prefix = "_" + prefix
     names = ["gnd"] + pi + [f"{prefix}{aig.first_and + k}" for k in range(aig.num_ands)]
-    lines = [f"# {aig.name or 'circuit'}: {i} inputs, {o} outputs, {l} latches, {aig.num_ands} ANDs (circuitml)"]
+    lines = [
+        f"# {aig.name or 'circuit'}: {i} inputs, {o} outputs, {l} latches, {aig.num_ands} ANDs (circuitml)"
+    ]
     lines += [f"INPUT({names[1 + k]})" for k in range(i)]
     po_names: list[str] = []
     for k in range(o):
         nm = aig.po_names[k] if aig.po_names is not None and aig.po_names[k] else f"po{k}"
         driver = int(aig.pos[k])
         # an output may share its name with the input that drives it; any other clash gets a fresh name
-        if nm in taken and not (driver % 2 == 0 and 1 <= driver // 2 <= aig.num_pis and pi[driver // 2 - 1] == nm):
+        if nm in taken and not (
+            driver % 2 == 0 and 1 <= driver // 2 <= aig.num_pis and pi[driver // 2 - 1] == nm
+        ):
             base, j = nm, 1
             while f"{base}_{j}" in taken:
                 j += 1

@@ -1,0 +1,105 @@
+"""Property tests: mutated and truncated files make every reader raise CircuitFormatError, and nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from circuitml.aig import AIGBuilder
+from circuitml.errors import CircuitFormatError
+from circuitml.formats import aiger_bytes, bench_text, parse_aiger, parse_bench
+
+
+def _sample_circuit(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    b = AIGBuilder("fuzz")
+    lits = [b.add_pi(f"x{i}") for i in range(6)]
+    for _ in range(40):
+        i, j = rng.integers(0, len(lits), 2)
+        op = rng.integers(0, 3)
+        a, c = lits[i] ^ int(rng.integers(0, 2)), lits[j] ^ int(rng.integers(0, 2))
+        lits.append([b.and_, b.or_, b.xor_][op](a, c))
+    for k in range(4):
+        b.add_po(lits[-1 - k], f"y{k}")
+    aig = b.build(num_latches=1)
+    aig.comments = ["fuzz sample"]
+    return aig
+
+
+SAMPLE = _sample_circuit()
+SEEDS = {
+    "aig": aiger_bytes(SAMPLE, binary=True),
+    "aag": aiger_bytes(SAMPLE, binary=False),
+    "bench": bench_text(SAMPLE).encode(),
+}
+
+mutation = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 10**6), st.just(0)),
+    st.tuples(st.just("delete"), st.integers(0, 10**6), st.integers(1, 40)),
+    st.tuples(st.just("insert"), st.integers(0, 10**6), st.integers(0, 255)),
+)
+
+
+def _mutate(data: bytes, ops) -> bytes:
+    buf = bytearray(data)
+    for kind, pos, arg in ops:
+        if not buf:
+            break
+        pos %= len(buf)
+        if kind == "flip":
+            buf[pos] = arg
+        elif kind == "truncate":
+            del buf[pos:]
+        elif kind == "delete":
+            del buf[pos : pos + arg]
+        else:
+            buf.insert(pos, arg)
+    return bytes(buf)
+
+
+def _parse(kind: str, data: bytes):
+    if kind == "bench":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # read_bench reports undecodable bytes itself; parse_bench takes text
+        return parse_bench(text, file="f.bench")
+    return parse_aiger(data, file=f"f.{kind}")
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(sorted(SEEDS)), ops=st.lists(mutation, min_size=1, max_size=4))
+def test_mutated_files_raise_only_format_errors(kind, ops) -> None:
+    data = _mutate(SEEDS[kind], ops)
+    try:
+        aig = _parse(kind, data)
+    except CircuitFormatError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("f.")
+        return
+    if aig is not None:
+        aig.validate()  # whatever parses must be a well-formed AIG
+
+
+@settings(max_examples=60, deadline=2000)
+@given(kind=st.sampled_from(sorted(SEEDS)), cut=st.integers(0, 10**6))
+def test_truncated_files_raise_only_format_errors(kind, cut) -> None:
+    data = SEEDS[kind]
+    data = data[: cut % len(data)]
+    try:
+        aig = _parse(kind, data)
+    except CircuitFormatError:
+        return
+    if aig is not None:
+        aig.validate()
+
+
+@settings(max_examples=100, deadline=2000)
+@given(data=st.binary(max_size=300))
+def test_random_bytes_raise_only_format_errors(data) -> None:
+    for header in (b"aig 5 2 0 1 3\n", b"aag 5 2 0 1 3\n", b""):
+        try:
+            parse_aiger(header + data, file="r.aig")
+        except CircuitFormatError:
+            pass
