@@ -1,19 +1,45 @@
 """Shared mixture-of-experts core: routers, experts, MoE block, adapters, losses, expert parallelism.
 
 Works on rows ``[N, d]`` (graph nodes, text tokens, samples); nothing here is circuit-specific.
+
+    >>> from circuitml.moe import build_moe
+    >>> block = build_moe(d_model=64, num_experts=8, d_hidden=128, top_k=2)
+    >>> out = block(x)             # MoEOutput(out, aux_loss, losses, stats, routing)
+    >>> loss = task_loss + out.aux_loss
 """
 
 import circuitml.moe.routers  # noqa: E402,F401,I001  (registers the built-in routers)
-from circuitml.moe.config import RouterConfig
+from circuitml.moe.block import MoEBlock, MoEOutput, RoutingStats, build_moe  # noqa: E402,I001
+from circuitml.moe.config import MoEConfig, RouterConfig
+from circuitml.moe.dispatch import DispatchPlan, make_plan  # noqa: E402
+from circuitml.moe.experts import (  # noqa: E402
+    AdapterExperts,
+    BottleneckAdapter,
+    FFNExperts,
+    LoRALinear,
+    SharedExpert,
+)
 from circuitml.moe.registry import ROUTERS, build_router, register_router, router_class
 from circuitml.moe.router import Router, RouterOutput
 
 __all__ = [
     "ROUTERS",
+    "AdapterExperts",
+    "BottleneckAdapter",
+    "DispatchPlan",
+    "FFNExperts",
+    "LoRALinear",
+    "MoEBlock",
+    "MoEConfig",
+    "MoEOutput",
     "Router",
     "RouterConfig",
     "RouterOutput",
+    "RoutingStats",
+    "SharedExpert",
+    "build_moe",
     "build_router",
+    "make_plan",
     "register_router",
     "router_class",
 ]

@@ -107,3 +107,43 @@ class RouterConfig:
             return cls(**values)
         except TypeError as exc:  # wrong types that the dataclass itself rejects
             raise ConfigError(f"{where}: {exc}") from exc
+
+
+@dataclass
+class MoEConfig:
+    """Everything :func:`circuitml.moe.build_moe` needs to build a :class:`~circuitml.moe.block.MoEBlock`.
+
+    Args:
+        d_model: token width.
+        num_experts: ``E``.
+        d_hidden: hidden width of each FFN expert.
+        top_k: experts per token.
+        router: registered router name.
+        router_options: further :class:`RouterConfig` (or subclass) fields for the router.
+        activation: expert activation (``"swiglu"``, ``"geglu"``, ``"gelu"``, ``"relu"``, ``"silu"``).
+        expert_bias: per-expert biases.
+        shared_hidden: hidden width of a shared PR-MoE expert, or ``None`` for none.
+        shared_gated: gate the shared expert by ``sigmoid(x w)``.
+    """
+
+    d_model: int = 64
+    num_experts: int = 8
+    d_hidden: int = 128
+    top_k: int = 2
+    router: str = "topk"
+    router_options: dict[str, Any] = field(default_factory=dict)
+    activation: str = "swiglu"
+    expert_bias: bool = False
+    shared_hidden: int | None = None
+    shared_gated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str = "moe config") -> MoEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in names:
+                raise ConfigError(f"{where}: unknown key {key!r} (expected one of {sorted(names)})")
+        return cls(**values)
