@@ -1,0 +1,82 @@
+"""Pieces several routers of this folder share: the smooth-step, ragged-support packing, log-space Sinkhorn.
+
+Kept in one small private module so that each router file stays about its own routing rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from circuitml.errors import ConfigError
+
+
+def smooth_step(t: Tensor, gamma: float) -> Tensor:
+    """Cubic smooth-step of Hazimeh et al. 2020 ("The Tree Ensemble Layer", ICML), used by DSelect-k and COMET.
+
+    ``S(t) = 0`` for ``t <= -gamma/2``, ``1`` for ``t >= gamma/2``, else ``-2 t^3 / gamma^3 + 3 t / (2 gamma) + 1/2``.
+    Unlike a sigmoid it reaches exact 0 and 1 (with zero gradient there), which is what lets those gates become
+    exactly sparse while staying differentiable.
+    """
+    cubic = -2.0 / gamma**3 * t**3 + 1.5 / gamma * t + 0.5
+    half = gamma / 2.0
+    return torch.where(t <= -half, torch.zeros_like(t), torch.where(t >= half, torch.ones_like(t), cubic))
+
+
+def pack_support(values: Tensor, support: Tensor, min_slots: int = 1) -> tuple[Tensor, Tensor]:
+    """Pack the ``True`` entries of ``support[N, E]`` into ``(weights[N, m], indices[N, m])``.
+
+    ``m`` is the largest support size in the batch (at least ``min_slots``); shorter rows are padded with index
+    ``-1`` and weight 0. Experts keep increasing id order inside a row. Gradients flow into ``values``.
+    """
+    num_tokens, num_experts = support.shape
+    width = int(support.sum(dim=-1).max().item()) if num_tokens else 0
+    width = min(max(width, min_slots), num_experts)
+    # Stable descending sort of the 0/1 mask brings supported experts first, in id order.
+    order = torch.sort(support.to(torch.int8), dim=-1, descending=True, stable=True).indices[:, :width]
+    valid = support.gather(-1, order)
+    indices = torch.where(valid, order, torch.full_like(order, -1))
+    weights = torch.where(valid, values.gather(-1, order), torch.zeros((), dtype=values.dtype))
+    return weights, indices
+
+
+def log_sinkhorn(
+    log_alpha: Tensor, iters: int, row_mass: Tensor | None = None, col_mass: Tensor | None = None
+) -> Tensor:
+    """Log-space Sinkhorn-Knopp normalisation (Sinkhorn & Knopp 1967; Cuturi 2013).
+
+    Alternately normalises rows and columns of ``exp(log_alpha)`` so that rows sum to ``row_mass`` and columns
+    to ``col_mass`` (defaults: 1 each, a doubly-stochastic matrix for square inputs). Returns the log plan.
+    """
+    rows, cols = log_alpha.shape[-2:]
+    log_r = (
+        torch.zeros(rows, dtype=log_alpha.dtype, device=log_alpha.device)
+        if row_mass is None
+        else row_mass.log()
+    )
+    log_c = (
+        torch.zeros(cols, dtype=log_alpha.dtype, device=log_alpha.device)
+        if col_mass is None
+        else col_mass.log()
+    )
+    for _ in range(iters):
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True) + log_r[:, None]
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-2, keepdim=True) + log_c[None, :]
+    return log_alpha
+
+
+def entropy(probs: Tensor, dim: int = -1) -> Tensor:
+    """Shannon entropy (nats) along ``dim``; ``0 log 0 = 0`` so exact zeros cost nothing and give no NaN."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=dim)
+
+
+def token_ids_or_positions(x: Tensor, token_ids: Tensor | None) -> Tensor:
+    """The ids a fixed router hashes: ``token_ids[N]`` when given, else the row positions ``0..N-1``."""
+    if token_ids is None:
+        return torch.arange(x.shape[0], device=x.device)
+    token_ids = torch.as_tensor(token_ids, device=x.device).reshape(-1).long()
+    if token_ids.shape[0] != x.shape[0]:
+        raise ConfigError(
+            f"router ctx: token_ids: expected {x.shape[0]} ids (one per row of x), got {token_ids.shape[0]}"
+        )
+    return token_ids
