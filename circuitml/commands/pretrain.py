@@ -1,0 +1,74 @@
+"""``circuitml pretrain`` (MGVGA pretraining) and ``circuitml embed`` (embeddings from a pretrained encoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer, data_app: typer.Typer) -> None:
+    console = Console()
+
+    @app.command("pretrain")
+    def pretrain(
+        config: Path = typer.Option(
+            None, "--config", "-c", help="TOML or YAML config (configs/pretrain_default.toml)."
+        ),
+        set_: list[str] = typer.Option(
+            [], "--set", "-s", help="Override a key, e.g. --set optim.lr=3e-4 --set model.encoder.kind=gcn."
+        ),
+        out: Path = typer.Option(
+            Path("runs/pretrain"), "--out", "-o", help="Run folder (logs, checkpoints, encoder)."
+        ),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
+        data: Path = typer.Option(
+            None, "--data", help="Dataset folder (default: generate the built-in one into OUT/data)."
+        ),
+        stop_after: int = typer.Option(
+            None, "--stop-after", help="Checkpoint and stop after this step (chunked runs)."
+        ),
+    ) -> None:
+        """Pretrain a circuit encoder with MGVGA (masked gate modeling + Verilog-AIG alignment)."""
+        from circuitml.pretrain.config import load_config
+        from circuitml.pretrain.trainer import train
+
+        overrides = list(set_)
+        if data is not None:
+            overrides.append(f"data.root={data}")
+        cfg = load_config(config, overrides)
+        result = train(cfg, out, resume=resume, stop_after=stop_after)
+        if result.interrupted:
+            console.print(f"interrupted at step {result.step}; checkpoint saved — continue with --resume")
+            raise typer.Exit(130)
+        if result.encoder_dir is not None and result.first and result.last:
+            first, last = result.first, result.last
+            parts = [
+                f"{k} {first[k]:.4f} → {last[k]:.4f}"
+                for k in last
+                if k.startswith("loss") and k != "loss_aux"
+            ]
+            console.print("; ".join(parts))
+            console.print(
+                f"{result.step} steps in {result.wall_time_s:.1f} s ({result.graphs_per_s:.1f} graphs/s); "
+                f"encoder saved to {result.encoder_dir}"
+            )
+        else:
+            console.print(f"stopped at step {result.step}; checkpoint in {out / 'checkpoints'}")
+
+    @app.command("embed")
+    def embed(
+        files: list[Path] = typer.Argument(..., help="Circuit files (.aig .aag .bench .v .sv)."),
+        encoder: Path = typer.Option(
+            ..., "--encoder", "-e", help="Encoder folder from save_pretrained/pretrain."
+        ),
+        out: Path = typer.Option(
+            Path("embeddings.safetensors"), "--out", "-o", help="Output safetensors file."
+        ),
+    ) -> None:
+        """Write node and graph embeddings of circuit files to one safetensors file (keys <stem>/node, <stem>/graph)."""
+        from circuitml.pretrain.embed import embed_files
+
+        index = embed_files(encoder, files, out)
+        console.print(f"embedded {len(index)} circuit(s) into {out}")

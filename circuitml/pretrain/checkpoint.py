@@ -1,0 +1,250 @@
+"""Training checkpoints: safetensors for every tensor, JSON for everything else, written atomically.
+
+A checkpoint of step ``s`` is two files in ``<out>/checkpoints/``:
+
+* ``step_<s>.safetensors`` — model weights (``model.*``), optimizer moments (``optim.*``), RNG states
+  (``rng.*``) as tensors;
+* ``step_<s>.json`` — step, config, data-order position, learning-rate schedule, optimizer hyper-parameters,
+  numpy/python RNG states, and the sha256 + size of the tensor file.
+
+Each file is written to a temp name in the same folder and renamed with :func:`os.replace`; the JSON is written
+last, so a process killed at any moment (even ``kill -9``) leaves either a complete checkpoint or an ignored
+orphan tensor file. Loading verifies the sha256, so a truncated or corrupted file raises
+:class:`~circuitml.errors.CheckpointError` instead of producing silent garbage. No pickle is involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from circuitml.errors import CheckpointError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "optimizer_state_to_tensors",
+    "optimizer_state_from_tensors",
+    "capture_rng_state",
+    "restore_rng_state",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]
+
+CHECKPOINT_FORMAT = "circuitml.pretrain.checkpoint"
+CHECKPOINT_VERSION = 1
+_NAME = re.compile(r"^step_(\d+)\.json$")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and :func:`os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- optimizer state as tensors
+def optimizer_state_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (``optim.<param>.<key>``) and JSON-able rest."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict, file: str
+) -> None:
+    """Inverse of :func:`optimizer_state_to_tensors`; raises CheckpointError on a mismatch."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, scal in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(scal)
+    groups = meta["param_groups"]
+    current = optimizer.state_dict()["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
+        raise CheckpointError(f"{file}: optimizer state is of another model (parameter groups differ)")
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{file}: optimizer state does not match the model ({exc})") from None
+
+
+# ----------------------------------------------------------------------------- RNG streams
+def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Torch (CPU and CUDA) RNG states as tensors; numpy and python states as JSON-able lists."""
+    tensors = {"rng.torch": torch.get_rng_state().clone()}
+    if torch.cuda.is_available():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = st.clone()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py = random.getstate()
+    meta = {
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [py[0], list(py[1]), py[2]],
+    }
+    return tensors, meta
+
+
+def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ----------------------------------------------------------------------------- files
+def save_checkpoint(
+    directory: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int = 2
+) -> Path:
+    """Write checkpoint ``step`` atomically (tensors first, JSON last); prune to the newest ``keep``.
+
+    Returns the JSON path.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"step_{step:08d}"
+    tensor_path = directory / f"{stem}.safetensors"
+    json_path = directory / f"{stem}.json"
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_save_tensors(tensor_path, tensors, {"format": CHECKPOINT_FORMAT, "step": str(step)})
+    record = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        "tensors": tensor_path.name,
+        "sha256": _sha256(tensor_path),
+        "size": tensor_path.stat().st_size,
+        "state": state,
+    }
+    atomic_write_text(json_path, json.dumps(record, indent=1, sort_keys=True))
+    for old in list_checkpoints(directory)[:-keep]:
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+    return json_path
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """JSON files of the checkpoints in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint (its ``.json`` path, or the ``.safetensors`` next to it).
+
+    Returns ``(tensors, record)`` where ``record["state"]`` is what :func:`save_checkpoint` was given.
+
+    Raises:
+        CheckpointError: missing, truncated, corrupted (sha256 mismatch) or of another format.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path} (byte {exc.start}): expected UTF-8 JSON checkpoint state") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path}:{exc.lineno}: expected complete JSON checkpoint state (truncated or corrupted: {exc.msg})"
+        ) from None
+    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: expected a {CHECKPOINT_FORMAT} JSON file (key 'format')")
+    if record.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: key 'version': expected {CHECKPOINT_VERSION}, got {record.get('version')!r}"
+        )
+    for key in ("step", "tensors", "sha256", "size", "state"):
+        if key not in record:
+            raise CheckpointError(f"{path}: key {key!r} missing")
+    tensor_path = path.parent / record["tensors"]
+    if not tensor_path.is_file():
+        raise CheckpointError(f"{tensor_path}: tensor file of checkpoint {path.name} not found")
+    size = tensor_path.stat().st_size
+    if size != record["size"]:
+        raise CheckpointError(
+            f"{tensor_path}: expected {record['size']} bytes, found {size} (truncated or overwritten)"
+        )
+    if _sha256(tensor_path) != record["sha256"]:
+        raise CheckpointError(f"{tensor_path}: sha256 does not match {path.name} (file corrupted)")
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{tensor_path}: expected a safetensors file ({exc})") from None
+    return tensors, record

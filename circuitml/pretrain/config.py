@@ -1,0 +1,318 @@
+"""Configuration of ``circuitml pretrain``: one dataclass per concern, loaded from TOML/YAML plus dotted overrides.
+
+The layout follows MegaBlocks' single ``Arguments`` idea split by concern (data, model, mgm, vga, optim,
+schedule, run) so that ``--set optim.lr=3e-4`` reads like the TOML section it changes. Unknown keys and values
+of the wrong type raise :class:`~circuitml.errors.ConfigError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import yaml
+
+from circuitml.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "MGMConfig",
+    "VGAConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "RunConfig",
+    "PretrainConfig",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+]
+
+
+@dataclass
+class DataConfig:
+    """Where circuits come from and how they are batched.
+
+    Attributes:
+        root: a dataset folder (``circuitml data build`` / ``generate`` output); ``None`` generates the built-in
+            dataset into ``<out>/data`` first (reused on later runs).
+        generate: keyword arguments passed to :func:`circuitml.datasets.generate` when ``root`` is ``None``.
+        batch_size: GLOBAL graphs per optimizer step (split over processes and accumulation micro-steps).
+        max_tokens: Verilog token sequences are cut to this length.
+        max_nodes: circuits with more graph nodes are skipped (keeps a step's memory bounded).
+    """
+
+    root: str | None = None
+    generate: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 16
+    max_tokens: int = 512
+    max_nodes: int = 20000
+
+
+@dataclass
+class ModelConfig:
+    """The circuit encoder being pretrained and the Verilog encoder that VGA aligns it with.
+
+    Attributes:
+        encoder: fields of :class:`circuitml.encoders.EncoderConfig` (``{}`` = the MGVGA DeeperGCN default).
+        verilog_encoder: ``"builtin"`` (a small transformer over pyverilog token ids, trained jointly) or the path
+            of a LOCAL Hugging Face encoder / causal LM directory (frozen, hidden states cached on disk).
+        verilog_hidden, verilog_layers, verilog_heads: size of the built-in Verilog transformer.
+        hf_cache_dir: where Hugging Face hidden states are cached (``None`` = ``<out>/verilog_cache``).
+    """
+
+    encoder: dict[str, Any] = field(default_factory=dict)
+    verilog_encoder: str = "builtin"
+    verilog_hidden: int = 64
+    verilog_layers: int = 2
+    verilog_heads: int = 4
+    hf_cache_dir: str | None = None
+
+
+@dataclass
+class MGMConfig:
+    """Masked gate modeling in latent space (Wu et al., ICLR 2025, Sec. 3.2)."""
+
+    enabled: bool = True
+    mask_ratio: float = 0.3
+    weight: float = 1.0
+    degree_weight: float = 0.1
+    decoder_layers: int = 2
+
+
+@dataclass
+class VGAConfig:
+    """Verilog-AIG alignment: input-space masking reconstructed by cross-attention to Verilog tokens (Sec. 3.3)."""
+
+    enabled: bool = True
+    mask_ratio: float = 0.5
+    weight: float = 1.0
+    heads: int = 4
+    layers: int = 1
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with global-norm clipping and gradient accumulation."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warmup then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+
+    steps: int = 300
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class RunConfig:
+    """Seeds, devices, logging and checkpointing.
+
+    Attributes:
+        device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+        amp: autocast on cuda (bf16 when supported unless ``amp_dtype="float16"``, which adds a GradScaler).
+        checkpoint_every: optimizer steps between checkpoints (the last step is always checkpointed).
+        keep_checkpoints: how many recent checkpoints to keep.
+    """
+
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    amp_dtype: str = "bfloat16"
+    log_every: int = 1
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    plot: bool = True
+    progress: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``circuitml pretrain`` needs; ``config_to_dict`` of it is stored in every checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mgm: MGMConfig = field(default_factory=MGMConfig)
+    vga: VGAConfig = field(default_factory=VGAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self, source: str = "<config>") -> PretrainConfig:
+        """Check value ranges; raises ConfigError naming the key."""
+        checks = [
+            ("data.batch_size", self.data.batch_size >= 1, "an integer >= 1"),
+            ("data.max_tokens", self.data.max_tokens >= 1, "an integer >= 1"),
+            ("mgm.mask_ratio", 0.0 < self.mgm.mask_ratio <= 1.0, "a fraction in (0, 1]"),
+            ("vga.mask_ratio", 0.0 < self.vga.mask_ratio <= 1.0, "a fraction in (0, 1]"),
+            ("mgm.decoder_layers", self.mgm.decoder_layers >= 1, "an integer >= 1"),
+            ("vga.layers", self.vga.layers >= 1, "an integer >= 1"),
+            ("optim.lr", self.optim.lr > 0, "a positive number"),
+            ("optim.grad_accum", self.optim.grad_accum >= 1, "an integer >= 1"),
+            ("schedule.steps", self.schedule.steps >= 1, "an integer >= 1"),
+            ("schedule.warmup_steps", self.schedule.warmup_steps >= 0, "an integer >= 0"),
+            ("run.checkpoint_every", self.run.checkpoint_every >= 1, "an integer >= 1"),
+            ("run.keep_checkpoints", self.run.keep_checkpoints >= 1, "an integer >= 1"),
+            (
+                "run.device",
+                self.run.device in ("auto", "cpu", "cuda") or self.run.device.startswith("cuda:"),
+                "'auto', 'cpu' or 'cuda[:i]'",
+            ),
+            ("run.amp_dtype", self.run.amp_dtype in ("bfloat16", "float16"), "'bfloat16' or 'float16'"),
+            (
+                "mgm.enabled/vga.enabled",
+                self.mgm.enabled or self.vga.enabled,
+                "at least one objective enabled",
+            ),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{source}: {key}: expected {expected}")
+        return self
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(PretrainConfig)
+    return {name: hints[name] for name in _SECTIONS}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check (and gently convert) ``value`` against a field's type hint; raises ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table/mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> PretrainConfig:
+    """Build a validated :class:`PretrainConfig` from nested dicts (a parsed TOML/YAML file or a checkpoint)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections {sorted(_SECTIONS)}")
+    classes = _section_classes()
+    sections: dict[str, Any] = {}
+    for name, body in raw.items():
+        if name not in classes:
+            raise ConfigError(f"{source}: unknown section {name!r}; expected one of {sorted(classes)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{name}]: expected a table of keys")
+        cls = classes[name]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in body.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: {name}.{key}: unknown key; expected one of {sorted(hints)}")
+            kwargs[key] = _coerce(value, hints[key], f"{source}: {name}.{key}")
+        sections[name] = cls(**kwargs)
+    return PretrainConfig(**sections).validate(source)
+
+
+def config_to_dict(config: PretrainConfig) -> dict[str, Any]:
+    """Nested plain dict (JSON/TOML-able) of a config."""
+    return dataclasses.asdict(config)
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars give ints, floats, bools, null and strings with the usual spelling (3e-4, true, null).
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) or value is None or isinstance(value, (bool, int, float, dict, list)):
+        return value
+    return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``section.key=value`` (or ``section.key.sub=value`` inside a table such as ``model.encoder``)."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source} {item!r}: expected key=value, e.g. optim.lr=3e-4")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".")]
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"{source} {item!r}: expected a dotted key section.key, e.g. optim.lr")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source} {item!r}: {part} is not a table")
+            node = child
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config, apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".toml":
+                raw = tomllib.loads(text)
+            elif suffix in (".yaml", ".yml"):
+                raw = yaml.safe_load(text) or {}
+            else:
+                raise ConfigError(f"{path}: expected a .toml, .yaml or .yml config file")
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: expected valid TOML ({exc})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{where}: expected valid YAML") from None
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source = f"{source} + --set"
+    return config_from_dict(raw, source)

@@ -1,0 +1,167 @@
+"""Verilog + AIG pairs for MGVGA: loading from a dataset, a deterministic sharded order, and collation.
+
+The batch order is a pure function of ``(seed, step)``: the sample stream is the concatenation of per-epoch
+permutations drawn from ``numpy.random.default_rng([seed, epoch])``; global batch ``s`` is stream positions
+``[s*B, (s+1)*B)``; it is cut into ``world_size * grad_accum`` contiguous micro-batches and micro-batch
+``micro * world_size + rank`` goes to process ``rank`` at accumulation step ``micro``. Resuming therefore needs
+only the step number, and one process with ``grad_accum = k * world`` sees exactly the same micro-batches as
+``world`` processes with ``grad_accum = k`` (which is what the DDP test checks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+
+from circuitml.errors import DatasetError
+
+__all__ = ["PretrainSample", "PretrainBatch", "PretrainData", "BatchOrder", "collate"]
+
+
+@dataclass
+class PretrainSample:
+    """One circuit graph and, when it has Verilog, its token ids or cached language-model states."""
+
+    graph: Data
+    tokens: Tensor | None = None  # [L] long, built-in Verilog encoder
+    text_hidden: Tensor | None = None  # [L, H] float, frozen Hugging Face encoder
+
+    @property
+    def has_text(self) -> bool:
+        return self.tokens is not None or self.text_hidden is not None
+
+
+@dataclass
+class PretrainBatch:
+    """A PyG batch of graphs plus padded Verilog inputs.
+
+    Attributes:
+        graph: ``torch_geometric.data.Batch``.
+        tokens: ``[B, L]`` long (0 = PAD) or None.
+        text_hidden: ``[B, L, H]`` float or None.
+        text_mask: ``[B, L]`` bool, True at real tokens.
+        has_text: ``[B]`` bool.
+    """
+
+    graph: Batch
+    tokens: Tensor | None
+    text_hidden: Tensor | None
+    text_mask: Tensor
+    has_text: Tensor
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.graph.num_graphs)
+
+    def to(self, device: torch.device) -> PretrainBatch:
+        return PretrainBatch(
+            graph=self.graph.to(device),
+            tokens=None if self.tokens is None else self.tokens.to(device),
+            text_hidden=None if self.text_hidden is None else self.text_hidden.to(device),
+            text_mask=self.text_mask.to(device),
+            has_text=self.has_text.to(device),
+        )
+
+
+def collate(samples: list[PretrainSample]) -> PretrainBatch:
+    """Batch graphs with PyG and right-pad the Verilog sequences."""
+    graph = Batch.from_data_list([s.graph for s in samples])
+    lengths = [
+        0 if not s.has_text else (len(s.tokens) if s.tokens is not None else s.text_hidden.size(0))
+        for s in samples
+    ]
+    width = max(1, max(lengths))
+    text_mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    has_text = torch.tensor([s.has_text for s in samples], dtype=torch.bool)
+    tokens = text_hidden = None
+    if any(s.tokens is not None for s in samples):
+        tokens = torch.zeros(len(samples), width, dtype=torch.long)
+        for i, s in enumerate(samples):
+            if s.tokens is not None:
+                tokens[i, : len(s.tokens)] = s.tokens
+    if any(s.text_hidden is not None for s in samples):
+        dim = next(s.text_hidden.size(1) for s in samples if s.text_hidden is not None)
+        text_hidden = torch.zeros(len(samples), width, dim)
+        for i, s in enumerate(samples):
+            if s.text_hidden is not None:
+                text_hidden[i, : s.text_hidden.size(0)] = s.text_hidden
+    return PretrainBatch(graph, tokens, text_hidden, text_mask, has_text)
+
+
+class PretrainData:
+    """All samples of a dataset, held in memory (AIG graphs are small; the dataset is read once).
+
+    Args:
+        dataset: a :class:`circuitml.datasets.CircuitDataset` (anything with ``len``, ``graph(i, explicit_not=)``,
+            ``verilog_tokens(i)`` and ``verilog_source(i)``).
+        explicit_not: graph construction of the encoder being trained.
+        text: ``"builtin"`` (token ids), an :class:`~circuitml.pretrain.verilog_encoder.HFVerilogFeatures`
+            (cached hidden states), or None (MGM only: Verilog is not loaded).
+        max_tokens: sequences are cut to this length.
+        max_nodes: larger circuits are skipped.
+    """
+
+    def __init__(self, dataset: Any, *, explicit_not: bool, text: Any, max_tokens: int, max_nodes: int):
+        self.samples: list[PretrainSample] = []
+        self.skipped = 0
+        for i in range(len(dataset)):
+            graph = dataset.graph(i, explicit_not=explicit_not)
+            if graph.num_nodes > max_nodes:
+                self.skipped += 1
+                continue
+            sample = PretrainSample(graph=graph)
+            if text == "builtin":
+                ids = dataset.verilog_tokens(i)
+                if ids:
+                    sample.tokens = torch.as_tensor(ids[:max_tokens], dtype=torch.long)
+            elif text is not None:
+                source = dataset.verilog_source(i)
+                if source:
+                    sample.text_hidden = text.features(source)[:max_tokens]
+            self.samples.append(sample)
+        if not self.samples:
+            raise DatasetError(
+                f"{getattr(dataset, 'root', 'dataset')}: expected at least one circuit with at most {max_nodes} "
+                f"graph nodes (data.max_nodes), found {len(dataset)} circuits, {self.skipped} too large"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_with_text(self) -> int:
+        return sum(s.has_text for s in self.samples)
+
+
+class BatchOrder:
+    """Which samples form each (global batch, micro-batch) — a pure function of ``(seed, step)``."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int):
+        self.n = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def global_batch(self, step: int) -> np.ndarray:
+        flat = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        epochs, pos = np.divmod(flat, self.n)
+        return np.array([self._perm(int(e))[p] for e, p in zip(epochs, pos, strict=False)], dtype=np.int64)
+
+    def micro_batch(self, step: int, micro: int, rank: int, world_size: int, grad_accum: int) -> np.ndarray:
+        chunks = np.array_split(self.global_batch(step), world_size * grad_accum)
+        return chunks[micro * world_size + rank]
+
+    def epoch_of(self, step: int) -> float:
+        return step * self.batch_size / self.n

@@ -1,0 +1,56 @@
+"""Embed circuit files with a pretrained encoder into one safetensors file (``circuitml embed``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from circuitml.errors import ConfigError
+
+__all__ = ["embed_files"]
+
+
+def embed_files(encoder_dir: str | Path, files: list[str | Path], out: str | Path) -> dict[str, str]:
+    """Embed each circuit file (any format :func:`circuitml.formats.read_circuit` reads) with the encoder
+    saved in ``encoder_dir``; write ``<key>/node`` ``[N, h]`` and ``<key>/graph`` ``[h]`` tensors to ``out``.
+
+    Keys are file stems; repeated stems get ``#2``, ``#3``... The safetensors metadata ``index`` maps each key to
+    its source path and node count. Written atomically. Returns the key → path index.
+    """
+    from circuitml.encoders import load_encoder
+    from circuitml.formats import read_circuit
+
+    if not files:
+        raise ConfigError("embed: expected at least one circuit file")
+    encoder = load_encoder(encoder_dir)
+    tensors: dict[str, torch.Tensor] = {}
+    index: dict[str, dict[str, object]] = {}
+    for file in files:
+        path = Path(file)
+        key = path.name.split(".")[0] or path.name
+        n = 2
+        base = key
+        while key in index:
+            key = f"{base}#{n}"
+            n += 1
+        result = encoder.embed(read_circuit(path))
+        tensors[f"{key}/node"] = result.node.detach().float().cpu().contiguous()
+        tensors[f"{key}/graph"] = result.graph[0].detach().float().cpu().contiguous()
+        index[key] = {"path": str(path), "num_nodes": int(result.node.size(0))}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "circuitml.embeddings", "encoder": str(encoder_dir), "index": json.dumps(index)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {k: str(v["path"]) for k, v in index.items()}

@@ -1,0 +1,105 @@
+"""The MGVGA pretraining model: a circuit encoder from the builder, the MGM head, the VGA head and (optionally)
+the built-in Verilog encoder, returning every loss of one micro-batch.
+
+Wu et al., "Circuit Representation Learning with Masked Gate Modeling and Verilog-AIG Alignment", ICLR 2025:
+:math:`\\mathcal L = w_{MGM}\\mathcal L_{MGM} + w_{VGA}\\mathcal L_{VGA}` (+ the MoE balancing losses of the
+encoder, when it has MoE layers).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from circuitml.graph import MASK_TYPE, NUM_NODE_TYPES
+from circuitml.pretrain.config import PretrainConfig
+from circuitml.pretrain.data import PretrainBatch
+from circuitml.pretrain.mgm import MGMHead, random_node_mask
+from circuitml.pretrain.verilog_encoder import BuiltinVerilogEncoder
+from circuitml.pretrain.vga import VGAHead, VGAOutput
+
+__all__ = ["MGVGAModel", "LOSS_COLUMNS"]
+
+#: Metrics returned by :meth:`MGVGAModel.forward`, in CSV column order.
+LOSS_COLUMNS = ["loss", "loss_mgm_type", "loss_mgm_degree", "loss_vga", "loss_aux", "acc_mgm", "acc_vga"]
+
+
+class MGVGAModel(nn.Module):
+    """Encoder + MGM head + VGA head (+ built-in Verilog transformer).
+
+    Args:
+        encoder: any :class:`circuitml.encoders.Encoder`.
+        config: the pretraining config (mgm/vga/model sections are read).
+        text_hidden: width of the Verilog states (the built-in encoder's width, or the HF model's).
+        vocab_size: Verilog vocabulary size when the built-in Verilog encoder is used, else None.
+    """
+
+    def __init__(self, encoder: nn.Module, config: PretrainConfig, text_hidden: int, vocab_size: int | None):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        hidden = encoder.out_dim
+        self.mgm = (
+            MGMHead(hidden, NUM_NODE_TYPES, config.mgm.decoder_layers, config.mgm.degree_weight)
+            if config.mgm.enabled
+            else None
+        )
+        self.vga = (
+            VGAHead(hidden, text_hidden, NUM_NODE_TYPES, config.vga.heads, config.vga.layers)
+            if config.vga.enabled
+            else None
+        )
+        self.verilog = None
+        if config.vga.enabled and vocab_size is not None:
+            m = config.model
+            self.verilog = BuiltinVerilogEncoder(
+                vocab_size, m.verilog_hidden, m.verilog_layers, m.verilog_heads, config.data.max_tokens
+            )
+
+    def text_states(self, batch: PretrainBatch) -> Tensor:
+        """Token-level Verilog states ``[B, L, H]`` of a batch."""
+        if self.verilog is not None:
+            if batch.tokens is None:
+                return torch.zeros(
+                    batch.num_graphs, 1, self.verilog.hidden_size, device=batch.text_mask.device
+                )
+            return self.verilog(batch.tokens, batch.text_mask | ~batch.has_text[:, None])
+        if batch.text_hidden is None:
+            return torch.zeros(
+                batch.num_graphs, 1, self.vga.text_proj.in_features, device=batch.text_mask.device
+            )
+        return batch.text_hidden
+
+    def vga_forward(self, batch: PretrainBatch, mask: Tensor) -> tuple[VGAOutput, Tensor]:
+        """Encode the input-masked graph and decode it against the Verilog; returns (VGA output, aux loss)."""
+        g = batch.graph
+        node_type = torch.where(mask, torch.full_like(g.x, MASK_TYPE), g.x)
+        out = self.encoder(g, node_type=node_type)
+        aux = self.encoder.aux_loss()
+        vga = self.vga(out.node, mask, g.batch, g.x, self.text_states(batch), batch.text_mask, batch.has_text)
+        return vga, aux
+
+    def forward(self, batch: PretrainBatch, generator: torch.Generator) -> dict[str, Tensor]:
+        """All losses of one micro-batch; masks are drawn from ``generator`` (MGM first, then VGA)."""
+        g = batch.graph
+        device = g.x.device
+        zero = torch.zeros((), device=device)
+        metrics = {c: zero for c in LOSS_COLUMNS}
+        total = zero
+        aux = zero
+        if self.mgm is not None:
+            mask = random_node_mask(g.num_nodes, self.config.mgm.mask_ratio, generator, device)
+            out = self.encoder(g)
+            aux = aux + self.encoder.aux_loss()
+            mgm = self.mgm(out.node, mask, g.edge_index, g.x)
+            total = total + self.config.mgm.weight * mgm.loss
+            metrics.update(loss_mgm_type=mgm.type_loss, loss_mgm_degree=mgm.degree_loss, acc_mgm=mgm.accuracy)
+        if self.vga is not None:
+            mask = random_node_mask(g.num_nodes, self.config.vga.mask_ratio, generator, device)
+            vga, vga_aux = self.vga_forward(batch, mask)
+            aux = aux + vga_aux
+            total = total + self.config.vga.weight * vga.loss
+            metrics.update(loss_vga=vga.loss, acc_vga=vga.accuracy)
+        total = total + aux
+        metrics.update(loss=total, loss_aux=aux)
+        return metrics
