@@ -1,0 +1,508 @@
+"""Build the processed dataset from any mix of circuit files and folders — in parallel, resumable, fault-tolerant.
+
+Sources are ``.v``/``.sv`` (synthesized by Yosys through ``circuitml.verilog.verilog_to_aig``), ``.aig``/``.aag``
+(AIGER) and ``.bench`` (ISCAS) files, or folders searched recursively for them.
+
+How Verilog files become designs:
+
+* every Verilog file is its own design, **unless** files of one folder instantiate each other's modules: then
+  the connected files form one design (an OpenABC-style RTL folder: ``i2c_master_top.v`` instantiating
+  ``i2c_master_byte_ctrl`` from its sibling file becomes one ``i2c_master_top`` design);
+* files that define no module (``timescale.v``, ``*_defines.v``) are not designs: Yosys finds them through
+  ```include`` next to the including file; they join the hash and the Verilog copy of designs of their folder
+  that include something;
+* the top module is the one no other module of the design instantiates; ``top=`` / ``--top`` picks it where
+  that is ambiguous (it applies to every design that defines a module of that name).
+
+The family of a circuit is the name of the nearest folder holding it that is not a generic storage name
+(``bench``, ``verilog``, ``src``, ``rtl``, ``benchmarks``...): ``rtl/adder_rc/x.v`` → ``adder_rc``,
+``iscas85/bench/c17.bench`` → ``iscas85``; ``family=`` / ``--family`` overrides it.
+
+Resuming: a source whose SHA-256 is already in the manifest (with its circuit file present) is skipped, and the
+manifest is rewritten atomically as items finish, so an interrupted build loses at most the items in flight.
+A file that fails is reported with a one-line reason and skipped; it is retried on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuitml.errors import DatasetError
+
+from .format import (
+    CIRCUITS_DIR,
+    MANIFEST,
+    VERILOG_DIR,
+    atomic_write,
+    empty_manifest,
+    read_manifest,
+    save_circuit,
+    write_manifest,
+)
+
+__all__ = ["SourceItem", "BuildReport", "discover_sources", "build_dataset", "build_item"]
+
+VERILOG_SUFFIXES = (".v", ".sv")
+AIGER_SUFFIXES = (".aig", ".aag")
+BENCH_SUFFIXES = (".bench",)
+CIRCUIT_SUFFIXES = VERILOG_SUFFIXES + AIGER_SUFFIXES + BENCH_SUFFIXES
+_MANIFEST_EVERY_S = 0.25  # rewrite the manifest at most this often (and always at the end / on interrupt)
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One design to build: its file(s), kind, family, top module and content hash."""
+
+    paths: tuple[Path, ...]
+    kind: str  # "verilog" | "aiger" | "bench"
+    family: str
+    stem: str
+    sha256: str
+    top: str | None = None
+    include_files: tuple[Path, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return str(self.paths[-1]) if len(self.paths) == 1 else str(self.paths[0].parent)
+
+
+@dataclass
+class BuildReport:
+    """What a build did: counts, the failures (source, one-line reason) and the wall time."""
+
+    out: Path
+    total: int = 0
+    built: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    records: int = 0  # records in the manifest after the build
+
+    def summary(self) -> str:
+        return (
+            f"{self.built} built, {self.skipped} already present, {len(self.failed)} failed "
+            f"of {self.total} sources in {self.seconds:.1f} s; {self.records} circuits in {self.out}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+_COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_MODULE = re.compile(r"\b(?:module|macromodule)\s+(\w+)")
+_WORD_THEN_INSTANCE = re.compile(r"\b(\w+)\s*(?:#\s*\(|\w+\s*(?:\[[^\]]*\]\s*)?\()")
+_MODULE_BODY = re.compile(r"\b(?:module|macromodule)\s+(\w+)(.*?)\bendmodule\b", re.S)
+_INCLUDE = re.compile(r"`include\b")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_design(paths: Sequence[Path], top: str | None) -> str:
+    if len(paths) == 1 and top is None:
+        return _sha256_file(paths[0])
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + _sha256_file(p).encode() + b"\n")
+    if top is not None:
+        h.update(b"top=" + top.encode())
+    return h.hexdigest()
+
+
+# folder names that say how files are stored rather than what circuit family they hold
+_GENERIC_FOLDERS = {
+    "bench",
+    "verilog",
+    "v",
+    "sv",
+    "aig",
+    "aag",
+    "aiger",
+    "src",
+    "rtl",
+    "benchmarks",
+    "circuits",
+    "data",
+    "experiments",
+    "designs",
+    "sources",
+}
+
+
+def _family_of(path: Path) -> str:
+    for folder in path.resolve().parents:
+        if folder.name and folder.name.lower() not in _GENERIC_FOLDERS:
+            return folder.name
+    return "circuits"
+
+
+def _verilog_groups(files: list[Path], top: str | None) -> list[tuple[list[Path], list[Path], str | None]]:
+    """Split the Verilog files of one folder into designs: ``(files, include_files, top)`` each."""
+    defines: dict[Path, set[str]] = {}
+    texts: dict[Path, str] = {}
+    for f in files:
+        try:
+            texts[f] = _COMMENTS.sub(" ", f.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            texts[f] = ""
+        defines[f] = set(_MODULE.findall(texts[f]))
+    owner = {m: f for f, mods in defines.items() for m in mods}
+    parent = {f: f for f in files}
+
+    def find(f: Path) -> Path:
+        while parent[f] != f:
+            parent[f] = parent[parent[f]]
+            f = parent[f]
+        return f
+
+    instantiated: set[str] = set()
+    for f in files:
+        for module, body in _MODULE_BODY.findall(texts[f]):
+            for word in _WORD_THEN_INSTANCE.findall(body):
+                g = owner.get(word)
+                if g is not None and word != module:
+                    instantiated.add(word)
+                    parent[find(f)] = find(g)
+    support = [f for f in files if not defines[f]]
+    groups: dict[Path, list[Path]] = {}
+    for f in files:
+        if defines[f]:
+            groups.setdefault(find(f), []).append(f)
+    out = []
+    for members in groups.values():
+        members.sort()
+        mods = set().union(*(defines[f] for f in members))
+        if top is not None and top in mods:
+            chosen: str | None = top
+        else:
+            roots = sorted(mods - instantiated)
+            chosen = roots[0] if len(roots) == 1 else None
+        needs_includes = len(members) > 1 or any(_INCLUDE.search(texts[f]) for f in members)
+        out.append((members, support if needs_includes else [], chosen))
+    return out
+
+
+def discover_sources(
+    sources: Iterable[str | os.PathLike], *, top: str | None = None, family: str | None = None
+) -> tuple[list[SourceItem], list[tuple[str, str]]]:
+    """Expand files and folders into designs. Returns ``(items, problems)``; a problem is ``(path, reason)``."""
+    items: list[SourceItem] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    for src in sources:
+        root = Path(src)
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in CIRCUIT_SUFFIXES)
+            if not files:
+                problems.append(
+                    (str(root), f"no circuit files ({', '.join(CIRCUIT_SUFFIXES)}) in this folder")
+                )
+        elif root.is_file():
+            if root.suffix.lower() not in CIRCUIT_SUFFIXES:
+                problems.append(
+                    (str(root), f"expected a file ending in one of {', '.join(CIRCUIT_SUFFIXES)}")
+                )
+                continue
+            files = [root]
+        else:
+            problems.append((str(root), "no such file or folder"))
+            continue
+        files = [f for f in files if f.resolve() not in seen]
+        seen.update(f.resolve() for f in files)
+        by_folder: dict[Path, list[Path]] = {}
+        for f in files:
+            suffix = f.suffix.lower()
+            if suffix in VERILOG_SUFFIXES:
+                by_folder.setdefault(f.parent, []).append(f)
+                continue
+            kind = "aiger" if suffix in AIGER_SUFFIXES else "bench"
+            try:
+                sha = _sha256_design([f], None)
+            except OSError as exc:
+                problems.append((str(f), f"cannot read ({exc.strerror or exc})"))
+                continue
+            items.append(SourceItem((f,), kind, family or _family_of(f), f.stem, sha))
+        for folder_files in by_folder.values():
+            for members, includes, chosen in _verilog_groups(folder_files, top):
+                try:
+                    sha = _sha256_design(includes + members, chosen if len(members) > 1 or top else None)
+                except OSError as exc:
+                    problems.append((str(members[0]), f"cannot read ({exc.strerror or exc})"))
+                    continue
+                stem = chosen if len(members) > 1 and chosen else members[0].stem
+                items.append(
+                    SourceItem(
+                        tuple(members),
+                        "verilog",
+                        family or _family_of(members[0]),
+                        stem,
+                        sha,
+                        top=chosen,
+                        include_files=tuple(includes),
+                    )
+                )
+    return items, problems
+
+
+# ---------------------------------------------------------------------------------------------- one item
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _safe_id(text: str) -> str:
+    return _SAFE.sub("_", text).strip("._") or "circuit"
+
+
+def _verilog_text(item: SourceItem) -> str:
+    parts = []
+    for p in item.include_files + item.paths:
+        text = p.read_bytes().decode("utf-8", errors="replace")
+        if len(item.include_files) + len(item.paths) > 1:
+            text = f"// ---- file: {p.name}\n{text}"
+        parts.append(text if text.endswith("\n") else text + "\n")
+    return "".join(parts)
+
+
+def build_item(
+    item: SourceItem, circuit_id: str, out: str | os.PathLike, timeout: float = 300.0
+) -> dict[str, Any]:
+    """Read/synthesize one design and write its circuit file (and Verilog copy); returns its record.
+
+    Runs inside worker processes; raises whatever the readers raise.
+    """
+    from circuitml.formats import read_circuit
+
+    out = Path(out)
+    tokens = None
+    verilog_rel = None
+    if item.kind == "verilog":
+        from circuitml.verilog import encode_tokens, tokenize_verilog, verilog_to_aig
+
+        # include files are found by Yosys next to the including file; they only join the hash and the copy
+        aig = verilog_to_aig(list(item.paths), top=item.top, timeout=timeout)
+        text = _verilog_text(item)
+        tokens = np.asarray(encode_tokens(tokenize_verilog(text)), dtype=np.int32)
+        verilog_rel = f"{VERILOG_DIR}/{circuit_id}.v"
+    else:
+        aig = read_circuit(item.paths[0])
+    aig.validate()
+    record: dict[str, Any] = {
+        "id": circuit_id,
+        "family": item.family,
+        "name": aig.name or item.stem,
+        "source": item.source,
+        "sources": [str(p) for p in item.include_files + item.paths],
+        "sha256": item.sha256,
+        "format": item.kind,
+        "top": item.top,
+        "verilog": verilog_rel,
+        "num_pis": aig.num_pis,
+        "num_pos": aig.num_pos,
+        "num_inputs": aig.num_inputs,
+        "num_outputs": aig.num_outputs,
+        "num_latches": aig.num_latches,
+        "num_ands": aig.num_ands,
+        "depth": aig.depth(),
+        "num_tokens": None if tokens is None else int(tokens.shape[0]),
+    }
+    if verilog_rel is not None:
+        atomic_write(out / verilog_rel, text)
+    save_circuit(out / CIRCUITS_DIR / f"{circuit_id}.safetensors", aig, record, tokens)
+    return record
+
+
+def _worker(
+    item: SourceItem, circuit_id: str, out: str, timeout: float
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Process-pool entry: never raises, so exception classes need not survive pickling."""
+    try:
+        return build_item(item, circuit_id, out, timeout), None
+    except Exception as exc:  # report any failure of one file and go on with the others
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        if not first.startswith(str(item.paths[0])) and item.source not in first:
+            first = f"{item.source}: {first}"
+        return None, first[:400]
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _assign_ids(items: list[SourceItem], manifest: dict[str, Any]) -> list[str]:
+    used = {rec["id"] for rec in manifest["records"]}
+    stems: dict[str, int] = {}
+    for it in items:
+        stems[_safe_id(it.stem)] = stems.get(_safe_id(it.stem), 0) + 1
+    ids = []
+    for it in items:
+        base = _safe_id(it.stem)
+        if stems[base] > 1 or base in used:
+            base = _safe_id(f"{it.family}__{it.stem}")
+        if base in used:
+            base = f"{base}-{it.sha256[:8]}"
+        used.add(base)
+        ids.append(base)
+    return ids
+
+
+def _load_or_create(out: Path) -> dict[str, Any]:
+    if (out / MANIFEST).exists():
+        return read_manifest(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: expected a dataset folder, got a file")
+    return empty_manifest()
+
+
+def build_dataset(
+    sources: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    workers: int = 2,
+    *,
+    top: str | None = None,
+    family: str | None = None,
+    timeout: float = 300.0,
+    progress: bool = True,
+) -> BuildReport:
+    """Turn circuit files and folders into the on-disk dataset at ``out`` (see the module docstring).
+
+    Args:
+        sources: files and/or folders (searched recursively).
+        out: dataset folder; an existing dataset there is extended (already-built sources are skipped).
+        workers: worker processes (``<= 1`` builds in this process).
+        top: top module for Verilog designs where it is ambiguous.
+        family: family name for every circuit (default: derived from the folders).
+        timeout: seconds allowed per Yosys run.
+        progress: show a rich progress bar and print failures as they happen.
+
+    Returns:
+        A :class:`BuildReport`; failures are listed there, never raised.
+
+    Raises:
+        DatasetError: ``out`` holds a corrupted manifest or is not a folder.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    manifest = _load_or_create(out)
+    (out / CIRCUITS_DIR).mkdir(parents=True, exist_ok=True)
+    items, problems = discover_sources(sources, top=top, family=family)
+    report = BuildReport(out=out, total=len(items) + len(problems), failed=list(problems))
+
+    done = {
+        rec["sha256"]
+        for rec in manifest["records"]
+        if (out / CIRCUITS_DIR / f"{rec['id']}.safetensors").is_file()
+    }
+    # records whose circuit file vanished are rebuilt
+    manifest["records"] = [rec for rec in manifest["records"] if rec["sha256"] in done]
+    pending = []
+    for it in items:
+        if it.sha256 in done:
+            report.skipped += 1
+        else:
+            done.add(it.sha256)  # identical duplicates inside one run are built once
+            pending.append(it)
+    ids = _assign_ids(pending, manifest)
+    retried = {it.source for it in pending}
+    manifest["failures"] = [f for f in manifest.get("failures", []) if f.get("source") not in retried]
+
+    console = None
+    if progress:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        for src, reason in problems:
+            console.print(f"[yellow]skipped[/] {src}: {reason}", highlight=False, soft_wrap=True)
+
+    last_write = 0.0
+
+    def finish(item: SourceItem, result: tuple[dict[str, Any] | None, str | None]) -> None:
+        nonlocal last_write
+        record, error = result
+        if record is not None:
+            manifest["records"].append(record)
+            report.built += 1
+        else:
+            report.failed.append((item.source, error or "failed"))
+            manifest["failures"].append({"source": item.source, "reason": error})
+            if console is not None:
+                console.print(f"[yellow]skipped[/] {error}", highlight=False, soft_wrap=True)
+        now = time.perf_counter()
+        if now - last_write >= _MANIFEST_EVERY_S:
+            write_manifest(out, manifest)
+            last_write = now
+
+    bar = None
+    task = None
+    if progress and pending:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("[bold]building[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        bar.start()
+        task = bar.add_task("build", total=len(pending))
+    try:
+        if workers <= 1 or len(pending) <= 1:
+            for it, cid in zip(pending, ids, strict=True):
+                finish(it, _worker(it, cid, str(out), timeout))
+                if bar is not None:
+                    bar.advance(task)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+                futures: dict[Future, SourceItem] = {}
+                queue = list(zip(pending, ids, strict=True))
+                queue.reverse()
+                try:
+                    # Keep at most 2 * workers items in flight so an interrupt has little to cancel.
+                    while queue or futures:
+                        while queue and len(futures) < 2 * workers:
+                            it, cid = queue.pop()
+                            futures[pool.submit(_worker, it, cid, str(out), timeout)] = it
+                        finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            it = futures.pop(fut)
+                            try:
+                                result = fut.result()
+                            except Exception as exc:  # a worker died (e.g. out of memory): report the item
+                                result = (
+                                    None,
+                                    f"{it.source}: worker failed ({exc.__class__.__name__}: {exc})",
+                                )
+                            finish(it, result)
+                            if bar is not None:
+                                bar.advance(task)
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    finally:
+        if bar is not None:
+            bar.stop()
+        write_manifest(out, manifest)
+    report.records = len(manifest["records"])
+    report.seconds = time.perf_counter() - start
+    return report

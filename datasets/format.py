@@ -1,0 +1,227 @@
+"""The one on-disk dataset format: a JSON manifest plus one safetensors file per circuit. No pickle anywhere.
+
+Layout of a dataset directory::
+
+    manifest.json              {"format": "circuitml-dataset", "version": 1, "records": [...], "failures": [...]}
+    circuits/<id>.safetensors  tensors ands int64[A,2], pos int64[O], latch_init int8[L],
+                               verilog_tokens int32[T] (only with Verilog); JSON metadata in the header
+    verilog/<id>.v             the design's Verilog (several source files are concatenated) when there is one
+
+A record is a flat dict: ``id, family, source, sources, sha256, format, top, verilog`` (path relative to the
+dataset root or ``None``), ``num_pis, num_pos, num_inputs, num_outputs, num_latches, num_ands, depth,
+num_tokens``. ``sha256`` hashes the source file(s), so a rebuild skips sources it has already processed.
+
+Everything is written to a temporary file in the same folder and then renamed, so a crash never leaves a
+half-written circuit or manifest behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from circuitml.aig import AIG
+from circuitml.errors import DatasetError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "CIRCUITS_DIR",
+    "VERILOG_DIR",
+    "atomic_write",
+    "circuit_bytes",
+    "save_circuit",
+    "load_circuit",
+    "empty_manifest",
+    "read_manifest",
+    "write_manifest",
+]
+
+FORMAT_NAME = "circuitml-dataset"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CIRCUITS_DIR = "circuits"
+VERILOG_DIR = "verilog"
+
+# keys every record carries (checked when a manifest is read)
+RECORD_KEYS = ("id", "family", "source", "sha256", "verilog", "num_pis", "num_pos", "num_ands", "depth")
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- circuits
+def circuit_bytes(aig: AIG, record: dict[str, Any], verilog_tokens: np.ndarray | None = None) -> bytes:
+    """Serialize one circuit: AIG arrays as tensors, names and the record as JSON header metadata."""
+    tensors = {
+        "ands": np.ascontiguousarray(aig.ands, dtype=np.int64),
+        "pos": np.ascontiguousarray(aig.pos, dtype=np.int64),
+        "latch_init": np.ascontiguousarray(aig.latch_init, dtype=np.int8),
+    }
+    if verilog_tokens is not None:
+        tensors["verilog_tokens"] = np.ascontiguousarray(verilog_tokens, dtype=np.int32)
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "num_pis": aig.num_pis,
+        "num_latches": aig.num_latches,
+        "pi_names": aig.pi_names,
+        "po_names": aig.po_names,
+        "name": aig.name,
+        "comments": aig.comments,
+        "record": record,
+    }
+    return st_save(tensors, metadata={"circuitml": json.dumps(meta, separators=(",", ":"))})
+
+
+def save_circuit(
+    path: str | os.PathLike, aig: AIG, record: dict[str, Any], verilog_tokens: np.ndarray | None = None
+) -> None:
+    """Write one circuit file atomically (see :func:`circuit_bytes`)."""
+    atomic_write(path, circuit_bytes(aig, record, verilog_tokens))
+
+
+def _read_header(data: bytes, file: Path) -> dict[str, Any]:
+    if len(data) < 8:
+        raise DatasetError(
+            f"{file}: expected a safetensors file (8-byte header length), got {len(data)} bytes"
+        )
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > _MAX_HEADER or 8 + size > len(data):
+        raise DatasetError(
+            f"{file}: truncated safetensors file (header claims {size} bytes, file has {len(data)})"
+        )
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(
+            f"{file} (byte 8): expected a JSON safetensors header ({exc.__class__.__name__})"
+        ) from None
+    if not isinstance(header, dict):
+        raise DatasetError(f"{file} (byte 8): expected a JSON object as safetensors header")
+    return header
+
+
+def load_circuit(path: str | os.PathLike) -> tuple[AIG, dict[str, Any], np.ndarray | None]:
+    """Read one circuit file: ``(aig, record, verilog_tokens or None)``.
+
+    Raises:
+        DatasetError: the file is missing, truncated, corrupted, of another format, or holds an invalid AIG.
+    """
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{file}: cannot read circuit file ({exc.strerror or exc})") from None
+    header = _read_header(data, file)
+    try:
+        meta = json.loads(header.get("__metadata__", {}).get("circuitml", "null"))
+    except (AttributeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise DatasetError(
+            f"{file}: expected '__metadata__.circuitml' of format {FORMAT_NAME!r} in the header"
+        )
+    if meta.get("version") != FORMAT_VERSION:
+        raise DatasetError(f"{file}: expected format version {FORMAT_VERSION}, got {meta.get('version')!r}")
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own error type for any inconsistency
+        raise DatasetError(f"{file}: corrupted safetensors data ({str(exc).splitlines()[0][:120]})") from None
+    for key in ("ands", "pos", "latch_init"):
+        if key not in tensors:
+            raise DatasetError(f"{file}: expected tensor {key!r}")
+    try:
+        aig = AIG(
+            num_pis=int(meta["num_pis"]),
+            ands=tensors["ands"],
+            pos=tensors["pos"],
+            num_latches=int(meta["num_latches"]),
+            latch_init=tensors["latch_init"],
+            pi_names=meta.get("pi_names"),
+            po_names=meta.get("po_names"),
+            name=str(meta.get("name", "")),
+            comments=list(meta.get("comments") or []),
+        )
+        aig.validate()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{file}: expected a valid AIG, {exc}") from None
+    tokens = tensors.get("verilog_tokens")
+    return aig, dict(meta.get("record") or {}), tokens
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+def empty_manifest() -> dict[str, Any]:
+    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "records": [], "failures": []}
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``root/manifest.json``.
+
+    Raises:
+        DatasetError: missing, not JSON, another format or version, or a record without a required key
+            (the message names the file and the JSON path).
+    """
+    file = Path(root) / MANIFEST
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{file}: no dataset manifest here (build one with 'circuitml data build')"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{file}: cannot read manifest ({exc})") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{file}:{exc.lineno}: expected JSON, {exc.msg}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise DatasetError(f'{file}: expected "format": {FORMAT_NAME!r}')
+    if manifest.get("version") != FORMAT_VERSION:
+        raise DatasetError(f'{file}: expected "version": {FORMAT_VERSION}, got {manifest.get("version")!r}')
+    records = manifest.get("records")
+    if not isinstance(records, list):
+        raise DatasetError(f'{file}: expected a list at "records"')
+    seen: set[str] = set()
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DatasetError(f"{file}: expected an object at records[{i}]")
+        for key in RECORD_KEYS:
+            if key not in rec:
+                raise DatasetError(f"{file}: expected key {key!r} at records[{i}]")
+        if not isinstance(rec["id"], str) or "/" in rec["id"] or rec["id"] in seen:
+            raise DatasetError(
+                f"{file}: expected a unique file-safe string at records[{i}].id, got {rec['id']!r}"
+            )
+        seen.add(rec["id"])
+    manifest.setdefault("failures", [])
+    return manifest
+
+
+def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Write ``root/manifest.json`` atomically (records in a stable order: by id)."""
+    out = dict(manifest)
+    out["records"] = sorted(manifest["records"], key=lambda r: r["id"])
+    atomic_write(Path(root) / MANIFEST, json.dumps(out, indent=1, sort_keys=False) + "\n")
