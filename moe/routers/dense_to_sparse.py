@@ -1,0 +1,114 @@
+"""Activation dense-to-sparse gate: softmax of an activation of the logits over a temperature, thresholded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from circuitml.moe.config import RouterConfig
+from circuitml.moe.registry import register_router
+from circuitml.moe.router import Router, RouterOutput, softmax_probs
+from circuitml.moe.routers._gating import pack_support
+from torch import Tensor, nn
+
+from circuitml.errors import ConfigError
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "softplus": F.softplus,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "identity": lambda t: t,
+}
+
+
+@dataclass
+class DenseToSparseConfig(RouterConfig):
+    """Options of :class:`DenseToSparseRouter`.
+
+    Args:
+        activation: activation applied to the linear logits (one of :data:`ACTIVATIONS`).
+        tau_start, tau_end: temperature at step 0 and from ``anneal_steps`` on (exponential anneal); equal
+            values give a fixed temperature.
+        anneal_steps: length of the anneal.
+        threshold: experts whose weight is below it are dropped (the argmax is always kept).
+        max_experts: cap on experts per token (``None``: no cap).
+        renormalize: rescale the kept weights to sum to 1.
+    """
+
+    activation: str = "relu"
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    anneal_steps: int = 1000
+    threshold: float = 0.05
+    max_experts: int | None = None
+    renormalize: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"router config: activation: expected one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not (self.tau_start > 0 and self.tau_end > 0):
+            raise ConfigError("router config: tau_start, tau_end: expected > 0")
+        if not 0 <= self.threshold < 1:
+            raise ConfigError(f"router config: threshold: expected 0 <= threshold < 1, got {self.threshold}")
+
+
+@register_router("dense_to_sparse")
+class DenseToSparseRouter(Router):
+    r"""Dense-to-sparse gate with an activation (Nie et al. 2021, "Dense-to-Sparse Gate for Mixture-of-Experts",
+    arXiv:2112.14397 v1, the gate that became EvoMoE's).
+
+    .. math::
+        g(x) = \mathrm{softmax}\big(\sigma(x W) / \tau(t)\big), \qquad
+        \mathcal{S}(x) = \{ e : g(x)_e \ge \theta \} \cup \{\arg\max_e g(x)_e\}
+
+    with ``\sigma`` a fixed activation (ReLU by default: negative logits all tie at 0, so experts the gate is
+    unsure of share the remaining mass evenly) and ``\tau`` annealed from ``tau_start`` to ``tau_end``. At a
+    high temperature ``g`` is flat and every expert is above ``\theta`` (dense); as ``\tau`` falls the weights
+    concentrate and the selection becomes sparse. Deterministic (no noise), unlike :class:`EvoMoERouter`.
+    """
+
+    config_class = DenseToSparseConfig
+
+    def __init__(self, config: DenseToSparseConfig) -> None:
+        super().__init__(config)
+        self.gate = nn.Linear(config.d_model, config.num_experts, bias=config.bias)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.gate.weight, std=self.d_model**-0.5)
+        if self.gate.bias is not None:
+            nn.init.zeros_(self.gate.bias)
+
+    def set_step(self, step: int) -> None:
+        self.step.fill_(int(step))
+
+    def temperature(self, step: int) -> float:
+        cfg = self.config
+        frac = min(1.0, step / max(cfg.anneal_steps, 1))
+        return math.exp((1 - frac) * math.log(cfg.tau_start) + frac * math.log(cfg.tau_end))
+
+    def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
+        step = int(ctx["step"]) if "step" in ctx else int(self.step)
+        if self.training and "step" not in ctx:
+            self.step += 1
+        logits = self.gate(self.jitter_input(x))
+        gate = softmax_probs(ACTIVATIONS[self.config.activation](logits) / self.temperature(step))
+        keep = (gate >= self.config.threshold) | (gate == gate.max(dim=-1, keepdim=True).values)
+        cap = self.config.max_experts
+        if cap is not None and cap < self.num_experts:
+            kth = gate.topk(cap, dim=-1).values[:, -1:]
+            keep &= gate >= kth
+        weights, indices = pack_support(gate, keep)
+        if self.config.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+        aux = self.standard_losses(logits, gate, indices, weights)
+        indices, weights = self.apply_capacity(indices, weights)
+        return RouterOutput(logits=logits, probs=gate, weights=weights, indices=indices, aux_losses=aux)
