@@ -1,0 +1,122 @@
+"""``circuitml qa train`` and ``circuitml qa eval``: extractive QA with Switch-FFN transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+
+
+def _table(title: str, scores: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in scores.items():
+        table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def register(app: typer.Typer, data_app: typer.Typer) -> None:
+    qa_app = typer.Typer(
+        help="Extractive QA (SQuAD v1.1/v2.0) with Switch MoE FFN layers.", no_args_is_help=True
+    )
+    app.add_typer(qa_app, name="qa")
+
+    @qa_app.command("train")
+    def train(
+        data: Path = typer.Option(..., "--data", help="SQuAD-format JSON file to train on."),
+        out: Path = typer.Option(..., "--out", help="Directory to write the trained model to."),
+        eval_data: Optional[Path] = typer.Option(
+            None, "--eval-data", help="Evaluation file (default: held-out contexts)."
+        ),
+        init_from: Optional[Path] = typer.Option(
+            None, "--init-from", help="Local DistilBERT/BERT checkpoint to upcycle (default: random init)."
+        ),
+        tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer directory."),
+        epochs: int = typer.Option(8, help="Training epochs."),
+        batch_size: int = typer.Option(16, help="Windows per batch."),
+        lr: float = typer.Option(5e-4, help="Peak learning rate."),
+        max_length: int = typer.Option(256, help="Tokens per window."),
+        stride: int = typer.Option(96, help="Overlap between windows of a long context."),
+        d_model: int = typer.Option(128, help="Width of the scratch transformer."),
+        layers: int = typer.Option(4, help="Layers of the scratch transformer."),
+        experts: int = typer.Option(4, help="Experts per MoE layer."),
+        router: str = typer.Option("switch", help="Router name from circuitml.moe's registry."),
+        top_k: int = typer.Option(1, help="Experts per token."),
+        seed: int = typer.Option(0, help="Random seed."),
+        threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    ) -> None:
+        """Train the QA model and print held-out EM/F1."""
+        from circuitml.tasks.qa.model import SwitchQAConfig
+        from circuitml.tasks.qa.train import QATrainConfig, train_qa
+
+        model = SwitchQAConfig(
+            d_model=d_model,
+            num_layers=layers,
+            num_heads=max(1, d_model // 32),
+            d_ff=4 * d_model,
+            num_experts=experts,
+            router=router,
+            top_k=top_k,
+            init_from=str(init_from) if init_from else None,
+            normalize_weights=init_from is not None,
+        )
+        cfg = QATrainConfig(
+            data=str(data),
+            eval_data=str(eval_data) if eval_data else None,
+            tokenizer=str(tokenizer) if tokenizer else None,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            max_length=max_length,
+            stride=stride,
+            seed=seed,
+            threads=threads,
+            model=model,
+        )
+        with Progress(
+            TextColumn("[bold]qa train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("train", total=None, loss=float("nan"))
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                progress.update(task, completed=step, total=total, loss=loss)
+
+            metrics = train_qa(cfg, out, on_step=on_step)
+        if "eval" in metrics:
+            console.print(_table(f"held-out ({metrics['eval_questions']} questions)", metrics["eval"]))
+            base = metrics["eval_baseline_no_answer"]
+            console.print(f"always-no-answer baseline: EM {base['exact']:.2f}  F1 {base['f1']:.2f}")
+        console.print(f"model written to {out} ({metrics['steps']} steps, {metrics['wall_seconds']:.0f} s)")
+
+    @qa_app.command("eval")
+    def evaluate(
+        model: Path = typer.Option(..., "--model", help="Directory written by `circuitml qa train`."),
+        data: Path = typer.Option(..., "--data", help="SQuAD-format JSON file."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write the metrics JSON here."),
+    ) -> None:
+        """Official SQuAD EM/F1 of a trained model on a file."""
+        from circuitml.tasks.qa.train import evaluate_qa
+
+        scores = evaluate_qa(model, data)
+        console.print(_table(str(data), scores))
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(scores, fh, indent=2)
+            os.replace(tmp, out)

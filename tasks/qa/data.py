@@ -1,0 +1,200 @@
+"""Tokenizers, training/evaluation features and answer-span decoding for extractive QA.
+
+Features follow the standard sliding-window recipe of BERT on SQuAD (Devlin et al., NAACL 2019): the question and a
+window of the context form one sequence; long contexts give several overlapping windows (``stride`` tokens of
+overlap); an answer outside a window, or an unanswerable question, is labelled with the ``[CLS]`` position.
+Decoding scores every valid span ``(i, j)`` of every window as ``start[i] + end[j]`` in one batched tensor op and
+compares the best span with the null (``[CLS]``) score for SQuAD v2.0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from circuitml.datasets.squad import SquadExample
+from torch import Tensor
+
+from circuitml.errors import CheckpointError, ConfigError
+
+__all__ = ["train_tokenizer", "load_tokenizer", "QAFeatures", "make_features", "decode_answers"]
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2):
+    """Train a lower-cased WordPiece tokenizer (BERT's scheme) on ``texts``; returns a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A fast tokenizer from a local directory (ours, or one saved with a DistilBERT/BERT checkpoint)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a tokenizer directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: expected a saved tokenizer ({exc})") from None
+    if not getattr(tok, "is_fast", False):
+        raise ConfigError(f"{path}: expected a fast tokenizer (offset mappings are needed for answer spans)")
+    return tok
+
+
+@dataclass
+class QAFeatures:
+    """Tokenized windows. ``start_positions``/``end_positions`` are token indices (0 = [CLS] = no answer)."""
+
+    input_ids: Tensor  # [F, T]
+    attention_mask: Tensor  # [F, T]
+    start_positions: Tensor  # [F]
+    end_positions: Tensor  # [F]
+    example_index: Tensor  # [F] index into the examples list
+    context_mask: Tensor  # [F, T] True on context tokens
+    offsets: np.ndarray  # [F, T, 2] character offsets into the example's context
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def make_features(
+    examples: Sequence[SquadExample], tokenizer, max_length: int = 256, stride: int = 96
+) -> QAFeatures:
+    """Tokenize ``examples`` into overlapping windows with span labels (first gold answer)."""
+    if stride >= max_length // 2:
+        raise ConfigError(f"qa: stride ({stride}) must be below half of max_length ({max_length})")
+    enc = tokenizer(
+        [e.question.lstrip() for e in examples],
+        [e.context for e in examples],
+        truncation="only_second",
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="max_length",
+    )
+    n = len(enc["input_ids"])
+    sample = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(n, max_length, 2)
+    seq_ids = np.array([[s if s is not None else -1 for s in enc.sequence_ids(i)] for i in range(n)])
+    context = seq_ids == 1
+    starts = np.zeros(n, dtype=np.int64)
+    ends = np.zeros(n, dtype=np.int64)
+    # Span labels: vectorized over windows; a window containing the whole answer gets its token span.
+    ans_start = np.array([e.answers[0].start if e.answers else -1 for e in examples], dtype=np.int64)[sample]
+    ans_end = np.array(
+        [e.answers[0].start + len(e.answers[0].text) if e.answers else -1 for e in examples], dtype=np.int64
+    )[sample]
+    tok_start, tok_end = offsets[..., 0], offsets[..., 1]
+    big = np.iinfo(np.int64).max
+    ctx_first = np.where(context, tok_start, big).min(axis=1)
+    ctx_last = np.where(context, tok_end, -1).max(axis=1)
+    inside = (ans_start >= 0) & (ans_start >= ctx_first) & (ans_end <= ctx_last)
+    # first context token ending after the answer start; last context token starting before the answer end
+    s_ok = context & (tok_end > ans_start[:, None])
+    e_ok = context & (tok_start < ans_end[:, None])
+    s_idx = np.argmax(s_ok, axis=1)
+    e_idx = max_length - 1 - np.argmax(e_ok[:, ::-1], axis=1)
+    starts[inside] = s_idx[inside]
+    ends[inside] = e_idx[inside]
+    return QAFeatures(
+        input_ids=torch.tensor(enc["input_ids"], dtype=torch.long),
+        attention_mask=torch.tensor(enc["attention_mask"], dtype=torch.long),
+        start_positions=torch.from_numpy(starts),
+        end_positions=torch.from_numpy(ends),
+        example_index=torch.from_numpy(sample),
+        context_mask=torch.from_numpy(context),
+        offsets=offsets,
+    )
+
+
+@torch.no_grad()
+def decode_answers(
+    examples: Sequence[SquadExample],
+    features: QAFeatures,
+    start_logits: Tensor,
+    end_logits: Tensor,
+    max_answer_length: int = 30,
+    allow_impossible: bool = True,
+    null_threshold: float = 0.0,
+    chunk: int = 64,
+) -> dict[str, str]:
+    """Best answer text per example id.
+
+    Every window scores all spans ``i <= j < i + max_answer_length`` inside the context in one ``[F, T, T]`` tensor
+    op (chunked over windows); an example takes its best-scoring window span. With ``allow_impossible`` (SQuAD v2.0),
+    the answer is "" when the smallest null score ``start[0] + end[0]`` over its windows exceeds the best span score
+    by more than ``null_threshold``.
+    """
+    f, t = start_logits.shape
+    best_score = torch.full((f,), -float("inf"))
+    best_i = torch.zeros(f, dtype=torch.long)
+    best_j = torch.zeros(f, dtype=torch.long)
+    idx = torch.arange(t)
+    band = (idx[None, :] >= idx[:, None]) & (idx[None, :] < idx[:, None] + max_answer_length)
+    for lo in range(0, f, chunk):
+        s = start_logits[lo : lo + chunk].float()
+        e = end_logits[lo : lo + chunk].float()
+        cm = features.context_mask[lo : lo + chunk]
+        score = s[:, :, None] + e[:, None, :]
+        valid = band[None] & cm[:, :, None] & cm[:, None, :]
+        score = score.masked_fill(~valid, -float("inf")).reshape(score.shape[0], -1)
+        val, flat = score.max(dim=1)
+        best_score[lo : lo + chunk] = val
+        best_i[lo : lo + chunk] = flat // t
+        best_j[lo : lo + chunk] = flat % t
+    null = (start_logits[:, 0] + end_logits[:, 0]).float()
+
+    n_ex = len(examples)
+    ex = features.example_index
+    # best window per example: scatter-max over windows, then pick the window attaining it
+    ex_best = torch.full((n_ex,), -float("inf")).scatter_reduce(0, ex, best_score, reduce="amax")
+    ex_null = torch.full((n_ex,), float("inf")).scatter_reduce(0, ex, null, reduce="amin")
+    is_best = best_score == ex_best[ex]
+    chosen = torch.full((n_ex,), -1, dtype=torch.long)
+    win = torch.arange(f)
+    chosen.scatter_reduce_(0, ex[is_best], win[is_best], reduce="amax", include_self=True)
+
+    answers: dict[str, str] = {}
+    for k, example in enumerate(examples):
+        w = int(chosen[k])
+        if w < 0 or not torch.isfinite(ex_best[k]):
+            answers[example.id] = ""
+            continue
+        if allow_impossible and float(ex_null[k]) > float(ex_best[k]) + null_threshold:
+            answers[example.id] = ""
+            continue
+        a = int(features.offsets[w, int(best_i[w]), 0])
+        b = int(features.offsets[w, int(best_j[w]), 1])
+        answers[example.id] = example.context[a:b]
+    return answers

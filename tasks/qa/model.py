@@ -1,0 +1,336 @@
+"""Extractive QA transformers whose middle FFN layers are Switch MoE layers from :mod:`circuitml.moe`.
+
+The setting of "Build a Robust QA System with Transformer-based Mixture of Experts" (Zhou and Tan, Stanford CS224N
+2021): a DistilBERT-style encoder whose feed-forward sublayers are replaced by Switch Transformer FFNs (Fedus et al.,
+"Switch Transformers", JMLR 2022), with a span head predicting answer start and end.
+
+Two backbones share one contract, ``forward(input_ids, attention_mask) -> QAOutput``:
+
+* :class:`SwitchTransformerQA` — randomly initialized, built from :class:`SwitchQAConfig`;
+* :class:`UpcycledHFQA` — a DistilBERT or BERT checkpoint loaded from a *local* directory with transformers, each
+  chosen FFN replaced by an MoE layer whose experts all start as copies of the dense FFN ("sparse upcycling",
+  Komatsuzaki et al., ICLR 2023); with a top-k (k >= 2) router and ``normalize_weights`` the upcycled model
+  computes exactly the dense model at initialization (a top-1 Switch router scales each token's FFN output by its
+  router probability, which is what gives the router a gradient).
+
+The MoE layers are the core's :class:`~circuitml.moe.MoEBlock` used as-is; padding tokens are not routed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from circuitml.moe import build_router
+from circuitml.moe.block import MoEBlock
+from circuitml.moe.experts.ffn import FFNExperts
+from torch import Tensor, nn
+
+from circuitml.errors import CheckpointError, ConfigError
+
+__all__ = ["SwitchQAConfig", "QAOutput", "MoEFFN", "SwitchTransformerQA", "UpcycledHFQA", "build_qa_model"]
+
+
+@dataclass
+class SwitchQAConfig:
+    """Configuration of the QA model (both backbones).
+
+    Args:
+        vocab_size: tokenizer vocabulary size (scratch backbone).
+        max_position: longest sequence (scratch backbone).
+        d_model, num_layers, num_heads, d_ff, dropout: transformer shape (scratch backbone).
+        moe_layers: indices of the layers whose FFN is an MoE layer; ``None`` = the middle layers (all but the
+            first and the last), as in the CS224N robust-QA setting.
+        num_experts: experts per MoE layer.
+        router: registered router name (``"switch"`` = top-1 Switch routing).
+        top_k: experts per token.
+        capacity_factor: expert capacity factor, ``None`` for dropless.
+        balance_loss_weight, z_loss_weight: router auxiliary loss weights.
+        normalize_weights: renormalize kept router weights to 1 (needed for exact upcycling).
+        init_from: local directory of a DistilBERT/BERT checkpoint to upcycle, or ``None`` for the scratch model.
+    """
+
+    vocab_size: int = 8000
+    max_position: int = 384
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1
+    moe_layers: list[int] | None = None
+    num_experts: int = 4
+    router: str = "switch"
+    top_k: int = 1
+    capacity_factor: float | None = 1.25
+    balance_loss_weight: float = 0.01
+    z_loss_weight: float = 0.001
+    normalize_weights: bool = False
+    init_from: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SwitchQAConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"qa model config: unknown key {unknown[0]!r} (expected one of {sorted(names)})"
+            )
+        return cls(**values)
+
+    def resolved_moe_layers(self, num_layers: int) -> list[int]:
+        if self.moe_layers is not None:
+            bad = [i for i in self.moe_layers if not 0 <= i < num_layers]
+            if bad:
+                raise ConfigError(
+                    f"qa model config: moe_layers: expected indices in 0..{num_layers - 1}, got {bad}"
+                )
+            return sorted(set(self.moe_layers))
+        return list(range(1, num_layers - 1)) if num_layers > 2 else list(range(num_layers))
+
+
+@dataclass
+class QAOutput:
+    start_logits: Tensor  # [B, T]
+    end_logits: Tensor  # [B, T]
+    aux_loss: Tensor  # scalar, sum of the MoE layers' weighted router losses
+    tokens_per_expert: list[Tensor] = field(default_factory=list)
+
+
+def _router(cfg: SwitchQAConfig, d_model: int):
+    options: dict[str, Any] = {
+        "capacity_factor": cfg.capacity_factor,
+        "balance_loss_weight": cfg.balance_loss_weight,
+        "z_loss_weight": cfg.z_loss_weight,
+        "normalize_weights": cfg.normalize_weights,
+    }
+    return build_router(cfg.router, d_model=d_model, num_experts=cfg.num_experts, top_k=cfg.top_k, **options)
+
+
+class MoEFFN(nn.Module):
+    """A transformer FFN sublayer replaced by an MoE block: ``[B, T, d] -> [B, T, d]``.
+
+    Only the real (non-padding) tokens are routed, so padding neither occupies expert capacity nor skews the
+    balancing loss. The block's auxiliary loss and per-expert counts of the last call are kept on the module.
+    """
+
+    def __init__(self, block: MoEBlock, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.block = block
+        self.dropout = nn.Dropout(dropout)
+        self.mask: Tensor | None = None  # set by the owning model before each forward
+        self.last_aux: Tensor | None = None
+        self.last_counts: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mask is None:
+            flat = x.reshape(-1, x.shape[-1])
+            out = self.block(flat)
+            y = out.out.reshape(x.shape)
+        else:
+            keep = self.mask.reshape(-1).bool()
+            flat = x.reshape(-1, x.shape[-1])
+            out = self.block(flat[keep])
+            y = torch.zeros_like(flat).index_put((keep.nonzero().squeeze(1),), out.out).reshape(x.shape)
+        self.last_aux = out.aux_loss
+        self.last_counts = out.stats.tokens_per_expert if out.stats is not None else None
+        return self.dropout(y)
+
+
+class _DenseFFN(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(d_model, d_ff)
+        self.lin2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.lin2(F.gelu(self.lin1(x))))
+
+
+class _Layer(nn.Module):
+    """Post-LN transformer layer (BERT/DistilBERT order): attention, add & norm, FFN, add & norm."""
+
+    def __init__(self, cfg: SwitchQAConfig, moe: bool) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = cfg.dropout
+        if moe:
+            experts = FFNExperts(cfg.num_experts, cfg.d_model, cfg.d_ff, activation="gelu", bias=True)
+            self.ffn: nn.Module = MoEFFN(MoEBlock(_router(cfg, cfg.d_model), experts), cfg.dropout)
+        else:
+            self.ffn = _DenseFFN(cfg.d_model, cfg.d_ff, cfg.dropout)
+
+    def forward(self, x: Tensor, attn_bias: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        a = a.transpose(1, 2).reshape(b, t, d)
+        x = self.norm1(x + self.dropout(self.out(a)))
+        return self.norm2(x + self.ffn(x))
+
+
+class _QABase(nn.Module):
+    def moe_layers(self) -> list[MoEFFN]:
+        return [m for m in self.modules() if isinstance(m, MoEFFN)]
+
+    def _set_mask(self, attention_mask: Tensor | None) -> None:
+        for m in self.moe_layers():
+            m.mask = attention_mask
+
+    def _collect(self, start: Tensor, end: Tensor, attention_mask: Tensor | None) -> QAOutput:
+        layers = self.moe_layers()
+        aux = sum((m.last_aux for m in layers if m.last_aux is not None), start.new_zeros(()))
+        counts = [m.last_counts for m in layers if m.last_counts is not None]
+        if attention_mask is not None:
+            neg = torch.finfo(start.dtype).min
+            start = start.masked_fill(attention_mask == 0, neg)
+            end = end.masked_fill(attention_mask == 0, neg)
+        return QAOutput(start, end, aux, counts)
+
+
+class SwitchTransformerQA(_QABase):
+    """A randomly initialized transformer encoder with Switch FFN layers and a span head."""
+
+    def __init__(self, config: SwitchQAConfig) -> None:
+        super().__init__()
+        if config.d_model % config.num_heads:
+            raise ConfigError("qa model config: d_model must be a multiple of num_heads")
+        self.config = config
+        self.tok = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos = nn.Embedding(config.max_position, config.d_model)
+        self.norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        moe = set(config.resolved_moe_layers(config.num_layers))
+        self.layers = nn.ModuleList(_Layer(config, i in moe) for i in range(config.num_layers))
+        self.qa_outputs = nn.Linear(config.d_model, 2)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> QAOutput:
+        b, t = input_ids.shape
+        if t > self.config.max_position:
+            raise ValueError(f"sequence of {t} tokens exceeds max_position={self.config.max_position}")
+        pos = torch.arange(t, device=input_ids.device)
+        x = self.dropout(self.norm(self.tok(input_ids) + self.pos(pos)[None]))
+        bias = None
+        if attention_mask is not None:
+            bias = torch.zeros(b, 1, 1, t, dtype=x.dtype, device=x.device)
+            bias = bias.masked_fill(attention_mask[:, None, None, :] == 0, -math.inf)
+        self._set_mask(attention_mask)
+        for layer in self.layers:
+            x = layer(x, bias)
+        start, end = self.qa_outputs(x).unbind(-1)
+        return self._collect(start, end, attention_mask)
+
+
+class UpcycledHFQA(_QABase):
+    """A local DistilBERT/BERT checkpoint with chosen FFN sublayers upcycled into MoE layers.
+
+    DistilBERT: ``layer.ffn`` (lin1 → GELU → lin2 → dropout) becomes :class:`MoEFFN`. BERT: ``intermediate``
+    becomes the identity and ``output.dense`` the MoE layer, so ``output`` still adds the residual and normalizes.
+    """
+
+    def __init__(self, config: SwitchQAConfig, backbone_config: Any = None) -> None:
+        """Load ``config.init_from`` and upcycle it; with ``backbone_config`` (a transformers config, as saved
+        next to a trained QA model) build the same architecture empty, to receive saved weights."""
+        super().__init__()
+        try:
+            from transformers import AutoModel
+        except ImportError as exc:  # pragma: no cover - optional dependency
+            raise ConfigError(
+                "upcycling a checkpoint needs transformers: pip install 'circuitml[qa]'"
+            ) from exc
+        if backbone_config is not None:
+            self.backbone = AutoModel.from_config(backbone_config)
+        else:
+            if config.init_from is None:
+                raise ConfigError("qa model config: init_from: expected a local checkpoint directory")
+            try:
+                self.backbone = AutoModel.from_pretrained(config.init_from, local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{config.init_from}: expected a local DistilBERT/BERT checkpoint ({exc})"
+                ) from None
+        self.config = config
+        hf = self.backbone.config
+        layers = self._layers()
+        moe = config.resolved_moe_layers(len(layers))
+        for i in moe:
+            self._upcycle(layers[i], hf)
+        self.qa_outputs = nn.Linear(hf.hidden_size, 2)
+        nn.init.normal_(self.qa_outputs.weight, std=0.02)
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    def _layers(self) -> list[nn.Module]:
+        bb = self.backbone
+        if hasattr(bb, "transformer") and hasattr(bb.transformer, "layer"):  # DistilBERT
+            return list(bb.transformer.layer)
+        if hasattr(bb, "encoder") and hasattr(bb.encoder, "layer"):  # BERT-like
+            return list(bb.encoder.layer)
+        raise CheckpointError(f"{self.config.init_from}: expected a DistilBERT or BERT encoder")
+
+    def _make_moe(self, lin1: nn.Linear, lin2: nn.Linear, activation: str, dropout: float) -> MoEFFN:
+        cfg = self.config
+        if activation not in ("gelu", "relu"):
+            raise CheckpointError(f"{cfg.init_from}: FFN activation {activation!r}: expected gelu or relu")
+        d, h = lin1.in_features, lin1.out_features
+        experts = FFNExperts(cfg.num_experts, d, h, activation=activation, bias=True)
+        with torch.no_grad():
+            experts.gate_up_proj.copy_(lin1.weight.expand(cfg.num_experts, h, d))
+            experts.gate_up_bias.copy_(lin1.bias.expand(cfg.num_experts, h))
+            experts.down_proj.copy_(lin2.weight.expand(cfg.num_experts, d, h))
+            experts.down_bias.copy_(lin2.bias.expand(cfg.num_experts, d))
+        return MoEFFN(MoEBlock(_router(cfg, d), experts), dropout)
+
+    def _upcycle(self, layer: nn.Module, hf: Any) -> None:
+        act = getattr(hf, "activation", None) or getattr(hf, "hidden_act", "gelu")
+        if hasattr(layer, "ffn"):  # DistilBERT TransformerBlock
+            ffn = layer.ffn
+            layer.ffn = self._make_moe(ffn.lin1, ffn.lin2, str(act), float(getattr(hf, "dropout", 0.0)))
+        elif hasattr(layer, "intermediate") and hasattr(layer, "output"):  # BertLayer
+            moe = self._make_moe(layer.intermediate.dense, layer.output.dense, str(act), 0.0)
+            layer.intermediate = _Identity()
+            layer.output.dense = moe
+        else:
+            raise CheckpointError(
+                f"{self.config.init_from}: unrecognized transformer layer {type(layer).__name__}"
+            )
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> QAOutput:
+        self._set_mask(attention_mask)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        start, end = self.qa_outputs(hidden).unbind(-1)
+        return self._collect(start, end, attention_mask)
+
+
+class _Identity(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def build_qa_model(config: SwitchQAConfig) -> _QABase:
+    """The scratch model, or the upcycled checkpoint when ``config.init_from`` is set."""
+    return UpcycledHFQA(config) if config.init_from else SwitchTransformerQA(config)

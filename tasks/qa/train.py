@@ -1,0 +1,264 @@
+"""Train and evaluate the Switch-FFN QA model; read top to bottom: config, data, model, optimizer, loop, save.
+
+The saved model directory holds ``config.json`` (model and training config), ``model.safetensors``, ``tokenizer/``
+and, for upcycled checkpoints, ``backbone/config.json`` — no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from circuitml.datasets.squad import SquadExample, read_squad
+from circuitml.tasks.qa.data import decode_answers, load_tokenizer, make_features, train_tokenizer
+from circuitml.tasks.qa.metrics import squad_scores
+from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
+from safetensors.torch import load_file, save_file
+
+from circuitml.errors import CheckpointError, ConfigError
+
+__all__ = ["QATrainConfig", "train_qa", "evaluate_qa", "load_qa_model", "split_by_context"]
+
+FORMAT = "circuitml-qa"
+
+
+@dataclass
+class QATrainConfig:
+    """Training settings. ``eval_data=None`` holds out ``eval_fraction`` of the *contexts* of ``data``."""
+
+    data: str = ""
+    eval_data: str | None = None
+    eval_fraction: float = 0.2
+    tokenizer: str | None = (
+        None  # local tokenizer dir; default: the checkpoint's, else one trained on the data
+    )
+    vocab_size: int = 8000
+    max_length: int = 256
+    stride: int = 96
+    max_answer_length: int = 30
+    batch_size: int = 16
+    epochs: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    seed: int = 0
+    threads: int | None = None
+    model: SwitchQAConfig = field(default_factory=SwitchQAConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def split_by_context(
+    examples: list[SquadExample], fraction: float, seed: int
+) -> tuple[list[SquadExample], list[SquadExample]]:
+    """Hold out whole contexts, so no evaluation question shares a paragraph with a training question."""
+    contexts = sorted({e.context for e in examples})
+    rng = random.Random(seed)
+    rng.shuffle(contexts)
+    n_eval = max(1, round(fraction * len(contexts))) if len(contexts) > 1 else 0
+    held = set(contexts[:n_eval])
+    return [e for e in examples if e.context not in held], [e for e in examples if e.context in held]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    starts, ends = [], []
+    with torch.no_grad():
+        for lo in range(0, len(feats), batch_size):
+            out = model(feats.input_ids[lo : lo + batch_size], feats.attention_mask[lo : lo + batch_size])
+            starts.append(out.start_logits)
+            ends.append(out.end_logits)
+    return torch.cat(starts), torch.cat(ends)
+
+
+def evaluate_examples(model, tokenizer, examples, cfg: QATrainConfig, version: str) -> dict[str, float]:
+    feats = make_features(examples, tokenizer, cfg.max_length, cfg.stride)
+    start, end = _predict(model, feats, cfg.batch_size)
+    preds = decode_answers(
+        examples, feats, start, end, cfg.max_answer_length, allow_impossible=version == "v2.0"
+    )
+    golds = {e.id: [a.text for a in e.answers] for e in examples}
+    return squad_scores(preds, golds)
+
+
+def train_qa(
+    cfg: QATrainConfig, out: str | os.PathLike, on_step: Callable[[int, int, float], None] | None = None
+) -> dict[str, Any]:
+    """Train on ``cfg.data``, evaluate on the held-out split, save to ``out``; returns the metrics."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    t0 = time.time()
+
+    # data
+    examples, version = read_squad(cfg.data)
+    if cfg.eval_data:
+        train_ex, eval_ex = examples, read_squad(cfg.eval_data)[0]
+    else:
+        train_ex, eval_ex = split_by_context(examples, cfg.eval_fraction, cfg.seed)
+    if not train_ex:
+        raise ConfigError(f"{cfg.data}: no training questions left after the split")
+
+    # tokenizer
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    elif cfg.model.init_from:
+        tokenizer = load_tokenizer(cfg.model.init_from)
+    else:
+        texts = [e.context for e in train_ex] + [e.question for e in train_ex]
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
+    feats = make_features(train_ex, tokenizer, cfg.max_length, cfg.stride)
+
+    # model
+    if not cfg.model.init_from:
+        cfg.model.vocab_size = len(tokenizer)
+        cfg.model.max_position = max(cfg.model.max_position, cfg.max_length)
+    model = build_qa_model(cfg.model)
+
+    # optimizer: AdamW, linear warmup then cosine decay
+    steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
+    total = max(1, steps_per_epoch * cfg.epochs)
+    warmup = max(1, int(cfg.warmup_fraction * total))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n.lower())]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
+    )
+
+    # loop
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses: list[float] = []
+    step = 0
+    for _epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(feats), generator=gen)
+        for lo in range(0, len(feats), cfg.batch_size):
+            idx = order[lo : lo + cfg.batch_size]
+            o = model(feats.input_ids[idx], feats.attention_mask[idx])
+            ce = torch.nn.functional.cross_entropy
+            loss = (
+                ce(o.start_logits, feats.start_positions[idx]) + ce(o.end_logits, feats.end_positions[idx])
+            ) / 2
+            total_loss = loss + o.aux_loss
+            opt.zero_grad(set_to_none=True)
+            total_loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            step += 1
+            if on_step is not None:
+                on_step(step, total, losses[-1])
+
+    # evaluate and save
+    metrics: dict[str, Any] = {
+        "version": version,
+        "train_questions": len(train_ex),
+        "eval_questions": len(eval_ex),
+    }
+    if eval_ex:
+        metrics["eval"] = evaluate_examples(model, tokenizer, eval_ex, cfg, version)
+        no_answer = {e.id: "" for e in eval_ex}
+        metrics["eval_baseline_no_answer"] = squad_scores(
+            no_answer, {e.id: [a.text for a in e.answers] for e in eval_ex}
+        )
+    metrics["loss_first_epoch"] = float(np.mean(losses[:steps_per_epoch]))
+    metrics["loss_last_epoch"] = float(np.mean(losses[-steps_per_epoch:]))
+    metrics["steps"] = step
+    metrics["wall_seconds"] = time.time() - t0
+    save_qa_model(model, tokenizer, cfg, out, metrics)
+    return metrics
+
+
+def save_qa_model(
+    model, tokenizer, cfg: QATrainConfig, out: str | os.PathLike, metrics: dict[str, Any]
+) -> None:
+    """Write the model directory atomically (build in a temp dir beside it, then rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if isinstance(model, UpcycledHFQA):
+            model.backbone.config.save_pretrained(str(tmp / "backbone"))
+        config = {"format": FORMAT, "version": 1, "train": cfg.to_dict(), "metrics": metrics}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_qa_model(path: str | os.PathLike):
+    """Load a saved QA model directory: returns ``(model, tokenizer, train_config)``."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{cfg_file}: expected a QA model directory with config.json") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_file}:{exc.lineno}: expected valid JSON") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_file}: expected format {FORMAT!r}, got {raw.get('format')!r}")
+    train = dict(raw["train"])
+    model_cfg = SwitchQAConfig.from_dict(train.pop("model"))
+    cfg = QATrainConfig(**train, model=model_cfg)
+    if (path / "backbone").is_dir():
+        from transformers import AutoConfig
+
+        model = UpcycledHFQA(model_cfg, backbone_config=AutoConfig.from_pretrained(str(path / "backbone")))
+    else:
+        model = build_qa_model(model_cfg)
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except Exception as exc:  # safetensors raises several types on truncated or corrupted files
+        raise CheckpointError(
+            f"{path / 'model.safetensors'}: expected a valid safetensors file ({exc})"
+        ) from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path / 'model.safetensors'}: expected the model's tensors (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model.eval()
+    return model, load_tokenizer(path / "tokenizer"), cfg
+
+
+def evaluate_qa(model_dir: str | os.PathLike, data: str | os.PathLike) -> dict[str, float]:
+    """EM/F1 of a saved model on a SQuAD file."""
+    model, tokenizer, cfg = load_qa_model(model_dir)
+    examples, version = read_squad(data)
+    return evaluate_examples(model, tokenizer, examples, cfg, version)
