@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from circuitml.aig import AIG, longest_path_levels
+from circuitml.aig import AIG, segment_gather
 
 __all__ = [
     "PI",
@@ -117,6 +117,113 @@ def _graph_arrays(aig: AIG, explicit_not: bool) -> dict[str, np.ndarray]:
     }
 
 
+def _kahn_longest(
+    n: int, src: np.ndarray, dst: np.ndarray, length: np.ndarray, init: np.ndarray, max_rounds: int
+) -> np.ndarray | None:
+    """Weighted longest paths by Kahn's algorithm, one numpy round per (unweighted) level; ``None`` past
+    ``max_rounds`` rounds (deep, narrow DAGs are cheaper with :func:`_dijkstra_longest`)."""
+    order = np.argsort(src, kind="stable")
+    s_dst, s_len, s_src = dst[order], length[order], src[order]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
+    indeg = np.bincount(dst, minlength=n)
+    best = init.astype(np.int64, copy=True)
+    frontier = np.flatnonzero(indeg == 0)
+    rounds = 0
+    while frontier.size:
+        e = segment_gather(ptr, frontier)
+        if e.size == 0:
+            break
+        rounds += 1
+        if rounds > max_rounds:
+            return None
+        d = s_dst[e]
+        np.maximum.at(best, d, best[s_src[e]] + s_len[e])
+        np.subtract.at(indeg, d, 1)
+        frontier = np.unique(d[indeg[d] == 0])
+    return best
+
+
+def _dijkstra_longest(
+    n: int, src: np.ndarray, dst: np.ndarray, length: np.ndarray, init: np.ndarray, potential: np.ndarray
+) -> np.ndarray:
+    """Weighted longest paths on a DAG as shortest paths (scipy's compiled Dijkstra) after reweighting.
+
+    With a topological potential ``t`` (``t[dst] > t[src]`` on every edge) and ``K`` above every length, the
+    weights ``K (t[v] - t[u]) - len(u, v)`` are positive and a path's weight telescopes to
+    ``K (t[end] - t[start]) - (its length)``: the shortest path from a super-source (potential ``-1``, an edge of
+    length ``init[v]`` to every node) is the longest one. O(E log N) with no Python per level.
+    """
+    import scipy.sparse as sps
+    from scipy.sparse.csgraph import dijkstra
+
+    k = int(max(length.max(initial=0), init.max(initial=0))) + 1
+    t = np.concatenate([[-1], potential]).astype(np.int64)
+    s = np.concatenate([src + 1, np.zeros(n, dtype=np.int64)])
+    d = np.concatenate([dst + 1, np.arange(1, n + 1, dtype=np.int64)])
+    w = k * (t[d] - t[s]) - np.concatenate([length, init])
+    # A sparse matrix would add up parallel edges (an AND reading one node twice): keep the lightest of each.
+    key = s * (n + 1) + d
+    order = np.lexsort((w, key))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = key[order[1:]] != key[order[:-1]]
+    keep = order[first]
+    graph = sps.csr_matrix((w[keep].astype(np.float64), (s[keep], d[keep])), shape=(n + 1, n + 1))
+    dist = dijkstra(graph, indices=0)
+    return (k * (t[1:] + 1) - dist[1:]).astype(np.int64)
+
+
+def _longest_paths(
+    n: int, src: np.ndarray, dst: np.ndarray, length: np.ndarray, init: np.ndarray, potential: np.ndarray
+) -> np.ndarray:
+    """``best[v] = max(init[v], max over edges u -> v of best[u] + length)`` on a DAG."""
+    if src.size == 0:
+        return init.astype(np.int64, copy=True)
+    # A Kahn round costs tens of microseconds of numpy calls, Dijkstra about one per node: past ~n/40 levels
+    # the compiled search wins, so give Kahn that many rounds before switching.
+    best = _kahn_longest(n, src, dst, length, init, max_rounds=max(16, n // 40))
+    return best if best is not None else _dijkstra_longest(n, src, dst, length, init, potential)
+
+
+def _graph_levels(aig: AIG, g: dict[str, np.ndarray], explicit_not: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and reverse levels of the graph nodes, computed on the (half as large) AIG.
+
+    An edge through a NOT node is one level longer, so AIG edges get length ``1 + complement`` in the
+    explicit-NOT graph; NOT and PO levels then follow from their single fanin (forward) or fanouts (reverse).
+    """
+    n = aig.num_nodes
+    lits = aig.ands.reshape(-1)
+    fanin = lits >> 1
+    gate = np.repeat(aig.first_and + np.arange(aig.num_ands, dtype=np.int64), 2)
+    compl = (lits & 1) if explicit_not else np.zeros_like(lits)
+    po_node, po_compl = aig.pos >> 1, ((aig.pos & 1) if explicit_not else np.zeros_like(aig.pos))
+    ids = np.arange(n, dtype=np.int64)
+
+    fwd = _longest_paths(n, fanin, gate, 1 + compl, np.zeros(n, dtype=np.int64), ids)
+    init = np.zeros(n, dtype=np.int64)
+    np.maximum.at(init, po_node, 1 + po_compl)
+    rev = _longest_paths(n, gate, fanin, 1 + compl, init, n - 1 - ids)
+
+    node_type, aig_node = g["node_type"], g["aig_node"]
+    level = np.empty(node_type.size, dtype=np.int64)
+    rev_level = np.zeros(node_type.size, dtype=np.int64)
+    inner = aig_node >= 0
+    level[inner] = fwd[aig_node[inner]]
+    rev_level[inner] = rev[aig_node[inner]]
+    po_start = int(g["po_start"])
+    level[po_start:] = fwd[po_node] + 1 + po_compl
+    if explicit_not:
+        is_not = node_type == NOT
+        level[is_not] += 1
+        # A NOT node sits one above the highest of its fanouts: complemented AND fanins and complemented POs.
+        not_rev = np.zeros(n, dtype=np.int64)
+        c = compl == 1
+        np.maximum.at(not_rev, fanin[c], rev[gate[c]] + 1)
+        np.maximum.at(not_rev, po_node[po_compl == 1], 1)
+        rev_level[is_not] = not_rev[aig_node[is_not]]
+    return level, rev_level
+
+
 def aig_to_data(
     aig: AIG,
     *,
@@ -146,8 +253,7 @@ def aig_to_data(
     g = _graph_arrays(aig, explicit_not)
     num_nodes = int(g["node_type"].size)
     src, dst = g["src"], g["dst"]
-    level = longest_path_levels(num_nodes, src, dst)
-    rev_level = longest_path_levels(num_nodes, dst, src)
+    level, rev_level = _graph_levels(aig, g, explicit_not)
 
     data = Data(
         x=torch.from_numpy(g["node_type"]),

@@ -265,3 +265,20 @@ def test_epfl_graphs(path):
     # Graph depth: each AIG level adds at most one NOT level, and the PO adds one.
     assert aig.depth() + 1 <= int(lv.max()) <= 2 * aig.depth() + 2
     check_schedule(d)
+
+
+@SETTINGS
+@given(aig_params, st.booleans())
+def test_deep_graph_level_search_matches_the_level_rounds(params, explicit_not):
+    """Past a round budget levels come from a reweighted Dijkstra search: same numbers as level rounds."""
+    import circuitml.graph as graph_mod
+
+    aig = random_aig(*params)
+    ref = aig_to_data(aig, explicit_not=explicit_not)
+    original = graph_mod._kahn_longest
+    graph_mod._kahn_longest = lambda *args, **kwargs: None
+    try:
+        d = aig_to_data(aig, explicit_not=explicit_not)
+    finally:
+        graph_mod._kahn_longest = original
+    assert torch.equal(d.level, ref.level) and torch.equal(d.rev_level, ref.rev_level)
