@@ -219,6 +219,7 @@ def _const(node) -> int | None:
 
 
 def _port(name: str, direction: str, width_node) -> VerilogPort:
+    name = name[1:].rstrip() if name.startswith("\\") else name  # escaped identifier \a[0] is named a[0]
     if width_node is None:
         return VerilogPort(name, direction, 1, None, None)
     msb, lsb = _const(width_node.msb), _const(width_node.lsb)
@@ -227,10 +228,17 @@ def _port(name: str, direction: str, width_node) -> VerilogPort:
 
 
 def _walk(node):
-    yield node
-    for child in node.children():
-        if child is not None:
-            yield from _walk(child)
+    """Module items that can hold port declarations or instances; expressions and statements are skipped
+    (walking every expression node of a 600 KB netlist costs seconds)."""
+    from pyverilog.vparser import ast
+
+    descend = (ast.ModuleDef, ast.Decl, ast.GenerateStatement, ast.Block, ast.IfStatement, ast.ForStatement)
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        yield cur
+        if isinstance(cur, descend):
+            stack.extend(reversed([c for c in cur.children() if c is not None]))
 
 
 def _describe_module(mdef, file: str) -> VerilogModule:
@@ -264,7 +272,7 @@ def _parse_one(
     from pyverilog.vparser.parser import ParseError
 
     text = _preprocess(path, include_dirs, defines)
-    if not any(t.kind == "keyword" and t.text in ("module", "macromodule") for t in lex_verilog(text)):
+    if not re.search(r"\b(?:macro)?module\b", text):
         return []  # a file of macros or `timescale only (e.g. *_defines.v): nothing to parse
     with _parser_lock:
         parser = _get_parser()
@@ -280,6 +288,10 @@ def _parse_one(
         except RecursionError:
             raise CircuitFormatError(
                 path, "Verilog nested less deeply", got="too deep for the parser"
+            ) from None
+        except Exception as exc:  # pyverilog's grammar actions raise assorted errors on odd input
+            raise CircuitFormatError(
+                path, "Verilog-2005 syntax", got=f"{type(exc).__name__}: {exc}"
             ) from None
     return [
         _describe_module(d, str(path)) for d in tree.description.definitions if isinstance(d, ast.ModuleDef)
