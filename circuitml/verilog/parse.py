@@ -188,9 +188,14 @@ def _preprocess(path: Path, include_dirs: list[Path], defines: Mapping[str, str 
             msg = (proc.stderr.strip().splitlines() or ["preprocessing failed"])[0]
             m = re.match(r"(.*?):(\d+):\s*(.*)", msg)
             if m:
-                raise CircuitFormatError(
-                    m.group(1), "preprocessable Verilog", line=int(m.group(2)), got=m.group(3)
-                )
+                line = int(m.group(2))
+                inc = re.match(r"Include file (.*) not found", m.group(3))
+                if inc and Path(m.group(1)).is_file():
+                    # iverilog reports the line after the directive; point at the directive itself
+                    lines = Path(m.group(1)).read_text(errors="replace").splitlines()
+                    hits = [k + 1 for k, ln in enumerate(lines) if "`include" in ln and inc.group(1) in ln]
+                    line = hits[0] if hits else line
+                raise CircuitFormatError(m.group(1), "preprocessable Verilog", line=line, got=m.group(3))
             raise CircuitFormatError(path, "preprocessable Verilog", got=msg)
         return out.read_text(errors="replace")
 
@@ -277,11 +282,12 @@ def _parse_one(
     with _parser_lock:
         parser = _get_parser()
         try:
+            parser.lexer.lexer.lineno = 1  # PLY keeps counting lines across inputs otherwise
             tree = parser.parse(text)
         except ParseError as exc:
             m = re.search(r"line:(\d+)", str(exc))
             line = int(m.group(1)) if m else None
-            near = re.search(r"near: (.*)$", str(exc))
+            near = re.search(r"(?:near|before): (.*)$", str(exc))
             raise CircuitFormatError(
                 path, "Verilog-2005 syntax", line=line, got=(near.group(1) if near else str(exc))
             ) from None
