@@ -120,8 +120,11 @@ def _graph_arrays(aig: AIG, explicit_not: bool) -> dict[str, np.ndarray]:
 def _kahn_longest(
     n: int, src: np.ndarray, dst: np.ndarray, length: np.ndarray, init: np.ndarray, max_rounds: int
 ) -> np.ndarray | None:
-    """Weighted longest paths by Kahn's algorithm, one numpy round per (unweighted) level; ``None`` past
-    ``max_rounds`` rounds (deep, narrow DAGs are cheaper with :func:`_dijkstra_longest`)."""
+    """Weighted longest paths by Kahn's algorithm, one numpy round per (unweighted) level.
+
+    Returns ``None`` past ``max_rounds`` rounds, or earlier when the first rounds settle so few nodes that the
+    DAG looks that deep: deep, narrow DAGs are cheaper with :func:`_dijkstra_longest`.
+    """
     order = np.argsort(src, kind="stable")
     s_dst, s_len, s_src = dst[order], length[order], src[order]
     ptr = np.zeros(n + 1, dtype=np.int64)
@@ -129,18 +132,19 @@ def _kahn_longest(
     indeg = np.bincount(dst, minlength=n)
     best = init.astype(np.int64, copy=True)
     frontier = np.flatnonzero(indeg == 0)
-    rounds = 0
+    settled, rounds = frontier.size, 0
     while frontier.size:
         e = segment_gather(ptr, frontier)
         if e.size == 0:
             break
         rounds += 1
-        if rounds > max_rounds:
+        if rounds > max_rounds or (rounds == _PROBE_ROUNDS and rounds * n > max_rounds * settled):
             return None
         d = s_dst[e]
         np.maximum.at(best, d, best[s_src[e]] + s_len[e])
         np.subtract.at(indeg, d, 1)
         frontier = np.unique(d[indeg[d] == 0])
+        settled += frontier.size
     return best
 
 
@@ -153,34 +157,38 @@ def _dijkstra_longest(
     weights ``K (t[v] - t[u]) - len(u, v)`` are positive and a path's weight telescopes to
     ``K (t[end] - t[start]) - (its length)``: the shortest path from a super-source (potential ``-1``, an edge of
     length ``init[v]`` to every node) is the longest one. O(E log N) with no Python per level.
+    Parallel edges must have been merged by the caller (a sparse matrix would add their weights).
     """
     import scipy.sparse as sps
     from scipy.sparse.csgraph import dijkstra
 
     k = int(max(length.max(initial=0), init.max(initial=0))) + 1
-    t = np.concatenate([[-1], potential]).astype(np.int64)
-    s = np.concatenate([src + 1, np.zeros(n, dtype=np.int64)])
-    d = np.concatenate([dst + 1, np.arange(1, n + 1, dtype=np.int64)])
-    w = k * (t[d] - t[s]) - np.concatenate([length, init])
-    # A sparse matrix would add up parallel edges (an AND reading one node twice): keep the lightest of each.
-    key = s * (n + 1) + d
-    order = np.lexsort((w, key))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = key[order[1:]] != key[order[:-1]]
-    keep = order[first]
-    graph = sps.csr_matrix((w[keep].astype(np.float64), (s[keep], d[keep])), shape=(n + 1, n + 1))
+    order = np.argsort(src, kind="stable")
+    s, d = src[order], dst[order]
+    w = k * (potential[d] - potential[s]) - length[order]
+    # Row 0 is the super-source (edges to every node), rows 1.. the nodes.
+    indptr = np.zeros(n + 2, dtype=np.int64)
+    indptr[1] = n
+    np.cumsum(np.bincount(s, minlength=n), out=indptr[2:])
+    indptr[2:] += n
+    indices = np.concatenate([np.arange(1, n + 1, dtype=np.int64), d + 1])
+    weights = np.concatenate([k * (potential + 1) - init, w]).astype(np.float64)
+    graph = sps.csr_matrix((weights, indices, indptr), shape=(n + 1, n + 1))
     dist = dijkstra(graph, indices=0)
-    return (k * (t[1:] + 1) - dist[1:]).astype(np.int64)
+    return (k * (potential + 1) - dist[1:]).astype(np.int64)
+
+
+_PROBE_ROUNDS = 8
 
 
 def _longest_paths(
     n: int, src: np.ndarray, dst: np.ndarray, length: np.ndarray, init: np.ndarray, potential: np.ndarray
 ) -> np.ndarray:
-    """``best[v] = max(init[v], max over edges u -> v of best[u] + length)`` on a DAG."""
+    """``best[v] = max(init[v], max over edges u -> v of best[u] + length)`` on a DAG without parallel edges."""
     if src.size == 0:
         return init.astype(np.int64, copy=True)
     # A Kahn round costs tens of microseconds of numpy calls, Dijkstra about one per node: past ~n/40 levels
-    # the compiled search wins, so give Kahn that many rounds before switching.
+    # the compiled search wins.
     best = _kahn_longest(n, src, dst, length, init, max_rounds=max(16, n // 40))
     return best if best is not None else _dijkstra_longest(n, src, dst, length, init, potential)
 
@@ -199,10 +207,19 @@ def _graph_levels(aig: AIG, g: dict[str, np.ndarray], explicit_not: bool) -> tup
     po_node, po_compl = aig.pos >> 1, ((aig.pos & 1) if explicit_not else np.zeros_like(aig.pos))
     ids = np.arange(n, dtype=np.int64)
 
-    fwd = _longest_paths(n, fanin, gate, 1 + compl, np.zeros(n, dtype=np.int64), ids)
+    fanin_all, gate_all, compl_all = fanin, gate, compl
+    length = 1 + compl
+    # An AND reading one node twice (a & a, a & ~a) has parallel edges: keep one, with the longer length.
+    twin = (fanin[0::2] == fanin[1::2]).repeat(2)
+    if twin.any():
+        pair_len = np.maximum(length[0::2], length[1::2]).repeat(2)
+        length = np.where(twin, pair_len, length)
+        keep = ~(twin & (np.arange(lits.size) % 2 == 1))
+        fanin, gate, length = fanin[keep], gate[keep], length[keep]
+    fwd = _longest_paths(n, fanin, gate, length, np.zeros(n, dtype=np.int64), ids)
     init = np.zeros(n, dtype=np.int64)
     np.maximum.at(init, po_node, 1 + po_compl)
-    rev = _longest_paths(n, gate, fanin, 1 + compl, init, n - 1 - ids)
+    rev = _longest_paths(n, gate, fanin, length, init, n - 1 - ids)
 
     node_type, aig_node = g["node_type"], g["aig_node"]
     level = np.empty(node_type.size, dtype=np.int64)
@@ -217,8 +234,8 @@ def _graph_levels(aig: AIG, g: dict[str, np.ndarray], explicit_not: bool) -> tup
         level[is_not] += 1
         # A NOT node sits one above the highest of its fanouts: complemented AND fanins and complemented POs.
         not_rev = np.zeros(n, dtype=np.int64)
-        c = compl == 1
-        np.maximum.at(not_rev, fanin[c], rev[gate[c]] + 1)
+        c = compl_all == 1
+        np.maximum.at(not_rev, fanin_all[c], rev[gate_all[c]] + 1)
         np.maximum.at(not_rev, po_node[po_compl == 1], 1)
         rev_level[is_not] = not_rev[aig_node[is_not]]
     return level, rev_level
