@@ -5,12 +5,15 @@ Each node keeps a functional state ``hf`` and a structural state ``hs``. One ite
 ``v`` with message sources ``u``:
 
 .. math::
-    m^s_v = \\sum_u \\operatorname{softmax}_u\\big(a_s^\\top[W_s h^s_u \\,\\|\\, W_s h^s_v]\\big)\\, W_s h^s_u, \\qquad
-    m^f_v = \\sum_u \\operatorname{softmax}_u\\big(a_f^\\top[W_f z_u \\,\\|\\, W_q h^f_v]\\big)\\, W_f z_u,
-    \\quad z_u = [h^f_u \\,\\|\\, h^s_u \\,(\\|\\, c_{uv})]
+    k_u = [W_f z_u \\,\\|\\, W_s h^s_u], \\quad z_u = [h^f_u \\,\\|\\, h^s_u \\,(\\|\\, c_{uv})], \\qquad
+    q_v = [W'_f h^f_v \\,\\|\\, W'_s h^s_v]
 
-    h^s_v \\leftarrow \\mathrm{GRU}_s([m^s_v \\,\\|\\, x_v],\\, h^s_v), \\qquad
-    h^f_v \\leftarrow \\mathrm{GRU}_f([m^f_v \\,\\|\\, x_v],\\, h^f_v)
+    \\alpha^{(i)}_{uv} = \\operatorname{softmax}_{u \\to v}\\big(\\mathrm{LeakyReLU}(a_i^\\top k^{(i)}_u
+    + b_i^\\top q^{(i)}_v)\\big), \\qquad m^{(i)}_v = \\sum_{u \\to v} \\alpha^{(i)}_{uv} k^{(i)}_u
+    \\quad (i \\in \\{f, s\\})
+
+    h^f_v \\leftarrow \\mathrm{GRU}_f([m^f_v \\,\\|\\, x_v],\\, h^f_v), \\qquad
+    h^s_v \\leftarrow \\mathrm{GRU}_s([m^s_v \\,\\|\\, x_v],\\, h^s_v)
 
 with ``x_v`` the node-type embedding and ``c_uv`` the complement bit when edges carry it. Forward and reverse
 sweeps have their own cells, shared across the ``num_layers`` iterations (DeepGate shares weights across
@@ -37,6 +40,11 @@ from circuitml.graph import level_schedule
 class DagCell(nn.Module):
     """One level update of both states (the :data:`~circuitml.encoders.propagation.LevelCell` contract).
 
+    The two attentions run as one two-head attention: keys ``[W_f z_u | W_s h^s_u]`` come from one masked
+    matmul (the structural head must not see ``hf``), queries ``[W_q h^f_v | W_s' h^s_v]`` likewise, one segment
+    softmax over ``[E_l, 2]`` scores and one segment sum — half the kernel launches of two separate attentions,
+    which matters because a level is often only a few hundred nodes.
+
     Args:
         hidden: width ``h`` of ``hf`` and of ``hs`` (the state row is ``[hf | hs]``, ``2h`` wide).
         edge_dim: width of edge features (0 when edges carry none).
@@ -46,41 +54,44 @@ class DagCell(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.edge_dim = edge_dim
-        self.w_s = nn.Linear(hidden, hidden, bias=False)
-        self.att_s = nn.Parameter(torch.empty(2, hidden))
-        self.w_f = nn.Linear(2 * hidden + edge_dim, hidden, bias=False)
-        self.w_q = nn.Linear(hidden, hidden, bias=False)
-        self.att_f = nn.Parameter(torch.empty(2, hidden))
-        self.gru_s = nn.GRUCell(2 * hidden, hidden)
-        self.gru_f = nn.GRUCell(2 * hidden, hidden)
+        h = hidden
+        # Key input rows: [hf_u (h) | hs_u (h) | edge (edge_dim)]; output [functional key | structural key].
+        self.key = nn.Linear(2 * h + edge_dim, 2 * h, bias=False)
+        key_mask = torch.ones(2 * h, 2 * h + edge_dim)
+        key_mask[h:, :h] = 0.0  # structural key reads hs_u only
+        key_mask[h:, 2 * h :] = 0.0  # ... and not the complement bit
+        self.register_buffer("key_mask", key_mask, persistent=False)
+        # Queries are block-diagonal: functional from hf_v, structural from hs_v.
+        self.query = nn.Linear(2 * h, 2 * h, bias=False)
+        query_mask = torch.zeros(2 * h, 2 * h)
+        query_mask[:h, :h] = 1.0
+        query_mask[h:, h:] = 1.0
+        self.register_buffer("query_mask", query_mask, persistent=False)
+        self.att_src = nn.Parameter(torch.empty(2, h))
+        self.att_dst = nn.Parameter(torch.empty(2, h))
+        self.gru_f = nn.GRUCell(2 * h, h)
+        self.gru_s = nn.GRUCell(2 * h, h)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for lin in (self.w_s, self.w_f, self.w_q):
-            lin.reset_parameters()
-        nn.init.xavier_uniform_(self.att_s)
-        nn.init.xavier_uniform_(self.att_f)
-        self.gru_s.reset_parameters()
+        self.key.reset_parameters()
+        self.query.reset_parameters()
+        nn.init.xavier_uniform_(self.att_src)
+        nn.init.xavier_uniform_(self.att_dst)
         self.gru_f.reset_parameters()
+        self.gru_s.reset_parameters()
 
     def forward(
         self, src: Tensor, tgt: Tensor, x: Tensor, edge_feat: Tensor | None, local: Tensor, num_targets: int
     ) -> Tensor:
         h = self.hidden
-        hf_v, hs_v = tgt[:, :h], tgt[:, h:]
-        # Structural attention: projected source states scored against the projected target state.
-        ks = self.w_s(src[:, h:])
-        qs = self.w_s(hs_v)
-        score_s = F.leaky_relu((ks * self.att_s[0]).sum(-1) + (qs * self.att_s[1]).sum(-1)[local], 0.2)
-        m_s = segment_attention(score_s, ks, local, num_targets)
-        # Functional attention: messages see both states of the source (and the complement bit).
         z = src if edge_feat is None else torch.cat([src, edge_feat.to(src.dtype)], dim=-1)
-        kf = self.w_f(z)
-        qf = self.w_q(hf_v)
-        score_f = F.leaky_relu((kf * self.att_f[0]).sum(-1) + (qf * self.att_f[1]).sum(-1)[local], 0.2)
-        m_f = segment_attention(score_f, kf, local, num_targets)
-        hs_new = self.gru_s(torch.cat([m_s, x], dim=-1), hs_v)
-        hf_new = self.gru_f(torch.cat([m_f, x], dim=-1), hf_v)
+        keys = F.linear(z, self.key.weight * self.key_mask).view(-1, 2, h)  # [E, 2, h]
+        queries = F.linear(tgt, self.query.weight * self.query_mask).view(-1, 2, h)  # [n, 2, h]
+        score = (keys * self.att_src).sum(-1) + (queries * self.att_dst).sum(-1)[local]  # [E, 2]
+        msg = segment_attention(F.leaky_relu(score, 0.2), keys, local, num_targets)  # [n, 2, h]
+        hf_new = self.gru_f(torch.cat([msg[:, 0], x], dim=-1), tgt[:, :h])
+        hs_new = self.gru_s(torch.cat([msg[:, 1], x], dim=-1), tgt[:, h:])
         return torch.cat([hf_new, hs_new], dim=-1)
 
 
@@ -90,14 +101,16 @@ class DagEncoder(Encoder):
 
     Options:
         reverse (bool, True): run the reverse (fanout → fanin) sweep after each forward sweep.
-        checkpoint (bool, True): per-level recomputation in backward (O(N + E) memory); False uses plain
-            autograd (O(N·L) memory, only for small graphs).
+        checkpoint ("auto"): ``True`` recomputes each level in backward and writes states in place (O(N + E)
+            time and memory, ~3 autograd calls of overhead per level); ``False`` uses plain autograd with one
+            out-of-place state copy per level (O(N·L) time, cheaper on small graphs); ``"auto"`` picks
+            ``False`` below ``checkpoint_min_nodes`` nodes (default 20000).
 
     Shapes: input graph with ``edge_index`` ``[2, E]``, ``level``/``rev_level`` ``[N]``; output ``[N, hidden]``.
     """
 
     kind: ClassVar[str] = "dag"
-    OPTIONS: ClassVar[dict[str, Any]] = {"reverse": True, "checkpoint": True}
+    OPTIONS: ClassVar[dict[str, Any]] = {"reverse": True, "checkpoint": "auto", "checkpoint_min_nodes": 20000}
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__(config)
@@ -115,7 +128,9 @@ class DagEncoder(Encoder):
         fwd = sweep_plan(data.edge_index, n, sched)
         rev = sweep_plan(data.edge_index, n, sched, reverse=True) if self.reverse_cell is not None else None
         edge_feat = self.edge_attr(data)
-        ckpt = bool(self.opt("checkpoint"))
+        ckpt = self.opt("checkpoint")
+        if ckpt == "auto":
+            ckpt = n >= int(self.opt("checkpoint_min_nodes"))
         state = self.init_state(h)
         for _ in range(self.config.num_layers):
             state = level_sweep(self.forward_cell, fwd, state, h, edge_feat, checkpoint=ckpt)

@@ -80,13 +80,11 @@ def sweep_plan(
 def segment_attention(score: Tensor, value: Tensor, local: Tensor, num_targets: int) -> Tensor:
     """``out[v] = Σ_{e→v} softmax_v(score)_e · value_e``: softmax over each target's incoming edges, then a sum.
 
-    ``score``: ``[E]`` or ``[E, H]`` logits; ``value``: ``[E, d]``; ``local``: target of each edge in
+    ``score``: ``[E]`` or ``[E, H]`` logits; ``value``: ``[E, d]`` or ``[E, H, d]`` (per head); ``local``: target of each edge in
     ``0 .. num_targets-1``. Both steps are segment (scatter) operations: O(E·d).
     """
     alpha = softmax(score, local, num_nodes=num_targets)
-    if alpha.dim() == 1:
-        alpha = alpha.unsqueeze(-1)
-    return scatter(value * alpha, local, dim=0, dim_size=num_targets, reduce="sum")
+    return scatter(value * alpha.unsqueeze(-1), local, dim=0, dim_size=num_targets, reduce="sum")
 
 
 #: A level cell maps (source states [E_l, d], target states [N_l, d], target context [N_l, c],
