@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from circuitml.aig import AIG
 from circuitml.errors import DatasetError
@@ -19,11 +17,12 @@ from .format import CIRCUITS_DIR, load_circuit, read_manifest
 __all__ = ["CircuitDataset"]
 
 
-class CircuitDataset(Dataset):
+class CircuitDataset:
     """A dataset directory written by :func:`~circuitml.datasets.build_dataset` or ``generate``.
 
     Indexing (``ds[i]``) and iteration give PyG graphs (``graph(i)``), so the dataset plugs into
-    ``torch_geometric.loader.DataLoader`` directly; the other accessors give the AIG, the Verilog source and its
+    ``torch_geometric.loader.DataLoader`` directly (a map-style dataset; torch is imported only when graphs
+    are made, which keeps build workers light); the other accessors give the AIG, the Verilog source and its
     cached token ids. Circuit files are read lazily, one per access.
 
     Args:
@@ -125,6 +124,8 @@ class CircuitDataset(Dataset):
     def graph(self, i: int, explicit_not: bool = True, with_prob: bool = False):
         """``torch_geometric.data.Data`` of circuit ``i`` (see ``circuitml.graph.aig_to_data``) with
         ``graph_id`` (``LongTensor[1]``, the position in this dataset, so a batch carries ``[B]`` ids)."""
+        import torch
+
         from circuitml.graph import aig_to_data
 
         aig = self.aig(i)
