@@ -1,0 +1,96 @@
+"""File → graph tensors: nodes per second, ours against aigverse on the same AIGER files, in one run.
+
+Ours: ``circuitml.formats.read_aiger`` + ``circuitml.graph.aig_to_data`` (explicit NOT nodes, PO nodes, forward
+and reverse levels, torch tensors); also with ``explicit_not=False``. aigverse: ``aigverse.io.read_aiger_into_aig``
++ ``Aig.to_graph_tensors()`` (its defaults: integer node types, complement edge attribute, forward levels).
+Each side counts the nodes of its own output; ``AIG nodes/s`` divides both by the same count (constant + PIs + ANDs
++ POs of the file) so the ratio compares like with like. Times are best-of-``--repeat`` process CPU time, which
+keeps the comparison fair on a machine shared with other jobs.
+
+Usage: ``python bench/bench_graph.py [--repeat 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from circuitml.formats import read_aiger
+from circuitml.graph import aig_to_data
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def best_cpu(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.process_time()
+        out = fn()
+        best = min(best, time.process_time() - t)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    try:
+        from aigverse.io import read_aiger_into_aig
+    except ImportError:
+        raise SystemExit('aigverse is not installed: pip install "circuitml[aigverse]"') from None
+    files = []
+    for pattern in ("lsils__benchmarks/*/*.aig", "lsils__mockturtle/experiments/benchmarks/*.aig"):
+        files += sorted(SHARED.glob(pattern)) if SHARED.is_dir() else []
+    if not files:
+        raise SystemExit(f"no .aig files under {SHARED}")
+
+    console = Console(width=200)
+    table = Table(title="file -> graph tensors (best-of CPU time)")
+    cols = ("file", "AIG nodes", "ours nodes", "ours ms", "ours-edgeattr ms", "aigverse nodes", "aigverse ms")
+    for col in (*cols, "AIG nodes/s ours", "AIG nodes/s aigverse", "ours/aigverse"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    tot = {"aig": 0, "ours": 0.0, "attr": 0.0, "av": 0.0}
+    for path in files:
+        t_ours, data = best_cpu(lambda: aig_to_data(read_aiger(path)), args.repeat)  # noqa: B023
+        t_attr, _ = best_cpu(lambda: aig_to_data(read_aiger(path), explicit_not=False), args.repeat)  # noqa: B023
+        t_av, tensors = best_cpu(lambda: read_aiger_into_aig(str(path)).to_graph_tensors(), args.repeat)  # noqa: B023
+        aig = read_aiger(path)
+        n_aig = aig.num_nodes + aig.num_pos
+        tot["aig"] += n_aig
+        tot["ours"] += t_ours
+        tot["attr"] += t_attr
+        tot["av"] += t_av
+        table.add_row(
+            f"{path.parent.name}/{path.stem}",
+            f"{n_aig:,}",
+            f"{data.num_nodes:,}",
+            f"{1e3 * t_ours:.2f}",
+            f"{1e3 * t_attr:.2f}",
+            f"{len(tensors['node_attr']):,}",
+            f"{1e3 * t_av:.2f}",
+            f"{n_aig / t_ours:.3g}",
+            f"{n_aig / t_av:.3g}",
+            f"{t_av / t_ours:.2f}",
+        )
+    table.add_row(
+        "ALL",
+        f"{tot['aig']:,}",
+        "",
+        f"{1e3 * tot['ours']:.1f}",
+        f"{1e3 * tot['attr']:.1f}",
+        "",
+        f"{1e3 * tot['av']:.1f}",
+        f"{tot['aig'] / tot['ours']:.3g}",
+        f"{tot['aig'] / tot['av']:.3g}",
+        f"{tot['av'] / tot['ours']:.2f}",
+    )
+    console.print(table)
+    console.print("ours/aigverse > 1 means ours is faster; target: >= 1")
+
+
+if __name__ == "__main__":
+    main()
