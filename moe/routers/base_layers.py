@@ -24,6 +24,7 @@ class BaseLayerConfig(RouterConfig):
             the linear assignment, larger balances more softly).
     """
 
+    top_k: int = 1
     sinkhorn_iters: int = 50
     sinkhorn_temperature: float = 0.05
     balance_loss: str | None = None

@@ -82,7 +82,9 @@ class CometRouter(Router):
         Nodes are numbered breadth-first (root 0, children of ``n`` are ``2n+1``, ``2n+2``); the loop runs over
         the ``m`` levels, each level vectorised over tokens, trees and nodes.
         """
-        split = smooth_step(self.split_layer(x).view(-1, self.num_trees, self.num_leaves - 1), self.config.gamma)
+        split = smooth_step(
+            self.split_layer(x).view(-1, self.num_trees, self.num_leaves - 1), self.config.gamma
+        )
         reach = x.new_ones(x.shape[0], self.num_trees, 1)
         for level in range(self.depth):
             first = 2**level - 1

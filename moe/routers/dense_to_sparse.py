@@ -52,7 +52,9 @@ class DenseToSparseConfig(RouterConfig):
     def validate(self) -> None:
         super().validate()
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"router config: activation: expected one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+            raise ConfigError(
+                f"router config: activation: expected one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ConfigError("router config: tau_start, tau_end: expected > 0")
         if not 0 <= self.threshold < 1:
@@ -104,8 +106,9 @@ class DenseToSparseRouter(Router):
         keep = (gate >= self.config.threshold) | (gate == gate.max(dim=-1, keepdim=True).values)
         cap = self.config.max_experts
         if cap is not None and cap < self.num_experts:
-            kth = gate.topk(cap, dim=-1).values[:, -1:]
-            keep &= gate >= kth
+            # By index, not by value: tied weights (ReLU zeros) must not let more than ``cap`` through.
+            top = torch.zeros_like(keep).scatter_(-1, gate.topk(cap, dim=-1).indices, True)
+            keep &= top
         weights, indices = pack_support(gate, keep)
         if self.config.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)

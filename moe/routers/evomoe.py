@@ -38,7 +38,9 @@ class EvoMoEConfig(RouterConfig):
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ConfigError("router config: tau_start, tau_end: expected > 0")
         if not 1 <= self.final_top_k <= self.num_experts:
-            raise ConfigError(f"router config: final_top_k: expected 1..{self.num_experts}, got {self.final_top_k}")
+            raise ConfigError(
+                f"router config: final_top_k: expected 1..{self.num_experts}, got {self.final_top_k}"
+            )
 
 
 @register_router("evomoe")

@@ -137,7 +137,9 @@ class PermutationLocalSearchRouter(Router):
         probs = None if out.probs is None else out.probs[:, torch.argsort(self.permutation)]
         return RouterOutput(out.logits, probs, out.weights, indices, out.aux_losses, out.state)
 
-    def _soft(self, out: RouterOutput, valid: Tensor, step: int, generator: torch.Generator | None) -> RouterOutput:
+    def _soft(
+        self, out: RouterOutput, valid: Tensor, step: int, generator: torch.Generator | None
+    ) -> RouterOutput:
         perm = self.soft_permutation(step, generator)
         width = min(self.config.search_width, self.num_experts)
         rows = perm[out.indices.clamp_min(0)]  # [N, k, E]: where each routed slot's mass moves

@@ -131,7 +131,9 @@ class ReadMERouter(Router):
             source = ctx.get("router_input")
             plan = self.plan(x if source is None else source)
         if len(plan.layers) <= self.layer:
-            raise ConfigError(f"read_me router: layer {self.layer} is outside a plan of {len(plan.layers)} layers")
+            raise ConfigError(
+                f"read_me router: layer {self.layer} is outside a plan of {len(plan.layers)} layers"
+            )
         out = plan.layers[self.layer]
         if out.indices.shape[0] != x.shape[0]:
             raise ConfigError(

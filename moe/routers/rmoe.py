@@ -80,4 +80,6 @@ class RecurrentRouter(Router):
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         aux = self.standard_losses(logits, probs, indices, weights)
         indices, weights = self.apply_capacity(indices, weights)
-        return RouterOutput(logits=logits, probs=probs, weights=weights, indices=indices, aux_losses=aux, state=state)
+        return RouterOutput(
+            logits=logits, probs=probs, weights=weights, indices=indices, aux_losses=aux, state=state
+        )

@@ -30,6 +30,7 @@ class StableMoEConfig(RouterConfig):
         stage: 1 (learn + distil) or 2 (routing frozen to the distilled router); see :meth:`freeze_routing`.
     """
 
+    top_k: int = 1
     distill_dim: int = 16
     vocab_size: int | None = None
     distill_loss_weight: float = 1.0
