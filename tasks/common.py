@@ -1,0 +1,370 @@
+"""What every task shares: getting an encoder (pretrained frozen / fine-tuned / scratch), seeds, circuits, splits,
+a readable training loop, and the metrics.
+
+Encoder modes (the comparison MGVGA, Wu et al. ICLR 2025, Sec. 5, reports for its downstream tasks):
+
+* ``frozen`` — a pretrained encoder whose weights stay fixed; only the task head trains (a linear-probe-like
+  test of the representation). Embeddings are computed without gradients.
+* ``finetune`` — a pretrained encoder trained together with the head (the encoder at a lower learning rate).
+* ``scratch`` — ``build_encoder(config)`` with fresh weights (the pretrained encoder's config when comparing, so
+  only the pretraining differs), trained with the head.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from circuitml.aig import AIG
+from circuitml.errors import ConfigError, DatasetError
+
+__all__ = [
+    "TaskResult",
+    "GraphEncoding",
+    "mlp",
+    "param_groups",
+    "ENCODER_MODES",
+    "TrainConfig",
+    "seed_everything",
+    "make_encoder",
+    "load_circuits",
+    "split_groups",
+    "minibatches",
+    "train_loop",
+    "mse",
+    "mae",
+    "mape",
+    "r2_score",
+    "spearman",
+    "binary_metrics",
+]
+
+ENCODER_MODES = ("frozen", "finetune", "scratch")
+CIRCUIT_SUFFIXES = (".aig", ".aag", ".bench", ".v", ".sv")
+
+
+@dataclass
+class TrainConfig:
+    """Budget and optimizer of a task run; the same values are used for every encoder being compared."""
+
+    epochs: int = 30
+    lr: float = 3e-3
+    encoder_lr: float = 3e-4  # fine-tuning a pretrained encoder: smaller steps keep what it learned
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    seed: int = 0
+    test_fraction: float = 0.25
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"train config: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"train config: test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_encoder(
+    source: str | os.PathLike | nn.Module | None,
+    mode: str,
+    *,
+    seed: int = 0,
+    config: dict | None = None,
+) -> tuple[nn.Module, bool]:
+    """An encoder and whether it trains.
+
+    Args:
+        source: ``"scratch"``/``None`` for a fresh encoder, a directory written by ``save_pretrained``, or an
+            encoder module.
+        mode: one of :data:`ENCODER_MODES`; ``scratch`` rebuilds ``source``'s config (or ``config``) with new
+            weights drawn from ``seed``.
+        config: encoder config (dict) for scratch encoders when there is no pretrained one to copy.
+    """
+    from circuitml.encoders import build_encoder, load_encoder
+
+    if mode not in ENCODER_MODES:
+        raise ConfigError(f"encoder mode: expected one of {', '.join(ENCODER_MODES)}, got {mode!r}")
+    pretrained: nn.Module | None
+    if source is None or (isinstance(source, str) and source == "scratch"):
+        pretrained = None
+    elif isinstance(source, nn.Module):
+        pretrained = source
+    else:
+        pretrained = load_encoder(source)
+    if mode == "scratch" or pretrained is None:
+        if mode == "frozen":
+            raise ConfigError("encoder mode: a frozen encoder needs a pretrained one (--encoder DIR)")
+        cfg = (
+            config if config is not None else (pretrained.config.to_dict() if pretrained is not None else {})
+        )
+        torch.manual_seed(seed)
+        return build_encoder(dict(cfg)), True
+    if mode == "frozen":
+        for p in pretrained.parameters():
+            p.requires_grad_(False)
+        pretrained.eval()
+        return pretrained, False
+    return pretrained, True
+
+
+def load_circuits(path: str | os.PathLike, *, limit: int | None = None) -> list[AIG]:
+    """Circuits of a dataset folder (``manifest.json`` from ``circuitml data build/generate``), of a folder of
+    circuit files (searched recursively), or of one file."""
+    from circuitml.formats import read_circuit
+
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        from circuitml.datasets import CircuitDataset
+
+        ds = CircuitDataset(path)
+        n = len(ds) if limit is None else min(limit, len(ds))
+        out = []
+        for i in range(n):
+            aig = ds.aig(i)
+            aig.name = aig.name or str(ds.records[i].get("id", i))
+            out.append(aig)
+        return out
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.suffix in CIRCUIT_SUFFIXES and f.is_file())
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(2, "no such file", str(path))
+    if not files:
+        raise DatasetError(
+            f"{path}: expected a dataset (manifest.json) or circuit files ({', '.join(CIRCUIT_SUFFIXES)})"
+        )
+    files = files[:limit] if limit is not None else files
+    return [read_circuit(f) for f in files]
+
+
+def split_groups(num_groups: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test group (design or circuit) indices: whole groups go to one side, at least one on each."""
+    if num_groups < 2:
+        raise DatasetError(f"split: expected at least 2 designs/circuits to hold some out, got {num_groups}")
+    perm = np.random.default_rng(seed).permutation(num_groups)
+    n_test = min(num_groups - 1, max(1, round(num_groups * test_fraction)))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def minibatches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
+    """Index batches over ``range(n)``, shuffled when an RNG is given."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for s in range(0, n, batch_size):
+        yield order[s : s + batch_size]
+
+
+def train_loop(
+    params: Sequence[dict],
+    step: Callable[[np.ndarray], Tensor],
+    num_items: int,
+    cfg: TrainConfig,
+    *,
+    progress: Callable[[int, float], None] | None = None,
+    modules: Iterable[nn.Module] = (),
+) -> list[float]:
+    """Adam over ``params`` (param groups) for ``cfg.epochs`` epochs; ``step(indices)`` returns the loss of a batch.
+
+    Returns the mean training loss of each epoch; ``progress(epoch, loss)`` is called after each.
+    """
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    history = []
+    for epoch in range(cfg.epochs):
+        for m in modules:
+            m.train()
+        total, count = 0.0, 0
+        for idx in minibatches(num_items, cfg.batch_size, rng):
+            loss = step(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        history.append(total / max(count, 1))
+        if progress is not None:
+            progress(epoch + 1, history[-1])
+    for m in modules:
+        m.eval()
+    return history
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def mse(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean((np.asarray(pred, np.float64) - np.asarray(true, np.float64)) ** 2))
+
+
+def mae(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(pred, np.float64) - np.asarray(true, np.float64))))
+
+
+def mape(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean absolute percentage error ``100 * mean(|pred - true| / |true|)``, on values far from 0 (raw counts).
+
+    Computing it on z-scored targets (near 0 by construction) makes it meaningless; HOGA's authors (Deng et al.,
+    2024) corrected their OpenABC-D numbers for exactly that, so callers pass de-normalized AND counts.
+    """
+    true = np.asarray(true, np.float64)
+    if np.any(true == 0):
+        raise ValueError("MAPE is undefined when a true value is 0")
+    return float(100.0 * np.mean(np.abs(np.asarray(pred, np.float64) - true) / np.abs(true)))
+
+
+def r2_score(pred: np.ndarray, true: np.ndarray) -> float:
+    """Coefficient of determination ``1 - SS_res / SS_tot`` (0 for the mean predictor)."""
+    true = np.asarray(true, np.float64)
+    ss_tot = float(np.sum((true - true.mean()) ** 2))
+    ss_res = float(np.sum((np.asarray(pred, np.float64) - true) ** 2))
+    return 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), vectorized."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    first = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
+    group = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], x.size]
+    avg = (starts + ends - 1) / 2.0
+    ranks = np.empty(x.size)
+    ranks[order] = avg[group]
+    return ranks
+
+
+def spearman(pred: np.ndarray, true: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks); 0 when either side is constant."""
+    a, b = _ranks(pred), _ranks(true)
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def binary_metrics(score: np.ndarray, label: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, F1 (positive class 1) and ROC AUC of probabilities ``score`` against 0/1 ``label``."""
+    from sklearn.metrics import roc_auc_score
+
+    score = np.asarray(score, np.float64)
+    label = np.asarray(label).astype(bool)
+    pred = score >= threshold
+    tp = int((pred & label).sum())
+    fp = int((pred & ~label).sum())
+    fn = int((~pred & label).sum())
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    auc = float(roc_auc_score(label, score)) if 0 < label.sum() < label.size else float("nan")
+    return {"accuracy": float((pred == label).mean()), "f1": float(f1), "auc": auc}
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+@dataclass
+class TaskResult:
+    """One trained task head: metrics on held-out groups, the trivial baseline's, and predictions for plots."""
+
+    task: str
+    encoder: str
+    mode: str
+    seed: int
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    history: list[float]
+    pred: np.ndarray
+    true: np.ndarray
+    group: np.ndarray  # index into group_names of each prediction (design / circuit)
+    group_names: list[str]
+    notes: str = ""
+
+    def summary(self) -> dict:
+        return {
+            "task": self.task,
+            "encoder": self.encoder,
+            "mode": self.mode,
+            "seed": self.seed,
+            "metrics": self.metrics,
+            "baseline": self.baseline,
+            "final_train_loss": self.history[-1] if self.history else None,
+            "test_groups": sorted({self.group_names[g] for g in np.unique(self.group).tolist()}),
+            "notes": self.notes,
+        }
+
+
+class GraphEncoding:
+    """Runs an encoder on a fixed list of graphs, batched by PyG; caches everything once when it is frozen.
+
+    Frozen encoders see each graph once (no gradients), so a task head trains on cached embeddings at the
+    cost of a lookup; trainable ones re-encode the graphs of every batch.
+    """
+
+    def __init__(self, encoder: nn.Module, graphs: Sequence, trainable: bool) -> None:
+        self.encoder = encoder
+        self.graphs = list(graphs)
+        self.trainable = trainable
+        self._cache: list | None = None
+
+    def __call__(self, idx: Sequence[int]):
+        """``(node [sum N, h], graph [len(idx), h], batch vector, node offsets)`` for graphs ``idx``."""
+        from torch_geometric.data import Batch
+
+        idx = [int(i) for i in idx]
+        if not self.trainable:
+            if self._cache is None:
+                self._cache = []
+                with torch.no_grad():
+                    for s in range(0, len(self.graphs), 32):
+                        chunk = self.graphs[s : s + 32]
+                        out = self.encoder(Batch.from_data_list(chunk))
+                        sizes = [g.num_nodes for g in chunk]
+                        nodes = torch.split(out.node, sizes)
+                        self._cache.extend((n, out.graph[k]) for k, n in enumerate(nodes))
+            nodes = [self._cache[i][0] for i in idx]
+            graph = torch.stack([self._cache[i][1] for i in idx])
+            sizes = torch.tensor([n.size(0) for n in nodes])
+            batch = torch.repeat_interleave(torch.arange(len(idx)), sizes)
+            return torch.cat(nodes), graph, batch, torch.cumsum(sizes, 0) - sizes
+        b = Batch.from_data_list([self.graphs[i] for i in idx])
+        out = self.encoder(b)
+        return out.node, out.graph, b.batch, b.ptr[:-1]
+
+    def aux_loss(self) -> Tensor:
+        fn = getattr(self.encoder, "aux_loss", None)
+        if not self.trainable or fn is None:
+            return torch.zeros(())
+        return fn()
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d_in, d_hidden),
+        nn.ReLU(),
+        nn.Linear(d_hidden, d_hidden),
+        nn.ReLU(),
+        nn.Linear(d_hidden, d_out),
+    )
+
+
+def param_groups(
+    head: nn.Module, encoder: nn.Module, trainable: bool, pretrained: bool, cfg: TrainConfig
+) -> list[dict]:
+    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if trainable:
+        groups.append(
+            {
+                "params": [p for p in encoder.parameters() if p.requires_grad],
+                "lr": cfg.encoder_lr if pretrained else cfg.lr,
+            }
+        )
+    return groups
