@@ -42,7 +42,7 @@ MAX_EXHAUSTIVE_INPUTS = 16
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 # Budget for one chunk's node-value buffer: keeps a million-node AIG within a few hundred MB and the working
 # set of small AIGs cache-friendly.
-_CHUNK_BYTES = 32 << 20
+_CHUNK_BYTES = 128 << 20
 _MIN_PARALLEL_WORK = 1 << 20  # node-words below which a second thread costs more than it gains
 
 
