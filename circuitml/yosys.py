@@ -48,6 +48,7 @@ __all__ = [
     "run_abc",
     "abc_cec",
     "abc_script_commands",
+    "ABC_ALIASES",
     "yosys_command",
 ]
 
@@ -219,11 +220,47 @@ def run_yosys(
 # ---------------------------------------------------------------------------------------------------- ABC
 
 
+# The aliases of ABC's standard abc.rc, which the in-process ABC of yowasp does not load.
+ABC_ALIASES: dict[str, str] = {
+    "b": "balance",
+    "rw": "rewrite",
+    "rwz": "rewrite -z",
+    "rf": "refactor",
+    "rfz": "refactor -z",
+    "rs": "resub",
+    "rsz": "resub -z",
+    "resyn": "b; rw; rwz; b; rwz; b",
+    "resyn2": "b; rw; rf; b; rw; rwz; b; rfz; rwz; b",
+    "resyn2a": "b; rw; b; rw; rwz; b; rwz; b",
+    "resyn3": "b; rs; rs -K 6; b; rsz; rsz -K 6; b; rsz -K 5; b",
+    "compress": "b -l; rw -l; rwz -l; b -l; rwz -l; b -l",
+    "compress2": "b -l; rw -l; rf -l; b -l; rw -l; rwz -l; b -l; rfz -l; rwz -l; b -l",
+    "resyn2rs": "b; rs -K 6; rw; rs -K 6 -N 2; rf; rs -K 8; b; rs -K 8 -N 2; rw; rs -K 10; rwz; "
+    "rs -K 10 -N 2; b; rs -K 12; rfz; rs -K 12 -N 2; rwz; b",
+    "compress2rs": "b -l; rs -K 6 -l; rw -l; rs -K 6 -N 2 -l; rf -l; rs -K 8 -l; b -l; rs -K 8 -N 2 -l; "
+    "rw -l; rs -K 10 -l; rwz -l; rs -K 10 -N 2 -l; b -l; rs -K 12 -l; rfz -l; rs -K 12 -N 2 -l; rwz -l; b -l",
+}
+
+
+def _expand_alias(cmd: str, depth: int = 0) -> list[str]:
+    word, _, rest = cmd.partition(" ")
+    target = ABC_ALIASES.get(word)
+    if target is None or depth > 3:
+        return [cmd]
+    parts = [p.strip() for p in target.split(";") if p.strip()]
+    if rest:  # "b -l" style: options go to the last expanded command, as ABC's alias does
+        parts[-1] = f"{parts[-1]} {rest}"
+    return [c for p in parts for c in _expand_alias(p, depth + 1)]
+
+
 def abc_script_commands(script: str | Iterable[str]) -> list[str]:
     """Split an ABC recipe (``"strash; rewrite -z; balance"`` or a list of commands) into commands.
 
+    The aliases of ABC's standard ``abc.rc`` (``b``, ``rw``, ``rwz``, ``resyn2``, ``compress2rs``, …) are
+    expanded, since the in-process ABC does not load that file.
+
     Raises:
-        ValueError: on an empty recipe or a command that would break the generated script (a newline,
+        ValueError: on a command that would break the generated script (a newline,
             ``;`` inside a list item, or a command that reads/writes files, which would escape our contract).
     """
     if isinstance(script, str):
@@ -235,6 +272,7 @@ def abc_script_commands(script: str | Iterable[str]) -> list[str]:
                 raise ValueError(f"ABC command {item!r}: give one command per list item")
             parts.append(item)
     cmds = [p.strip() for p in parts if p.strip() and not p.strip().startswith("#")]
+    cmds = [c for cmd in cmds for c in _expand_alias(cmd)]
     for cmd in cmds:
         word = cmd.split()[0]
         if word.startswith(("read", "write", "&r", "&w")) or word in {"source", "quit", "exit", "cd", "ls"}:

@@ -116,3 +116,20 @@ def test_abc_cec_proves_and_refutes() -> None:
     assert abc_cec(aig, broken) is False
     fewer = AIG(num_pis=aig.num_pis, ands=aig.ands, pos=aig.pos[:1])
     assert abc_cec(aig, fewer) is False
+
+
+def test_abc_rc_aliases_expand() -> None:
+    cmds = abc_script_commands("strash; resyn2; b -l")
+    assert cmds[0] == "strash" and cmds[-1] == "balance -l"
+    assert cmds[1:11] == [
+        "balance",
+        "rewrite",
+        "refactor",
+        "balance",
+        "rewrite",
+        "rewrite -z",
+        "balance",
+        "refactor -z",
+        "rewrite -z",
+        "balance",
+    ]

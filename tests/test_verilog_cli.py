@@ -1,0 +1,51 @@
+"""``circuitml verilog info|tokens|synth`` and ``circuitml abc`` through ``cli.main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from circuitml.cli import main
+from circuitml.formats import read_circuit
+from circuitml.sim import equivalent
+from circuitml.verilog import VOCAB
+
+SRC = """module top(input [3:0] a, input [3:0] b, output [4:0] s, output p);
+  sub u (.x(a), .y(p));
+  assign s = a + b;
+endmodule
+module sub(input [3:0] x, output y);
+  assign y = ^x;
+endmodule
+"""
+
+
+def test_verilog_commands(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "top.v"
+    src.write_text(SRC)
+    assert main(["verilog", "info", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "top: top" in out and "sub" in out
+
+    assert main(["verilog", "tokens", str(src), "--ids", "--max-len", "16"]) == 0
+    ids = json.loads(capsys.readouterr().out)
+    assert len(ids) == 16 and all(0 <= i < len(VOCAB) for i in ids)
+
+    aig_path = tmp_path / "top.aag"
+    assert main(["verilog", "synth", str(src), "-o", str(aig_path)]) == 0
+    aig = read_circuit(aig_path)
+    assert aig.num_pis == 8 and aig.num_pos == 6
+
+    opt_path = tmp_path / "opt.aig"
+    assert main(["abc", str(aig_path), "-s", "strash; resyn2", "-o", str(opt_path)]) == 0
+    assert "and " in capsys.readouterr().out
+    assert equivalent(aig, read_circuit(opt_path), method="exhaustive").equal
+
+
+def test_errors_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.v"
+    bad.write_text("module bad(input a, output y);\n  assign y = a &;\nendmodule\n")
+    assert main(["verilog", "synth", str(bad), "-o", str(tmp_path / "x.aig")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2" in err.replace("\n", "")
+    assert not (tmp_path / "x.aig").exists()
