@@ -62,6 +62,7 @@ class Encoder(nn.Module):
             AttentionalAggregation(nn.Linear(config.hidden, 1)) if config.pool == "attention" else None
         )
         self._aux_losses: dict[str, Tensor] = {}
+        self.input_types: Tensor | None = None
 
     # ------------------------------------------------------------------ options
     def opt(self, name: str) -> Any:
@@ -87,6 +88,7 @@ class Encoder(nn.Module):
             raise ConfigError("encoder input: the graph has no node types (data.x) and none were given")
         types = types.view(-1).long()
         self._aux_losses = {}
+        self.input_types = types  # for layers that route by type (hash routers); masked types stay masked
         node = self.encode_nodes(data, self.type_embedding(types))
         batch = getattr(data, "batch", None)
         num_graphs = int(getattr(data, "num_graphs", 1)) if batch is not None else 1

@@ -52,7 +52,7 @@ class DGLStackEncoder(Encoder):
     def run_conv(self, conv: nn.Module, g: dgl.DGLGraph, x: Tensor, edge_weight: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def edge_weight(self, g: dgl.DGLGraph) -> Tensor | None:
+    def edge_weight(self, g: dgl.DGLGraph, dtype: torch.dtype) -> Tensor | None:
         return None
 
     def prepare(self, g: dgl.DGLGraph) -> dgl.DGLGraph:
@@ -60,7 +60,7 @@ class DGLStackEncoder(Encoder):
 
     def encode_nodes(self, data: Data, h: Tensor) -> Tensor:
         g = self.prepare(self.dgl_graph(data))
-        weight = self.edge_weight(g)
+        weight = self.edge_weight(g, h.dtype)
         x = h
         for i, conv in enumerate(self.convs):
             x = self.run_conv(conv, g, x, weight)
@@ -93,9 +93,9 @@ class DGLGCNEncoder(DGLStackEncoder):
     def prepare(self, g: dgl.DGLGraph) -> dgl.DGLGraph:
         return dgl.add_self_loop(dgl.remove_self_loop(g))
 
-    def edge_weight(self, g: dgl.DGLGraph) -> Tensor:
+    def edge_weight(self, g: dgl.DGLGraph, dtype: torch.dtype) -> Tensor:
         src, dst = g.edges()
-        inv_sqrt = g.in_degrees().to(torch.float32).clamp(min=1).pow(-0.5)
+        inv_sqrt = g.in_degrees().to(dtype).clamp(min=1).pow(-0.5)
         return inv_sqrt[src] * inv_sqrt[dst]
 
     def run_conv(self, conv: nn.Module, g: dgl.DGLGraph, x: Tensor, edge_weight: Tensor | None) -> Tensor:

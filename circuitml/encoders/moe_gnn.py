@@ -175,15 +175,11 @@ class MoEGNNEncoder(Encoder):
         self.dropout = nn.Dropout(config.dropout)
 
     def encode_nodes(self, data: Data, h: Tensor) -> Tensor:
-        types = data.x.view(-1)
+        types = self.input_types  # the (possibly masked) types of this forward, never the true data.x
         in_edges = InEdgeIndex(data.edge_index, h.size(0)) if self.opt("expert") == "conv" else None
         x = h
         for i, (norm, layer) in enumerate(zip(self.norms, self.layers, strict=True)):
-            ctx = (
-                {"token_ids": types}
-                if "token_ids" in getattr(layer_router(layer), "required_ctx", ())
-                else {}
-            )
+            ctx = {"token_ids": types}  # id-based routers (hash) route by node type; others ignore it
             if in_edges is not None:
                 y, losses = layer(norm(x), in_edges, **ctx)
             else:
@@ -191,7 +187,3 @@ class MoEGNNEncoder(Encoder):
             x = x + self.dropout(y)
             self.add_aux_losses(losses, prefix=f"layer{i}.")
         return self.final_norm(x)
-
-
-def layer_router(layer: nn.Module) -> nn.Module:
-    return layer.router if isinstance(layer, MoEConvLayer) else layer.moe.router
