@@ -31,6 +31,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -338,6 +339,63 @@ def _worker(
 
 
 # ---------------------------------------------------------------------------------------------- driver
+Job = tuple[SourceItem, str]
+
+
+def _run_parallel(jobs: list[Job], workers: int, out: str, timeout: float, done) -> list[Job]:
+    """Run ``jobs`` in a process pool, calling ``done(job, result)`` as each finishes.
+
+    A pool whose worker dies (out of memory, killed) reports its in-flight items as failed and a fresh pool
+    takes the rest. Returns the jobs left when a fresh pool cannot finish a single item (worker processes do
+    not work in this environment, e.g. a ``__main__`` read from stdin): the caller runs those in-process.
+    """
+    queue = list(reversed(jobs))
+    while queue:
+        completed = 0
+        broken = False
+        futures: dict[Future, Job] = {}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+            try:
+                while (queue or futures) and not broken:
+                    # at most 2 * workers items in flight, so an interrupt has little to cancel
+                    while queue and len(futures) < 2 * workers:
+                        job = queue.pop()
+                        try:
+                            futures[pool.submit(_worker, job[0], job[1], out, timeout)] = job
+                        except BrokenProcessPool:
+                            queue.append(job)
+                            broken = True
+                            break
+                    if not futures:
+                        break
+                    finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        job = futures.pop(fut)
+                        try:
+                            result = fut.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            futures[fut] = job  # handled with the other in-flight jobs below
+                            continue
+                        completed += 1
+                        done(job, result)
+                if broken:
+                    for job in futures.values():
+                        if completed == 0:
+                            queue.append(job)
+                        else:
+                            done(job, (None, f"{job[0].source}: worker process died (out of memory?)"))
+                    futures.clear()
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        if broken and completed == 0:
+            return list(reversed(queue))
+    return []
+
+
 def _assign_ids(items: list[SourceItem], manifest: dict[str, Any]) -> list[str]:
     used = {rec["id"] for rec in manifest["records"]}
     stems: dict[str, int] = {}
@@ -471,34 +529,17 @@ def build_dataset(
                 if bar is not None:
                     bar.advance(task)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-                futures: dict[Future, SourceItem] = {}
-                queue = list(zip(pending, ids, strict=True))
-                queue.reverse()
-                try:
-                    # Keep at most 2 * workers items in flight so an interrupt has little to cancel.
-                    while queue or futures:
-                        while queue and len(futures) < 2 * workers:
-                            it, cid = queue.pop()
-                            futures[pool.submit(_worker, it, cid, str(out), timeout)] = it
-                        finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            it = futures.pop(fut)
-                            try:
-                                result = fut.result()
-                            except Exception as exc:  # a worker died (e.g. out of memory): report the item
-                                result = (
-                                    None,
-                                    f"{it.source}: worker failed ({exc.__class__.__name__}: {exc})",
-                                )
-                            finish(it, result)
-                            if bar is not None:
-                                bar.advance(task)
-                except BaseException:
-                    for fut in futures:
-                        fut.cancel()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+
+            def done(job: tuple[SourceItem, str], result: tuple[dict[str, Any] | None, str | None]) -> None:
+                finish(job[0], result)
+                if bar is not None:
+                    bar.advance(task)
+
+            leftover = _run_parallel(list(zip(pending, ids, strict=True)), workers, str(out), timeout, done)
+            if leftover and console is not None:
+                console.print("[yellow]worker processes unavailable here; building in this process[/]")
+            for it, cid in leftover:
+                done((it, cid), _worker(it, cid, str(out), timeout))
     finally:
         if bar is not None:
             bar.stop()

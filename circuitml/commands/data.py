@@ -61,7 +61,7 @@ def _info_table(stats: dict) -> Table:
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
-    console = Console()
+    console = Console(soft_wrap=True)  # paths in one-line messages must not be wrapped
 
     @data_app.command("generate")
     def generate_cmd(
