@@ -1,0 +1,218 @@
+"""End-to-end MGVGA pretraining on a tiny generated dataset: falling loss, exact resume after SIGKILL,
+2-process DDP == 1 process, save → load → embed, damaged checkpoints, the CLI and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from circuitml.cli import main as cli_main
+from circuitml.pretrain.config import load_config
+from circuitml.pretrain.logging import read_metrics
+from circuitml.pretrain.trainer import train
+
+TINY = [
+    "model.encoder={kind: deepgcn, hidden: 16, num_layers: 2}",
+    "model.verilog_hidden=16",
+    "model.verilog_heads=2",
+    "vga.heads=2",
+    "mgm.decoder_layers=1",
+    "data.batch_size=6",
+    "data.max_tokens=96",
+    "schedule.warmup_steps=2",
+    "run.tensorboard=false",
+    "run.plot=false",
+    "run.progress=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from circuitml.datasets import generate
+
+    root = tmp_path_factory.mktemp("pretrain_data") / "ds"
+    generate(
+        root,
+        6,
+        families=["comparator", "mux", "parity", "decoder", "adder_rc", "encoder"],
+        widths=[2, 3],
+        progress=False,
+    )
+    return root
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "import torch, sys; torch.set_num_threads(1); from circuitml.cli import main; main()",
+        *args,
+    ]
+
+
+def _sets(extra: list[str], drop: tuple[str, ...] = ()) -> list[str]:
+    items = [item for item in [*TINY, *extra] if not item.startswith(drop)]
+    return [x for item in items for x in ("--set", item)]
+
+
+def _losses(out: Path) -> list[list[float]]:
+    return [[float(r[k]) for k in r if k.startswith("loss")] for r in read_metrics(out / "metrics.csv")]
+
+
+def test_loss_falls_and_encoder_is_exported(tiny_dataset, tmp_path):
+    cfg = load_config(None, [*TINY, f"data.root={tiny_dataset}", "schedule.steps=30", "optim.lr=3e-3"])
+    result = train(cfg, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    first = float(rows[0]["loss"])
+    last = sum(float(r["loss"]) for r in rows[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    for key in ("loss_mgm_type", "loss_vga"):
+        assert sum(float(r[key]) for r in rows[-5:]) / 5 < float(rows[0][key])
+    assert result.encoder_dir is not None
+    card = (result.encoder_dir / "README.md").read_text()
+    assert "final_losses" in card and "steps" in card
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tiny_dataset, tmp_path):
+    common = ["--data", str(tiny_dataset), *_sets(["schedule.steps=14", "run.checkpoint_every=4"])]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_cli("pretrain", "--out", str(full), *common), check=True, env=_env(), timeout=300)
+    proc = subprocess.Popen(_cli("pretrain", "--out", str(cut), *common), env=_env())
+    target = cut / "checkpoints" / "step_00000008.json"
+    deadline = time.time() + 240
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait(timeout=30)
+    assert not (cut / "encoder").exists()
+    subprocess.run(
+        _cli("pretrain", "--out", str(cut), "--resume", *common), check=True, env=_env(), timeout=300
+    )
+    assert (cut / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
+    a = load_file(str(full / "encoder" / "model.safetensors"))
+    b = load_file(str(cut / "encoder" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_equals_one_process(tiny_dataset, tmp_path):
+    steps = ["schedule.steps=6", "run.checkpoint_every=100"]
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = _env()
+        env.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+        )
+        cmd = _cli("pretrain", "--out", str(tmp_path / "ddp"), "--data", str(tiny_dataset), *_sets(steps))
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0]
+    # one process, same GLOBAL batch, two accumulation micro-steps (= the two ranks' shards)
+    cfg = load_config(None, [*TINY, *steps, f"data.root={tiny_dataset}", "optim.grad_accum=2"])
+    train(cfg, tmp_path / "single")
+    for a, b in zip(_losses(tmp_path / "ddp"), _losses(tmp_path / "single"), strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    wa = load_file(str(tmp_path / "ddp" / "encoder" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "single" / "encoder" / "model.safetensors"))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def test_cli_end_to_end_save_load_embed_and_damaged_checkpoint(tiny_dataset, tmp_path, capsys):
+    from circuitml.datasets import CircuitDataset
+
+    from circuitml.encoders import load_encoder
+    from circuitml.formats import write_circuit
+
+    config = tmp_path / "tiny.toml"
+    config.write_text("[schedule]\nsteps = 5\n[run]\ncheckpoint_every = 2\ntensorboard = true\nplot = true\n")
+    out = tmp_path / "run"
+    sets = _sets([], drop=("run.tensorboard", "run.plot"))
+    code = cli_main(
+        ["pretrain", "--config", str(config), "--out", str(out), "--data", str(tiny_dataset), *sets]
+    )
+    assert code == 0
+    assert (out / "loss.png").stat().st_size > 1000
+    assert any((out / "tensorboard").iterdir())
+    assert "encoder saved" in capsys.readouterr().out
+
+    # save -> load -> embed: the CLI's embeddings equal the loaded encoder's, which equal the checkpoint's weights
+    ds = CircuitDataset(tiny_dataset)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"c{i}.aag")
+        write_circuit(ds.aig(i), files[-1])
+    emb = tmp_path / "emb.safetensors"
+    assert cli_main(["embed", "--encoder", str(out / "encoder"), *map(str, files), "--out", str(emb)]) == 0
+    encoder = load_encoder(out / "encoder")
+    ckpt = load_file(str(sorted((out / "checkpoints").glob("*.safetensors"))[-1]))
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, ckpt[f"model.encoder.{k}"])
+    with safe_open(str(emb), "pt") as fh:
+        assert "index" in fh.metadata()
+        for i, f in enumerate(files):
+            ref = encoder.embed(ds.aig(i))
+            assert torch.equal(fh.get_tensor(f"c{i}/node"), ref.node)
+            assert torch.equal(fh.get_tensor(f"c{i}/graph"), ref.graph[0])
+            assert torch.equal(load_encoder(out / "encoder").embed(f).node, ref.node)
+
+    # a damaged newest checkpoint gives a one-line CheckpointError and exit 2, never garbage
+    newest = sorted((out / "checkpoints").glob("*.safetensors"))[-1]
+    newest.write_bytes(newest.read_bytes()[:-100])
+    code = cli_main(["pretrain", "--out", str(out), "--resume", "--data", str(tiny_dataset), *sets])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "truncated" in err and newest.name in err
+
+    # unknown config keys are a ConfigError, exit 2
+    assert cli_main(["pretrain", "--out", str(tmp_path / "x"), "--set", "optim.lrr=1"]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_ctrl_c_checkpoints_and_exits_130(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    cmd = _cli("pretrain", "--out", str(out), "--data", str(tiny_dataset), *_sets(["schedule.steps=100000"]))
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (out / "metrics.csv").exists() or len((out / "metrics.csv").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "--resume" in output
+    steps = [int(r["step"]) for r in read_metrics(out / "metrics.csv")]
+    ckpts = sorted((out / "checkpoints").glob("step_*.json"))
+    assert ckpts and ckpts[-1].name == f"step_{steps[-1]:08d}.json"
