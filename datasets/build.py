@@ -452,6 +452,10 @@ def build_dataset(
     out = Path(out)
     manifest = _load_or_create(out)
     (out / CIRCUITS_DIR).mkdir(parents=True, exist_ok=True)
+    for folder in (CIRCUITS_DIR, VERILOG_DIR):
+        # temporary files of writes that a killed worker never finished
+        for stray in (out / folder).glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
     items, problems = discover_sources(sources, top=top, family=family)
     report = BuildReport(out=out, total=len(items) + len(problems), failed=list(problems))
 

@@ -203,3 +203,27 @@ def test_shared_circuits_build(shared_data, tmp_path, pattern):
     assert set(ds.families()) == {"iscas85", "random_control"}
     for i, rec in enumerate(ds.records):
         assert ds.aig(i).same_structure(read_circuit(rec["source"]))
+
+
+def test_openabc_rtl_folders_group_into_designs(shared_data):
+    items, problems = discover_sources([shared_data / "NYU-MLDA__OpenABC" / "bench_rtl" / "src"])
+    assert not problems
+    tops = {it.family: it.top for it in items if len(it.paths) > 1}
+    assert tops == {
+        "i2c": "i2c_master_top",
+        "sasc": "sasc_top",
+        "simple_spi": "simple_spi_top",
+        "spi": "spi_top",
+        "usb_phy": "usb_phy",
+    }
+    spi = next(it for it in items if it.top == "spi_top")
+    assert {p.name for p in spi.include_files} == {"spi_defines.v", "timescale.v"}
+
+
+def test_stray_temp_files_are_cleaned(sources, tmp_path):
+    out = tmp_path / "ds"
+    (out / "circuits").mkdir(parents=True)
+    stray = out / "circuits" / ".c0.safetensors.x1y2.tmp"
+    stray.write_bytes(b"half")
+    build_dataset([sources], out, workers=1, progress=False)
+    assert not stray.exists()

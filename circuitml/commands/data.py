@@ -31,6 +31,11 @@ def _print_report(console: Console, report) -> None:
     console.print(report.summary(), highlight=False)
 
 
+def _interrupted(console: Console, out: Path) -> typer.Exit:
+    console.print(f"interrupted: finished circuits are kept in {out}; run the same command again to resume")
+    return typer.Exit(130)
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}" if x == int(x) else f"{x:.1f}"
 
@@ -93,15 +98,18 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             return
         if out is None:
             raise ConfigError("--out: expected the dataset folder to create")
-        report = generate(
-            out,
-            count,
-            families=_parse_list(families, "families"),
-            widths=_parse_list(widths, "widths", int),
-            seed=seed,
-            workers=workers,
-            timeout=timeout,
-        )
+        try:
+            report = generate(
+                out,
+                count,
+                families=_parse_list(families, "families"),
+                widths=_parse_list(widths, "widths", int),
+                seed=seed,
+                workers=workers,
+                timeout=timeout,
+            )
+        except KeyboardInterrupt:
+            raise _interrupted(console, out) from None
         _print_report(console, report)
 
     @data_app.command("build")
@@ -120,7 +128,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         """Build the processed dataset (safetensors per circuit + manifest.json) from circuit files; resumable."""
         from circuitml.datasets import build_dataset
 
-        report = build_dataset(sources, out, workers=workers, top=top, family=family, timeout=timeout)
+        try:
+            report = build_dataset(sources, out, workers=workers, top=top, family=family, timeout=timeout)
+        except KeyboardInterrupt:
+            raise _interrupted(console, out) from None
         _print_report(console, report)
 
     @data_app.command("info")
