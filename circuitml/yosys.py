@@ -72,11 +72,13 @@ class YosysResult:
         log: Yosys' full log (the ``-l`` log file).
         outputs: the requested output files, by the relative name they were asked for.
         seconds: wall time of the child process.
+        error: with ``allow_failure``, the one-line error (failure or timeout) the run ended with, else None.
     """
 
     log: str
     outputs: dict[str, bytes] = field(default_factory=dict)
     seconds: float = 0.0
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def run_yosys(
     timeout: float = 120.0,
     design: str | None = None,
     aliases: Mapping[str, str] | None = None,
+    allow_failure: bool = False,
 ) -> YosysResult:
     """Run a Yosys script in a private temporary folder.
 
@@ -159,6 +162,8 @@ def run_yosys(
         design: what the run is about (file names), used in error messages.
         aliases: ``{name inside the folder: name to show}`` rewrites applied to error messages, so Yosys'
             ``src/0/top.v:12`` reads as the user's path.
+        allow_failure: return instead of raising on failure or timeout, with ``error`` set and whichever
+            requested outputs exist (used to run many designs in one Yosys process).
 
     Returns:
         :class:`YosysResult` with the log and the requested outputs.
@@ -187,34 +192,38 @@ def run_yosys(
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        error = None
+        log_path = root / _LOG_NAME
         try:
             _, err_bytes = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            log_path = root / _LOG_NAME
+            err_bytes = b""
             log = log_path.read_text(errors="replace") if log_path.exists() else ""
             step = _last_step(log) or "startup (loading the WebAssembly module)"
-            raise SynthesisError(f"Yosys timed out after {timeout:g} s{label} during step: {step}") from None
+            error = _alias(f"Yosys timed out after {timeout:g} s{label} during step: {step}", aliases)
         except BaseException:
             _kill_group(proc)
             raise
         seconds = time.perf_counter() - start
-        log_path = root / _LOG_NAME
         log = log_path.read_text(errors="replace") if log_path.exists() else ""
         stderr = err_bytes.decode(errors="replace")
-        if proc.returncode != 0:
+        if error is None and proc.returncode != 0:
             err = _first_error(log, stderr)
             if err is None:
                 tail = (stderr.strip().splitlines() or ["no message"])[-1]
                 err = f"exit status {proc.returncode}: {tail.strip()}"
-            raise SynthesisError(_alias(f"Yosys failed{label}: {err}", aliases))
+            error = _alias(f"Yosys failed{label}: {err}", aliases)
+        if error is not None and not allow_failure:
+            raise SynthesisError(error)
         got: dict[str, bytes] = {}
         for name in outputs:
             path = root / _safe_relative(name)
-            if not path.exists():
+            if path.exists():
+                got[name] = path.read_bytes()
+            elif not allow_failure:
                 raise SynthesisError(f"Yosys finished{label} but did not write {name}")
-            got[name] = path.read_bytes()
-    return YosysResult(log=log, outputs=got, seconds=seconds)
+    return YosysResult(log=log, outputs=got, seconds=seconds, error=error)
 
 
 # ---------------------------------------------------------------------------------------------------- ABC

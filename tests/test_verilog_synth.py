@@ -16,7 +16,13 @@ from circuitml.aig import AIG, AIGBuilder
 from circuitml.errors import CircuitFormatError, SynthesisError
 from circuitml.formats import read_circuit
 from circuitml.sim import equivalent
-from circuitml.verilog import VerilogFallbackWarning, parse_verilog, verilog_text_to_aig, verilog_to_aig
+from circuitml.verilog import (
+    VerilogFallbackWarning,
+    parse_verilog,
+    verilog_text_to_aig,
+    verilog_to_aig,
+    verilog_to_aig_many,
+)
 from tests.conftest import SHARED_DATA, shared_files
 
 MIXED = """
@@ -187,6 +193,40 @@ def test_missing_file_top_and_inout(tmp_path: Path) -> None:
     tri.write_text("module t(inout p, input e, input d); assign p = e ? d : 1'bz; endmodule\n")
     with pytest.raises(SynthesisError, match="inout port 'p'"):
         verilog_to_aig(tri)
+
+
+def test_batches_match_single_runs_and_isolate_failures(tmp_path: Path) -> None:
+    (tmp_path / "mixed.v").write_text(MIXED)
+    (tmp_path / "counter.v").write_text(COUNTER)
+    (tmp_path / "bad.v").write_text("module bad(input a, output y);\n  assign y = a &;\nendmodule\n")
+    (tmp_path / "defs.v").write_text(
+        "`define W 3\nmodule w(input [`W:0] a, output y); assign y = ^a; endmodule\n"
+    )
+    # the second copy of w must not see the first one's `define (defines are reset between designs)
+    (tmp_path / "w2.v").write_text(
+        "`ifdef W\nmodule w; endmodule\n`else\nmodule w(input a, output y);\n"
+        "assign y = ~a; endmodule\n`endif\n"
+    )
+    items = ["mixed.v", "bad.v", ("counter.v", "counter"), "defs.v", "w2.v", "missing.v"]
+    got = verilog_to_aig_many(
+        [(tmp_path / i[0], i[1]) if isinstance(i, tuple) else tmp_path / i for i in items]
+    )
+    assert isinstance(got[1], SynthesisError) and f"{tmp_path / 'bad.v'}:2" in str(got[1])
+    assert isinstance(got[5], CircuitFormatError)
+    for k in (0, 2, 3, 4):
+        single = verilog_to_aig(tmp_path / (items[k][0] if isinstance(items[k], tuple) else items[k]))
+        assert got[k].same_structure(single)
+        assert got[k].pi_names == single.pi_names and got[k].po_names == single.po_names
+    assert got[4].num_pis == 1 and got[4].pos.tolist() == [3]
+
+
+def test_output_is_strashed_and_canonical() -> None:
+    # the same gate written twice, and x & x: Yosys' aigmap keeps both, the AIG must not
+    src = "module s(input a, input b, output y, output z, output w);\n  assign y = a & b;\n  assign z = b & a;\n  assign w = (a & a) | 1'b0;\nendmodule\n"
+    aig = verilog_text_to_aig(src)
+    assert aig.num_ands == 1 and aig.pos.tolist() == [6, 6, 2]
+    aig = verilog_text_to_aig(COUNTER)
+    assert len(np.unique(aig.ands, axis=0)) == aig.num_ands
 
 
 # ------------------------------------------------------------------------------------------ mutations

@@ -9,7 +9,13 @@ from circuitml.verilog.parse import (
     module_graph,
     parse_verilog,
 )
-from circuitml.verilog.synth import PortBits, synthesis_script, verilog_text_to_aig, verilog_to_aig
+from circuitml.verilog.synth import (
+    PortBits,
+    synthesis_script,
+    verilog_text_to_aig,
+    verilog_to_aig,
+    verilog_to_aig_many,
+)
 from circuitml.verilog.tokens import (
     BOS,
     EOS,
@@ -37,6 +43,7 @@ __all__ = [
     "synthesis_script",
     "verilog_text_to_aig",
     "verilog_to_aig",
+    "verilog_to_aig_many",
     "BOS",
     "EOS",
     "MAX_IDENTIFIERS",

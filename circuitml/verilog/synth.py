@@ -28,10 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from circuitml.aig import AIG
-from circuitml.errors import CircuitFormatError, SynthesisError
+from circuitml.errors import CircuitFormatError, CircuitmlError, SynthesisError
 from circuitml.yosys import run_yosys
 
-__all__ = ["PortBits", "verilog_to_aig", "verilog_text_to_aig", "synthesis_script", "VERILOG_SUFFIXES"]
+__all__ = [
+    "PortBits",
+    "verilog_to_aig",
+    "verilog_to_aig_many",
+    "verilog_text_to_aig",
+    "synthesis_script",
+    "VERILOG_SUFFIXES",
+]
 
 VERILOG_SUFFIXES = (".v", ".sv", ".vh", ".svh")
 _INCLUDE_RE = re.compile(r'`include\s+"([^"]+)"')
@@ -95,8 +102,11 @@ def synthesis_script(
     top: str,
     include_dirs: Sequence[str] = (),
     defines: Mapping[str, str] | None = None,
+    out_dir: str = "",
 ) -> str:
-    """The Yosys script :func:`verilog_to_aig` runs (sources and include folders relative to its folder)."""
+    """The Yosys script :func:`verilog_to_aig` runs (sources and include folders relative to its folder;
+    ``ports.il`` and ``out.aig`` are written under ``out_dir``)."""
+    prefix = f"{out_dir}/" if out_dir else ""
     flags = "".join(f" -I{d}" for d in include_dirs)
     flags += "".join(f" -D{k}" if v is None or v == "" else f" -D{k}={v}" for k, v in (defines or {}).items())
     reads = []
@@ -108,7 +118,7 @@ def synthesis_script(
             *reads,
             f"hierarchy -check -top {_yosys_id(top)}",
             f"select {_yosys_id(top)}/x:*",
-            "write_rtlil -selected ports.il",
+            f"write_rtlil -selected {prefix}ports.il",
             "select -clear",
             "proc",
             "flatten",
@@ -121,7 +131,7 @@ def synthesis_script(
             "setundef -zero",
             "aigmap",
             "opt_clean",
-            "write_aiger -symbols out.aig",
+            f"write_aiger -symbols {prefix}out.aig",
         ]
     )
 
@@ -197,26 +207,42 @@ def verilog_to_aig(
         CircuitFormatError: a missing file, or no/ambiguous top module.
         SynthesisError: Yosys' first error line (with file and line), or a timeout naming the step.
     """
+    job = _prepare(paths, top, include_dirs, defines, "")
+    return _synthesize(job, timeout)
+
+
+@dataclass
+class _Job:
+    files: dict[str, bytes | str]
+    aliases: dict[str, str]
+    script: str
+    top: str
+    design: str
+    out_dir: str
+
+
+def _prepare(paths, top, include_dirs, defines, out_dir: str) -> _Job:
+    """Files, script and names for one design; ``out_dir`` keeps designs of one batch apart."""
     sources = _expand_sources(paths)
     texts = {p: p.read_bytes().decode(errors="replace") for p in sources}
     if top is None:
         from circuitml.verilog.parse import find_top
 
         top = find_top(texts)
-    inc_dirs = [Path(d) for d in include_dirs]
+    base = f"{out_dir}/" if out_dir else ""
     files: dict[str, bytes | str] = {}
     aliases: dict[str, str] = {}
     rel_sources = []
     for k, p in enumerate(sources):
-        rel = f"src{k}/{p.name}"
+        rel = f"{base}src{k}/{p.name}"
         files[rel] = p.read_bytes()
         aliases[rel] = str(p)
         rel_sources.append(rel)
-    for name, data in _collect_includes(texts, inc_dirs).items():
-        files[f"inc/{name}"] = data
-    script = synthesis_script(rel_sources, top, ["inc"], defines)
+    for name, data in _collect_includes(texts, [Path(d) for d in include_dirs]).items():
+        files[f"{base}inc/{name}"] = data
+    script = synthesis_script(rel_sources, top, [f"{base}inc"], defines, out_dir)
     design = ", ".join(p.name for p in sources)
-    return _synthesize(script, files, aliases, design, top, timeout)
+    return _Job(files, aliases, script, top, design, out_dir)
 
 
 def verilog_text_to_aig(
@@ -234,20 +260,104 @@ def verilog_text_to_aig(
         top = find_top({Path(filename): text})
     rel = f"src0/{Path(filename).name}"
     script = synthesis_script([rel], top, [], defines)
-    return _synthesize(script, {rel: text}, {rel: filename}, filename, top, timeout)
+    return _synthesize(_Job({rel: text}, {rel: filename}, script, top, filename, ""), timeout)
 
 
-def _synthesize(
-    script: str, files: dict, aliases: dict[str, str], design: str, top: str, timeout: float
-) -> AIG:
+def _synthesize(job: _Job, timeout: float) -> AIG:
+    res = run_yosys(
+        job.script,
+        files=job.files,
+        outputs=["out.aig", "ports.il"],
+        timeout=timeout,
+        design=job.design,
+        aliases=job.aliases,
+    )
+    return _finish(job, res.outputs["out.aig"], res.outputs["ports.il"])
+
+
+def _finish(job: _Job, aiger: bytes, ports_il: bytes) -> AIG:
     from circuitml.formats.aiger import parse_aiger
 
-    res = run_yosys(
-        script, files=files, outputs=["out.aig", "ports.il"], timeout=timeout, design=design, aliases=aliases
-    )
-    raw = parse_aiger(res.outputs["out.aig"], file=f"<Yosys AIGER of {design}>", name=top)
-    ports = _parse_ports(res.outputs["ports.il"].decode(errors="replace"))
-    return _in_port_order(raw, ports, top, design)
+    raw = parse_aiger(aiger, file=f"<Yosys AIGER of {job.design}>", name=job.top)
+    ports = _parse_ports(ports_il.decode(errors="replace"))
+    return _in_port_order(raw, ports, job.top, job.design)
+
+
+def verilog_to_aig_many(
+    designs: Iterable[str | Path | Sequence[str | Path] | tuple[Sequence[str | Path], str | None]],
+    *,
+    include_dirs: Iterable[str | Path] = (),
+    defines: Mapping[str, str] | None = None,
+    timeout: float = 300.0,
+    batch_size: int = 32,
+) -> list[AIG | CircuitmlError]:
+    """Synthesize many designs, several per Yosys process, so the ~0.3 s start of Yosys is paid once per batch.
+
+    Each design is a file, a list of files, or ``(files, top)``. Designs of a batch run one after the other
+    in one script (``design -reset`` between them). When one fails, its error is recorded and the batch
+    continues in a new process from the next design, so results never depend on batch neighbours.
+
+    Args:
+        timeout: seconds allowed *per design*; a batch may take ``timeout`` times its size.
+        batch_size: designs per Yosys process.
+
+    Returns:
+        One entry per design, in order: its :class:`AIG`, or the :class:`CircuitmlError` it raised
+        (exactly what :func:`verilog_to_aig` would have raised).
+    """
+    inc = list(include_dirs)
+    results: list[AIG | CircuitmlError | None] = []
+    jobs: list[tuple[int, _Job]] = []
+    for k, item in enumerate(designs):
+        paths, top = item if isinstance(item, tuple) else (item, None)
+        results.append(None)
+        try:
+            jobs.append((k, _prepare(paths, top, inc, defines, f"d{k}")))
+        except CircuitmlError as exc:
+            results[k] = exc
+    for start in range(0, len(jobs), max(1, batch_size)):
+        pending = jobs[start : start + max(1, batch_size)]
+        while pending:
+            files: dict[str, bytes | str] = {}
+            aliases: dict[str, str] = {}
+            parts = []
+            outputs = []
+            for _, job in pending:
+                files.update(job.files)
+                aliases.update(job.aliases)
+                # the marker is written only after out.aig is complete
+                parts.append(
+                    f"{job.script}\ntee -q -o {job.out_dir}/done ls\ndesign -reset\nverilog_defines -reset"
+                )
+                outputs += [f"{job.out_dir}/out.aig", f"{job.out_dir}/ports.il", f"{job.out_dir}/done"]
+            res = run_yosys(
+                "\n".join(parts),
+                files=files,
+                outputs=outputs,
+                timeout=timeout * len(pending),
+                aliases=aliases,
+                allow_failure=True,
+            )
+            rest = []
+            for pos, (k, job) in enumerate(pending):
+                if f"{job.out_dir}/done" in res.outputs:
+                    try:
+                        results[k] = _finish(
+                            job, res.outputs[f"{job.out_dir}/out.aig"], res.outputs[f"{job.out_dir}/ports.il"]
+                        )
+                    except CircuitmlError as exc:
+                        results[k] = exc
+                    continue
+                # the first unfinished design is the one the run stopped at
+                msg = (res.error or "Yosys stopped without an error message").replace(
+                    "Yosys failed:", f"Yosys failed on {job.design}:", 1
+                )
+                msg = msg.replace(" s during step", f" s on {job.design} during step", 1)
+                results[k] = SynthesisError(msg)
+                rest = pending[pos + 1 :]
+                break
+            pending = rest
+    return results  # type: ignore[return-value]
 
 
 def _in_port_order(raw: AIG, ports: list[PortBits], top: str, design: str) -> AIG:
@@ -288,27 +398,69 @@ def _in_port_order(raw: AIG, ports: list[PortBits], top: str, design: str) -> AI
     pi_perm = order(None if raw.pi_names is None else raw.pi_names[:n_in], in_names, "input")
     po_perm = order(None if raw.po_names is None else raw.po_names[:n_out], out_names, "output")
 
-    # node relabelling: new PI k is old PI pi_perm[k]; latches and ANDs keep their place
-    new_of_old = np.arange(raw.num_nodes, dtype=np.int64)
-    new_of_old[1 + pi_perm] = 1 + np.arange(n_in, dtype=np.int64)
+    # latches: named ones sorted by (register, bit), unnamed ones after them in Yosys' order
+    names = [(raw.pi_names[n_in + k] if raw.pi_names else "") for k in range(n_lat)]
+    names = [declared(nm) if nm else "" for nm in names]
 
-    def relabel(lits: np.ndarray) -> np.ndarray:
-        return 2 * new_of_old[lits >> 1] + (lits & 1)
+    def latch_key(k: int) -> tuple:
+        m = re.fullmatch(r"(.*)\[(-?\d+)\]", names[k])
+        base, bit = (m.group(1), int(m.group(2))) if m else (names[k], -1)
+        return (names[k] == "", base, bit, k)
 
-    ands = relabel(raw.ands)
-    pos = relabel(np.concatenate([raw.pos[:n_out][po_perm], raw.pos[n_out:]]))
-    latch_names = []
-    for k in range(n_lat):
-        nm = raw.pi_names[n_in + k] if raw.pi_names else ""
-        latch_names.append(declared(nm) if nm else f"latch{k}")
-    aig = AIG(
+    lat_perm = np.array(sorted(range(n_lat), key=latch_key), dtype=np.int64)
+    latch_names = [names[k] or f"latch{j}" for j, k in enumerate(lat_perm)]
+
+    lit_of_old = np.zeros(raw.num_nodes, dtype=np.int64)
+    lit_of_old[1 + pi_perm] = 2 * (1 + np.arange(n_in, dtype=np.int64))
+    lit_of_old[1 + n_in + lat_perm] = 2 * (1 + n_in + np.arange(n_lat, dtype=np.int64))
+    ands = _canonical_strash(raw, lit_of_old)
+    old_pos = np.concatenate([raw.pos[:n_out][po_perm], raw.pos[n_out:][lat_perm]])
+    pos = lit_of_old[old_pos >> 1] ^ (old_pos & 1)
+    return AIG(
         num_pis=raw.num_pis,
         ands=ands,
         pos=pos,
         num_latches=n_lat,
-        latch_init=raw.latch_init,
+        latch_init=raw.latch_init[lat_perm],
         pi_names=in_names + latch_names,
         po_names=out_names + [f"{nm}$next" for nm in latch_names],
         name=top,
     )
-    return aig
+
+
+def _canonical_strash(raw: AIG, lit_of_old: np.ndarray) -> np.ndarray:
+    """Structurally hashed AND rows in a canonical order; fills ``lit_of_old`` for every old AND node.
+
+    Yosys' ``aigmap`` leaves duplicate gates, and it numbers gates by internal name order, which shifts with
+    whatever ran before in the same process. Here, one level at a time (numpy inside a level), each AND's
+    fanins are renumbered, trivial ANDs (``x&0``, ``x&1``, ``x&x``, ``x&~x``) fold away, identical rows merge
+    (strash, as in ABC), and the survivors are numbered by level, then by (larger, smaller) fanin literal.
+    The result depends only on the graph and the PI/latch numbering already in ``lit_of_old``.
+    """
+    if raw.num_ands == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    first = raw.first_and
+    level = raw.levels()[first:]
+    order = np.argsort(level, kind="stable")
+    bounds = np.flatnonzero(np.diff(level[order])) + 1
+    rows: list[np.ndarray] = []
+    next_id = first
+    for idx in np.split(order, bounds):
+        fan = raw.ands[idx]
+        lits = lit_of_old[fan >> 1] ^ (fan & 1)
+        hi, lo = lits.max(axis=1), lits.min(axis=1)
+        result = np.full(idx.size, -1, dtype=np.int64)
+        zero = (lo == 0) | (hi == (lo ^ 1))
+        result[zero] = 0
+        one = ~zero & (lo == 1)
+        result[one] = hi[one]
+        same = ~zero & ~one & (hi == lo)
+        result[same] = lo[same]
+        real = np.flatnonzero(result < 0)
+        if real.size:
+            uniq, inverse = np.unique(np.stack([hi[real], lo[real]], axis=1), axis=0, return_inverse=True)
+            result[real] = 2 * (next_id + inverse.reshape(-1))
+            rows.append(uniq)
+            next_id += uniq.shape[0]
+        lit_of_old[first + idx] = result
+    return np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
