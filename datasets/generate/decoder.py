@@ -43,5 +43,5 @@ endmodule
 
 
 FAMILY = register_family(
-    Family("decoder", generate, widths=(1, 2, 3, 4, 5, 6), max_width=8, description="binary decoder")
+    Family("decoder", generate, widths=(2, 3, 4, 5, 6, 7), max_width=8, description="binary decoder")
 )

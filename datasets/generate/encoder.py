@@ -51,5 +51,5 @@ endmodule
 
 
 FAMILY = register_family(
-    Family("encoder", generate, widths=(1, 2, 3, 4, 5, 6), max_width=8, description="one-hot encoder")
+    Family("encoder", generate, widths=(2, 3, 4, 5, 6, 7), max_width=8, description="one-hot encoder")
 )

@@ -69,5 +69,5 @@ endmodule
 
 
 FAMILY = register_family(
-    Family("priority_encoder", generate, widths=(2, 3, 4, 6, 8, 12, 16, 32), description="priority encoder")
+    Family("priority_encoder", generate, widths=(3, 4, 5, 6, 8, 12, 16, 32), description="priority encoder")
 )

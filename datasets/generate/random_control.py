@@ -21,19 +21,35 @@ class Gate:
     operands: tuple[Operand, ...]
 
 
+def _pick(rng: random.Random, available: int, arity: int, scale: float) -> list[int]:
+    """``arity`` distinct signals, biased toward recent ones so the DAG grows deep, not one flat layer."""
+    picks: list[int] = []
+    while len(picks) < arity:
+        p = available - 1 - int(rng.expovariate(1 / scale))
+        if p < 0:
+            p = rng.randrange(available)
+        if p not in picks:
+            picks.append(p)
+    return picks
+
+
 def draw_network(width: int, seed: int) -> tuple[list[Gate], list[int]]:
-    """``(gates, outputs)``: gate ``k`` defines signal ``width + k``; outputs are signal indices."""
+    """``(gates, outputs)``: gate ``k`` defines signal ``width + k``; outputs are signal indices.
+
+    The first ``width // 2`` gates read primary inputs only (uniformly), later ones any earlier signal.
+    """
     rng = random.Random(seed)
+    width = max(width, 3)  # three distinct operands must exist
     num_gates = rng.randint(width, 3 * width)
     gates = []
     for k in range(num_gates):
         available = width + k
         op = rng.choices(("and", "or", "xor", "mux"), weights=(4, 4, 2, 1))[0]
         arity = 3 if op == "mux" else rng.choice((2, 2, 3))
-        # Prefer recent signals so the DAG grows deep instead of staying a flat layer over the inputs.
-        picks = [
-            max(0, available - 1 - int(rng.expovariate(1 / max(1.0, available / 3)))) for _ in range(arity)
-        ]
+        if k < width // 2:
+            picks = rng.sample(range(width), arity)
+        else:
+            picks = _pick(rng, available, arity, max(2.0, available / 2))
         operands = tuple((p, rng.random() < 0.3) for p in picks)
         gates.append(Gate(op, operands))
     num_outputs = rng.randint(1, max(1, min(8, width // 2)))
@@ -52,6 +68,7 @@ def _operand(operand: Operand, width: int) -> str:
 
 def generate(width: int, seed: int) -> tuple[str, str]:
     gates, outputs = draw_network(width, seed)
+    width = max(width, 3)
     name = f"random_control_w{width}_s{seed}"
     symbol = {"and": " & ", "or": " | ", "xor": " ^ "}
     lines = []
