@@ -49,6 +49,7 @@ from .format import (
     empty_manifest,
     read_manifest,
     save_circuit,
+    token_vocab_id,
     write_manifest,
 )
 
@@ -318,6 +319,7 @@ def build_item(
         "num_ands": aig.num_ands,
         "depth": aig.depth(),
         "num_tokens": None if tokens is None else int(tokens.shape[0]),
+        "token_vocab": None if tokens is None else token_vocab_id(),
     }
     if verilog_rel is not None:
         atomic_write(out / verilog_rel, text)

@@ -12,7 +12,7 @@ import numpy as np
 from circuitml.aig import AIG
 from circuitml.errors import DatasetError
 
-from .format import CIRCUITS_DIR, load_circuit, read_manifest
+from .format import CIRCUITS_DIR, load_circuit, read_manifest, token_vocab_id
 
 __all__ = ["CircuitDataset"]
 
@@ -115,11 +115,26 @@ class CircuitDataset:
 
     def verilog_tokens(self, i: int) -> list[int] | None:
         """Token ids of the Verilog (``circuitml.verilog`` vocabulary), cached at build time; ``None`` without
-        Verilog."""
+        Verilog. A dataset built under another vocabulary is re-tokenized here (ids would be wrong)."""
+        rec = self._record(i)
+        if rec.get("verilog") is None:
+            return None
+        if rec.get("token_vocab") != self._vocab_id():
+            from circuitml.verilog import encode_tokens, tokenize_verilog
+
+            return encode_tokens(tokenize_verilog(self.verilog_source(i) or ""))
         tokens = self._load(i)[2]
         if tokens is None:
-            return None
+            raise DatasetError(f"{self.circuit_path(i)}: expected cached tensor 'verilog_tokens'")
         return tokens.astype(np.int64).tolist()
+
+    _VOCAB_ID: str | None = None
+
+    @classmethod
+    def _vocab_id(cls) -> str:
+        if cls._VOCAB_ID is None:
+            cls._VOCAB_ID = token_vocab_id()
+        return cls._VOCAB_ID
 
     def graph(self, i: int, explicit_not: bool = True, with_prob: bool = False):
         """``torch_geometric.data.Data`` of circuit ``i`` (see ``circuitml.graph.aig_to_data``) with

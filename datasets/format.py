@@ -9,7 +9,7 @@ Layout of a dataset directory::
 
 A record is a flat dict: ``id, family, source, sources, sha256, format, top, verilog`` (path relative to the
 dataset root or ``None``), ``num_pis, num_pos, num_inputs, num_outputs, num_latches, num_ands, depth,
-num_tokens``. ``sha256`` hashes the source file(s), so a rebuild skips sources it has already processed.
+num_tokens, token_vocab`` (hash of the vocabulary the cached token ids use). ``sha256`` hashes the source file(s), so a rebuild skips sources it has already processed.
 
 Everything is written to a temporary file in the same folder and then renamed, so a crash never leaves a
 half-written circuit or manifest behind.
@@ -38,6 +38,7 @@ __all__ = [
     "CIRCUITS_DIR",
     "VERILOG_DIR",
     "atomic_write",
+    "token_vocab_id",
     "circuit_bytes",
     "save_circuit",
     "load_circuit",
@@ -70,6 +71,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def token_vocab_id() -> str:
+    """Short hash of the Verilog token vocabulary: cached token ids are only valid under the same one."""
+    import hashlib
+
+    from circuitml.verilog import VOCAB
+
+    return hashlib.sha256("\n".join(VOCAB).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------- circuits

@@ -99,3 +99,19 @@ def test_small_generate_run_is_a_usable_dataset(tmp_path):
         i = ds.index_of(rec["id"])
         assert other.aig(j).same_structure(ds.aig(i))
         assert np.array_equal(other.verilog_tokens(j), ds.verilog_tokens(i))
+
+
+def test_tokens_are_recomputed_under_another_vocabulary(tmp_path):
+    import json
+
+    from circuitml.verilog import encode_tokens, tokenize_verilog
+
+    cds.generate(tmp_path / "d", count=1, families=["parity"], workers=1, progress=False)
+    ds = CircuitDataset(tmp_path / "d")
+    expected = encode_tokens(tokenize_verilog(ds.verilog_source(0)))
+    assert ds.verilog_tokens(0) == expected
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    manifest["records"][0]["token_vocab"] = "another"
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "d" / "circuits" / f"{ds.records[0]['id']}.safetensors").unlink()  # the cache is not read
+    assert CircuitDataset(tmp_path / "d").verilog_tokens(0) == expected
