@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .build import BuildReport, SourceItem, build_dataset, discover_sources
 from .dataset import CircuitDataset
+from .export import export_dataset
 from .format import FORMAT_NAME, FORMAT_VERSION, load_circuit, read_manifest, save_circuit, write_manifest
 from .generate import FAMILIES, Family, get_family, register_family
 from .generate.pipeline import DesignSpec, plan_designs
@@ -28,6 +29,7 @@ __all__ = [
     "build_dataset",
     "dataset_stats",
     "discover_sources",
+    "export_dataset",
     "generate",
     "get_family",
     "load_circuit",

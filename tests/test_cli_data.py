@@ -34,6 +34,9 @@ def test_build_and_info(tmp_path, capsys):
     assert main(["data", "info", str(out), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["families"]["adders"]["num_ands"]["max"] > 0 and stats["failures"] == 1
+    assert main(["data", "export", str(out), str(tmp_path / "exported"), "--format", "aag"]) == 0
+    assert read_circuit(tmp_path / "exported" / "fa.aag").same_structure(read_circuit(src / "fa.bench"))
+    assert main(["data", "export", str(out), str(tmp_path / "x"), "--format", "blif"]) == 2
 
 
 def test_info_on_missing_dataset_is_one_line_exit_2(tmp_path, capsys):
@@ -87,6 +90,9 @@ def test_generate_list_and_small_run(tmp_path, capsys):
     ]
     assert main(args) == 0
     assert "2 built" in capsys.readouterr().out
+    assert main(["data", "export", str(out), str(tmp_path / "pairs"), "--verilog"]) == 0
+    pairs = sorted(p.suffix for p in (tmp_path / "pairs").iterdir())
+    assert pairs == [".aig", ".aig", ".v", ".v"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(r["family"] for r in manifest["records"]) == ["decoder", "parity"]
     assert main(["data", "generate", "--out", str(out), "--families", "nope"]) == 2

@@ -154,6 +154,19 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 f"{stats['failures']} source(s) failed in the last build (see manifest.json 'failures')"
             )
 
+    @data_app.command("export")
+    def export_cmd(
+        root: Path = typer.Argument(..., help="Dataset folder."),
+        out: Path = typer.Argument(..., help="Folder for the circuit files."),
+        fmt: str = typer.Option("aig", "--format", "-f", help="aig, aag or bench."),
+        verilog: bool = typer.Option(False, "--verilog", help="Also write each circuit's Verilog (<id>.v)."),
+    ) -> None:
+        """Write a dataset's circuits as AIGER/bench files (with --verilog: Verilog + AIG pairs)."""
+        from circuitml.datasets import export_dataset
+
+        n = export_dataset(root, out, suffix=fmt, with_verilog=verilog)
+        console.print(f"{n} circuits written to {out}", highlight=False)
+
     @app.command("convert")
     def convert_cmd(
         src: Path = typer.Argument(..., help="Input circuit (.aag/.aig/.bench/.v/.sv)."),

@@ -1,0 +1,45 @@
+"""Export a dataset's circuits as ordinary circuit files (AIGER or bench) for tools outside circuitml.
+
+With ``with_verilog=True`` each circuit's Verilog copy is written beside its AIG, giving plain
+``<id>.v`` / ``<id>.aig`` pairs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from circuitml.errors import ConfigError
+
+from .dataset import CircuitDataset
+from .format import atomic_write
+
+__all__ = ["export_dataset", "EXPORT_SUFFIXES"]
+
+EXPORT_SUFFIXES = (".aig", ".aag", ".bench")
+
+
+def export_dataset(
+    root: str | os.PathLike, out: str | os.PathLike, *, suffix: str = ".aig", with_verilog: bool = False
+) -> int:
+    """Write every circuit of the dataset at ``root`` to ``out/<id><suffix>``; returns how many.
+
+    Raises:
+        ConfigError: unsupported suffix.
+        DatasetError: corrupted dataset files.
+    """
+    from circuitml.formats import write_circuit
+
+    suffix = suffix if suffix.startswith(".") else f".{suffix}"
+    if suffix not in EXPORT_SUFFIXES:
+        raise ConfigError(f"--format: expected one of {', '.join(EXPORT_SUFFIXES)}, got {suffix!r}")
+    ds = CircuitDataset(root)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, rec in enumerate(ds.records):
+        write_circuit(ds.aig(i), out / f"{rec['id']}{suffix}")
+        if with_verilog:
+            text = ds.verilog_source(i)
+            if text is not None:
+                atomic_write(out / f"{rec['id']}.v", text)
+    return len(ds)
