@@ -41,7 +41,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         result = train(cfg, out, resume=resume, stop_after=stop_after)
         if result.interrupted:
             console.print(f"interrupted at step {result.step}; checkpoint saved — continue with --resume")
-            raise typer.Exit(130)
+            # typer.Exit(130) would be returned, not raised, by app(standalone_mode=False), and cli.main drops it
+            raise SystemExit(130)
         if result.encoder_dir is not None and result.first and result.last:
             first, last = result.first, result.last
             parts = [
