@@ -12,7 +12,7 @@ from circuitml.pretrain.vga import VGAHead
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-WORDS = ["module", "endmodule", "input", "output", "wire", "assign", "a", "b", "y", "&", "|", "^", "~", "(", ")", ";", ","]
+WORDS = "module endmodule input output wire assign a b y & | ^ ~ ( ) ; ,".split()
 VERILOG = "module m ( a , b , y ) ; input a , b ; output y ; assign y = a & ~ b ; endmodule"
 OTHER = "module m ( a , b , y ) ; input a , b ; output y ; assign y = a ^ b ; endmodule"
 
