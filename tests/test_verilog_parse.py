@@ -6,8 +6,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from circuitml.errors import CircuitFormatError
+from circuitml.errors import CircuitFormatError, SynthesisError
 from circuitml.verilog import VerilogFallbackWarning, find_top, parse_verilog
 from tests.conftest import SHARED_DATA
 
@@ -143,3 +145,34 @@ def test_openabc_rtl_top_detection(shared_data: Path, design: str) -> None:
         parsed = parse_verilog(folder, top=top)
     assert parsed.top == top
     assert parsed.top_module.inputs and parsed.top_module.outputs
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.data())
+def test_mutated_verilog_raises_only_format_errors(tmp_path: Path, data: st.DataObject) -> None:
+    text = HIER
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, len(text)))
+        op = data.draw(st.sampled_from(["delete", "insert", "truncate"]))
+        if op == "delete":
+            text = text[:pos] + text[pos + data.draw(st.integers(1, 10)) :]
+        elif op == "insert":
+            text = (
+                text[:pos]
+                + data.draw(st.text(alphabet="();[]{}'`\"=+-&|^~#@\\ab01\n", max_size=5))
+                + text[pos:]
+            )
+        else:
+            text = text[:pos]
+    path = tmp_path / "mutant.v"
+    path.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerilogFallbackWarning)
+        try:
+            parse_verilog(path)
+        except (CircuitFormatError, SynthesisError) as exc:
+            assert "\n" not in str(exc)

@@ -195,6 +195,16 @@ def test_missing_file_top_and_inout(tmp_path: Path) -> None:
         verilog_to_aig(tri)
 
 
+def test_outputs_wired_straight_to_inputs_keep_their_names() -> None:
+    src = (
+        "module alias(input a, input [1:0] b, output y, output [1:0] z, output w);\n"
+        "  assign y = a;\n  assign z = b;\n  assign w = a & b[0];\nendmodule\n"
+    )
+    aig = verilog_text_to_aig(src)
+    assert aig.pi_names == ["a", "b[0]", "b[1]"] and aig.po_names == ["y", "z[0]", "z[1]", "w"]
+    assert aig.pos.tolist() == [2, 4, 6, 8]
+
+
 def test_batches_match_single_runs_and_isolate_failures(tmp_path: Path) -> None:
     (tmp_path / "mixed.v").write_text(MIXED)
     (tmp_path / "counter.v").write_text(COUNTER)

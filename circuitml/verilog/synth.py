@@ -387,9 +387,10 @@ def _in_port_order(raw: AIG, ports: list[PortBits], top: str, design: str) -> AI
     def order(symbols: list[str] | None, names: list[str], what: str) -> np.ndarray:
         if symbols is None:
             raise SynthesisError(f"{design}: Yosys wrote no symbol table for the {what}s of {top}")
-        index = {declared(s): k for k, s in enumerate(symbols)}
+        # a symbol may list several aliases of one bit ("a y" when input a drives output y directly)
+        index = {declared(alias): k for k, s in enumerate(symbols) for alias in s.split()}
         missing = [n for n in names if n not in index]
-        if missing or len(index) != len(names):
+        if missing or len({index[n] for n in names}) != len(names):
             raise SynthesisError(
                 f"{design}: cannot match Yosys' {what} symbols to the ports of {top} ({missing[:3]})"
             )
@@ -400,7 +401,7 @@ def _in_port_order(raw: AIG, ports: list[PortBits], top: str, design: str) -> AI
 
     # latches: named ones sorted by (register, bit), unnamed ones after them in Yosys' order
     names = [(raw.pi_names[n_in + k] if raw.pi_names else "") for k in range(n_lat)]
-    names = [declared(nm) if nm else "" for nm in names]
+    names = [declared(nm.split()[0]) if nm.strip() else "" for nm in names]
 
     def latch_key(k: int) -> tuple:
         m = re.fullmatch(r"(.*)\[(-?\d+)\]", names[k])
