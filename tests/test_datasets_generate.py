@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from circuitml.datasets import FAMILIES, CircuitDataset, plan_designs
 from circuitml.datasets.generate.pipeline import DEFAULT_COUNT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from circuitml.errors import ConfigError
 
@@ -115,3 +117,17 @@ def test_tokens_are_recomputed_under_another_vocabulary(tmp_path):
     (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "d" / "circuits" / f"{ds.records[0]['id']}.safetensors").unlink()  # the cache is not read
     assert CircuitDataset(tmp_path / "d").verilog_tokens(0) == expected
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(family=st.sampled_from(sorted(ISSUE_FAMILIES)), width=st.integers(1, 20), seed=st.integers(0, 10**6))
+def test_any_width_and_seed_gives_parseable_rtl(tmp_path, family, width, seed):
+    """pyverilog parses every generated module (fallback=False: no Yosys rescue) and finds it as top."""
+    from circuitml.verilog import parse_verilog
+
+    fam = FAMILIES[family]
+    name, text = fam.generate(min(width, fam.max_width), seed)
+    path = tmp_path / f"{name}.v"
+    path.write_text(text)
+    design = parse_verilog([path], fallback=False)
+    assert design.top == name
