@@ -102,6 +102,7 @@ class QAOutput:
     end_logits: Tensor  # [B, T]
     aux_loss: Tensor  # scalar, sum of the MoE layers' weighted router losses
     tokens_per_expert: list[Tensor] = field(default_factory=list)
+    hidden: Tensor | None = None  # [B, T, d] last hidden states (features for domain-shift methods)
 
 
 def _router(cfg: SwitchQAConfig, d_model: int):
@@ -192,15 +193,17 @@ class _QABase(nn.Module):
         for m in self.moe_layers():
             m.mask = attention_mask
 
-    def _collect(self, start: Tensor, end: Tensor, attention_mask: Tensor | None) -> QAOutput:
+    def _collect(self, start: Tensor, end: Tensor, attention_mask: Tensor | None, hidden: Tensor) -> QAOutput:
         layers = self.moe_layers()
         aux = sum((m.last_aux for m in layers if m.last_aux is not None), start.new_zeros(()))
-        counts = [m.last_counts for m in layers if m.last_counts is not None]
+        counts = [m.last_counts.detach() for m in layers if m.last_counts is not None]
+        for m in layers:  # drop per-call tensors so the model stays deep-copyable and holds no graph
+            m.last_aux = m.last_counts = m.mask = None
         if attention_mask is not None:
             neg = torch.finfo(start.dtype).min
             start = start.masked_fill(attention_mask == 0, neg)
             end = end.masked_fill(attention_mask == 0, neg)
-        return QAOutput(start, end, aux, counts)
+        return QAOutput(start, end, aux, counts, hidden)
 
 
 class SwitchTransformerQA(_QABase):
@@ -243,7 +246,7 @@ class SwitchTransformerQA(_QABase):
         for layer in self.layers:
             x = layer(x, bias)
         start, end = self.qa_outputs(x).unbind(-1)
-        return self._collect(start, end, attention_mask)
+        return self._collect(start, end, attention_mask, x)
 
 
 class UpcycledHFQA(_QABase):
@@ -323,7 +326,7 @@ class UpcycledHFQA(_QABase):
         self._set_mask(attention_mask)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         start, end = self.qa_outputs(hidden).unbind(-1)
-        return self._collect(start, end, attention_mask)
+        return self._collect(start, end, attention_mask, hidden)
 
 
 class _Identity(nn.Module):

@@ -1,0 +1,1 @@
+"""Domain shift on the shared expert core: MixDA, Meta-DMoE, global/local expert gating."""

@@ -1,0 +1,175 @@
+"""MixDA: domain adapters in parallel with a frozen FFN, mixed by a gate over {FFN, adapters}.
+
+Diao et al., "Mixture-of-Domain-Adapters: Decoupling and Injecting Domain Knowledge to Pre-trained Language
+Models' Memories", ACL 2023. Each wrapped FFN sublayer computes
+
+.. math:: y = w_0(x)\\, f(x) + \\sum_{a \\ge 1} w_a(x) \bigl(f(x) + \\Delta_a(x)\bigr) = f(x) + \\sum_{a\\ge1} w_a(x) \\Delta_a(x)
+
+with ``f`` the frozen FFN, ``Δ_a`` bottleneck adapters (the core's :class:`~circuitml.moe.AdapterExperts`) and
+``w = softmax`` of a dense router from the core's registry (top-k over all 1 + A slots). Two stages:
+
+1. *domain adaptation*: only the domain adapter trains, on unlabeled target-domain data (the task's label-free
+   loss), plus a knowledge-retention loss keeping the layer's output on old-domain data close to the frozen FFN's;
+2. *task adaptation*: a task adapter, the gates and the task head train on labeled data; domain adapters frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from circuitml.moe import build_router
+from circuitml.moe.experts.adapters import AdapterExperts
+from circuitml.tasks.shift.base import ShiftTask, fit
+from torch import Tensor, nn
+
+__all__ = ["MixDAFFN", "apply_mixda", "mixda_layers", "run_mixda"]
+
+
+class MixDAFFN(nn.Module):
+    """A frozen FFN ``[.., d] -> [.., d]`` with ``num_adapters`` parallel adapters and a mixture gate.
+
+    Adapter 0 is the domain adapter, adapter 1 the task adapter (when ``num_adapters >= 2``).
+    """
+
+    def __init__(self, ffn: nn.Module, d_model: int, num_adapters: int = 2, bottleneck: int = 16) -> None:
+        super().__init__()
+        self.ffn = ffn
+        for p in ffn.parameters():
+            p.requires_grad_(False)
+        self.adapters = AdapterExperts(None, num_adapters, d_model, kind="bottleneck", rank=bottleneck)
+        # a dense gate over {FFN, adapter_1..A}: a top-k router keeping every slot, weights renormalized
+        self.gate = build_router(
+            "topk", d_model=d_model, num_experts=num_adapters + 1, top_k=num_adapters + 1, balance_loss=None
+        )
+        self.num_adapters = num_adapters
+        self.last_retention: Tensor | None = None
+        self.track_retention = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        h = self.ffn(flat)
+        routing = self.gate(flat)
+        # weights in expert order (the router returns them sorted by score)
+        w = torch.zeros(flat.shape[0], self.num_adapters + 1, dtype=flat.dtype, device=flat.device)
+        w = w.scatter(1, routing.indices.clamp_min(0), routing.weights.to(flat.dtype))
+        n = flat.shape[0]
+        idx = torch.arange(self.num_adapters, device=flat.device).expand(n, -1)
+        # AdapterExperts around the identity returns sum_a w_a (h + Δ_a(h)); the FFN slot adds w_0 h
+        y = self.adapters(h, idx, w[:, 1:]) + w[:, :1] * h
+        if self.track_retention:
+            self.last_retention = F.mse_loss(y, h.detach())
+        return y.reshape(shape)
+
+
+def apply_mixda(
+    model: nn.Module, names: Sequence[str], d_model: int, num_adapters: int = 2, bottleneck: int = 16
+) -> list[MixDAFFN]:
+    """Replace the named FFN submodules of ``model`` by :class:`MixDAFFN` wrappers; freezes the rest."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = MixDAFFN(getattr(parent, child), d_model, num_adapters, bottleneck)
+        setattr(parent, child, layer)
+        wrapped.append(layer)
+    return wrapped
+
+
+def mixda_layers(model: nn.Module) -> list[MixDAFFN]:
+    return [m for m in model.modules() if isinstance(m, MixDAFFN)]
+
+
+def _set_trainable(
+    model: nn.Module, layers: list[MixDAFFN], stage: int, head: nn.Module | None
+) -> list[nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params: list[nn.Parameter] = []
+    for layer in layers:
+        if stage == 1:  # domain adapter only (slot 0 of the adapter stack)
+            layer.adapters.down.requires_grad_(True)
+            layer.adapters.up.requires_grad_(True)
+            layer.adapters.down_bias.requires_grad_(True)
+        else:
+            layer.adapters.down.requires_grad_(True)
+            layer.adapters.up.requires_grad_(True)
+            layer.adapters.down_bias.requires_grad_(True)
+            for p in layer.gate.parameters():
+                p.requires_grad_(True)
+        params += [p for p in layer.parameters() if p.requires_grad]
+    if stage == 2 and head is not None:
+        for p in head.parameters():
+            p.requires_grad_(True)
+        params += list(head.parameters())
+    return params
+
+
+def _mask_adapter_grads(layers: list[MixDAFFN], keep: int) -> list[Any]:
+    """Zero the gradients of every adapter but ``keep`` (adapters share stacked tensors)."""
+    handles = []
+    for layer in layers:
+        for t in (layer.adapters.down, layer.adapters.up, layer.adapters.down_bias):
+            mask = torch.zeros_like(t)
+            if keep >= 0:
+                mask[keep] = 1.0
+            handles.append(t.register_hook(lambda g, m=mask: g * m))
+    return handles
+
+
+def run_mixda(
+    task: ShiftTask,
+    model: nn.Module,
+    head: nn.Module | None,
+    d_model: int,
+    source: Sequence[Any],
+    target_unlabeled: Sequence[Any],
+    steps: tuple[int, int] = (100, 100),
+    retention_weight: float = 1.0,
+    lr: float = 3e-3,
+    bottleneck: int = 16,
+    seed: int = 0,
+) -> tuple[nn.Module, dict[str, list[float]]]:
+    """Both MixDA stages on a model already trained on ``source``; returns the adapted model and loss curves.
+
+    Stage 1 adapts the domain adapter on ``target_unlabeled`` with ``task.unsup_loss`` plus ``retention_weight``
+    times the layers' distance to the frozen FFN on ``source``; stage 2 trains the task adapter, the gates and
+    ``head`` on labeled ``source``.
+    """
+    layers = apply_mixda(model, task.ffn_names(model), d_model, num_adapters=2, bottleneck=bottleneck)
+
+    def stage1_loss(m: nn.Module, pair: tuple[Any, Any]) -> Tensor:
+        tgt, src = pair
+        loss = task.unsup_loss(m, tgt)
+        for layer in layers:
+            layer.track_retention = True
+        m(src)
+        retention = sum(layer.last_retention for layer in layers)
+        for layer in layers:
+            layer.track_retention = False
+        return loss + retention_weight * retention
+
+    params = _set_trainable(model, layers, 1, head)
+    hooks = _mask_adapter_grads(layers, keep=0)
+    pairs = [
+        (target_unlabeled[k % len(target_unlabeled)], source[k % len(source)])
+        for k in range(max(len(target_unlabeled), len(source)))
+    ]
+    curve1 = fit(model, stage1_loss, pairs, steps[0], lr=lr, params=params, seed=seed)
+    for h in hooks:
+        h.remove()
+
+    params = _set_trainable(model, layers, 2, head)
+    hooks = _mask_adapter_grads(layers, keep=1)
+    curve2 = fit(
+        model, lambda m, b: task.loss(m(b), b), source, steps[1], lr=lr, params=params, seed=seed + 1
+    )
+    for h in hooks:
+        h.remove()
+    model.eval()
+    return model, {"stage1": curve1, "stage2": curve2}
