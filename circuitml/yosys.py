@@ -19,8 +19,10 @@ is not visible in this build (its redirected stdout is lost), so the statistics 
 computed from the AIG ABC wrote (the same numbers as ABC's ``print_stats`` ``and`` / ``lev``), and the
 verdict of ``&cec`` is read back through ABC's ``write_status`` file.
 
-Measured here (2 cores): one Yosys start costs about 0.2-0.35 s once the WebAssembly module is cached
-(the very first start compiles it, ~30 s, cached under the user cache folder by yowasp).
+Measured here (2 cores): one Yosys start costs about 0.2-0.35 s on an idle machine and 0.59 s under a load
+average of 12 (half of it is the Python interpreter, half loading the cached WebAssembly module; the very
+first start compiles the module, ~30 s, cached by yowasp under the user cache folder). For many designs use
+:func:`circuitml.verilog.verilog_to_aig_many`, which runs a batch of designs per Yosys process.
 """
 
 from __future__ import annotations

@@ -15,7 +15,14 @@ async2sync; dffunmap; setundef -zero; aigmap; opt_clean; write_aiger -symbols``.
 ``write_aiger`` orders ports by its own sort and omits constant outputs from its map file, so the port
 order is taken from the top module's RTLIL port list (dumped right after ``hierarchy``) and PIs/POs are
 permuted into declaration order, each bit named ``port[i]`` by its declared index (``port`` alone for
-1-bit ports). Latch pseudo-PIs keep Yosys' register names (``reg[i]``, or ``latch<k>`` for unnamed ones).
+1-bit ports). Latch pseudo-PIs keep Yosys' register names (``reg[i]``, or ``latch<k>`` for unnamed ones)
+and are sorted by name; their next-state pseudo-POs are named ``<latch>$next``.
+
+The AIG Yosys writes is then structurally hashed (duplicate gates that ``aigmap`` leaves are merged,
+trivial ANDs folded) and renumbered canonically level by level, so a design always yields the same arrays
+whatever ran before it in the same Yosys process — which is what lets :func:`verilog_to_aig_many` put
+many designs into one Yosys process (Yosys' ~0.3 s start, measured 0.59 s on a loaded 2-core machine, is
+then paid once per batch: 0.14 s instead of 0.73 s per small generated design in the same run).
 """
 
 from __future__ import annotations
