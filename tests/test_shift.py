@@ -106,7 +106,7 @@ def test_meta_dmoe_meta_training_reaches_the_aggregator_and_adaptation_moves_the
     agg_before = [p.clone() for p in meta.aggregator.parameters()]
     losses = meta.meta_train(task, [_batches(domains[n], 2) for n in ("arith", "control")], steps=6)
     assert len(losses) == 6
-    assert any(not torch.equal(a, b) for a, b in zip(agg_before, meta.aggregator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(agg_before, meta.aggregator.parameters(), strict=True))
     params = meta.adapt(_batches(domains["parity"], 2), steps=3)
     moved = [n for n, p in meta.student.named_parameters() if not torch.equal(p, params[n])]
     assert moved and not any(n.startswith("head") for n in moved)  # the head is not adapted

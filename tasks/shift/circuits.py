@@ -174,92 +174,89 @@ def run_circuit_shift(
 ) -> dict[str, dict[str, float]]:
     """Leave-one-domain-out mean absolute error of each method; ``{held_out_domain: {method: mae}}``."""
     say = progress or (lambda _msg: None)
+    return {target: _held_out_row(domains, target, cfg, say) for target in (held_out or list(domains))}
+
+
+def _held_out_row(
+    domains: dict[str, list[Data]], target: str, cfg: ShiftConfig, say: Callable[[str], None]
+) -> dict[str, float]:
+    torch.manual_seed(cfg.seed)
     enc_cfg = EncoderConfig(kind=cfg.encoder, hidden=cfg.hidden, num_layers=cfg.num_layers)
-    results: dict[str, dict[str, float]] = {}
-    for target in held_out or list(domains):
-        torch.manual_seed(cfg.seed)
-        task = CircuitProbTask(enc_cfg, seed=cfg.seed)
-        sources = [d for d in domains if d != target]
-        tgt = domains[target]
-        k = min(cfg.local_k, max(len(tgt) - 1, 0))
-        local, test = tgt[:k], tgt[k:]
-        test_b = _batches(test, cfg.graphs_per_batch)
-        unlabeled_b = _batches(test, cfg.graphs_per_batch)  # the target's graphs, labels never read
-        src_graphs = [g for d in sources for g in domains[d]]
-        src_b = _batches(src_graphs, cfg.graphs_per_batch)
-        row: dict[str, float] = {}
-        t0 = time.time()
+    task = CircuitProbTask(enc_cfg, seed=cfg.seed)
 
-        # baseline: predict the source mean probability everywhere
-        mean_p = float(torch.cat([g.prob for g in src_graphs]).mean())
-        row["source_mean"] = evaluate(task, lambda b: torch.full_like(b.prob, mean_p), test_b)
+    def supervised(m: nn.Module, b: Batch) -> Tensor:
+        return task.loss(m(b), b)
 
-        # 1) one model on all sources
-        base = task.make_model()
-        fit(base, lambda m, b: task.loss(m(b), b), src_b, cfg.steps, lr=cfg.lr, seed=cfg.seed)
-        base.eval()
-        row["all_sources"] = evaluate(task, lambda b: base(b).preds, test_b)
-        say(f"{target}: all sources {row['all_sources']:.4f}")
+    sources = [d for d in domains if d != target]
+    tgt = domains[target]
+    k = min(cfg.local_k, max(len(tgt) - 1, 0))
+    local, test = tgt[:k], tgt[k:]
+    test_b = _batches(test, cfg.graphs_per_batch)
+    unlabeled_b = _batches(test, cfg.graphs_per_batch)  # the target's graphs, labels never read
+    src_graphs = [g for d in sources for g in domains[d]]
+    src_b = _batches(src_graphs, cfg.graphs_per_batch)
+    row: dict[str, float] = {}
+    t0 = time.time()
 
-        # 2) MixDA on a copy of it
-        mix = copy.deepcopy(base)
-        mix, _ = run_mixda(
+    # baseline: predict the source mean probability everywhere
+    mean_p = float(torch.cat([g.prob for g in src_graphs]).mean())
+    row["source_mean"] = evaluate(task, lambda b: torch.full_like(b.prob, mean_p), test_b)
+
+    # 1) one model on all sources
+    base = task.make_model()
+    fit(base, supervised, src_b, cfg.steps, lr=cfg.lr, seed=cfg.seed)
+    base.eval()
+    row["all_sources"] = evaluate(task, lambda b: base(b).preds, test_b)
+    say(f"{target}: all sources {row['all_sources']:.4f}")
+
+    # 2) MixDA on a copy of it
+    mix = copy.deepcopy(base)
+    mix, _ = run_mixda(
+        task,
+        mix,
+        mix.head,
+        cfg.hidden,
+        src_b,
+        unlabeled_b,
+        steps=(cfg.adapt_steps, cfg.adapt_steps),
+        lr=cfg.lr,
+        seed=cfg.seed,
+    )
+    row["mixda"] = evaluate(task, lambda b: mix(b).preds, test_b)
+    say(f"{target}: MixDA {row['mixda']:.4f}")
+
+    # 3) Meta-DMoE: one teacher per source domain, student initialized from the all-sources model
+    teachers = []
+    for d in sources:
+        t = task.make_model()
+        steps = max(1, cfg.steps // len(sources))
+        fit(t, supervised, _batches(domains[d], cfg.graphs_per_batch), steps, lr=cfg.lr, seed=cfg.seed)
+        teachers.append(frozen_copy(t))
+    meta = MetaDMoE(teachers, copy.deepcopy(base), cfg.hidden)
+    source_batches = [_batches(domains[d], cfg.graphs_per_batch) for d in sources]
+    meta.meta_train(task, source_batches, steps=cfg.meta_steps, seed=cfg.seed)
+    params = meta.adapt(unlabeled_b, steps=5)
+    row["meta_dmoe"] = evaluate(task, lambda b: meta.predict(params, b), test_b)
+    say(f"{target}: Meta-DMoE {row['meta_dmoe']:.4f}")
+
+    # 4) GE/LE/GN with k labeled target circuits
+    if local:
+        lenc = EncoderConfig(kind=cfg.encoder, hidden=cfg.hidden, num_layers=max(1, cfg.num_layers - 1))
+        gate, _ = run_gelegn(
             task,
-            mix,
-            mix.head,
+            frozen_copy(base),
+            CircuitProbModel(lenc),
             cfg.hidden,
-            src_b,
-            unlabeled_b,
+            _batches(local, cfg.graphs_per_batch),
             steps=(cfg.adapt_steps, cfg.adapt_steps),
             lr=cfg.lr,
             seed=cfg.seed,
         )
-        row["mixda"] = evaluate(task, lambda b: mix(b).preds, test_b)
-        say(f"{target}: MixDA {row['mixda']:.4f}")
-
-        # 3) Meta-DMoE: one teacher per source domain, student initialized from the all-sources model
-        teachers = []
-        for d in sources:
-            t = task.make_model()
-            fit(
-                t,
-                lambda m, b: task.loss(m(b), b),
-                _batches(domains[d], cfg.graphs_per_batch),
-                max(1, cfg.steps // len(sources)),
-                lr=cfg.lr,
-                seed=cfg.seed,
-            )
-            teachers.append(frozen_copy(t))
-        meta = MetaDMoE(teachers, copy.deepcopy(base), cfg.hidden)
-        meta.meta_train(
-            task,
-            [_batches(domains[d], cfg.graphs_per_batch) for d in sources],
-            steps=cfg.meta_steps,
-            seed=cfg.seed,
-        )
-        params = meta.adapt(unlabeled_b, steps=5)
-        row["meta_dmoe"] = evaluate(task, lambda b: meta.predict(params, b), test_b)
-        say(f"{target}: Meta-DMoE {row['meta_dmoe']:.4f}")
-
-        # 4) GE/LE/GN with k labeled target circuits
-        if local:
-            lenc = EncoderConfig(kind=cfg.encoder, hidden=cfg.hidden, num_layers=max(1, cfg.num_layers - 1))
-            gate, _ = run_gelegn(
-                task,
-                frozen_copy(base),
-                CircuitProbModel(lenc),
-                cfg.hidden,
-                _batches(local, cfg.graphs_per_batch),
-                steps=(cfg.adapt_steps, cfg.adapt_steps),
-                lr=cfg.lr,
-                seed=cfg.seed,
-            )
-            row["gelegn"] = evaluate(task, lambda b: gate(b).preds, test_b)
-            say(f"{target}: GE/LE/GN {row['gelegn']:.4f}")
-        row["seconds"] = time.time() - t0
-        row["test_circuits"] = float(len(test))
-        results[target] = row
-    return results
+        row["gelegn"] = evaluate(task, lambda b: gate(b).preds, test_b)
+        say(f"{target}: GE/LE/GN {row['gelegn']:.4f}")
+    row["seconds"] = time.time() - t0
+    row["test_circuits"] = float(len(test))
+    return row
 
 
 def results_markdown(results: dict[str, dict[str, Any]]) -> str:

@@ -114,7 +114,7 @@ class MetaDMoE(nn.Module):
             loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True
         )
         new = dict(params)
-        for n, g in zip(names, grads):
+        for n, g in zip(names, grads, strict=True):
             if g is not None:
                 new[n] = params[n] - self.inner_lr * g
         return new

@@ -88,18 +88,15 @@ def mixda_layers(model: nn.Module) -> list[MixDAFFN]:
 def _set_trainable(
     model: nn.Module, layers: list[MixDAFFN], stage: int, head: nn.Module | None
 ) -> list[nn.Parameter]:
+    """Stage 1: the adapter stacks (gradient-masked to the domain adapter). Stage 2: adapters (masked to the
+    task adapter), the gates and the head."""
     for p in model.parameters():
         p.requires_grad_(False)
     params: list[nn.Parameter] = []
     for layer in layers:
-        if stage == 1:  # domain adapter only (slot 0 of the adapter stack)
-            layer.adapters.down.requires_grad_(True)
-            layer.adapters.up.requires_grad_(True)
-            layer.adapters.down_bias.requires_grad_(True)
-        else:
-            layer.adapters.down.requires_grad_(True)
-            layer.adapters.up.requires_grad_(True)
-            layer.adapters.down_bias.requires_grad_(True)
+        for p in layer.adapters.parameters():
+            p.requires_grad_(True)
+        if stage == 2:
             for p in layer.gate.parameters():
                 p.requires_grad_(True)
         params += [p for p in layer.parameters() if p.requires_grad]
