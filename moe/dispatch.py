@@ -8,7 +8,8 @@ one combine, all ``O(N k d)``.
 
 The combine step un-permutes expert outputs back to ``[N, k, d]`` with an index-select (dropped slots read a
 zero row) and contracts the ``k`` slots with the weights in one batched matmul, instead of a weighted
-``index_add`` — a gather is cheaper than a scatter and its backward is a scatter of the same size.
+``index_add``. Both backwards are gathers as well (custom autograd functions): on CPU a scatter-add
+serializes while a gather runs in parallel.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class DispatchPlan:
         num_tokens: ``N``.
         top_k: slots per token ``k``.
         num_experts: ``E``.
-        token_index: ``[M]`` token of each kept pair, in expert-sorted order (``M`` kept pairs).
+        pair_index: ``[M]`` flat pair id ``n*k + j`` of each kept pair, in expert-sorted order (``M`` kept).
+        token_index: ``[M]`` token ``n`` of each kept pair, in the same order.
         slot_position: ``[N*k]`` row of each pair in the sorted order, ``M`` for dropped pairs (a zero row).
         counts: ``[E]`` kept pairs per expert (long, on the input's device).
         offsets: ``[E]`` int32 cumulative ends of the segments (the ``offs`` of ``torch._grouped_mm``).
@@ -36,18 +38,22 @@ class DispatchPlan:
     num_tokens: int
     top_k: int
     num_experts: int
+    pair_index: Tensor
     token_index: Tensor
     slot_position: Tensor
     counts: Tensor
     offsets: Tensor
+    _counts_list: list[int] | None = None
 
     @property
     def num_kept(self) -> int:
         return self.token_index.numel()
 
     def counts_list(self) -> list[int]:
-        """Segment sizes as Python ints (one device sync), for the per-expert loop path."""
-        return self.counts.tolist()
+        """Segment sizes as Python ints (one device sync, cached), for the per-expert loop path."""
+        if self._counts_list is None:
+            self._counts_list = self.counts.tolist()
+        return self._counts_list
 
 
 def make_plan(indices: Tensor, num_experts: int) -> DispatchPlan:
@@ -60,30 +66,72 @@ def make_plan(indices: Tensor, num_experts: int) -> DispatchPlan:
     counts_all = torch.bincount(key, minlength=num_experts + 1)
     counts = counts_all[:num_experts]
     num_kept = flat.numel() - int(counts_all[num_experts])
-    order = order[:num_kept]
-    token_index = torch.div(order, top_k, rounding_mode="floor")
+    pair_index = order[:num_kept]
+    token_index = torch.div(pair_index, top_k, rounding_mode="floor")
     slot_position = torch.full_like(flat, num_kept)
-    slot_position[order] = torch.arange(num_kept, device=flat.device)
+    slot_position[pair_index] = torch.arange(num_kept, device=flat.device)
     offsets = torch.cumsum(counts, 0).to(torch.int32)
-    return DispatchPlan(num_tokens, top_k, num_experts, token_index, slot_position, counts, offsets)
+    return DispatchPlan(
+        num_tokens, top_k, num_experts, pair_index, token_index, slot_position, counts, offsets
+    )
+
+
+class _Dispatch(torch.autograd.Function):
+    """``x[token_index]`` whose backward is a gather too: ``dx[n] = sum_j dxs[slot_position[n, j]]``.
+
+    The default backward of an index-select is a scatter-add, which serializes on CPU; every token has
+    exactly ``k`` slots, so the transpose is a gather of ``k`` rows and a sum.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, plan: DispatchPlan) -> Tensor:  # type: ignore[override]
+        ctx.plan = plan
+        return x.index_select(0, plan.token_index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        plan: DispatchPlan = ctx.plan
+        d = grad.shape[-1]
+        padded = torch.cat([grad, grad.new_zeros(1, d)], dim=0)
+        per_slot = padded.index_select(0, plan.slot_position).view(plan.num_tokens, plan.top_k, d)
+        return per_slot.sum(dim=1) if plan.top_k > 1 else per_slot[:, 0], None
+
+
+class _Undispatch(torch.autograd.Function):
+    """Expert outputs ``y[M + 1, d]`` (last row zero) back to ``[N, k, d]`` slots; backward is a gather."""
+
+    @staticmethod
+    def forward(ctx, y_padded: Tensor, plan: DispatchPlan) -> Tensor:  # type: ignore[override]
+        ctx.plan = plan
+        d = y_padded.shape[-1]
+        return y_padded.index_select(0, plan.slot_position).view(plan.num_tokens, plan.top_k, d)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        plan: DispatchPlan = ctx.plan
+        d = grad.shape[-1]
+        g = grad.reshape(-1, d).index_select(0, plan.pair_index)
+        return torch.cat([g, g.new_zeros(1, d)], dim=0), None
 
 
 def gather_tokens(x: Tensor, plan: DispatchPlan) -> Tensor:
     """Rows of ``x[N, d]`` for every kept pair, grouped by expert: ``[M, d]``."""
-    return x.index_select(0, plan.token_index)
+    return _Dispatch.apply(x, plan)
 
 
-def combine_outputs(y: Tensor, weights: Tensor, plan: DispatchPlan) -> Tensor:
+def combine_outputs(y: Tensor, weights: Tensor, plan: DispatchPlan, padded: bool = False) -> Tensor:
     """``out[n] = sum_j weights[n, j] * y[pos(n, j)]`` for expert outputs ``y[M, d]`` in sorted order.
 
-    Dropped slots read an appended zero row, so their weight does not matter.
+    Dropped slots read a zero row appended to ``y`` (or already present as its last row when ``padded``),
+    so their weight does not matter.
     """
-    d = y.shape[-1]
-    y_pad = torch.cat([y, y.new_zeros(1, d)], dim=0)
-    per_slot = y_pad.index_select(0, plan.slot_position).view(plan.num_tokens, plan.top_k, d)
+    if not padded:
+        y = torch.cat([y, y.new_zeros(1, y.shape[-1])], dim=0)
+    per_slot = _Undispatch.apply(y, plan)
+    w = weights.to(y.dtype)
     if plan.top_k == 1:
-        return per_slot[:, 0] * weights.to(y.dtype)
-    return torch.bmm(weights.to(y.dtype).unsqueeze(1), per_slot).squeeze(1)
+        return per_slot[:, 0] * w
+    return torch.bmm(w.unsqueeze(1), per_slot).squeeze(1)
 
 
 def grouped_mm_supported(x: Tensor, weight: Tensor) -> bool:

@@ -19,6 +19,7 @@ from circuitml.moe.dispatch import (
     make_plan,
     segment_matmul,
 )
+from circuitml.moe.experts.segment_ffn import segment_ffn
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
@@ -56,7 +57,8 @@ class FFNExperts(nn.Module):
         d_hidden: hidden width ``h`` of each expert.
         activation: one of ``"swiglu"`` (default), ``"geglu"``, ``"gelu"``, ``"relu"``, ``"silu"``.
         bias: add per-expert biases.
-        use_grouped_mm: force (``True``/``False``) or auto-detect (``None``) ``torch._grouped_mm``.
+        use_grouped_mm: force (``True``/``False``) ``torch._grouped_mm``; ``None`` uses it where it supports
+            the dtype/device (float32 on CPU, bf16 on sm90+), else the fused per-expert loop.
 
     Shapes: ``x [N, d]``, ``indices [N, k]`` (long, ``-1`` dropped), ``weights [N, k]`` → ``[N, d]``.
     """
@@ -108,18 +110,32 @@ class FFNExperts(nn.Module):
         return F.linear(h, self.down_proj[e], None if self.down_bias is None else self.down_bias[e])
 
     def experts_sorted(self, xs: Tensor, plan: DispatchPlan) -> Tensor:
-        """Expert outputs for rows ``xs[M, d]`` already grouped by expert as in ``plan``."""
+        """Expert outputs ``[M + 1, d]`` (zero last row) for rows ``xs[M, d]`` grouped by expert as in ``plan``.
+
+        ``torch._grouped_mm`` where it is supported and enabled, else the fused per-expert loop
+        :class:`~circuitml.moe.experts.segment_ffn.SegmentFFN`.
+        """
         use = self.use_grouped_mm
         if use is None:
             use = grouped_mm_supported(xs, self.gate_up_proj)
-        h = segment_matmul(xs, self.gate_up_proj.transpose(1, 2), plan, use)
+        if not use:
+            return segment_ffn(
+                xs,
+                self.gate_up_proj,
+                self.down_proj,
+                self.gate_up_bias,
+                self.down_bias,
+                plan,
+                self.activation,
+            )
+        h = segment_matmul(xs, self.gate_up_proj.transpose(1, 2), plan, True)
         if self.gate_up_bias is not None:
             h = h + self._row_bias(self.gate_up_bias, plan)
         h = apply_activation(h, self.activation)
-        y = segment_matmul(h, self.down_proj.transpose(1, 2), plan, use)
+        y = segment_matmul(h, self.down_proj.transpose(1, 2), plan, True)
         if self.down_bias is not None:
             y = y + self._row_bias(self.down_bias, plan)
-        return y
+        return torch.cat([y, y.new_zeros(1, y.shape[-1])], dim=0)
 
     @staticmethod
     def _row_bias(bias: Tensor, plan: DispatchPlan) -> Tensor:
@@ -134,4 +150,4 @@ class FFNExperts(nn.Module):
         if plan is None:
             plan = make_plan(indices, self.num_experts)
         y = self.experts_sorted(gather_tokens(x, plan), plan)
-        return combine_outputs(y, weights, plan)
+        return combine_outputs(y, weights, plan, padded=True)
