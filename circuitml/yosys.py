@@ -137,9 +137,13 @@ def _alias(text: str, aliases: Mapping[str, str]) -> str:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+    # the child runs in its own session, so the whole group (interpreter and anything it spawned) goes
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    else:  # Windows: no process groups here
         proc.kill()
     proc.wait()
 
