@@ -13,6 +13,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CIRCUITML_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+# Tests run as two xdist workers on two cores, beside Yosys/ABC subprocesses: one intra-op thread per worker
+# avoids oversubscription, which slows small torch ops by one to two orders of magnitude.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
