@@ -189,3 +189,18 @@ def test_batched_levels_equal_separate_graphs(checkpoint: bool) -> None:
     together = enc(batch).node
     apart = torch.cat([enc(g).node for g in graphs])
     torch.testing.assert_close(together, apart, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["dag", "deepgcn", "moe_gnn"])
+def test_bf16_autocast_forward_backward(kind: str) -> None:
+    batch = Batch.from_data_list([aig_to_data(adder(4)), aig_to_data(multiplier(3))])
+    opts = {"checkpoint": True} if kind == "dag" else {}
+    enc = build_encoder(kind, hidden=16, num_layers=2, options=opts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = enc(batch)
+        loss = out.node.float().square().mean() + enc.aux_loss()
+    loss.backward()
+    assert torch.isfinite(out.node.float()).all()
+    grads = [p.grad for p in enc.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert enc.type_embedding.weight.grad.abs().sum() > 0
