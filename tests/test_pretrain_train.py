@@ -33,7 +33,16 @@ TINY = [
     "run.tensorboard=false",
     "run.plot=false",
     "run.progress=false",
+    "run.threads=1",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # run.threads=1 calls torch.set_num_threads in this process; give the other tests their threads back
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +99,7 @@ def test_loss_falls_and_encoder_is_exported(tiny_dataset, tmp_path):
     assert "final_losses" in card and "steps" in card
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(tiny_dataset, tmp_path):
     common = ["--data", str(tiny_dataset), *_sets(["schedule.steps=14", "run.checkpoint_every=4"])]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -118,6 +128,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process(tiny_dataset, tmp_path):
     steps = ["schedule.steps=6", "run.checkpoint_every=100"]
     port = _free_port()
@@ -201,6 +212,7 @@ def test_cli_end_to_end_save_load_embed_and_damaged_checkpoint(tiny_dataset, tmp
     assert "optim.lrr" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_130(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     cmd = _cli("pretrain", "--out", str(out), "--data", str(tiny_dataset), *_sets(["schedule.steps=100000"]))

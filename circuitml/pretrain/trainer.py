@@ -197,6 +197,10 @@ def train(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2) + "\n")
+    if config.run.threads > 0:
+        torch.set_num_threads(config.run.threads)
+    elif world > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(config.run.seed)
     amp_dtype = torch.bfloat16 if config.run.amp_dtype == "bfloat16" else torch.float16
     use_amp = config.run.amp and device.type == "cuda"
