@@ -18,7 +18,9 @@ def router_z_loss(logits: Tensor) -> Tensor:
     """
     if logits.numel() == 0:
         return logits.new_zeros(())
-    return torch.logsumexp(logits.float(), dim=-1).square().mean().to(logits.dtype)
+    # Half-precision logits are summed in float32; float32/float64 stay as they are.
+    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    return torch.logsumexp(z, dim=-1).square().mean().to(logits.dtype)
 
 
 def tokens_per_expert(indices: Tensor, num_experts: int) -> Tensor:
@@ -53,8 +55,7 @@ def cv_squared(values: Tensor, eps: float = 1e-10) -> Tensor:
     """Squared coefficient of variation ``var / mean^2`` (unbiased variance, as in Shazeer's code); 0 for E=1."""
     if values.numel() <= 1:
         return values.new_zeros(())
-    values = values.float()
-    return (values.var() / (values.mean().square() + eps)).to(values.dtype)
+    return values.var() / (values.mean().square() + eps)
 
 
 def cv2_balance_loss(importance: Tensor, load: Tensor) -> Tensor:

@@ -65,7 +65,7 @@ class TopKRouter(Router):
         logits = clean if std is None else clean + self.gaussian_noise(clean, generator) * std
         probs = softmax_probs(logits)
         weights, indices = self.select_topk(probs)
-        if self.config.normalize_weights and weights.shape[-1] > 1:
+        if self.config.normalize_weights:  # with k=1 this makes the weight 1 (Mixtral); Switch turns it off
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         load = None
         if self.config.balance_loss == "cv2" and std is not None:
