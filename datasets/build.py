@@ -199,9 +199,18 @@ def _verilog_groups(files: list[Path], top: str | None) -> list[tuple[list[Path]
 
 
 def discover_sources(
-    sources: Iterable[str | os.PathLike], *, top: str | None = None, family: str | None = None
+    sources: Iterable[str | os.PathLike],
+    *,
+    top: str | None = None,
+    family: str | None = None,
+    exclude: str | os.PathLike | None = None,
 ) -> tuple[list[SourceItem], list[tuple[str, str]]]:
-    """Expand files and folders into designs. Returns ``(items, problems)``; a problem is ``(path, reason)``."""
+    """Expand files and folders into designs. Returns ``(items, problems)``; a problem is ``(path, reason)``.
+
+    Files under ``exclude`` (the dataset being built, whose ``verilog/`` copies would otherwise be read back
+    as sources) are ignored.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
     items: list[SourceItem] = []
     problems: list[tuple[str, str]] = []
     seen: set[Path] = set()
@@ -224,6 +233,8 @@ def discover_sources(
             problems.append((str(root), "no such file or folder"))
             continue
         files = [f for f in files if f.resolve() not in seen]
+        if skip is not None:
+            files = [f for f in files if not f.resolve().is_relative_to(skip)]
         seen.update(f.resolve() for f in files)
         by_folder: dict[Path, list[Path]] = {}
         for f in files:
@@ -458,7 +469,7 @@ def build_dataset(
         # temporary files of writes that a killed worker never finished
         for stray in (out / folder).glob(".*.tmp"):
             stray.unlink(missing_ok=True)
-    items, problems = discover_sources(sources, top=top, family=family)
+    items, problems = discover_sources(sources, top=top, family=family, exclude=out)
     report = BuildReport(out=out, total=len(items) + len(problems), failed=list(problems))
 
     done = {

@@ -227,3 +227,13 @@ def test_stray_temp_files_are_cleaned(sources, tmp_path):
     stray.write_bytes(b"half")
     build_dataset([sources], out, workers=1, progress=False)
     assert not stray.exists()
+
+
+def test_dataset_inside_a_source_folder_is_not_read_back(tmp_path):
+    rtl = tmp_path / "work" / "logic"
+    rtl.mkdir(parents=True)
+    (rtl / "g.v").write_text("module g(input a, b, output y);\n  assign y = a ^ b;\nendmodule\n")
+    out = tmp_path / "work" / "ds"
+    assert build_dataset([tmp_path / "work"], out, workers=1, progress=False).built == 1
+    again = build_dataset([tmp_path / "work"], out, workers=1, progress=False)
+    assert (again.total, again.built, again.skipped) == (1, 0, 1)
