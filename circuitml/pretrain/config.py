@@ -51,7 +51,7 @@ class DataConfig:
 
     root: str | None = None
     generate: dict[str, Any] = field(default_factory=lambda: {"count": 96})
-    batch_size: int = 8
+    batch_size: int = 16
     max_tokens: int = 512
     max_nodes: int = 3000
 
@@ -114,8 +114,8 @@ class OptimConfig:
 class ScheduleConfig:
     """Linear warmup then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
 
-    steps: int = 200
-    warmup_steps: int = 10
+    steps: int = 250
+    warmup_steps: int = 15
     min_lr_ratio: float = 0.1
 
 
@@ -128,13 +128,13 @@ class RunConfig:
         amp: autocast on cuda (bf16 when supported unless ``amp_dtype="float16"``, which adds a GradScaler).
         checkpoint_every: optimizer steps between checkpoints (the last step is always checkpointed).
         keep_checkpoints: how many recent checkpoints to keep.
-        threads: torch CPU threads per process; 0 = torch's default, divided among DDP processes on CPU.
+        threads: torch CPU threads per process (default 1); 0 = torch's default, divided among DDP processes.
             Sparse message passing on small graphs gains little from threads and loses a lot when the cores
             are shared, so 1 is a good choice on a busy machine.
     """
 
     seed: int = 0
-    threads: int = 0
+    threads: int = 1
     device: str = "auto"
     amp: bool = True
     amp_dtype: str = "bfloat16"
