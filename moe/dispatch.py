@@ -140,6 +140,10 @@ def grouped_mm_supported(x: Tensor, weight: Tensor) -> bool:
         return False
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
         return False
+    # The kernels need every row stride 16-byte aligned (d and the output width multiples of 16 bytes).
+    item = x.element_size()
+    if any((size * item) % 16 for size in (x.shape[-1], weight.shape[-1], weight.shape[-2])):
+        return False
     if x.device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(x.device)
         # The CUDA kernel needs sm90+ (and bf16 on several releases); fall back otherwise.
