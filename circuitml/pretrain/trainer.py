@@ -88,7 +88,7 @@ def prepare_dataset(config: PretrainConfig, out: Path, is_main: bool) -> Path:
             raise ConfigError(f"data.root: {root}: expected a circuitml dataset folder with manifest.json")
         return root
     root = out / "data"
-    if is_main and not (root / "manifest.json").is_file():
+    if is_main:  # generate() is resumable and skips finished designs, so a half-built dataset is completed
         from circuitml.datasets import generate
 
         generate(root, **config.data.generate)
