@@ -203,14 +203,14 @@ def discover_sources(
     *,
     top: str | None = None,
     family: str | None = None,
-    exclude: str | os.PathLike | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> tuple[list[SourceItem], list[tuple[str, str]]]:
     """Expand files and folders into designs. Returns ``(items, problems)``; a problem is ``(path, reason)``.
 
-    Files under ``exclude`` (the dataset being built, whose ``verilog/`` copies would otherwise be read back
-    as sources) are ignored.
+    Files under the folders in ``exclude`` are ignored (the ``verilog/`` copies of the dataset being built,
+    which would otherwise be read back as sources).
     """
-    skip = Path(exclude).resolve() if exclude is not None else None
+    skip = [Path(e).resolve() for e in exclude]
     items: list[SourceItem] = []
     problems: list[tuple[str, str]] = []
     seen: set[Path] = set()
@@ -233,8 +233,8 @@ def discover_sources(
             problems.append((str(root), "no such file or folder"))
             continue
         files = [f for f in files if f.resolve() not in seen]
-        if skip is not None:
-            files = [f for f in files if not f.resolve().is_relative_to(skip)]
+        if skip:
+            files = [f for f in files if not any(f.resolve().is_relative_to(d) for d in skip)]
         seen.update(f.resolve() for f in files)
         by_folder: dict[Path, list[Path]] = {}
         for f in files:
@@ -409,20 +409,28 @@ def _run_parallel(jobs: list[Job], workers: int, out: str, timeout: float, done)
     return []
 
 
+def _id_candidates(it: SourceItem) -> list[str]:
+    """Ids from short to specific: ``adder``, ``adder_aig``, ``arith__adder_aig``."""
+    suffix = it.paths[-1].suffix.lstrip(".").lower()
+    return [_safe_id(c) for c in (it.stem, f"{it.stem}_{suffix}", f"{it.family}__{it.stem}_{suffix}")]
+
+
 def _assign_ids(items: list[SourceItem], manifest: dict[str, Any]) -> list[str]:
+    """The shortest id that no other item of this build and no existing record uses (stable across runs
+    for the same sources: existing records keep their ids, and the choice depends only on the item list)."""
     used = {rec["id"] for rec in manifest["records"]}
-    stems: dict[str, int] = {}
+    counts: dict[str, int] = {}
     for it in items:
-        stems[_safe_id(it.stem)] = stems.get(_safe_id(it.stem), 0) + 1
+        for c in _id_candidates(it):
+            counts[c] = counts.get(c, 0) + 1
     ids = []
     for it in items:
-        base = _safe_id(it.stem)
-        if stems[base] > 1 or base in used:
-            base = _safe_id(f"{it.family}__{it.stem}")
-        if base in used:
-            base = f"{base}-{it.sha256[:8]}"
-        used.add(base)
-        ids.append(base)
+        candidates = _id_candidates(it)
+        chosen = next((c for c in candidates if counts[c] == 1 and c not in used), None)
+        if chosen is None:
+            chosen = f"{candidates[-1]}-{it.sha256[:8]}"
+        used.add(chosen)
+        ids.append(chosen)
     return ids
 
 
@@ -469,7 +477,9 @@ def build_dataset(
         # temporary files of writes that a killed worker never finished
         for stray in (out / folder).glob(".*.tmp"):
             stray.unlink(missing_ok=True)
-    items, problems = discover_sources(sources, top=top, family=family, exclude=out)
+    items, problems = discover_sources(
+        sources, top=top, family=family, exclude=[out / VERILOG_DIR, out / CIRCUITS_DIR]
+    )
     report = BuildReport(out=out, total=len(items) + len(problems), failed=list(problems))
 
     done = {

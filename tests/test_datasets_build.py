@@ -237,3 +237,17 @@ def test_dataset_inside_a_source_folder_is_not_read_back(tmp_path):
     assert build_dataset([tmp_path / "work"], out, workers=1, progress=False).built == 1
     again = build_dataset([tmp_path / "work"], out, workers=1, progress=False)
     assert (again.total, again.built, again.skipped) == (1, 0, 1)
+
+
+def test_ids_are_short_unique_and_stable(tmp_path):
+    for folder, suffix in (("one", ".aig"), ("one", ".bench"), ("two", ".aig"), ("two", ".aag")):
+        path = tmp_path / "src" / folder / f"c{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_circuit(_circuit(len(folder) + len(suffix)), path)
+    write_circuit(_circuit(9), tmp_path / "src" / "two" / "solo.aig")
+    out = tmp_path / "ds"
+    build_dataset([tmp_path / "src"], out, workers=1, progress=False)
+    ids = sorted(r["id"] for r in CircuitDataset(out).records)
+    assert ids == ["c_aag", "c_bench", "one__c_aig", "solo", "two__c_aig"]
+    build_dataset([tmp_path / "src"], out, workers=1, progress=False)
+    assert sorted(r["id"] for r in CircuitDataset(out).records) == ids
