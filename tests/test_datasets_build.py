@@ -240,10 +240,12 @@ def test_dataset_inside_a_source_folder_is_not_read_back(tmp_path):
 
 
 def test_ids_are_short_unique_and_stable(tmp_path):
-    for folder, suffix in (("one", ".aig"), ("one", ".bench"), ("two", ".aig"), ("two", ".aag")):
+    for k, (folder, suffix) in enumerate(
+        (("one", ".aig"), ("one", ".bench"), ("two", ".aig"), ("two", ".aag"))
+    ):
         path = tmp_path / "src" / folder / f"c{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_circuit(_circuit(len(folder) + len(suffix)), path)
+        write_circuit(_circuit(k), path)
     write_circuit(_circuit(9), tmp_path / "src" / "two" / "solo.aig")
     out = tmp_path / "ds"
     build_dataset([tmp_path / "src"], out, workers=1, progress=False)
