@@ -17,9 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from circuitml.cli import main as cli_main
-from circuitml.pretrain.config import load_config
+from circuitml.errors import ConfigError
+from circuitml.pretrain.config import config_to_dict, load_config
 from circuitml.pretrain.logging import read_metrics
-from circuitml.pretrain.trainer import train
+from circuitml.pretrain.trainer import resume_config, train
 
 TINY = [
     "model.encoder={kind: deepgcn, hidden: 16, num_layers: 2}",
@@ -97,6 +98,13 @@ def test_loss_falls_and_encoder_is_exported(tiny_dataset, tmp_path):
     assert result.encoder_dir is not None
     card = (result.encoder_dir / "README.md").read_text()
     assert "final_losses" in card and "steps" in card
+
+    # resuming reads the checkpoint's own settings; changing the model under a checkpoint is refused
+    again = resume_config(tmp_path / "run", ["schedule.steps=31"])
+    assert config_to_dict(again)["model"] == config_to_dict(cfg)["model"] and again.schedule.steps == 31
+    other = load_config(None, [*TINY, f"data.root={tiny_dataset}", "model.verilog_hidden=8"])
+    with pytest.raises(ConfigError, match=r"section \[model\] differs"):
+        train(other, tmp_path / "run", resume=True)
 
 
 @pytest.mark.slow

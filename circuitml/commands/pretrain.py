@@ -22,7 +22,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         out: Path = typer.Option(
             Path("runs/pretrain"), "--out", "-o", help="Run folder (logs, checkpoints, encoder)."
         ),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT."),
+        resume: bool = typer.Option(
+            False, "--resume", help="Continue from the newest checkpoint in OUT, with its settings (+ --set)."
+        ),
         data: Path = typer.Option(
             None, "--data", help="Dataset folder (default: generate the built-in one into OUT/data)."
         ),
@@ -32,12 +34,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     ) -> None:
         """Pretrain a circuit encoder with MGVGA (masked gate modeling + Verilog-AIG alignment)."""
         from circuitml.pretrain.config import load_config
-        from circuitml.pretrain.trainer import train
+        from circuitml.pretrain.trainer import resume_config, train
 
         overrides = list(set_)
         if data is not None:
             overrides.append(f"data.root={data}")
-        cfg = load_config(config, overrides)
+        cfg = None
+        if resume and config is None:  # continue with the checkpoint's own settings (+ --set overrides)
+            cfg = resume_config(out, overrides)
+        if cfg is None:
+            cfg = load_config(config, overrides)
         result = train(cfg, out, resume=resume, stop_after=stop_after)
         if result.interrupted:
             console.print(f"interrupted at step {result.step}; checkpoint saved — continue with --resume")

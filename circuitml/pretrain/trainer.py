@@ -48,7 +48,7 @@ from circuitml.pretrain.data import BatchOrder, PretrainData, collate
 from circuitml.pretrain.logging import MetricsLogger, plot_losses
 from circuitml.pretrain.model import LOSS_COLUMNS, MGVGAModel
 
-__all__ = ["train", "TrainResult", "learning_rate", "micro_seed", "prepare_dataset"]
+__all__ = ["train", "TrainResult", "learning_rate", "micro_seed", "prepare_dataset", "resume_config"]
 
 
 @dataclass
@@ -93,6 +93,19 @@ def prepare_dataset(config: PretrainConfig, out: Path, is_main: bool) -> Path:
 
         generate(root, **config.data.generate)
     return root
+
+
+def resume_config(out: str | Path, overrides: list[str] | None = None) -> PretrainConfig | None:
+    """The config stored in the newest checkpoint of ``out`` with ``section.key=value`` overrides applied,
+    or None when there is no checkpoint yet."""
+    from circuitml.pretrain.config import apply_overrides, config_from_dict
+
+    path = latest_checkpoint(Path(out) / "checkpoints")
+    if path is None:
+        return None
+    _, record = load_checkpoint(path)
+    raw = apply_overrides(record["state"]["config"], overrides or [])
+    return config_from_dict(raw, f"{path}: key 'state.config'" + (" + --set" if overrides else ""))
 
 
 def _setup_distributed(config: PretrainConfig) -> tuple[int, int, torch.device]:
@@ -167,8 +180,9 @@ def train(
     """Pretrain an encoder with MGM + VGA and export it to ``<out>/encoder``.
 
     Args:
-        config: the validated configuration (on resume the checkpoint's config is authoritative for everything
-            except ``schedule.steps``/``run.*`` given here).
+        config: the validated configuration; on resume its data/model/mgm/vga/optim sections must equal the
+            checkpoint's (:func:`resume_config` rebuilds it from the checkpoint); ``schedule``/``run`` may change,
+            e.g. more steps.
         out: run folder: ``metrics.csv``, ``tensorboard/``, ``checkpoints/``, ``loss.png``, ``encoder/``.
         resume: continue from the newest checkpoint in ``<out>/checkpoints`` (fresh start when there is none).
         stop_after: end (with a checkpoint, without export) after this global step, as if interrupted —
@@ -183,12 +197,14 @@ def train(
     resume_tensors: dict[str, torch.Tensor] = {}
     if resume and (path := latest_checkpoint(ckpt_dir)) is not None:
         resume_tensors, resume_record = load_checkpoint(path)
-        from circuitml.pretrain.config import config_from_dict
-
         saved = resume_record["state"]["config"]
-        saved["schedule"]["steps"] = config.schedule.steps
-        saved["run"] = config_to_dict(config)["run"]
-        config = config_from_dict(saved, f"{path}: key 'state.config'")
+        given = config_to_dict(config)
+        for section in ("data", "model", "mgm", "vga", "optim"):
+            if saved.get(section) != given[section]:
+                raise ConfigError(
+                    f"{path}: resume: section [{section}] differs from the checkpoint's; resume with the same "
+                    "settings (circuitml pretrain --resume reads them from the checkpoint)"
+                )
     accum = config.optim.grad_accum
     if config.data.batch_size < world * accum:
         raise ConfigError(
