@@ -236,3 +236,18 @@ def test_ctrl_c_checkpoints_and_exits_130(tiny_dataset, tmp_path):
     steps = [int(r["step"]) for r in read_metrics(out / "metrics.csv")]
     ckpts = sorted((out / "checkpoints").glob("step_*.json"))
     assert ckpts and ckpts[-1].name == f"step_{steps[-1]:08d}.json"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP runs on a GPU")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_amp_on_gpu(tiny_dataset, tmp_path, dtype):
+    sets = [
+        *TINY,
+        f"data.root={tiny_dataset}",
+        "schedule.steps=8",
+        "run.device=cuda",
+        f"run.amp_dtype={dtype}",
+    ]
+    result = train(load_config(None, sets), tmp_path / dtype)
+    assert all(v == v and abs(v) < 1e4 for v in result.last.values())
+    assert result.last["loss"] < result.first["loss"]
