@@ -13,6 +13,7 @@ It prints tokens/s and each method's cost relative to ``dense`` (lower is better
 
     python bench/bench_moe.py                 # full sweep on CPU
     python bench/bench_moe.py --quick         # small shapes, a few repeats (smoke run)
+    python bench/bench_moe.py --clock thread     # single-thread CPU time: stable when the machine is shared
     python bench/bench_moe.py --device cuda --dtype bfloat16
 """
 
@@ -92,7 +93,11 @@ def build_hf(block: MoEBlock, E: int, k: int, d: int, h: int) -> nn.Module | Non
 
 
 def time_methods(
-    methods: dict[str, Callable[[], None]], repeats: int, warmup: int, sync: Callable[[], None]
+    methods: dict[str, Callable[[], None]],
+    repeats: int,
+    warmup: int,
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Best (minimum) seconds per call — other load on the machine only adds time, with the methods interleaved round-robin."""
     for fn in methods.values():
@@ -103,10 +108,10 @@ def time_methods(
     for _ in range(repeats):
         for name, fn in methods.items():
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: min(ts) for name, ts in times.items()}
 
 
@@ -144,7 +149,8 @@ def run_row(E: int, k: int, d: int, h: int, N: int, args: argparse.Namespace) ->
         methods["hf"] = fwd_bwd(lambda t: hf(t.unsqueeze(0)).squeeze(0), hf)
     methods["dense"] = fwd_bwd(dense, dense)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    return time_methods(methods, args.repeats, args.warmup, sync)
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    return time_methods(methods, args.repeats, args.warmup, sync, clock)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,8 +164,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "thread"],
+        help="wall: elapsed time; thread: CPU time of one thread (sets 1 torch thread), robust on a busy machine",
+    )
     parser.add_argument("--rows", default=None, help="comma-separated row numbers to run (1-based)")
     args = parser.parse_args(argv)
+    if args.clock == "thread":
+        if args.device != "cpu":
+            raise SystemExit("--clock thread measures CPU time; use --clock wall with --device cuda")
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = QUICK_ROWS if args.quick else FULL_ROWS
@@ -168,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats is None:
         args.repeats = 3 if args.quick else 7
     print(
-        f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} torch={torch.__version__}"
+        f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} clock={args.clock} best-of={args.repeats} torch={torch.__version__}"
     )
     header = f"{'E':>3} {'k':>2} {'d':>4} {'h':>5} {'N':>6} | " + " | ".join(
         f"{m:>6} tok/s  x dense" for m in ("ours", "naive", "hf", "dense")

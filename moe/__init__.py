@@ -19,11 +19,26 @@ from circuitml.moe.experts import (  # noqa: E402
     LoRALinear,
     SharedExpert,
 )
+from circuitml.moe.inference import (  # noqa: E402
+    contrastive_scores,
+    routing_override,
+    scmoe_scores,
+    set_top_k,
+    top_k,
+)
+from circuitml.moe.parallel import AllToAll, ExpertParallelFFN  # noqa: E402
 from circuitml.moe.registry import ROUTERS, build_router, register_router, router_class
 from circuitml.moe.router import Router, RouterOutput
 
 __all__ = [
     "ROUTERS",
+    "AllToAll",
+    "ExpertParallelFFN",
+    "contrastive_scores",
+    "routing_override",
+    "scmoe_scores",
+    "set_top_k",
+    "top_k",
     "AdapterExperts",
     "BottleneckAdapter",
     "DispatchPlan",
