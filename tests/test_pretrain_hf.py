@@ -77,3 +77,33 @@ def test_local_hf_encoder_states_are_cached_by_sha256(tmp_path, kind):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
         HFVerilogFeatures(tmp_path, tmp_path / "cache")
+
+
+def test_pretrain_with_a_local_hf_verilog_encoder(tmp_path):
+    from circuitml.datasets import generate
+
+    from circuitml.pretrain.config import load_config
+    from circuitml.pretrain.trainer import train
+
+    generate(tmp_path / "ds", 3, families=["mux", "parity", "decoder"], widths=[2], progress=False)
+    _save_model("bert", tmp_path / "lm")
+    sets = [
+        f"data.root={tmp_path / 'ds'}",
+        f"model.verilog_encoder={tmp_path / 'lm'}",
+        f"model.hf_cache_dir={tmp_path / 'cache'}",
+        "model.encoder={kind: gcn, hidden: 16, num_layers: 2}",
+        "data.batch_size=3",
+        "schedule.steps=4",
+        "schedule.warmup_steps=1",
+        "run.tensorboard=false",
+        "run.plot=false",
+        "run.progress=false",
+        "run.threads=1",
+    ]
+    before = torch.get_num_threads()
+    try:
+        result = train(load_config(None, sets), tmp_path / "run")
+    finally:
+        torch.set_num_threads(before)
+    assert result.last["loss_vga"] > 0 and result.encoder_dir is not None
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 3  # one cached state file per design
