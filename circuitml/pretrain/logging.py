@@ -97,7 +97,7 @@ def plot_losses(csv_path: str | Path, png_path: str | Path) -> Path:
                     for s, r in zip(steps, rows, strict=False)
                     if r[column] not in ("", "nan")
                 ]
-                if pairs:
+                if pairs and any(v != 0.0 for _, v in pairs):  # e.g. loss_aux of an encoder without MoE
                     ax.plot(*zip(*pairs, strict=False), label=column, linewidth=1.2)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
