@@ -37,7 +37,8 @@ err_console = Console(stderr=True)
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the process exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # with standalone_mode=False, click returns the code of a `typer.Exit(n)` (and of Ctrl-C: 130)
+        returned = app(args=argv, standalone_mode=False)
     except CircuitmlError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         code = 2
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted")
         code = 130
     else:
-        code = 0
+        code = returned if isinstance(returned, int) else 0
     if argv is None:
         sys.exit(code)
     return code
