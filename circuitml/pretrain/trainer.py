@@ -232,23 +232,21 @@ def train(
 
     enc_config = EncoderConfig.from_dict(config.model.encoder, where="model.encoder")
     text, text_hidden, vocab_size = _build_text(config, out, device)
-    if is_main or text is None or text == "builtin":
-        data = PretrainData(
+
+    def load_data() -> PretrainData:
+        return PretrainData(
             CircuitDataset(root),
             explicit_not=enc_config.explicit_not,
             text=text,
             max_tokens=config.data.max_tokens,
             max_nodes=config.data.max_nodes,
         )
+
+    # with a frozen language model, rank 0 fills the hidden-state cache first and the other ranks read it
+    data = load_data() if is_main or text is None or text == "builtin" else None
     _barrier(world)
-    if not is_main and text is not None and text != "builtin":  # read the LM cache rank 0 just filled
-        data = PretrainData(
-            CircuitDataset(root),
-            explicit_not=enc_config.explicit_not,
-            text=text,
-            max_tokens=config.data.max_tokens,
-            max_nodes=config.data.max_nodes,
-        )
+    if data is None:
+        data = load_data()
     order = BatchOrder(len(data), config.data.batch_size, config.run.seed)
 
     # ---------------------------------------------------------------- model
