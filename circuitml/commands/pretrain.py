@@ -37,13 +37,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from circuitml.pretrain.trainer import resume_config, train
 
         overrides = list(set_)
-        if data is not None:
-            overrides.append(f"data.root={data}")
         cfg = None
         if resume and config is None:  # continue with the checkpoint's own settings (+ --set overrides)
             cfg = resume_config(out, overrides)
         if cfg is None:
             cfg = load_config(config, overrides)
+        if data is not None:
+            cfg.data.root = str(data)
         result = train(cfg, out, resume=resume, stop_after=stop_after)
         if result.interrupted:
             console.print(f"interrupted at step {result.step}; checkpoint saved — continue with --resume")
