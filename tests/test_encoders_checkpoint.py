@@ -70,6 +70,16 @@ def test_missing_files(tmp_path) -> None:
         load_encoder(d)
 
 
+def test_from_pretrained_checks_the_class(tmp_path) -> None:
+    from circuitml.encoders.dag import DagEncoder
+    from circuitml.encoders.pyg_stacks import GCNEncoder
+
+    _, d = _saved(tmp_path)
+    assert isinstance(GCNEncoder.from_pretrained(d), GCNEncoder)
+    with pytest.raises(CheckpointError, match="expected a DagEncoder"):
+        DagEncoder.from_pretrained(d)
+
+
 def test_truncated_weights(tmp_path) -> None:
     _, d = _saved(tmp_path)
     raw = (d / "model.safetensors").read_bytes()

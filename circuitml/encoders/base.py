@@ -220,7 +220,13 @@ class Encoder(nn.Module):
         cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> Encoder:
         """Load an encoder written by :meth:`save_pretrained` (eval mode). Any defect raises CheckpointError."""
-        return load_encoder(directory, map_location=map_location)
+        encoder = load_encoder(directory, map_location=map_location)
+        if not isinstance(encoder, cls):
+            raise CheckpointError(
+                f"{Path(directory) / CONFIG_FILE}: key 'config.kind': expected a {cls.__name__} "
+                f"({cls.kind or 'any kind'}), got {encoder.config.kind!r}"
+            )
+        return encoder
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, hidden={self.hidden}, layers={self.config.num_layers}"
