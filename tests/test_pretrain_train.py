@@ -109,14 +109,14 @@ def test_loss_falls_and_encoder_is_exported(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(tiny_dataset, tmp_path):
-    common = ["--data", str(tiny_dataset), *_sets(["schedule.steps=14", "run.checkpoint_every=4"])]
+    common = ["--data", str(tiny_dataset), *_sets(["schedule.steps=40", "run.checkpoint_every=4"])]
     full, cut = tmp_path / "full", tmp_path / "cut"
     subprocess.run(_cli("pretrain", "--out", str(full), *common), check=True, env=_env(), timeout=300)
     proc = subprocess.Popen(_cli("pretrain", "--out", str(cut), *common), env=_env())
     target = cut / "checkpoints" / "step_00000008.json"
     deadline = time.time() + 240
     while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.005)
     assert proc.poll() is None, "run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.wait(timeout=30)

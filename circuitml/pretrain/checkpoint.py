@@ -166,6 +166,8 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".step_*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     stem = f"step_{step:08d}"
     tensor_path = directory / f"{stem}.safetensors"
     json_path = directory / f"{stem}.json"
