@@ -57,8 +57,10 @@ class FFNExperts(nn.Module):
         d_hidden: hidden width ``h`` of each expert.
         activation: one of ``"swiglu"`` (default), ``"geglu"``, ``"gelu"``, ``"relu"``, ``"silu"``.
         bias: add per-expert biases.
-        use_grouped_mm: force (``True``/``False``) ``torch._grouped_mm``; ``None`` uses it where it supports
-            the dtype/device (float32 on CPU, bf16 on sm90+), else the fused per-expert loop.
+        use_grouped_mm: force (``True``/``False``) ``torch._grouped_mm``; ``None`` uses it on CUDA where it
+            supports the dtype (bf16 on sm90+), else the fused, cache-tiled per-expert loop
+            (:mod:`~circuitml.moe.experts.segment_ffn`; on CPU it measured as fast as grouped_mm and takes any
+            dtype and width).
 
     Shapes: ``x [N, d]``, ``indices [N, k]`` (long, ``-1`` dropped), ``weights [N, k]`` → ``[N, d]``.
     """
@@ -117,7 +119,7 @@ class FFNExperts(nn.Module):
         """
         use = self.use_grouped_mm
         if use is None:
-            use = grouped_mm_supported(xs, self.gate_up_proj)
+            use = xs.device.type == "cuda" and grouped_mm_supported(xs, self.gate_up_proj)
         if not use:
             return segment_ffn(
                 xs,
