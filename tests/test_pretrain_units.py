@@ -276,3 +276,26 @@ def test_damaged_checkpoint_raises_checkpoint_error(tmp_path, damage):
         needle = "not found"
     with pytest.raises(CheckpointError, match=needle):
         load_checkpoint(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lr=st.floats(1e-8, 10.0, allow_nan=False),
+    steps=st.integers(1, 10**6),
+    amp=st.booleans(),
+    name=st.text("abcdefghijklmnopqrstuvwxyz_/.0123456789:-", min_size=1, max_size=20).filter(
+        lambda t: t.strip() == t and t not in ("null", "~")
+    ),
+)
+def test_overrides_round_trip_values(lr, steps, amp, name):
+    cfg = load_config(
+        None,
+        [
+            f"optim.lr={lr!r}",
+            f"schedule.steps={steps}",
+            f"run.amp={str(amp).lower()}",
+            f"model.hf_cache_dir={name}",
+        ],
+    )
+    assert cfg.optim.lr == lr and cfg.schedule.steps == steps and cfg.run.amp is amp
+    assert cfg.model.hf_cache_dir == name  # string fields keep the text as typed (".inf", "1e3", "yes")

@@ -7,8 +7,8 @@ of the wrong type raise :class:`~circuitml.errors.ConfigError` naming the key an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,19 +200,37 @@ def _section_classes() -> dict[str, type]:
     return {name: hints[name] for name in _SECTIONS}
 
 
+@dataclass(frozen=True)
+class _Override:
+    """A command-line value: its text (used for string fields) and its YAML reading (for the others)."""
+
+    text: str
+    value: Any
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Override):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check (and gently convert) ``value`` against a field's type hint; raises ConfigError."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
-        if value is None and type(None) in args:
+        if _plain(value) is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if isinstance(value, _Override):
+        value = value.text if hint is str else value.value
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table/mapping, got {value!r}")
-        return dict(value)
+        return _plain(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -279,7 +297,7 @@ def _parse_value(text: str) -> Any:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
     """Apply ``section.key=value`` (or ``section.key.sub=value`` inside a table such as ``model.encoder``)."""
-    out = json.loads(json.dumps(raw))
+    out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{source} {item!r}: expected key=value, e.g. optim.lr=3e-4")
@@ -293,7 +311,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--
             if not isinstance(child, dict):
                 raise ConfigError(f"{source} {item!r}: {part} is not a table")
             node = child
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = _Override(text.strip(), _parse_value(text.strip()))
     return out
 
 
