@@ -107,6 +107,20 @@ def test_loss_falls_and_encoder_is_exported(tiny_dataset, tmp_path):
         train(other, tmp_path / "run", resume=True)
 
 
+def test_stop_after_then_resume_in_process_equals_one_run(tiny_dataset, tmp_path):
+    from circuitml.pretrain import load_config as load  # the lazy package exports
+    from circuitml.pretrain import train as run
+
+    sets = [*TINY, f"data.root={tiny_dataset}", "schedule.steps=9", "run.checkpoint_every=100"]
+    run(load(None, sets), tmp_path / "full")
+    part = run(load(None, sets), tmp_path / "parts", stop_after=4)
+    assert part.step == 4 and part.encoder_dir is None
+    torch.manual_seed(1234)  # whatever the process did in between must not matter
+    rest = run(load(None, sets), tmp_path / "parts", resume=True)
+    assert rest.step == 9 and rest.first and len(read_metrics(tmp_path / "parts" / "metrics.csv")) == 9
+    assert (tmp_path / "parts" / "metrics.csv").read_text() == (tmp_path / "full" / "metrics.csv").read_text()
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(tiny_dataset, tmp_path):
     common = ["--data", str(tiny_dataset), *_sets(["schedule.steps=40", "run.checkpoint_every=4"])]
