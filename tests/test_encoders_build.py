@@ -116,3 +116,17 @@ def test_edge_attr_encoders(kind: str) -> None:
     assert not torch.allclose(enc(flipped).node, out.node)
     with pytest.raises(ConfigError, match="edge_attr"):
         enc(circuit_batch(explicit_not=True, with_prob=False))
+
+
+def test_deepgcn_checkpointing_changes_nothing() -> None:
+    batch = circuit_batch(with_prob=False)
+    results = []
+    for ckpt in (True, False):
+        torch.manual_seed(0)
+        enc = build_encoder("deepgcn", hidden=16, num_layers=3, options={"ckpt_grad": ckpt})
+        out = enc(batch).node
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in enc.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

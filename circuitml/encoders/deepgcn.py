@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.data import Data
 from torch_geometric.nn import DeepGCNLayer, GENConv
 
@@ -96,7 +98,11 @@ class DeepGCNEncoder(Encoder):
         for layer in self.layers:
             layer.ckpt_grad = bool(ckpt)
         first = self.layers[0]
-        x = first.conv(h, edge_index, edge_attr)
+        if ckpt and torch.is_grad_enabled():
+            # The stem convolution runs outside a DeepGCNLayer, so checkpoint it here as well.
+            x = checkpoint(first.conv, h, edge_index, edge_attr, use_reentrant=False)
+        else:
+            x = first.conv(h, edge_index, edge_attr)
         for layer in self.layers[1:]:
             x = layer(x, edge_index, edge_attr)
         x = first.act(first.norm(x))
