@@ -4,7 +4,7 @@ Works on rows ``[N, d]`` (graph nodes, text tokens, samples); nothing here is ci
 
     >>> from circuitml.moe import build_moe
     >>> block = build_moe(d_model=64, num_experts=8, d_hidden=128, top_k=2)
-    >>> out = block(x)             # MoEOutput(out, aux_loss, losses, stats, routing)
+    >>> out = block(x)             # MoEOutput(out, aux_loss, losses, routing, .stats)
     >>> loss = task_loss + out.aux_loss
 """
 

@@ -72,15 +72,23 @@ class MoEOutput:
         out: the block output, same shape as the input.
         aux_loss: sum of the router's (already weighted) auxiliary losses, a scalar to add to the task loss.
         losses: those losses by name.
-        stats: :class:`RoutingStats`.
         routing: the raw :class:`RouterOutput` (its ``state`` feeds the next layer of recurrent routers).
+        stats: :class:`RoutingStats`, computed on first access (it syncs with the device, so a training
+            loop that never reads it does not pay for it).
     """
 
     out: Tensor
     aux_loss: Tensor
     losses: dict[str, Tensor] = field(default_factory=dict)
-    stats: RoutingStats | None = None
     routing: RouterOutput | None = None
+    num_experts: int = 0
+    _stats: RoutingStats | None = field(default=None, repr=False)
+
+    @property
+    def stats(self) -> RoutingStats | None:
+        if self._stats is None and self.routing is not None:
+            self._stats = RoutingStats.from_routing(self.routing, self.num_experts)
+        return self._stats
 
     @property
     def state(self) -> Any:
@@ -148,8 +156,7 @@ class MoEBlock(nn.Module):
         if self.shared_expert is not None and self.residual_mode == "add":
             y = y + self.shared_expert(flat)
         aux = sum(routing.aux_losses.values(), flat.new_zeros(()))
-        stats = RoutingStats.from_routing(routing, self.num_experts)
-        return MoEOutput(y.reshape(shape), aux, dict(routing.aux_losses), stats, routing)
+        return MoEOutput(y.reshape(shape), aux, dict(routing.aux_losses), routing, self.num_experts)
 
 
 def build_moe(config: MoEConfig | dict[str, Any] | None = None, **overrides: Any) -> MoEBlock:
