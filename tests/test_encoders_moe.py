@@ -91,3 +91,27 @@ def test_aux_losses_collected_and_trainable() -> None:
     gcn = build_encoder("gcn", hidden=8, num_layers=1)
     gcn(batch)
     assert float(gcn.aux_loss()) == 0.0
+
+
+@pytest.mark.parametrize("expert", ["conv", "ffn"])
+def test_layer_checkpointing_changes_nothing(expert: str) -> None:
+    batch = circuit_batch(with_prob=False)
+    results = []
+    for ckpt in (True, False):
+        torch.manual_seed(0)
+        enc = build_encoder(
+            "moe_gnn",
+            hidden=8,
+            num_layers=2,
+            options={"expert": expert, "ckpt_grad": ckpt, "router_options": {"noise": "gaussian"}},
+        )
+        torch.manual_seed(1)
+        out = enc(batch).node
+        (out.square().sum() + enc.aux_loss()).backward()
+        results.append((out.detach(), enc.aux_loss().detach(), [p.grad for p in enc.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+    for a, b in zip(results[0][2], results[1][2], strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

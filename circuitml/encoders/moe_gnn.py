@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.data import Data
 from torch_geometric.nn import GENConv, GraphConv, SAGEConv
 
@@ -128,6 +129,9 @@ class MoEGNNEncoder(Encoder):
         num_experts (4), top_k (2): experts and experts per node.
         router_options ({}): further router config fields (e.g. ``capacity_factor``, ``balance_loss_weight``).
         ffn_hidden (2 * hidden), activation ("swiglu"): FFN expert shape.
+        ckpt_grad ("auto"): recompute each layer in backward (torch.utils.checkpoint, RNG state preserved so
+            noisy routers route the same) instead of keeping its ``[E, hidden]`` message intermediates; "auto"
+            turns it on from ``ckpt_min_edges`` (200000) edges up.
 
     Each layer: :math:`x \\leftarrow x + \\mathrm{Dropout}(\\mathrm{MoE}(\\mathrm{LayerNorm}(x)))`, then a final
     LayerNorm. Routers that hash token ids (``hash``) route by node type.
@@ -143,6 +147,8 @@ class MoEGNNEncoder(Encoder):
         "router_options": {},
         "ffn_hidden": None,
         "activation": "swiglu",
+        "ckpt_grad": "auto",
+        "ckpt_min_edges": 200_000,
     }
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -177,13 +183,22 @@ class MoEGNNEncoder(Encoder):
     def encode_nodes(self, data: Data, h: Tensor) -> Tensor:
         types = self.input_types  # the (possibly masked) types of this forward, never the true data.x
         in_edges = InEdgeIndex(data.edge_index, h.size(0)) if self.opt("expert") == "conv" else None
+        graph = in_edges if in_edges is not None else data.edge_index
+        ckpt = self.opt("ckpt_grad")
+        if ckpt == "auto":
+            ckpt = data.edge_index.size(1) >= int(self.opt("ckpt_min_edges"))
+        ckpt = bool(ckpt) and torch.is_grad_enabled()
         x = h
         for i, (norm, layer) in enumerate(zip(self.norms, self.layers, strict=True)):
             ctx = {"token_ids": types}  # id-based routers (hash) route by node type; others ignore it
-            if in_edges is not None:
-                y, losses = layer(norm(x), in_edges, **ctx)
+            if ckpt:
+                y, losses = checkpoint(_run_layer, norm, layer, x, graph, ctx, use_reentrant=False)
             else:
-                y, losses = layer(norm(x), data.edge_index, **ctx)
+                y, losses = _run_layer(norm, layer, x, graph, ctx)
             x = x + self.dropout(y)
             self.add_aux_losses(losses, prefix=f"layer{i}.")
         return self.final_norm(x)
+
+
+def _run_layer(norm: nn.Module, layer: nn.Module, x: Tensor, graph: Any, ctx: dict) -> tuple[Tensor, dict]:
+    return layer(norm(x), graph, **ctx)
