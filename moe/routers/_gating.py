@@ -5,8 +5,12 @@ Kept in one small private module so that each router file stays about its own ro
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
-from torch import Tensor
+from circuitml.moe.router import Router
+from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
 
@@ -80,3 +84,39 @@ def token_ids_or_positions(x: Tensor, token_ids: Tensor | None) -> Tensor:
             f"router ctx: token_ids: expected {x.shape[0]} ids (one per row of x), got {token_ids.shape[0]}"
         )
     return token_ids
+
+
+class AnnealedRouter(Router):
+    """A linear gate whose temperature anneals geometrically from ``tau_start`` to ``tau_end`` over
+    ``anneal_steps`` (the dense-to-sparse gates: EvoMoE and the activation dense-to-sparse gate).
+
+    The step comes from ``ctx["step"]`` when given, else from a buffer that advances once per training call
+    (so it is saved with the model and resumes with it). The config must define ``tau_start``, ``tau_end``,
+    ``anneal_steps`` and ``bias``.
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.gate = nn.Linear(config.d_model, config.num_experts, bias=config.bias)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.gate.weight, std=self.d_model**-0.5)
+        if self.gate.bias is not None:
+            nn.init.zeros_(self.gate.bias)
+
+    def set_step(self, step: int) -> None:
+        """Move the schedule to ``step`` (e.g. when resuming training)."""
+        self.step.fill_(int(step))
+
+    def temperature(self, step: int) -> float:
+        cfg = self.config
+        frac = min(1.0, step / max(cfg.anneal_steps, 1))
+        return math.exp((1 - frac) * math.log(cfg.tau_start) + frac * math.log(cfg.tau_end))
+
+    def current_step(self, ctx: dict[str, Any]) -> int:
+        step = int(ctx["step"]) if "step" in ctx else int(self.step)
+        if self.training and "step" not in ctx:
+            self.step += 1
+        return step

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from circuitml.moe.config import RouterConfig
 from circuitml.moe.registry import register_router
-from circuitml.moe.router import Router, RouterOutput, softmax_probs
-from circuitml.moe.routers._gating import pack_support
-from torch import Tensor, nn
+from circuitml.moe.router import RouterOutput, softmax_probs
+from circuitml.moe.routers._gating import AnnealedRouter, pack_support
+from torch import Tensor
 
 from circuitml.errors import ConfigError
 
@@ -62,7 +61,7 @@ class DenseToSparseConfig(RouterConfig):
 
 
 @register_router("dense_to_sparse")
-class DenseToSparseRouter(Router):
+class DenseToSparseRouter(AnnealedRouter):
     r"""Dense-to-sparse gate with an activation (Nie et al. 2021, "Dense-to-Sparse Gate for Mixture-of-Experts",
     arXiv:2112.14397 v1, the gate that became EvoMoE's).
 
@@ -78,29 +77,8 @@ class DenseToSparseRouter(Router):
 
     config_class = DenseToSparseConfig
 
-    def __init__(self, config: DenseToSparseConfig) -> None:
-        super().__init__(config)
-        self.gate = nn.Linear(config.d_model, config.num_experts, bias=config.bias)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.gate.weight, std=self.d_model**-0.5)
-        if self.gate.bias is not None:
-            nn.init.zeros_(self.gate.bias)
-
-    def set_step(self, step: int) -> None:
-        self.step.fill_(int(step))
-
-    def temperature(self, step: int) -> float:
-        cfg = self.config
-        frac = min(1.0, step / max(cfg.anneal_steps, 1))
-        return math.exp((1 - frac) * math.log(cfg.tau_start) + frac * math.log(cfg.tau_end))
-
     def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
-        step = int(ctx["step"]) if "step" in ctx else int(self.step)
-        if self.training and "step" not in ctx:
-            self.step += 1
+        step = self.current_step(ctx)
         logits = self.gate(self.jitter_input(x))
         gate = softmax_probs(ACTIVATIONS[self.config.activation](logits) / self.temperature(step))
         keep = (gate >= self.config.threshold) | (gate == gate.max(dim=-1, keepdim=True).values)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from circuitml.moe.config import RouterConfig
 from circuitml.moe.registry import register_router
-from circuitml.moe.router import Router, RouterOutput, softmax_probs
-from circuitml.moe.routers._gating import pack_support
+from circuitml.moe.router import RouterOutput, softmax_probs
+from circuitml.moe.routers._gating import AnnealedRouter, pack_support
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
@@ -44,7 +43,7 @@ class EvoMoEConfig(RouterConfig):
 
 
 @register_router("evomoe")
-class EvoMoERouter(Router):
+class EvoMoERouter(AnnealedRouter):
     r"""Dense-to-sparse gate of Nie et al. 2021, "EvoMoE: An Evolutional Mixture-of-Experts Training Framework
     via Dense-To-Sparse Gate" (arXiv:2112.14397).
 
@@ -63,30 +62,8 @@ class EvoMoERouter(Router):
 
     config_class = EvoMoEConfig
 
-    def __init__(self, config: EvoMoEConfig) -> None:
-        super().__init__(config)
-        self.gate = nn.Linear(config.d_model, config.num_experts, bias=config.bias)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.gate.weight, std=self.d_model**-0.5)
-        if self.gate.bias is not None:
-            nn.init.zeros_(self.gate.bias)
-
-    def set_step(self, step: int) -> None:
-        """Move the schedule to ``step`` (e.g. when resuming training)."""
-        self.step.fill_(int(step))
-
-    def temperature(self, step: int) -> float:
-        cfg = self.config
-        frac = min(1.0, step / max(cfg.anneal_steps, 1))
-        return math.exp((1 - frac) * math.log(cfg.tau_start) + frac * math.log(cfg.tau_end))
-
     def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
-        step = int(ctx["step"]) if "step" in ctx else int(self.step)
-        if self.training and "step" not in ctx:
-            self.step += 1
+        step = self.current_step(ctx)
         logits = self.gate(self.jitter_input(x))
         noisy = logits
         if self.training:
