@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from safetensors.numpy import save as st_save
 
 from circuitml.aig import AIG
 from circuitml.errors import DatasetError
+from circuitml.fileio import atomic_write
 
 __all__ = [
     "FORMAT_NAME",
@@ -56,21 +56,6 @@ VERILOG_DIR = "verilog"
 # keys every record carries (checked when a manifest is read)
 RECORD_KEYS = ("id", "family", "source", "sha256", "verilog", "num_pis", "num_pos", "num_ands", "depth")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def token_vocab_id() -> str:

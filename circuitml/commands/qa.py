@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from circuitml.fileio import atomic_write
 
 console = Console()
 
@@ -115,8 +115,4 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         scores = evaluate_qa(model, data)
         console.print(_table(str(data), scores))
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(scores, fh, indent=2)
-            os.replace(tmp, out)
+            atomic_write(out, json.dumps(scores, indent=2))

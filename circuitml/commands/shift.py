@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from circuitml.fileio import atomic_write
+
 console = Console()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
@@ -79,8 +71,6 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         console.print({k: len(v) for k, v in domains.items()})
         results = run_circuit_shift(domains, cfg, held_out, progress=console.print)
         table = results_markdown(results)
-        _write_atomic(
-            out / "results.json", json.dumps({"config": cfg.__dict__, "results": results}, indent=2)
-        )
-        _write_atomic(out / "results.md", "Signal-probability MAE on the held-out family\n\n" + table + "\n")
+        atomic_write(out / "results.json", json.dumps({"config": cfg.__dict__, "results": results}, indent=2))
+        atomic_write(out / "results.md", "Signal-probability MAE on the held-out family\n\n" + table + "\n")
         console.print(table)

@@ -19,6 +19,7 @@ import numpy as np
 
 from circuitml.aig import AIG, longest_path_levels
 from circuitml.errors import CircuitFormatError
+from circuitml.fileio import atomic_write
 
 __all__ = ["parse_aiger", "read_aiger", "aiger_bytes", "write_aiger"]
 
@@ -406,11 +407,4 @@ def write_aiger(aig: AIG, path: str | os.PathLike, binary: bool | None = None) -
     path = Path(path)
     if binary is None:
         binary = path.suffix.lower() != ".aag"
-    data = aiger_bytes(aig, binary=binary)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, aiger_bytes(aig, binary=binary), fsync=False)

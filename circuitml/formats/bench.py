@@ -24,6 +24,7 @@ import numpy as np
 
 from circuitml.aig import AIG, AIGBuilder, longest_path_levels
 from circuitml.errors import CircuitFormatError
+from circuitml.fileio import atomic_write
 
 __all__ = ["parse_bench", "read_bench", "bench_text", "write_bench"]
 
@@ -237,11 +238,4 @@ def bench_text(aig: AIG) -> str:
 
 
 def write_bench(aig: AIG, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(bench_text(aig))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, bench_text(aig), fsync=False)

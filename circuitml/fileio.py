@@ -1,0 +1,32 @@
+"""Atomic file writes: a reader never sees a half-written file, and an interrupted write leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True) -> None:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` through a temp file in the same folder + ``os.replace``.
+
+    The temp file is created beside ``path`` so the rename stays on one file system (atomic on POSIX); it is
+    removed if anything fails, ``KeyboardInterrupt`` included. ``fsync`` flushes it to disk before the rename,
+    so a power cut leaves either the old or the new file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
