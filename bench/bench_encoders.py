@@ -10,6 +10,7 @@ series shows whether cost grows linearly (1.0).
     python bench/bench_encoders.py --quick              # smoke run (small sizes, few encoders)
     python bench/bench_encoders.py                      # 1k .. 1M nodes, every encoder
     python bench/bench_encoders.py --device cuda --amp  # on a GPU, bf16 autocast
+    python bench/bench_encoders.py --compile            # also torch.compile(dynamic=True) rows ("+compile")
 """
 
 from __future__ import annotations
@@ -224,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--no-shared", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each encoder under torch.compile(dynamic=True): a '+compile' row after each eager row",
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -264,23 +270,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<14} skipped: {exc}")
             continue
         series: list[tuple[int, float]] = []
+        compiled = torch.compile(enc, dynamic=True) if args.compile else None
         for gname, data in graphs:
             data = data.to(device)
             n, e = int(data.num_nodes), int(data.edge_index.size(1))
             levels = level_schedule(data).num_levels
             huge = n > 300_000
-            t = time_fwd_bwd(enc, data, device, args.amp, 1 if huge else args.reps, warmup=not huge)
             flops, nbytes = cost_model(name, kind, enc, n, e)
             t_flops, t_bytes = flops / flops_peak, nbytes / bw_peak
             bound = "compute" if t_flops >= t_bytes else "memory"
-            print(
-                f"{name:<14} {gname:<22} {n:>9} {e:>9} {levels:>6} {t:>8.3f} {n / t:>10.3g} {flops / n:>10.3g} "
-                f"{nbytes / n:>9.3g} {flops / t / 1e9:>8.2f} {nbytes / t / 1e9:>7.2f} {bound:>7} "
-                f"{max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f}",
-                flush=True,
-            )
-            if gname.startswith("random"):
-                series.append((n, t))
+            variants = [(name, enc)] + ([(f"{name}+compile", compiled)] if compiled is not None else [])
+            for label, model in variants:
+                # the warm-up call also absorbs compilation, so compiled rows time steady-state steps only
+                t = time_fwd_bwd(model, data, device, args.amp, 1 if huge else args.reps, warmup=not huge)
+                print(
+                    f"{label:<14} {gname:<22} {n:>9} {e:>9} {levels:>6} {t:>8.3f} {n / t:>10.3g} "
+                    f"{flops / n:>10.3g} {nbytes / n:>9.3g} {flops / t / 1e9:>8.2f} {nbytes / t / 1e9:>7.2f} "
+                    f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f}",
+                    flush=True,
+                )
+                if gname.startswith("random") and model is enc:
+                    series.append((n, t))
         if len(series) >= 3:
             xs = np.log([s[0] for s in series])
             ys = np.log([s[1] for s in series])
