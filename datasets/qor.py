@@ -41,6 +41,7 @@ import numpy as np
 
 from circuitml.aig import AIG
 from circuitml.errors import ConfigError, DatasetError, SynthesisError
+from circuitml.fileio import atomic_write
 
 __all__ = [
     "STEPS",
@@ -220,29 +221,12 @@ def run_recipes(
 
 # ----------------------------------------------------------------------------------------------- files
 def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON through a temp file in the same folder, then rename: readers never see half a file."""
+    atomic_write(path, json.dumps(obj, indent=1), fsync=False)
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data, fsync=False)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

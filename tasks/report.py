@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from circuitml.tasks.common import TaskResult
+
+from circuitml.fileio import atomic_write
 
 __all__ = ["summarize", "write_report"]
 
@@ -52,15 +53,7 @@ def summarize(runs: dict[str, list[TaskResult]], reference: str | None = "scratc
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text, fsync=False)
 
 
 def _fmt(s: dict[str, float]) -> str:
