@@ -18,6 +18,17 @@ SHARED_DATA = Path(os.environ.get("CIRCUITML_SHARED_DATA", ROOT.parent / "shared
 torch.set_num_threads(1)
 
 
+# Top modules of the OpenABC-D RTL folders (bench_rtl/src/<design>), from the data README.
+OPENABC_TOPS = {
+    "i2c": "i2c_master_top",
+    "sasc": "sasc_top",
+    "simple_spi": "simple_spi_top",
+    "spi": "spi_top",
+    "ss_pcm": "pcm_slv_top",
+    "usb_phy": "usb_phy",
+}
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     random.seed(0)

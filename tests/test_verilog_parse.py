@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from circuitml.errors import CircuitFormatError, SynthesisError
 from circuitml.verilog import VerilogFallbackWarning, find_top, parse_verilog
-from tests.conftest import SHARED_DATA
+from tests.conftest import OPENABC_TOPS, SHARED_DATA
 
 HIER = """
 `define WIDTH 4
@@ -120,16 +120,6 @@ def test_systemverilog_falls_back_to_yosys(tmp_path: Path) -> None:
         ("d", "input", 8),
         ("q", "output", 8),
     ]
-
-
-OPENABC_TOPS = {
-    "i2c": "i2c_master_top",
-    "sasc": "sasc_top",
-    "simple_spi": "simple_spi_top",
-    "spi": "spi_top",
-    "ss_pcm": "pcm_slv_top",
-    "usb_phy": "usb_phy",
-}
 
 
 @pytest.mark.parametrize("design", sorted(OPENABC_TOPS))

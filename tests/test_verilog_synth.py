@@ -23,7 +23,7 @@ from circuitml.verilog import (
     verilog_to_aig,
     verilog_to_aig_many,
 )
-from tests.conftest import SHARED_DATA, shared_files
+from tests.conftest import OPENABC_TOPS, SHARED_DATA, shared_files
 
 MIXED = """
 module mixed(input [3:0] a, input [8:5] b, input [0:1] s, output [4:0] sum, output [0:1] sel, output eq, output k);
@@ -309,16 +309,6 @@ def test_iscas85_verilog_equals_its_bench(verilog: Path) -> None:
     ref = read_circuit(bench)
     assert (ours.num_pis, ours.num_pos) == (ref.num_pis, ref.num_pos)
     assert equivalent(ours, _by_name(ours, ref)).equal
-
-
-OPENABC_TOPS = {
-    "i2c": "i2c_master_top",
-    "sasc": "sasc_top",
-    "simple_spi": "simple_spi_top",
-    "spi": "spi_top",
-    "ss_pcm": "pcm_slv_top",
-    "usb_phy": "usb_phy",
-}
 
 
 @pytest.mark.parametrize("design", sorted(OPENABC_TOPS))
