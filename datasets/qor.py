@@ -14,6 +14,13 @@ exactly ABC's ``print_stats`` ``and`` / ``lev`` of that network. (ABC linked int
 back — its stdout is lost in the WebAssembly build — so the output files are the channel; with a system
 ``yosys-abc``/``berkeley-abc`` the script also runs ``print_stats`` and the printed figures are cross-checked.)
 
+Area and delay after technology mapping (``liberty=``): after each recipe the script also runs ``map_script``
+(default OpenABC-D's tail, ``dch; map -B 0.9; topo; stime -c; buffer -c; upsize -c; dnsize -c``, after
+``read_lib`` of the user's Liberty file) and writes the mapped netlist as BLIF; :func:`circuitml.sta.analyze`
+reads its area and NLDM delay (ps) against the same library — the figures ABC's ``stime`` prints (checked equal
+in the tests when a system ABC is present, whose ``stime`` lines are then also recorded as ``abc_area`` /
+``abc_delay``).
+
 On disk (``OUT/``): ``meta.json`` (format, recipes, backend, designs with their original sizes),
 ``recipes.csv``, ``designs/<id>.aig`` (the combinational AIG every recipe started from), ``labels.jsonl`` (one
 JSON line per (design, recipe), appended and flushed per chunk; a torn last line from an interrupted run is
@@ -23,6 +30,7 @@ ignored and redone), ``errors.jsonl`` (designs or chunks that failed, with ABC's
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -42,10 +50,13 @@ import numpy as np
 from circuitml.aig import AIG
 from circuitml.errors import ConfigError, DatasetError, SynthesisError
 from circuitml.fileio import atomic_write
+from circuitml.liberty import Library
+from circuitml.sta import MappedNetlist
 
 __all__ = [
     "STEPS",
     "RECIPE_LENGTH",
+    "DEFAULT_MAP_SCRIPT",
     "LABEL_FORMAT",
     "generate_recipes",
     "recipe_text",
@@ -54,6 +65,7 @@ __all__ = [
     "abc_backend",
     "RecipeOutcome",
     "run_recipes",
+    "split_script",
     "generate_qor_labels",
     "QoRLabels",
     "load_qor_labels",
@@ -65,6 +77,8 @@ RECIPE_LENGTH = 20
 LABEL_FORMAT = "circuitml-qor-labels"
 LABEL_VERSION = 1
 _STEP_ID = {s: i for i, s in enumerate(STEPS)}
+# OpenABC-D's post-recipe mapping and sizing (its synthesis scripts after the 20 steps)
+DEFAULT_MAP_SCRIPT = "dch; map -B 0.9; topo; stime -c; buffer -c; upsize -c; dnsize -c"
 CIRCUIT_SUFFIXES = (".aig", ".aag", ".bench", ".v", ".sv")
 
 
@@ -142,19 +156,45 @@ class RecipeOutcome:
     aig: AIG | None = None
     abc_ands: int | None = None  # ABC's own print_stats figures, when the backend prints them
     abc_depth: int | None = None
+    area: float | None = None  # after mapping, when a liberty file was given
+    delay: float | None = None
+    abc_area: float | None = None  # ABC's own stime figures, when the backend prints them
+    abc_delay: float | None = None
+    netlist: MappedNetlist | None = None  # the mapped netlist, kept with keep_aigs
 
 
 _PRINT_STATS = re.compile(r"\band\s*=\s*(\d+)\s+lev\s*=\s*(\d+)")
+# stime's summary line; ABC colours it, so escape sequences may sit between the words and the numbers
+_STIME = re.compile(
+    r"Area\s*=\s*(?:\x1b\[[0-9;]*m)?\s*([0-9.eE+-]+).*?Delay\s*=\s*(?:\x1b\[[0-9;]*m)?\s*([0-9.eE+-]+)\s*ps"
+)
 
 
-def _abc_script(design_file: str, recipes: np.ndarray, print_stats: bool) -> str:
-    lines = [f"read {design_file}", "strash", "&get -n"]
+def split_script(script: str) -> list[str]:
+    """ABC commands of a ``;``-separated script, whitespace normalized, empty ones dropped."""
+    return [" ".join(c.split()) for c in script.replace("\n", ";").split(";") if c.strip()]
+
+
+def _abc_script(
+    design_file: str,
+    recipes: np.ndarray,
+    print_stats: bool,
+    liberty_file: str | None = None,
+    map_script: str = DEFAULT_MAP_SCRIPT,
+) -> str:
+    lines = [f"read_lib -w {liberty_file}"] if liberty_file else []
+    lines += [f"read {design_file}", "strash", "&get -n"]
     for k, recipe in enumerate(recipes):
         lines.append("&put")
         lines.extend(recipe_commands(recipe))
         if print_stats:
             lines.append("print_stats")
         lines.append(f"write_aiger r{k}.aig")
+        if liberty_file:
+            lines.extend(split_script(map_script))
+            if print_stats:
+                lines.append("stime")
+            lines.append(f"write_blif r{k}.blif")
     return "\n".join(lines) + "\n"
 
 
@@ -173,13 +213,17 @@ def run_recipes(
     timeout: float = 600.0,
     keep_aigs: bool = False,
     backend: tuple[str, list[str]] | None = None,
+    liberty: Library | None = None,
+    map_script: str = DEFAULT_MAP_SCRIPT,
 ) -> list[RecipeOutcome]:
     """Run every recipe (``int [R, L]`` step ids) on ``aig`` in ONE ABC process and measure each result.
 
     Each recipe starts from the strashed original (restored with ``&put``), so the results are independent of
-    the order. Raises :class:`SynthesisError` naming the design when ABC fails or exceeds ``timeout`` seconds.
+    the order. With ``liberty`` each result is also mapped (``map_script``) and timed for area and delay.
+    Raises :class:`SynthesisError` naming the design when ABC fails or exceeds ``timeout`` seconds.
     """
     from circuitml.formats import aiger_bytes, parse_aiger
+    from circuitml.sta import analyze, read_mapped_blif
 
     recipes = np.asarray(recipes, dtype=np.int64).reshape(len(recipes), -1)
     name, argv = backend or abc_backend()
@@ -187,7 +231,14 @@ def run_recipes(
     with tempfile.TemporaryDirectory(prefix="circuitml-qor-") as tmp:
         work = Path(tmp)
         (work / "design.aig").write_bytes(aiger_bytes(aig, binary=True, symbols=False))
-        (work / "recipes.abc").write_text(_abc_script("design.aig", recipes, print_stats=system_abc))
+        lib_name = None
+        if liberty is not None:
+            # a copy inside the work folder: the WebAssembly ABC only sees files below its working directory
+            lib_name = "cells.lib"
+            shutil.copyfile(liberty.file, work / lib_name)
+        (work / "recipes.abc").write_text(
+            _abc_script("design.aig", recipes, system_abc, liberty_file=lib_name, map_script=map_script)
+        )
         if system_abc:
             cmd = [*argv, "-f", "recipes.abc"]
         else:
@@ -202,6 +253,9 @@ def run_recipes(
             raise SynthesisError(f"{label}: ABC ({name}) exceeded the {timeout:g} s timeout") from exc
         log = proc.stdout + proc.stderr
         printed = [(int(a), int(b)) for a, b in _PRINT_STATS.findall(proc.stdout)] if system_abc else []
+        # only the stime lines we add (after the map script's own, which time the unsized netlist) count
+        timed = [(float(a), float(d)) for a, d in _STIME.findall(proc.stdout)] if system_abc else []
+        per_recipe = len(timed) // len(recipes) if len(recipes) else 0
         outcomes = []
         for k in range(len(recipes)):
             out = work / f"r{k}.aig"
@@ -215,6 +269,19 @@ def run_recipes(
             outcome = RecipeOutcome(k, result.num_ands, result.depth(), result if keep_aigs else None)
             if k < len(printed):
                 outcome.abc_ands, outcome.abc_depth = printed[k]
+            if liberty is not None:
+                blif = work / f"r{k}.blif"
+                if not blif.is_file():
+                    raise SynthesisError(
+                        f"{label}: ABC ({name}) wrote no mapped netlist for recipe {k}: {_tail_error(log)}"
+                    )
+                netlist = read_mapped_blif(blif)
+                timing = analyze(netlist, liberty)
+                outcome.area, outcome.delay = round(timing.area, 6), round(timing.delay, 4)
+                if keep_aigs:
+                    outcome.netlist = netlist
+                if per_recipe:
+                    outcome.abc_area, outcome.abc_delay = timed[(k + 1) * per_recipe - 1]
             outcomes.append(outcome)
     return outcomes
 
@@ -307,6 +374,8 @@ def generate_qor_labels(
     timeout: float = 600.0,
     chunk_size: int = 25,
     progress: Callable[[str, int, int], None] | None = None,
+    liberty: str | os.PathLike | None = None,
+    map_script: str = DEFAULT_MAP_SCRIPT,
 ) -> GenerationReport:
     """Label every design in ``sources`` (files or folders) with the AND count and depth after each recipe.
 
@@ -319,23 +388,53 @@ def generate_qor_labels(
         timeout: seconds allowed to one ABC process (one chunk of recipes on one design).
         chunk_size: recipes per ABC process: larger amortizes the start, smaller loses less on interruption.
         progress: ``callback(design, done, total)`` after every chunk (the CLI shows a rich bar with it).
+        liberty: a Liberty file; adds ``area`` and ``delay`` (ps) after ``map_script`` to every label.
+        map_script: ABC commands (``;``-separated) that map the optimized AIG to the library's cells.
     """
     from circuitml.formats import aiger_bytes, read_circuit
 
     out = Path(out)
-    (out / "designs").mkdir(parents=True, exist_ok=True)
     if recipes is None:
         recipes = generate_recipes(num_recipes, seed=seed)
     recipes = np.asarray(recipes, dtype=np.int8)
     if recipes.ndim != 2 or recipes.shape[0] == 0:
         raise ConfigError("recipes: expected at least one recipe (an int array [R, steps])")
     backend = abc_backend()
+    library = None
+    mapping = None
+    if liberty is not None:
+        from circuitml.liberty import read_liberty
+
+        library = read_liberty(liberty)
+        if not library.cells:
+            raise ConfigError(f"{liberty}: expected combinational cells in the Liberty library, found none")
+        mapping = {
+            "liberty": str(Path(liberty).resolve()),
+            "liberty_sha256": hashlib.sha256(Path(liberty).read_bytes()).hexdigest(),
+            "library": library.name,
+            "map_script": "; ".join(split_script(map_script)),
+            "area_unit": "library area unit",
+            "delay_unit": "ps",
+        }
     meta_path = out / "meta.json"
+    (out / "designs").mkdir(parents=True, exist_ok=True)
     meta = _load_meta(meta_path) if meta_path.is_file() else None
     if meta is not None and meta["recipes"] != [recipe_text(r) for r in recipes]:
         raise DatasetError(
             f"{meta_path}: expected the same recipes to resume into this folder (use a new --out)"
         )
+    if meta is not None:
+        had = meta.get("mapping")
+        same = (had is None and mapping is None) or (
+            had is not None
+            and mapping is not None
+            and all(had.get(k) == mapping[k] for k in ("liberty_sha256", "map_script"))
+        )
+        if not same:
+            raise DatasetError(
+                f"{meta_path}: expected the same --liberty file and map script to resume into this folder "
+                "(use a new --out)"
+            )
     if meta is None:
         meta = {
             "format": LABEL_FORMAT,
@@ -343,9 +442,11 @@ def generate_qor_labels(
             "seed": seed,
             "recipe_length": int(recipes.shape[1]),
             "recipes": [recipe_text(r) for r in recipes],
-            "metrics": ["ands", "depth"],
+            "metrics": ["ands", "depth"] + (["area", "delay"] if mapping else []),
             "designs": [],
         }
+        if mapping:
+            meta["mapping"] = mapping
     meta["backend"] = backend[0]
     _write_recipes_csv(out / "recipes.csv", recipes)
 
@@ -413,7 +514,15 @@ def generate_qor_labels(
                 did, aig, ks = queue.pop(0)
                 if did in failed_designs:
                     continue
-                fut = pool.submit(run_recipes, aig, recipes[ks], timeout=timeout, backend=backend)
+                fut = pool.submit(
+                    run_recipes,
+                    aig,
+                    recipes[ks],
+                    timeout=timeout,
+                    backend=backend,
+                    liberty=library,
+                    map_script=map_script,
+                )
                 pending[fut] = (did, ks, time.perf_counter())
 
         submit()
@@ -435,6 +544,10 @@ def generate_qor_labels(
                         row = {"design": did, "recipe": ks[o.recipe_index], "ands": o.ands, "depth": o.depth}
                         if o.abc_ands is not None:
                             row["abc_ands"], row["abc_depth"] = o.abc_ands, o.abc_depth
+                        if o.area is not None:
+                            row["area"], row["delay"] = o.area, o.delay
+                        if o.abc_area is not None:
+                            row["abc_area"], row["abc_delay"] = o.abc_area, o.abc_delay
                         row["seconds"] = round(seconds, 5)
                         lines.append(json.dumps(row))
                     sink.write("\n".join(lines) + "\n")

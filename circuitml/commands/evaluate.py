@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from circuitml.datasets.qor import DEFAULT_MAP_SCRIPT
 from circuitml.errors import ConfigError
 
 TASKS = ("qor", "equivalence", "probability")
@@ -45,8 +46,15 @@ def data_qor(
     seed: int = typer.Option(0, "--seed", help="Seed of the recipe generator."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds allowed to one ABC process (one chunk)."),
     chunk_size: int = typer.Option(25, "--chunk-size", help="Recipes per ABC process."),
+    liberty: Optional[Path] = typer.Option(
+        None, "--liberty", help="Liberty (.lib) file: also record area and delay (ps) after mapping."
+    ),
+    map_script: str = typer.Option(
+        DEFAULT_MAP_SCRIPT, "--map-script", help="ABC commands that map each result to the --liberty cells."
+    ),
 ) -> None:
-    """Run ABC synthesis recipes on designs and record AND count and depth after each (OpenABC-D labels)."""
+    """Run ABC synthesis recipes on designs and record AND count and depth after each (OpenABC-D labels);
+    with --liberty also the area and delay of the mapped netlist."""
     from circuitml.datasets.qor import generate_qor_labels
 
     table = None
@@ -77,6 +85,8 @@ def data_qor(
             timeout=timeout,
             chunk_size=chunk_size,
             progress=tick,
+            liberty=liberty,
+            map_script=map_script,
         )
     console.print(
         f"{rep.recipes_run} recipe runs on {rep.designs} designs in {rep.seconds:.1f} s "
