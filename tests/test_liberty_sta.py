@@ -368,6 +368,19 @@ def test_labels_with_liberty_record_area_and_delay_and_resume_only_with_the_same
     assert (labels.values["area"] > 0).all() and (labels.values["delay"] > 0).all()
     z = labels.targets("delay")
     assert np.isfinite(z).all()
+    # the QoR task trains on the mapped metrics like on AND counts; MAPE is on de-normalized ps
+    from circuitml.tasks.common import TrainConfig
+    from circuitml.tasks.qor import run_qor
+
+    res = run_qor(
+        labels,
+        "scratch",
+        "scratch",
+        TrainConfig(epochs=1, test_fraction=0.5),
+        metric="delay",
+        encoder_config={"kind": "gcn", "hidden": 8, "num_layers": 1},
+    )
+    assert len(res.pred) == 4 and np.isfinite(res.metrics["mape"]) and "delay" in res.notes
     # finished work is skipped with the same library ...
     again = generate_qor_labels([src], out, num_recipes=4, seed=2, liberty=LIB, chunk_size=2)
     assert again.recipes_run == 0 and again.recipes_skipped == 8
