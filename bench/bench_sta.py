@@ -90,12 +90,12 @@ def best_cpu(fn, repeat: int):
     return best, out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("designs", nargs="*", type=Path)
     ap.add_argument("--liberty", type=Path, default=ROOT / "tests/data/circuitml_nldm_test.lib")
     ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     designs = args.designs or [p for p in DEFAULT if p.is_file()]
     lib = read_liberty(args.liberty)
     system_abc = next((shutil.which(n) for n in ("berkeley-abc", "yosys-abc") if shutil.which(n)), None)

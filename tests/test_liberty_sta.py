@@ -405,3 +405,17 @@ def test_cli_reports_a_bad_liberty_file_in_one_line(tmp_path, capsys) -> None:
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"{bad}:3: expected '}}' closing cell (A) from line 2" in " ".join(err.split())
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_bench_sta_smoke(shared_data, capsys) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_sta.py"
+    spec = importlib.util.spec_from_file_location("bench_sta", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # main() asserts that both timers give the same area and delay on the mapped netlist
+    module.main([str(shared_data / "ispras__hdl-benchmarks/iscas85/bench/c880.bench"), "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "c880" in out and out.strip().splitlines()[-1].startswith("total")
