@@ -49,6 +49,9 @@ class MappedNetlist:
     gate_lines: list[int] = field(default_factory=list)
 
 
+_ABC_CONSTANTS = {"_const0_": 0, "_const1_": 1}
+
+
 def _blif_lines(text: str):
     """Logical lines of a BLIF file with their first physical line number (``\\`` continues, ``#`` comments)."""
     buf, start = "", None
@@ -92,6 +95,10 @@ def parse_mapped_blif(text: str, *, file: str | os.PathLike = "<string>") -> Map
                 if not eq or not pin or not n:
                     raise CircuitFormatError(file, "pin=net in .gate", line=no, got=w)
                 pins[pin] = n
+            if words[1] in _ABC_CONSTANTS and len(pins) == 1:
+                # ABC's library-derived genlib drives constant outputs with these zero-area pseudo-gates
+                net.constants[next(iter(pins.values()))] = _ABC_CONSTANTS[words[1]]
+                continue
             net.gates.append((words[1], pins))
             net.gate_lines.append(no)
         elif head == ".names":

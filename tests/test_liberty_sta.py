@@ -313,12 +313,15 @@ def test_bad_mapped_netlists_name_the_file_and_line(lib, blif: str, expected: st
 
 def test_constants_and_wires_time_as_zero(lib) -> None:
     net = parse_mapped_blif(
-        ".inputs a\n.outputs y z w\n.names z\n1\n.names a w\n1 1\n.gate INV_X1 A=w ZN=y\n", file="k.blif"
+        ".inputs a\n.outputs y z w v\n.names z\n1\n.names a w\n1 1\n.gate INV_X1 A=w ZN=y\n"
+        ".gate _const0_ z=v\n",  # ABC's genlib constant
+        file="k.blif",
     )
     rep = analyze(net, lib)
     assert rep.output_arrival[1] == 0.0 and rep.output_arrival[2] == 0.0 and rep.delay > 0
     out = simulate_mapped(net, lib, np.array([[0b1010]], dtype=np.uint64))
-    assert out[:, 0].tolist() == [~np.uint64(0b1010), np.uint64(2**64 - 1), np.uint64(0b1010)]
+    assert out[:, 0].tolist() == [~np.uint64(0b1010), np.uint64(2**64 - 1), np.uint64(0b1010), 0]
+    assert rep.gates == 1 and rep.output_arrival[3] == 0.0
 
 
 # ----------------------------------------------------------------------------------------------- QoR labels
@@ -343,7 +346,7 @@ def test_area_and_delay_equal_abc_stime_on_iscas(monkeypatch, shared_data, lib) 
     from circuitml.formats import read_circuit
 
     monkeypatch.setenv("CIRCUITML_ABC", SYSTEM_ABCS[0])
-    for name in ("c432", "c880", "c1908"):
+    for name in ("c432", "c880", "c1908", "c2670"):  # c2670 maps a constant output (_const0_)
         aig = read_circuit(shared_data / "ispras__hdl-benchmarks" / "iscas85" / "bench" / f"{name}.bench")
         for o in run_recipes(aig, generate_recipes(2, seed=0), liberty=lib, timeout=300):
             assert abs(o.abc_area - o.area) <= 0.0051, (name, o)
