@@ -23,6 +23,8 @@ from .test_qor_labels import adder
 LIB = Path(__file__).parent / "data" / "circuitml_nldm_test.lib"
 SYSTEM_ABCS = [n for n in ("berkeley-abc", "yosys-abc") if shutil.which(n)]
 BACKENDS = ["yowasp", *SYSTEM_ABCS[:1]]
+# stime prints two decimals (rounding up to 0.005) of float32 sums (seen: 0.0002 ps more at ~3 ns)
+STIME_TOL = 0.006
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +340,7 @@ def test_mapped_recipe_results_are_equivalent_and_timed(monkeypatch, lib, backen
         rep = analyze(o.netlist, lib)
         assert (round(rep.area, 6), round(rep.delay, 4)) == (o.area, o.delay)
         if o.abc_area is not None:  # a system ABC printed stime: ours must agree to its two decimals
-            assert abs(o.abc_area - o.area) <= 0.0051 and abs(o.abc_delay - o.delay) <= 0.0051
+            assert abs(o.abc_area - o.area) <= STIME_TOL and abs(o.abc_delay - o.delay) <= STIME_TOL
 
 
 @pytest.mark.skipif(not SYSTEM_ABCS, reason="needs a system ABC (apt install berkeley-abc)")
@@ -349,8 +351,8 @@ def test_area_and_delay_equal_abc_stime_on_iscas(monkeypatch, shared_data, lib) 
     for name in ("c432", "c880", "c1908", "c2670"):  # c2670 maps a constant output (_const0_)
         aig = read_circuit(shared_data / "ispras__hdl-benchmarks" / "iscas85" / "bench" / f"{name}.bench")
         for o in run_recipes(aig, generate_recipes(2, seed=0), liberty=lib, timeout=300):
-            assert abs(o.abc_area - o.area) <= 0.0051, (name, o)
-            assert abs(o.abc_delay - o.delay) <= 0.0051, (name, o)
+            assert abs(o.abc_area - o.area) <= STIME_TOL, (name, o)
+            assert abs(o.abc_delay - o.delay) <= STIME_TOL, (name, o)
 
 
 def test_labels_with_liberty_record_area_and_delay_and_resume_only_with_the_same_library(
