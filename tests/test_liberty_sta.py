@@ -201,51 +201,14 @@ def test_a_bad_function_names_where_it_is() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- timing
-def _naive_sta(net, lib, input_slew=0.0, output_load=0.0):
-    """Recursive per-net STA in plain Python floats: the definition analyze() vectorizes."""
-    drivers = {}
-    for cname, pins in net.gates:
-        cell = lib.cells[cname]
-        for p, n in pins.items():
-            if p in cell.outputs:
-                drivers[n] = (cell, pins, p)
-    load = {}
-    for cname, pins in net.gates:
-        cell = lib.cells[cname]
-        for p, n in pins.items():
-            if p in cell.inputs:
-                load[n] = load.get(n, 0.0) + cell.inputs[p]
-    for n in net.outputs:
-        load[n] = load.get(n, 0.0) + output_load
-    memo = {}
+def _load_bench():
+    import importlib.util
 
-    def at(n):  # (rise arrival, fall arrival, rise slew, fall slew)
-        if n in memo:
-            return memo[n]
-        if n in net.inputs:
-            memo[n] = (0.0, 0.0, input_slew, input_slew)
-            return memo[n]
-        cell, pins, out = drivers[n]
-        ar = af = sr = sf = -np.inf
-        for arc in cell.arcs[out]:
-            ir, if_, isr, isf = at(pins[arc.related_pin])
-            cap = load.get(n, 0.0)
-            pairs = []
-            if arc.sense in ("positive_unate", "non_unate"):
-                pairs.append((ir, isr, if_, isf))
-            if arc.sense in ("negative_unate", "non_unate"):
-                pairs.append((if_, isf, ir, isr))
-            for a_r, s_r, a_f, s_f in pairs:  # inputs that make the output rise / fall
-                ar = max(ar, a_r + float(arc.cell_rise.lookup(s_r, cap)[0]))
-                sr = max(sr, float(arc.rise_transition.lookup(s_r, cap)[0]))
-                af = max(af, a_f + float(arc.cell_fall.lookup(s_f, cap)[0]))
-                sf = max(sf, float(arc.fall_transition.lookup(s_f, cap)[0]))
-        memo[n] = (ar, af, sr, sf)
-        return memo[n]
-
-    delay = max(max(at(n)[0], at(n)[1]) for n in net.outputs) * lib.time_unit_ps
-    area = sum(lib.cells[c].area for c, _ in net.gates)
-    return area, delay
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_sta.py"
+    spec = importlib.util.spec_from_file_location("bench_sta", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _random_netlist(lib, seed: int, gates: int = 60):
@@ -271,7 +234,8 @@ def test_vectorized_sta_equals_the_naive_recursive_reference(
 ) -> None:
     net = _random_netlist(lib, seed)
     rep = analyze(net, lib, input_slew=slew, output_load=load)
-    area, delay = _naive_sta(net, lib, slew, load)
+    # the reference: memoized recursion over nets with scalar lookups (bench_sta times it against analyze)
+    area, delay = _load_bench().naive_sta(net, lib, slew, load)
     assert rep.area == pytest.approx(area) and rep.delay == pytest.approx(delay, rel=1e-12)
     assert rep.gates == 60 and rep.output_arrival[-1] == 0.0  # i0 is an output with no gate in between
 
@@ -414,13 +378,9 @@ def test_cli_reports_a_bad_liberty_file_in_one_line(tmp_path, capsys) -> None:
 
 @pytest.mark.slow
 def test_bench_sta_smoke(shared_data, capsys) -> None:
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_sta.py"
-    spec = importlib.util.spec_from_file_location("bench_sta", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     # main() asserts that both timers give the same area and delay on the mapped netlist
-    module.main([str(shared_data / "ispras__hdl-benchmarks/iscas85/bench/c880.bench"), "--repeat", "1"])
+    _load_bench().main(
+        [str(shared_data / "ispras__hdl-benchmarks/iscas85/bench/c880.bench"), "--repeat", "1"]
+    )
     out = capsys.readouterr().out
     assert "c880" in out and out.strip().splitlines()[-1].startswith("total")
