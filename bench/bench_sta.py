@@ -42,26 +42,45 @@ DEFAULT = [
 ]
 
 
-def naive_sta(net, lib, input_slew: float = 0.0, output_load: float = 0.0) -> tuple[float, float]:
+def naive_sta(
+    net, lib, input_slew: float = 0.0, output_load: float = 0.0, wire_load: bool = True
+) -> tuple[float, float]:
     """Area and delay (ps) by memoized recursion over nets with scalar table lookups (the tests' reference too)."""
-    drivers, load = {}, {}
+
+    def root(n: str) -> str:
+        while n in net.buffers:
+            n = net.buffers[n]
+        return n
+
+    drivers, load, fanout = {}, {}, {}
     for cname, pins in net.gates:
         cell = lib.cells[cname]
         for p, n in pins.items():
+            n = root(n)
             if p in cell.outputs:
                 drivers[n] = (cell, pins, p)
             else:
-                load[n] = load.get(n, 0.0) + cell.inputs[p]
-    for n in net.outputs:
-        while n in net.buffers:
-            n = net.buffers[n]
-        load[n] = load.get(n, 0.0) + output_load
+                rise, fall = cell.input_rise_fall[p]
+                old = load.get(n, (0.0, 0.0))
+                load[n] = (old[0] + rise, old[1] + fall)
+                fanout[n] = fanout.get(n, 0) + 1
+    for n in map(root, net.outputs):
+        old = load.get(n, (0.0, 0.0))
+        load[n] = (old[0] + output_load, old[1] + output_load)
+        fanout[n] = fanout.get(n, 0) + 1
+    area = sum(lib.cells[c].area for c, _ in net.gates)
+    model = lib.wire_load_for(area) if wire_load else None
+    if model is not None:
+        caps = model.caps(max(fanout.values(), default=0))
+        for n in set(drivers) | set(net.inputs):
+            w = caps[min(fanout.get(n, 0), len(caps) - 1)]
+            old = load.get(n, (0.0, 0.0))
+            load[n] = (old[0] + w, old[1] + w)
     memo: dict[str, tuple[float, float, float, float]] = {}
     sys.setrecursionlimit(max(10000, 4 * len(net.gates)))
 
     def at(n: str):
-        while n in net.buffers:
-            n = net.buffers[n]
+        n = root(n)
         if n in memo:
             return memo[n]
         if n in net.inputs:
@@ -71,7 +90,7 @@ def naive_sta(net, lib, input_slew: float = 0.0, output_load: float = 0.0) -> tu
             memo[n] = (0.0, 0.0, 0.0, 0.0)
             return memo[n]
         cell, pins, out = drivers[n]
-        cap = load.get(n, 0.0)
+        cap_r, cap_f = load.get(n, (0.0, 0.0))
         ar = af = sr = sf = -np.inf
         for arc in cell.arcs[out]:
             ir, if_, isr, isf = at(pins[arc.related_pin])
@@ -81,15 +100,15 @@ def naive_sta(net, lib, input_slew: float = 0.0, output_load: float = 0.0) -> tu
             if arc.sense != "positive_unate":
                 pairs.append((if_, isf, ir, isr))
             for a_r, s_r, a_f, s_f in pairs:
-                ar = max(ar, a_r + float(arc.cell_rise.lookup(s_r, cap)[0]))
-                sr = max(sr, float(arc.rise_transition.lookup(s_r, cap)[0]))
-                af = max(af, a_f + float(arc.cell_fall.lookup(s_f, cap)[0]))
-                sf = max(sf, float(arc.fall_transition.lookup(s_f, cap)[0]))
+                ar = max(ar, a_r + float(arc.cell_rise.lookup(s_r, cap_r)[0]))
+                sr = max(sr, float(arc.rise_transition.lookup(s_r, cap_r)[0]))
+                af = max(af, a_f + float(arc.cell_fall.lookup(s_f, cap_f)[0]))
+                sf = max(sf, float(arc.fall_transition.lookup(s_f, cap_f)[0]))
         memo[n] = (ar, af, sr, sf)
         return memo[n]
 
     delay = max(max(at(n)[:2]) for n in net.outputs) * lib.time_unit_ps
-    return sum(lib.cells[c].area for c, _ in net.gates), delay
+    return area, delay
 
 
 def main(argv: list[str] | None = None) -> None:

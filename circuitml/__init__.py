@@ -40,6 +40,7 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module 'circuitml' has no attribute {name!r}")
 
+
 __all__ = [
     "AIG",
     "Encoder",

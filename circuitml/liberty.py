@@ -23,7 +23,17 @@ import numpy as np
 
 from circuitml.errors import CircuitFormatError
 
-__all__ = ["Group", "Table", "Arc", "Cell", "Library", "parse_liberty", "read_liberty", "liberty_function"]
+__all__ = [
+    "Group",
+    "Table",
+    "Arc",
+    "Cell",
+    "WireLoad",
+    "Library",
+    "parse_liberty",
+    "read_liberty",
+    "liberty_function",
+]
 
 _TOKEN = re.compile(
     r"""
@@ -48,6 +58,8 @@ class Group:
     attrs: dict[str, list[str]] = field(default_factory=dict)
     attr_lines: dict[str, int] = field(default_factory=dict)
     groups: list[Group] = field(default_factory=list)
+    # every occurrence of each complex attribute, in order (fanout_length, wire_load_from_area repeat)
+    repeated: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def first(self, kind: str) -> Group | None:
         return next((g for g in self.groups if g.kind == kind), None)
@@ -108,7 +120,9 @@ def parse_liberty(text: str, *, file: str | os.PathLike = "<string>") -> Group:
             kind, tok, line = toks[pos]
             if kind == "eof":
                 if group.kind != "<file>":
-                    raise expect(f"'}}' closing {group.kind} ({', '.join(group.args)}) from line {group.line}", pos)
+                    raise expect(
+                        f"'}}' closing {group.kind} ({', '.join(group.args)}) from line {group.line}", pos
+                    )
                 pos += 1
                 return
             if tok == "}":
@@ -158,6 +172,7 @@ def parse_liberty(text: str, *, file: str | os.PathLike = "<string>") -> Group:
                 else:  # complex attribute, e.g. index_1 ("...") or capacitive_load_unit (1, pf)
                     group.attrs[name] = args
                     group.attr_lines[name] = line
+                    group.repeated.setdefault(name, []).append(args)
             else:
                 raise expect(f"':' or '(' after {name}", pos)
 
@@ -256,6 +271,36 @@ class Cell:
     outputs: dict[str, str]  # pin -> Liberty function ("" when absent)
     arcs: dict[str, list[Arc]]  # output pin -> its arcs
     dont_use: bool = False
+    # pin -> (rise_capacitance, fall_capacitance); each defaults to ``capacitance``
+    input_rise_fall: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass
+class WireLoad:
+    """A ``wire_load`` group: wire capacitance per unit length, estimated net length per fanout count, and the
+    ``slope`` (length per extra fanout) beyond the last listed count."""
+
+    name: str
+    capacitance: float
+    fanout_length: list[tuple[int, float]]
+    slope: float = 0.0
+
+    def caps(self, max_fanout: int = 0) -> np.ndarray:
+        """Wire capacitance by fanout count ``[0 .. max(max_fanout, last listed)]``, as ABC's
+        ``Abc_SclFindWireCaps``: listed counts get length x capacitance, counts between two listed ones are
+        interpolated linearly, counts past the last one grow by ``slope x capacitance`` per fanout."""
+        top = max([f for f, _ in self.fanout_length] + [max_fanout, 1])
+        caps = np.zeros(top + 1)
+        for f, length in self.fanout_length:
+            caps[f] = length * self.capacitance
+        if caps[1] == 0:
+            return caps
+        listed = np.flatnonzero(caps[1:]) + 1
+        fill = np.arange(1, listed[-1] + 1)
+        caps[1 : listed[-1] + 1] = np.interp(fill, listed, caps[listed])
+        tail = np.arange(listed[-1] + 1, top + 1)
+        caps[tail] = caps[listed[-1]] + self.slope * self.capacitance * (tail - listed[-1])
+        return caps
 
 
 @dataclass
@@ -272,6 +317,31 @@ class Library:
     time_unit_ps: float
     cap_unit_ff: float
     skipped: list[str] = field(default_factory=list)  # sequential / unsupported cells, by name
+    wire_loads: dict[str, WireLoad] = field(default_factory=dict)
+    default_wire_load: str | None = None
+    # selection name -> [(area from, area to, wire-load name)]
+    wire_load_selections: dict[str, list[tuple[float, float, str]]] = field(default_factory=dict)
+    default_wire_load_selection: str | None = None
+
+    def wire_load_for(self, area: float) -> WireLoad | None:
+        """The wire-load model a design of ``area`` gets: by ``default_wire_load_selection`` when the library
+        has one (the row whose [from, to) holds the area, else the last row), else ``default_wire_load``."""
+        name = None
+        if self.default_wire_load_selection:
+            rows = self.wire_load_selections.get(self.default_wire_load_selection)
+            if rows is None:
+                raise CircuitFormatError(
+                    self.file, "a wire_load_selection group named by default_wire_load_selection",
+                    got=self.default_wire_load_selection,
+                )  # fmt: skip
+            name = next((m for lo, hi, m in rows if lo <= area < hi), rows[-1][2] if rows else None)
+        elif self.default_wire_load:
+            name = self.default_wire_load
+        if name is None:
+            return None
+        if name not in self.wire_loads:
+            raise CircuitFormatError(self.file, "a wire_load group of that name", got=name)
+        return self.wire_loads[name]
 
 
 _TIME_UNITS_PS = {
@@ -394,6 +464,7 @@ def read_liberty(path: str | os.PathLike) -> Library:
                 file, f"a number for area of cell {name}", line=g.attr_lines.get("area")
             ) from exc
         inputs: dict[str, float] = {}
+        rise_fall: dict[str, tuple[float, float]] = {}
         outputs: dict[str, str] = {}
         arcs: dict[str, list[Arc]] = {}
         for p in g.all("pin"):
@@ -402,6 +473,10 @@ def read_liberty(path: str | os.PathLike) -> Library:
                 if direction == "input":
                     try:
                         inputs[pin] = float(p.value("capacitance", "0"))
+                        rise_fall[pin] = (
+                            float(p.value("rise_capacitance", str(inputs[pin]))),
+                            float(p.value("fall_capacitance", str(inputs[pin]))),
+                        )
                     except ValueError as exc:
                         raise CircuitFormatError(
                             file,
@@ -426,8 +501,44 @@ def read_liberty(path: str | os.PathLike) -> Library:
             skipped.append(name)
             continue
         dont_use = (g.value("dont_use", "false") or "").lower() == "true"
-        cells[name] = Cell(name, area, inputs, outputs, arcs, dont_use)
-    return Library(lib.args[0] if lib.args else path.stem, file, cells, _TIME_UNITS_PS[tu], cap_ff, skipped)
+        cells[name] = Cell(name, area, inputs, outputs, arcs, dont_use, rise_fall)
+    library = Library(
+        lib.args[0] if lib.args else path.stem, file, cells, _TIME_UNITS_PS[tu], cap_ff, skipped
+    )
+    _read_wire_loads(lib, library, file)
+    return library
+
+
+def _read_wire_loads(lib: Group, library: Library, file: str) -> None:
+    for g in lib.all("wire_load"):
+        if not g.args:
+            raise CircuitFormatError(file, "a name for wire_load", line=g.line)
+        try:
+            cap = float(g.value("capacitance", "0"))
+            slope = float(g.value("slope", "0"))
+            # one fanout_length (fanout, length[, ...]) per fanout count; extra statistics columns are ignored
+            pairs = [(int(float(a[0])), float(a[1])) for a in g.repeated.get("fanout_length", [])]
+        except (ValueError, IndexError) as exc:
+            raise CircuitFormatError(
+                file, f"numbers in wire_load ({g.args[0]})", line=g.line, got=str(exc)[:40]
+            ) from exc
+        library.wire_loads[g.args[0]] = WireLoad(g.args[0], cap, sorted(pairs), slope)
+    for g in lib.all("wire_load_selection"):
+        if not g.args:
+            raise CircuitFormatError(file, "a name for wire_load_selection", line=g.line)
+        rows = []
+        for args in g.repeated.get("wire_load_from_area", []):
+            if len(args) != 3:
+                raise CircuitFormatError(
+                    file, "wire_load_from_area (from, to, model)", line=g.line, got=", ".join(args)
+                )
+            try:
+                rows.append((float(args[0]), float(args[1]), args[2]))
+            except ValueError as exc:
+                raise CircuitFormatError(file, "numbers in wire_load_from_area", line=g.line) from exc
+        library.wire_load_selections[g.args[0]] = rows
+    library.default_wire_load = lib.value("default_wire_load")
+    library.default_wire_load_selection = lib.value("default_wire_load_selection")
 
 
 # ----------------------------------------------------------------------------------------------- functions

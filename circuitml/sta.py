@@ -3,13 +3,14 @@
 ABC's ``map`` turns an AIG into a netlist of library cells and writes it as BLIF with ``.gate`` lines. This
 module reads that netlist (:func:`read_mapped_blif`) and times it against the Liberty library it was mapped to
 (:func:`analyze`): area is the sum of cell areas; delay is the latest arrival at a primary output from a
-non-linear delay model (NLDM) static timing analysis — the model of ABC's ``stime`` (Mishchenko et al., SC
-mapping in ABC, ``src/map/scl``) and of commercial sign-off timers without wires:
+non-linear delay model (NLDM) static timing analysis — the model of ABC's ``stime -c`` (Mishchenko et al., SC
+mapping in ABC, ``src/map/scl``) and of pre-layout timers with wire-load models:
 
 * every net carries rise/fall arrival times and rise/fall slews; primary inputs arrive at 0 with slew
   ``input_slew``;
-* the load of a net is the sum of the capacitances of the cell input pins it drives, plus ``output_load`` per
-  primary output it feeds (no wire-load model);
+* the rise (fall) load of a net is the sum of the ``rise_capacitance`` (``fall_capacitance``, both defaulting to
+  ``capacitance``) of the cell input pins it drives, plus ``output_load`` per primary output it feeds, plus —
+  when the library names a default wire-load model — the model's wire capacitance for the net's fanout count;
 * an arc ``a -> y`` of sense positive_unate adds ``cell_rise(slew_rise(a), load(y))`` to ``a``'s rise arrival
   for ``y``'s rise (fall likewise); negative_unate crosses rise and fall; non_unate takes both; an output's
   arrival and slew are the maxima over its arcs, rise and fall separately.
@@ -144,6 +145,7 @@ class TimingReport:
     gates: int
     output_arrival: np.ndarray
     levels: int
+    wire_load: str | None = None  # the wire-load model applied, if any
 
 
 class _Graph:
@@ -167,7 +169,7 @@ class _Graph:
         self.consts = {nid(n): v for n, v in net.constants.items()}
         driven: dict[int, tuple[int, str]] = {}
         arc_from, arc_to, arc_tables, arc_sense = [], [], [], []
-        load_net, load_cap = [], []
+        load_net, load_cap = [], []  # one entry per driven input pin: (rise, fall) capacitance
         cell_area = []
         pi_set = set(self.pis.tolist())
         table_id: dict[int, int] = {}
@@ -185,7 +187,7 @@ class _Graph:
             for pin, n in pins.items():
                 if pin in cell.inputs:
                     load_net.append(nid(n))
-                    load_cap.append(cell.inputs[pin])
+                    load_cap.append(cell.input_rise_fall.get(pin, (cell.inputs[pin],) * 2))
                     ins.append(nid(n))
                 elif pin in cell.outputs:
                     y = nid(n)
@@ -228,8 +230,12 @@ class _Graph:
         sense = np.asarray(arc_sense)
         self.arc_pos = (sense == "positive_unate") | (sense != "negative_unate") & (sense != "positive_unate")
         self.arc_neg = (sense == "negative_unate") | (sense != "negative_unate") & (sense != "positive_unate")
-        self.load = np.bincount(
-            np.asarray(load_net, dtype=np.int64), weights=load_cap, minlength=self.num_nets
+        nets = np.asarray(load_net, dtype=np.int64)
+        caps = np.asarray(load_cap, dtype=np.float64).reshape(-1, 2)
+        # [2, nets]: rise and fall load (a cell's input pin may present different capacitance to each edge)
+        self.load = np.stack([np.bincount(nets, weights=caps[:, e], minlength=self.num_nets) for e in (0, 1)])
+        self.fanout = np.bincount(nets, minlength=self.num_nets) + np.bincount(
+            self.pos, minlength=self.num_nets
         )
         self.driven = driven
         self.gate_inputs = gate_inputs
@@ -259,15 +265,30 @@ class _Graph:
 
 
 def analyze(
-    net: MappedNetlist, lib: Library, *, input_slew: float = 0.0, output_load: float = 0.0
+    net: MappedNetlist,
+    lib: Library,
+    *,
+    input_slew: float = 0.0,
+    output_load: float = 0.0,
+    wire_load: bool = True,
 ) -> TimingReport:
     """Area and NLDM delay of ``net`` mapped to ``lib``.
 
     ``input_slew`` (library time unit) is the transition at every primary input; ``output_load`` (library
-    capacitance unit) is added to a net once for every primary output it drives.
+    capacitance unit) is added to a net once for every primary output it drives. With ``wire_load`` and a
+    library that names a default wire-load model (directly or by area selection on the netlist's area), every
+    gate output and primary input net also gets that model's wire capacitance for its fanout count — ABC's
+    ``stime -c``; without, ABC's plain ``stime``.
     """
     g = _Graph(net, lib)
     load = g.load + output_load * np.bincount(g.pos, minlength=g.num_nets)
+    model = lib.wire_load_for(g.area) if wire_load else None
+    if model is not None:
+        caps = model.caps(int(g.fanout.max(initial=0)))
+        wired = np.zeros(g.num_nets, dtype=bool)
+        wired[g.pis] = True
+        wired[np.fromiter(g.driven, dtype=np.int64, count=len(g.driven))] = True
+        load = load + np.where(wired, caps[np.minimum(g.fanout, len(caps) - 1)], 0.0)
     neg_inf = -np.inf
     arr = np.full((2, g.num_nets), neg_inf)  # [rise, fall]
     slew = np.zeros((2, g.num_nets))
@@ -282,7 +303,7 @@ def analyze(
             continue
         src, dst = g.arc_from[arcs], g.arc_to[arcs]
         tabs = g.arc_tables[arcs]
-        cap = load[dst]
+        cap = load[:, dst]  # [rise, fall] load of each arc's output net
         for out_edge in (0, 1):  # 0: output rises, 1: output falls
             delay_t, trans_t = tabs[:, out_edge], tabs[:, 2 + out_edge]
             for same, mask in ((True, g.arc_pos[arcs]), (False, g.arc_neg[arcs])):
@@ -291,7 +312,9 @@ def analyze(
                 if not sel.any():
                     continue
                 a_in, s_in = arr[in_edge, src[sel]], slew[in_edge, src[sel]]
-                d = lookup_tables(g.slew_index, g.load_index, g.values, delay_t[sel], s_in, cap[sel])
+                d = lookup_tables(
+                    g.slew_index, g.load_index, g.values, delay_t[sel], s_in, cap[out_edge, sel]
+                )
                 np.maximum.at(arr[out_edge], dst[sel], a_in + d)
                 tsel = sel & (trans_t >= 0)
                 if tsel.any():
@@ -301,7 +324,7 @@ def analyze(
                         g.values,
                         trans_t[tsel],
                         slew[in_edge, src[tsel]],
-                        cap[tsel],
+                        cap[out_edge, tsel],
                     )
                     np.maximum.at(slew[out_edge], dst[tsel], s)
     po_arr = arr[:, g.pos].max(axis=0) if len(g.pos) else np.zeros(0)
@@ -312,6 +335,7 @@ def analyze(
         gates=g.num_gates,
         output_arrival=po_arr,
         levels=int(g.level[g.pos].max(initial=0)) if len(g.pos) else 0,
+        wire_load=model.name if model is not None else None,
     )
 
 

@@ -17,8 +17,8 @@ back — its stdout is lost in the WebAssembly build — so the output files are
 Area and delay after technology mapping (``liberty=``): after each recipe the script also runs ``map_script``
 (default OpenABC-D's tail, ``dch; map -B 0.9; topo; stime -c; buffer -c; upsize -c; dnsize -c``, after
 ``read_lib`` of the user's Liberty file) and writes the mapped netlist as BLIF; :func:`circuitml.sta.analyze`
-reads its area and NLDM delay (ps) against the same library — the figures ABC's ``stime`` prints (checked equal
-in the tests when a system ABC is present, whose ``stime`` lines are then also recorded as ``abc_area`` /
+reads its area and NLDM delay (ps) against the same library — the figures ABC's ``stime -c`` prints (checked
+equal in the tests when a system ABC is present, whose ``stime -c`` lines are then also recorded as ``abc_area`` /
 ``abc_delay``).
 
 On disk (``OUT/``): ``meta.json`` (format, recipes, backend, designs with their original sizes),
@@ -193,7 +193,7 @@ def _abc_script(
         if liberty_file:
             lines.extend(split_script(map_script))
             if print_stats:
-                lines.append("stime")
+                lines.append("stime -c")  # -c: with the library's wire-load model, as analyze() times it
             lines.append(f"write_blif r{k}.blif")
     return "\n".join(lines) + "\n"
 

@@ -32,6 +32,33 @@ def lib():
     return read_liberty(LIB)
 
 
+WIRE_LOAD = """  default_wire_load : "wl_small" ;
+  wire_load ("wl_small") {
+    capacitance : 0.0002 ;
+    resistance : 0.001 ;
+    slope : 5.0 ;
+    fanout_length (1, 2.5) ;
+    fanout_length (2, 4.0) ;
+    fanout_length (4, 9.0) ;
+  }
+"""
+
+
+@pytest.fixture(scope="module")
+def wl_lib_file(tmp_path_factory):
+    """The test library plus a wire-load model and separate rise/fall input capacitances on two cells."""
+    text = LIB.read_text().replace(
+        "  lu_table_template (nldm_4x4)", WIRE_LOAD + "  lu_table_template (nldm_4x4)", 1
+    )
+    for cell, cap in (("INV_X1", "0.0016"), ("NAND2_X1", "0.0015")):
+        head = text.index(f"cell ({cell})")
+        at = text.index(f"capacitance : {cap};", head) + len(f"capacitance : {cap};")
+        text = text[:at] + "\n      rise_capacitance : 0.0019;\n      fall_capacitance : 0.0011;" + text[at:]
+    path = tmp_path_factory.mktemp("wl") / "wl.lib"
+    path.write_text(text)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------- liberty
 def test_reads_the_cells_units_pins_and_arcs(lib) -> None:
     assert lib.name == "circuitml_nldm_test" and len(lib.cells) == 15 and lib.skipped == []
@@ -225,6 +252,58 @@ def _random_netlist(lib, seed: int, gates: int = 60):
     outs = [f"n{g}" for g in range(gates - 5, gates)] + ["i0"]
     lines.insert(2, ".outputs " + " ".join(outs))
     return parse_mapped_blif("\n".join(lines) + "\n.end\n", file="r.blif")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("slew", "load"), [(0.0, 0.0), (0.03, 0.01)])
+def test_vectorized_sta_equals_the_reference_with_wire_loads_and_rise_fall_caps(
+    wl_lib_file, seed: int, slew: float, load: float
+) -> None:
+    wl = read_liberty(wl_lib_file)
+    net = _random_netlist(wl, seed)
+    for wired in (True, False):
+        rep = analyze(net, wl, input_slew=slew, output_load=load, wire_load=wired)
+        area, delay = _load_bench().naive_sta(net, wl, slew, load, wire_load=wired)
+        assert rep.area == pytest.approx(area) and rep.delay == pytest.approx(delay, rel=1e-12)
+        assert rep.wire_load == ("wl_small" if wired else None)
+    assert analyze(net, wl).delay > analyze(net, wl, wire_load=False).delay
+
+
+def test_wire_load_caps_interpolate_and_extrapolate_like_abc(wl_lib_file) -> None:
+    wl = read_liberty(wl_lib_file)
+    assert wl.default_wire_load == "wl_small" and wl.cells["INV_X1"].input_rise_fall["A"] == (0.0019, 0.0011)
+    assert wl.cells["NOR2_X1"].input_rise_fall["A1"] == (0.0017, 0.0017)  # defaults to capacitance
+    caps = wl.wire_loads["wl_small"].caps(7)
+    # lengths 2.5, 4, (interpolated 6.5), 9, then +5 per fanout, times 0.0002 per unit length
+    assert caps == pytest.approx([0, 0.0005, 0.0008, 0.0013, 0.0018, 0.0028, 0.0038, 0.0048])
+    # area selection: below 10 units the small model, above the big one
+    sel = LIB.read_text().replace(
+        "  lu_table_template (nldm_4x4)",
+        WIRE_LOAD.replace("default_wire_load", "default_wire_load_selection").replace(
+            '"wl_small" ;', '"by_area" ;', 1
+        )
+        + '  wire_load ("wl_big") { capacitance : 0.001 ; fanout_length (1, 3) ; }\n'
+        + '  wire_load_selection (by_area) { wire_load_from_area (0, 10, "wl_small") ;'
+        + ' wire_load_from_area (10, 1000, "wl_big") ; }\n  lu_table_template (nldm_4x4)',
+        1,
+    )
+    path = wl_lib_file.parent / "sel.lib"
+    path.write_text(sel)
+    lib_sel = read_liberty(path)
+    assert lib_sel.wire_load_for(5.0).name == "wl_small" and lib_sel.wire_load_for(50.0).name == "wl_big"
+    assert lib_sel.wire_load_for(5000.0).name == "wl_big"  # past the table: the last row
+
+
+@pytest.mark.skipif(not SYSTEM_ABCS, reason="needs a system ABC (apt install berkeley-abc)")
+def test_wire_loads_and_rise_fall_caps_equal_abc_stime(monkeypatch, shared_data, wl_lib_file) -> None:
+    from circuitml.formats import read_circuit
+
+    monkeypatch.setenv("CIRCUITML_ABC", SYSTEM_ABCS[0])
+    wl = read_liberty(wl_lib_file)
+    aig = read_circuit(shared_data / "ispras__hdl-benchmarks" / "iscas85" / "bench" / "c880.bench")
+    for o in run_recipes(aig, generate_recipes(2, seed=0), liberty=wl, timeout=300, keep_aigs=True):
+        assert abs(o.abc_area - o.area) <= STIME_TOL and abs(o.abc_delay - o.delay) <= STIME_TOL, o
+        assert o.delay > analyze(o.netlist, wl, wire_load=False).delay + 1.0  # the wire load mattered
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
