@@ -668,10 +668,21 @@ class QoRLabels:
         return ((y - mean[self.design]) / std[self.design]).astype(np.float32)
 
     def denormalize(self, z: np.ndarray, rows: np.ndarray | None, metric: str = "ands") -> np.ndarray:
-        """Raw ``metric`` values from z-scores of the given rows (all rows when ``rows`` is None)."""
+        """Raw ``metric`` values from z-scores of the given rows (all rows when ``rows`` is None).
+
+        A design whose recipes all tie has no scale: any z maps back to its one value (the std-1 stand-in of
+        :meth:`design_stats` only keeps its targets finite; using it here would turn z-errors into count errors
+        of arbitrary size and inflate MAPE).
+        """
         mean, std = self.design_stats(metric)
+        y = self._metric(metric)
+        n = len(self.design_ids)
+        lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+        np.minimum.at(lo, self.design, y)
+        np.maximum.at(hi, self.design, y)
+        scale = np.where(hi > lo, std, 0.0)
         d = self.design if rows is None else self.design[rows]
-        return np.asarray(z, dtype=np.float64) * std[d] + mean[d]
+        return np.asarray(z, dtype=np.float64) * scale[d] + mean[d]
 
     def _metric(self, metric: str) -> np.ndarray:
         if metric not in self.values:

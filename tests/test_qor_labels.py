@@ -130,6 +130,14 @@ def test_labels_folder_is_resumable_and_reports_bad_designs(tmp_path) -> None:
         zd = z[again.design == d]
         assert abs(zd.mean()) < 1e-5 and (np.allclose(zd, 0) or abs(zd.std() - 1) < 1e-4)
     assert np.allclose(again.denormalize(z, None, "ands"), again.values["ands"])
+    # a design whose recipes all tie has no scale: every z maps back to its one value (MAPE 0, not arbitrary)
+    tied = again.values["ands"].copy()
+    tied[again.design == 0] = 7.0
+    tied[again.design == 1] = [10.0, 12.0, 14.0, 16.0, 18.0]  # mean 14, std sqrt(8)
+    again.values["ands"] = tied
+    back = again.denormalize(np.full(len(again), 0.5), None, "ands")
+    assert np.all(back[again.design == 0] == 7.0)
+    assert np.allclose(back[again.design == 1], 14.0 + 0.5 * np.sqrt(8.0))
     assert again.aig(0).num_ands == json.loads((out / "meta.json").read_text())["designs"][0]["ands"]
 
     with pytest.raises(DatasetError, match="same recipes"):
