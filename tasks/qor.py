@@ -8,7 +8,8 @@ positions), then a 1-D convolution stack, a GRU or a small transformer, mean-poo
 
 Metrics on the held-out designs' rows: MSE, R² and Spearman on the z-scored targets, and MAPE on the
 **de-normalized** counts, ``100 * mean(|(z_hat*sigma_d + mu_d) - y| / y)`` where ``mu_d, sigma_d`` are the held-out
-design's statistics over its labelled recipes (the normalization the targets were built with). MAPE on z-scores
+design's statistics over its labelled recipes (the normalization the targets were built with; a design whose
+recipes all tie has sigma_d = 0, so it maps back to its one value whatever z is predicted). MAPE on z-scores
 divides by numbers near 0 and is meaningless — the error HOGA's authors (Deng et al., 2024) later corrected.
 The trivial baseline predicts ``z = 0`` (each design's mean) for every recipe.
 """
