@@ -18,6 +18,15 @@ SHARED_DATA = Path(os.environ.get("CIRCUITML_SHARED_DATA", ROOT.parent / "shared
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts on one intra-op thread again, whatever an earlier test in the worker set."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # Top modules of the OpenABC-D RTL folders (bench_rtl/src/<design>), from the data README.
 OPENABC_TOPS = {
     "i2c": "i2c_master_top",

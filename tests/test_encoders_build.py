@@ -27,15 +27,6 @@ KINDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two pytest-xdist workers on two cores: intra-op threads would only contend.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _config(name: str) -> EncoderConfig:
     kind = name.split("/")[0]
     return EncoderConfig(kind=kind, hidden=32, **KINDS[name])

@@ -22,14 +22,6 @@ KINDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize(("kind", "options"), KINDS)
 def test_save_load_identical(tmp_path, kind, options) -> None:
     enc = build_encoder(kind, hidden=16, num_layers=2, pool="attention", options=options)

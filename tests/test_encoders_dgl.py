@@ -11,14 +11,6 @@ from tests.test_encoders_circuits import circuit_batch
 pytest.importorskip("dgl")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("kind", ["gcn", "sage"])
 @pytest.mark.parametrize("undirected", [False, True])
 def test_dgl_matches_pyg(kind: str, undirected: bool) -> None:

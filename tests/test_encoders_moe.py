@@ -12,14 +12,6 @@ from circuitml.encoders.moe_gnn import InEdgeIndex, MoEConvLayer
 from tests.test_encoders_circuits import circuit_batch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _dense_reference(layer: MoEConvLayer, x, edge_index, routing) -> torch.Tensor:
     """Every expert on the full graph, masked and weighted afterwards (what the released GMoE code does)."""
     out = torch.zeros_like(x)

@@ -19,14 +19,6 @@ from circuitml.graph import aig_to_data, level_schedule
 from tests.test_encoders_circuits import adder, multiplier
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _batch(explicit_not: bool = True) -> Batch:
     return Batch.from_data_list(
         [aig_to_data(a, explicit_not=explicit_not) for a in (adder(3), multiplier(3), adder(2))]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 from circuitml.datasets.qor import generate_qor_labels, load_qor_labels
 from circuitml.tasks.common import TrainConfig
 from circuitml.tasks.equivalence import gate_pairs, merge_with_copy, prepare_equivalence, run_equivalence
@@ -72,15 +70,6 @@ def redundant_multiplier(n: int, m: int, seed: int) -> AIG:
     for lit in acc:
         b.add_po(lit)
     return b.build()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two cores, and ABC subprocesses beside training: more torch threads only contend
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_probability_head_beats_the_mean_predictor_by_30_percent() -> None:
