@@ -7,32 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from circuitml.moe.config import RouterConfig
 from circuitml.moe.registry import register_router
 from circuitml.moe.router import Router, RouterOutput
 from circuitml.moe.routers._gating import entropy, pack_support, smooth_step
+from circuitml.moe.routers.dselect_k import DSelectKConfig
 from torch import Tensor, nn
-
-from circuitml.errors import ConfigError
 
 
 @dataclass
-class CometConfig(RouterConfig):
-    """Options of :class:`CometRouter`.
-
-    Args:
-        gamma: width of the smooth-step transition at every split.
-        entropy_weight: weight of the entropy regulariser on each tree's leaf distribution.
-    """
-
-    gamma: float = 1.0
-    entropy_weight: float = 1e-3
-    balance_loss: str | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        if self.gamma <= 0:
-            raise ConfigError(f"router config: gamma: expected > 0, got {self.gamma}")
+class CometConfig(DSelectKConfig):
+    """Options of :class:`CometRouter`: DSelect-k's (smooth-step ``gamma`` at every split of the trees, entropy
+    regulariser weight on each tree's leaf distribution, no balance loss by default)."""
 
 
 @register_router("comet")
