@@ -49,7 +49,7 @@ import numpy as np
 
 from circuitml.aig import AIG
 from circuitml.errors import ConfigError, DatasetError, SynthesisError
-from circuitml.fileio import atomic_write
+from circuitml.fileio import atomic_write, check_format
 from circuitml.liberty import Library
 from circuitml.sta import MappedNetlist
 
@@ -594,10 +594,7 @@ def _load_meta(path: Path) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}:{exc.lineno}: expected JSON ({exc.msg})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != LABEL_FORMAT:
-        raise DatasetError(f"{path}: format: expected {LABEL_FORMAT!r}, got {meta.get('format')!r}")
-    if meta.get("version") != LABEL_VERSION:
-        raise DatasetError(f"{path}: version: expected {LABEL_VERSION}, got {meta.get('version')!r}")
+    check_format(meta, path, name=LABEL_FORMAT, version=LABEL_VERSION, error=DatasetError)
     for key in ("recipes", "designs"):
         if not isinstance(meta.get(key), list):
             raise DatasetError(f"{path}: {key}: expected a list")

@@ -21,6 +21,7 @@ from torch_geometric.nn import AttentionalAggregation, global_add_pool, global_m
 
 from circuitml.encoders.config import EncoderConfig
 from circuitml.errors import CheckpointError, CircuitmlError, ConfigError
+from circuitml.fileio import check_format
 
 FORMAT_NAME = "circuitml-encoder"
 FORMAT_VERSION = 1
@@ -255,13 +256,14 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
         raise CheckpointError(f"{cfg_path} (byte {exc.start}): expected UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}:{exc.lineno}:{exc.colno}: expected JSON ({exc.msg})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{cfg_path}: key 'format': expected {FORMAT_NAME!r}, got {got!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{cfg_path}: key 'format_version': expected {FORMAT_VERSION}, got {meta.get('format_version')!r}"
-        )
+    check_format(
+        meta,
+        cfg_path,
+        name=FORMAT_NAME,
+        version=FORMAT_VERSION,
+        error=CheckpointError,
+        version_key="format_version",
+    )
     if "config" not in meta:
         raise CheckpointError(f"{cfg_path}: key 'config': missing")
     try:

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitml.errors import CheckpointError
-from circuitml.fileio import atomic_write
+from circuitml.fileio import atomic_write, check_format
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -216,12 +216,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(
             f"{path}:{exc.lineno}: expected complete JSON checkpoint state (truncated or corrupted: {exc.msg})"
         ) from None
-    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: expected a {CHECKPOINT_FORMAT} JSON file (key 'format')")
-    if record.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: key 'version': expected {CHECKPOINT_VERSION}, got {record.get('version')!r}"
-        )
+    check_format(record, path, name=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, error=CheckpointError)
     for key in ("step", "tensors", "sha256", "size", "state"):
         if key not in record:
             raise CheckpointError(f"{path}: key {key!r} missing")
