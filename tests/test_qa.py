@@ -87,54 +87,20 @@ def test_reader_counts_real_sample(shared_data: Path) -> None:
     assert sum(e.is_impossible for e in examples) == 333
 
 
+def _one_answer(text: str, start: int) -> dict:
+    """A SQuAD file of one question over the context "abc" with one answer."""
+    qa = {"id": "x", "question": "q", "answers": [{"text": text, "answer_start": start}]}
+    return {"data": [{"paragraphs": [{"context": "abc", "qas": [qa]}]}]}
+
+
 @pytest.mark.parametrize(
     ("obj", "path"),
     [
         ([], "$"),
         ({"data": {}}, "$.data"),
         ({"data": [{"paragraphs": [{"context": 3, "qas": []}]}]}, "data[0].paragraphs[0].context"),
-        (
-            {
-                "data": [
-                    {
-                        "paragraphs": [
-                            {
-                                "context": "abc",
-                                "qas": [
-                                    {
-                                        "id": "x",
-                                        "question": "q",
-                                        "answers": [{"text": "b", "answer_start": 9}],
-                                    }
-                                ],
-                            }
-                        ]
-                    }
-                ]
-            },
-            "data[0].paragraphs[0].qas[0].answers[0].answer_start",
-        ),
-        (
-            {
-                "data": [
-                    {
-                        "paragraphs": [
-                            {
-                                "context": "abc",
-                                "qas": [
-                                    {
-                                        "id": "x",
-                                        "question": "q",
-                                        "answers": [{"text": "c", "answer_start": 0}],
-                                    }
-                                ],
-                            }
-                        ]
-                    }
-                ]
-            },
-            "data[0].paragraphs[0].qas[0].answers[0]",
-        ),
+        (_one_answer("b", 9), "data[0].paragraphs[0].qas[0].answers[0].answer_start"),  # start past the end
+        (_one_answer("c", 0), "data[0].paragraphs[0].qas[0].answers[0]"),  # text not at its start
     ],
 )
 def test_reader_errors_name_the_json_path(obj, path) -> None:
