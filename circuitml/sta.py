@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from circuitml.aig import longest_path_levels
 from circuitml.errors import CircuitFormatError
 from circuitml.liberty import Library, liberty_function, lookup_tables
 
@@ -252,16 +253,11 @@ class _Graph:
         self.level = self._levels()
 
     def _levels(self) -> np.ndarray:
-        """Longest arc count from the inputs to each net, by rounds of relaxation over all arcs at once."""
-        level = np.zeros(self.num_nets, dtype=np.int64)
-        for _ in range(self.num_nets + 1):
-            new = level.copy()
-            if len(self.arc_to):
-                np.maximum.at(new, self.arc_to, level[self.arc_from] + 1)
-            if np.array_equal(new, level):
-                return level
-            level = new
-        raise CircuitFormatError(self.file, "a netlist without combinational loops")
+        """Longest arc count from the inputs to each net (Kahn's algorithm, one numpy round per level)."""
+        try:
+            return longest_path_levels(self.num_nets, self.arc_from, self.arc_to)
+        except ValueError:
+            raise CircuitFormatError(self.file, "a netlist without combinational loops") from None
 
 
 def analyze(
