@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -228,6 +229,7 @@ def test_a_bad_function_names_where_it_is() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- timing
+@functools.cache
 def _load_bench():
     import importlib.util
 
