@@ -1,9 +1,11 @@
 """Parse Verilog with pyverilog into modules, ports, the instantiation graph and the top module.
 
 pyverilog (Takamaeda-Yamazaki, "Pyverilog: A Python-Based Hardware Design Processing Toolkit for Verilog
-HDL", ARC 2015) preprocesses with ``iverilog -E`` and parses Verilog-2005 with a PLY LALR parser. Each file is
-preprocessed on its own (include folders: the file's folder, then ``include_dirs``) so that a syntax error is
-reported against the file and line it is in. The PLY parser is built once per process.
+HDL", ARC 2015) parses Verilog-2005 with a PLY LALR parser. Its own preprocessor runs ``iverilog -E``; here the
+Python preprocessor of :mod:`circuitml.verilog.preprocess` runs instead, so nothing outside pip is needed. Each
+file is preprocessed on its own (include folders: the file's folder, then ``include_dirs``), and a syntax error
+is mapped back to the file and line it is in (an included file's own line). The PLY parser is built once per
+process.
 
 When pyverilog rejects a file that Yosys reads (SystemVerilog and other constructs pyverilog lacks), the
 design is still described: ports come from Yosys (``read_verilog -sv``; ``write_rtlil`` of the port wires), the
@@ -14,7 +16,6 @@ so. Only when Yosys rejects it too is the input malformed: :class:`CircuitFormat
 from __future__ import annotations
 
 import re
-import subprocess
 import tempfile
 import threading
 import warnings
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuitml.errors import CircuitFormatError, SynthesisError
+from circuitml.verilog.preprocess import preprocess_file
 from circuitml.verilog.tokens import lex_verilog
 
 __all__ = [
@@ -34,8 +36,6 @@ __all__ = [
     "find_top",
     "module_graph",
 ]
-
-_PREPROCESS_TIMEOUT = 60.0
 
 
 class VerilogFallbackWarning(UserWarning):
@@ -167,39 +167,6 @@ def _get_parser():
     return _parser
 
 
-def _preprocess(path: Path, include_dirs: list[Path], defines: Mapping[str, str | None]) -> str:
-    with tempfile.TemporaryDirectory(prefix="circuitml-pp-") as tmp:
-        out = Path(tmp) / "pp.v"
-        cmd = ["iverilog", "-E", "-o", str(out)]
-        for d in [path.parent, *include_dirs]:
-            cmd += ["-I", str(d)]
-        for k, v in defines.items():
-            cmd += ["-D", k if v is None or v == "" else f"{k}={v}"]
-        cmd.append(str(path))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PREPROCESS_TIMEOUT)
-        except FileNotFoundError:
-            raise CircuitFormatError(
-                path, "iverilog on PATH to preprocess Verilog (apt-get install iverilog)"
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise CircuitFormatError(path, f"preprocessing within {_PREPROCESS_TIMEOUT:g} s") from None
-        if proc.returncode != 0 or not out.exists():
-            msg = (proc.stderr.strip().splitlines() or ["preprocessing failed"])[0]
-            m = re.match(r"(.*?):(\d+):\s*(.*)", msg)
-            if m:
-                line = int(m.group(2))
-                inc = re.match(r"Include file (.*) not found", m.group(3))
-                if inc and Path(m.group(1)).is_file():
-                    # iverilog reports the line after the directive; point at the directive itself
-                    lines = Path(m.group(1)).read_text(errors="replace").splitlines()
-                    hits = [k + 1 for k, ln in enumerate(lines) if "`include" in ln and inc.group(1) in ln]
-                    line = hits[0] if hits else line
-                raise CircuitFormatError(m.group(1), "preprocessable Verilog", line=line, got=m.group(3))
-            raise CircuitFormatError(path, "preprocessable Verilog", got=msg)
-        return out.read_text(errors="replace")
-
-
 def _const(node) -> int | None:
     from pyverilog.vparser import ast
 
@@ -276,7 +243,8 @@ def _parse_one(
     from pyverilog.vparser import ast
     from pyverilog.vparser.parser import ParseError
 
-    text = _preprocess(path, include_dirs, defines)
+    pre = preprocess_file(path, include_dirs=include_dirs, defines=defines)
+    text = pre.text
     if not re.search(r"\b(?:macro)?module\b", text):
         return []  # a file of macros or `timescale only (e.g. *_defines.v): nothing to parse
     with _parser_lock:
@@ -286,10 +254,10 @@ def _parse_one(
             tree = parser.parse(text)
         except ParseError as exc:
             m = re.search(r"line:(\d+)", str(exc))
-            line = int(m.group(1)) if m else None
+            where, line = pre.locate(int(m.group(1))) if m else (str(path), None)
             near = re.search(r"(?:near|before): (.*)$", str(exc))
             raise CircuitFormatError(
-                path, "Verilog-2005 syntax", line=line, got=(near.group(1) if near else str(exc))
+                where, "Verilog-2005 syntax", line=line, got=(near.group(1) if near else str(exc))
             ) from None
         except RecursionError:
             raise CircuitFormatError(
