@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from circuitml.commands.verilog import LATCH_ERROR_HELP, VERBOSE_HELP, yosys_feedback
 from circuitml.errors import ConfigError
 
 
@@ -172,11 +173,22 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         src: Path = typer.Argument(..., help="Input circuit (.aag/.aig/.bench/.v/.sv)."),
         dst: Path = typer.Argument(..., help="Output circuit (.aag/.aig/.bench)."),
         top: str = typer.Option(None, "--top", help="Top module for Verilog input."),
+        latch_error: bool = typer.Option(False, "--latch-error", help=LATCH_ERROR_HELP),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
     ) -> None:
         """Convert a circuit between formats (chosen by the file suffixes)."""
         from circuitml.formats import read_circuit, write_circuit
 
-        aig = read_circuit(src, top=top)
+        is_verilog = src.suffix.lower() in (".v", ".sv")
+        if latch_error and not is_verilog:
+            raise ConfigError(f"--latch-error: applies to Verilog input (.v/.sv), got {src.name}")
+        with yosys_feedback(verbose):
+            if is_verilog and src.is_file():
+                from circuitml.verilog import verilog_to_aig
+
+                aig = verilog_to_aig([src], top=top, latch_error=latch_error)
+            else:
+                aig = read_circuit(src, top=top)
         write_circuit(aig, dst)
         console.print(
             f"{src} → {dst}: {aig.num_inputs} inputs, {aig.num_outputs} outputs, "

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -10,6 +13,34 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+LATCH_ERROR_HELP = "Fail when Yosys infers a latch (an if/case that does not assign on every path)."
+VERBOSE_HELP = "Show Yosys' raw message behind a one-line error."
+
+
+@contextmanager
+def yosys_feedback(verbose: bool) -> Iterator[None]:
+    """Print Yosys' meaning-changing warnings (latches, undriven nets, multiple drivers) once the block ends,
+    and with ``verbose`` the raw Yosys text behind a one-line synthesis error."""
+    from circuitml.errors import SynthesisError
+    from circuitml.verilog import SynthesisWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SynthesisWarning)
+        try:
+            yield
+        except SynthesisError as exc:
+            detail = getattr(exc, "detail", None)
+            if verbose and detail and detail != str(exc):
+                err_console.print(f"Yosys said: {detail}", highlight=False, markup=False)
+            raise
+        finally:
+            for w in caught:
+                if issubclass(w.category, SynthesisWarning):
+                    err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
@@ -60,12 +91,17 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         top: str = typer.Option(None, help="Top module (detected when omitted)."),
         include: list[Path] = typer.Option([], "--include", "-I", help="Include folder (repeatable)."),
         timeout: float = typer.Option(300.0, help="Seconds before Yosys is killed."),
+        latch_error: bool = typer.Option(False, "--latch-error", help=LATCH_ERROR_HELP),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
     ) -> None:
         """Synthesize Verilog into an AIG with Yosys (flip-flops become latches)."""
         from circuitml.formats import write_circuit
         from circuitml.verilog import verilog_to_aig
 
-        aig = verilog_to_aig(sources, top=top, include_dirs=include, timeout=timeout)
+        with yosys_feedback(verbose):
+            aig = verilog_to_aig(
+                sources, top=top, include_dirs=include, timeout=timeout, latch_error=latch_error
+            )
         write_circuit(aig, out)
         s = aig.stats()
         console.print(

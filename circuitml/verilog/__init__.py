@@ -9,9 +9,13 @@ from circuitml.verilog.parse import (
     module_graph,
     parse_verilog,
 )
+from circuitml.verilog.preprocess import Preprocessed, preprocess_file, preprocess_verilog
 from circuitml.verilog.synth import (
     PortBits,
+    SynthesisWarning,
+    explain_yosys_error,
     synthesis_script,
+    synthesis_warnings,
     verilog_text_to_aig,
     verilog_to_aig,
     verilog_to_aig_many,
@@ -39,7 +43,13 @@ __all__ = [
     "find_top",
     "module_graph",
     "parse_verilog",
+    "Preprocessed",
+    "preprocess_file",
+    "preprocess_verilog",
     "PortBits",
+    "SynthesisWarning",
+    "explain_yosys_error",
+    "synthesis_warnings",
     "synthesis_script",
     "verilog_text_to_aig",
     "verilog_to_aig",

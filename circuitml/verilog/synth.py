@@ -28,6 +28,7 @@ then paid once per batch: 0.14 s instead of 0.73 s per small generated design in
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from circuitml.errors import CircuitFormatError, CircuitmlError, SynthesisError
 from circuitml.yosys import run_yosys
 
 __all__ = [
+    "SynthesisWarning",
     "PortBits",
     "verilog_to_aig",
     "verilog_to_aig_many",
@@ -48,8 +50,72 @@ __all__ = [
 ]
 
 VERILOG_SUFFIXES = (".v", ".sv", ".vh", ".svh")
+_MARK = "circuitml-design:"  # logged before each design, to cut a batch's log into per-design parts
 _INCLUDE_RE = re.compile(r'`include\s+"([^"]+)"')
 _RTLIL_WIRE_RE = re.compile(r"^\s*wire\s+(.*?)\s*(\\\S+|\$\S+)\s*$")
+
+
+class SynthesisWarning(UserWarning):
+    """Yosys changed the meaning of the design: a latch inferred, an undriven net set to 0, multiple drivers."""
+
+
+# Yosys warnings that change what the AIG computes; everything else Yosys says is noise to a user.
+_MEANINGFUL = [
+    (re.compile(r"Latch inferred for signal `(.+?)' from process"), "latch inferred for {}"),
+    (re.compile(r"multiple conflicting drivers for (\S+?):?\s*$"), "multiple conflicting drivers for {}"),
+    (re.compile(r"Wire (\S+(?: \[\d+\])?) is used but has no driver"), "undriven net {} set to 0"),
+]
+
+
+def _clean_name(name: str) -> str:
+    # `\top.\sig' → top.sig ; $-names of Yosys' own objects stay as they are
+    return re.sub(r"(^|\.)\\", r"\1", name.strip("`'")).replace(" [", "[")
+
+
+def synthesis_warnings(log: str) -> list[str]:
+    """The meaning-changing warnings of a Yosys log, one short line each, in order, without repeats."""
+    found: list[str] = []
+    for line in log.splitlines():
+        if not line.startswith("Warning:"):
+            continue
+        for pattern, template in _MEANINGFUL:
+            m = pattern.search(line)
+            if m:
+                text = template.format(_clean_name(m.group(1)))
+                if text not in found:
+                    found.append(text)
+                break
+    return found
+
+
+# Yosys-internal assertions, by the source file that failed: what that stage is and what usually causes it.
+_ASSERT_RE = re.compile(r"Assert `(.*?)' failed in (\S+?):(\d+)")
+_STAGES = {
+    "aiger.cc": ("AIGER export", "the design has tri-state or undriven logic after synthesis"),
+    "proc_": ("process lowering (proc)", "an always block Yosys cannot map to logic"),
+    "memory": ("memory mapping", "a memory Yosys cannot flatten into logic"),
+    "flatten": ("hierarchy flattening", "a module instance Yosys cannot inline"),
+    "techmap": ("technology mapping", "a cell without a gate-level equivalent"),
+    "verilog": ("Verilog reading", "a construct Yosys' front end does not handle"),
+}
+
+
+def explain_yosys_error(message: str, design: str) -> SynthesisError:
+    """A Yosys failure as one line a user can act on; an internal assertion is named by its stage, the raw
+    text kept in the error's ``detail`` (shown by the CLI's ``--verbose``)."""
+    m = _ASSERT_RE.search(message)
+    if m is None:
+        err = SynthesisError(message)
+        err.detail = message  # type: ignore[attr-defined]
+        return err
+    source = m.group(2).rsplit("/", 1)[-1]
+    stage, cause = next(
+        ((st, why) for key, (st, why) in _STAGES.items() if key in m.group(2)),
+        (f"Yosys ({source})", "an internal check failed on this design"),
+    )
+    err = SynthesisError(f"{design}: {stage} failed: {cause} (Yosys internal assertion; --verbose shows it)")
+    err.detail = message  # type: ignore[attr-defined]
+    return err
 
 
 @dataclass(frozen=True)
@@ -110,16 +176,17 @@ def synthesis_script(
     include_dirs: Sequence[str] = (),
     defines: Mapping[str, str] | None = None,
     out_dir: str = "",
+    sv: bool = False,
 ) -> str:
     """The Yosys script :func:`verilog_to_aig` runs (sources and include folders relative to its folder;
-    ``ports.il`` and ``out.aig`` are written under ``out_dir``)."""
+    ``ports.il`` and ``out.aig`` are written under ``out_dir``); ``sv`` reads ``.v`` files as SystemVerilog too."""
     prefix = f"{out_dir}/" if out_dir else ""
     flags = "".join(f" -I{d}" for d in include_dirs)
     flags += "".join(f" -D{k}" if v is None or v == "" else f" -D{k}={v}" for k, v in (defines or {}).items())
-    reads = []
+    reads = [f"log {_MARK}{out_dir}"]
     for src in sources:
-        sv = " -sv" if src.endswith((".sv", ".svh")) else ""
-        reads.append(f"read_verilog{sv}{flags} {src}")
+        mode = " -sv" if sv or src.endswith((".sv", ".svh")) else ""
+        reads.append(f"read_verilog{mode}{flags} {src}")
     return "\n".join(
         [
             *reads,
@@ -131,11 +198,12 @@ def synthesis_script(
             "flatten",
             "memory",
             "opt_clean",
+            "check",
             "techmap",
             "opt -fast",
             "async2sync",
             "dffunmap",
-            "setundef -zero",
+            "setundef -undriven -zero",
             "aigmap",
             "opt_clean",
             f"write_aiger -symbols {prefix}out.aig",
@@ -195,8 +263,13 @@ def verilog_to_aig(
     include_dirs: Iterable[str | Path] = (),
     defines: Mapping[str, str] | None = None,
     timeout: float = 300.0,
+    latch_error: bool = False,
 ) -> AIG:
     """Synthesize Verilog files into an :class:`AIG` with Yosys (combinational and sequential designs).
+
+    A ``.v`` file that Yosys' Verilog-2005 mode rejects with a syntax error is read again as SystemVerilog
+    (``read_verilog -sv``), as RTL in the wild mixes the two. Warnings that change what the AIG computes
+    (a latch inferred, an undriven net set to 0, multiple drivers) are issued as :class:`SynthesisWarning`.
 
     Args:
         paths: Verilog/SystemVerilog files, or folders whose ``.v``/``.sv`` files are all read.
@@ -205,6 +278,8 @@ def verilog_to_aig(
         include_dirs: extra folders searched for ```include`` files (the including file's folder always is).
         defines: preprocessor macros, ``{name: value}``.
         timeout: seconds before Yosys is killed.
+        latch_error: an inferred latch (an incomplete ``if``/``case`` in a combinational ``always``) is a
+            :class:`SynthesisError` instead of a warning.
 
     Returns:
         The AIG named after the top module; PIs/POs in port declaration order (bits LSB first), flip-flops
@@ -212,9 +287,11 @@ def verilog_to_aig(
 
     Raises:
         CircuitFormatError: a missing file, or no/ambiguous top module.
-        SynthesisError: Yosys' first error line (with file and line), or a timeout naming the step.
+        SynthesisError: Yosys' first error line (with file and line), a timeout naming the step, or an
+            internal Yosys assertion named by the stage that failed (raw text in ``detail``).
     """
     job = _prepare(paths, top, include_dirs, defines, "")
+    job.latch_error = latch_error
     return _synthesize(job, timeout)
 
 
@@ -222,10 +299,19 @@ def verilog_to_aig(
 class _Job:
     files: dict[str, bytes | str]
     aliases: dict[str, str]
-    script: str
+    sources: list[str]
+    includes: list[str]
+    defines: Mapping[str, str] | None
     top: str
     design: str
     out_dir: str
+    latch_error: bool = False
+
+    def script(self, sv: bool = False) -> str:
+        return synthesis_script(self.sources, self.top, self.includes, self.defines, self.out_dir, sv)
+
+    def output(self, name: str) -> str:
+        return f"{self.out_dir}/{name}" if self.out_dir else name
 
 
 def _prepare(paths, top, include_dirs, defines, out_dir: str) -> _Job:
@@ -247,9 +333,8 @@ def _prepare(paths, top, include_dirs, defines, out_dir: str) -> _Job:
         rel_sources.append(rel)
     for name, data in _collect_includes(texts, [Path(d) for d in include_dirs]).items():
         files[f"{base}inc/{name}"] = data
-    script = synthesis_script(rel_sources, top, [f"{base}inc"], defines, out_dir)
     design = ", ".join(p.name for p in sources)
-    return _Job(files, aliases, script, top, design, out_dir)
+    return _Job(files, aliases, rel_sources, [f"{base}inc"], defines, top, design, out_dir)
 
 
 def verilog_text_to_aig(
@@ -259,6 +344,7 @@ def verilog_text_to_aig(
     filename: str = "design.v",
     defines: Mapping[str, str] | None = None,
     timeout: float = 300.0,
+    latch_error: bool = False,
 ) -> AIG:
     """Like :func:`verilog_to_aig` for Verilog source held in memory (``filename`` appears in errors)."""
     if top is None:
@@ -266,28 +352,73 @@ def verilog_text_to_aig(
 
         top = find_top({Path(filename): text})
     rel = f"src0/{Path(filename).name}"
-    script = synthesis_script([rel], top, [], defines)
-    return _synthesize(_Job({rel: text}, {rel: filename}, script, top, filename, ""), timeout)
+    job = _Job({rel: text}, {rel: filename}, [rel], [], defines, top, filename, "", latch_error)
+    return _synthesize(job, timeout)
 
 
-def _synthesize(job: _Job, timeout: float) -> AIG:
-    res = run_yosys(
-        job.script,
-        files=job.files,
-        outputs=["out.aig", "ports.il"],
-        timeout=timeout,
-        design=job.design,
-        aliases=job.aliases,
-    )
-    return _finish(job, res.outputs["out.aig"], res.outputs["ports.il"])
+def _sv_may_help(message: str, job: _Job) -> bool:
+    return "syntax error" in message and any(s.endswith((".v", ".vh")) for s in job.sources)
 
 
-def _finish(job: _Job, aiger: bytes, ports_il: bytes) -> AIG:
+def _synthesize(job: _Job, timeout: float, *, sv: bool = False) -> AIG:
+    try:
+        res = run_yosys(
+            job.script(sv),
+            files=job.files,
+            outputs=[job.output("out.aig"), job.output("ports.il")],
+            timeout=timeout,
+            design=job.design,
+            aliases=job.aliases,
+        )
+    except SynthesisError as exc:
+        if not sv and _sv_may_help(str(exc), job):
+            try:
+                return _synthesize(job, timeout, sv=True)
+            except SynthesisError as retry:
+                if "syntax error" not in str(retry):
+                    raise  # SystemVerilog mode read it and failed later: that error is the real one
+        raise explain_yosys_error(str(exc), job.design) from None
+    return _finish(job, res.outputs[job.output("out.aig")], res.outputs[job.output("ports.il")], res.log)
+
+
+def _finish(job: _Job, aiger: bytes, ports_il: bytes, log: str) -> AIG:
     from circuitml.formats.aiger import parse_aiger
 
+    notes = synthesis_warnings(log)
+    latches = [w for w in notes if w.startswith("latch inferred")]
+    if latches and job.latch_error:
+        raise SynthesisError(
+            f"{job.design}: {latches[0]} (an if/case that does not assign it on every path); "
+            "latches are refused here"
+        )
     raw = parse_aiger(aiger, file=f"<Yosys AIGER of {job.design}>", name=job.top)
     ports = _parse_ports(ports_il.decode(errors="replace"))
-    return _in_port_order(raw, ports, job.top, job.design)
+    try:
+        aig = _in_port_order(raw, ports, job.top, job.design)
+    except SynthesisError as exc:
+        multi = [w for w in notes if w.startswith("multiple")]
+        if multi:  # shorted nets merge ports; say why the port count is off
+            raise SynthesisError(f"{exc}; Yosys reports {multi[0]}") from None
+        raise
+    for note in notes:
+        warnings.warn(f"{job.design}: {note}", SynthesisWarning, stacklevel=4)
+    return aig
+
+
+def _design_logs(log: str) -> dict[str, str]:
+    """A batch's log cut into the part of each design, by the marker line logged before each."""
+    parts: dict[str, str] = {}
+    current, lines = None, []
+    for line in log.splitlines():
+        if line.startswith(_MARK):
+            if current is not None:
+                parts[current] = "\n".join(lines)
+            current, lines = line[len(_MARK) :].strip(), []
+        else:
+            lines.append(line)
+    if current is not None:
+        parts[current] = "\n".join(lines)
+    return parts
 
 
 def verilog_to_aig_many(
@@ -297,6 +428,7 @@ def verilog_to_aig_many(
     defines: Mapping[str, str] | None = None,
     timeout: float = 300.0,
     batch_size: int = 32,
+    latch_error: bool = False,
 ) -> list[AIG | CircuitmlError]:
     """Synthesize many designs, several per Yosys process, so the ~0.3 s start of Yosys is paid once per batch.
 
@@ -307,6 +439,7 @@ def verilog_to_aig_many(
     Args:
         timeout: seconds allowed *per design*; a batch may take ``timeout`` times its size.
         batch_size: designs per Yosys process.
+        latch_error: as in :func:`verilog_to_aig`.
 
     Returns:
         One entry per design, in order: its :class:`AIG`, or the :class:`CircuitmlError` it raised
@@ -319,7 +452,9 @@ def verilog_to_aig_many(
         paths, top = item if isinstance(item, tuple) else (item, None)
         results.append(None)
         try:
-            jobs.append((k, _prepare(paths, top, inc, defines, f"d{k}")))
+            job = _prepare(paths, top, inc, defines, f"d{k}")
+            job.latch_error = latch_error
+            jobs.append((k, job))
         except CircuitmlError as exc:
             results[k] = exc
     for start in range(0, len(jobs), max(1, batch_size)):
@@ -334,9 +469,9 @@ def verilog_to_aig_many(
                 aliases.update(job.aliases)
                 # the marker is written only after out.aig is complete
                 parts.append(
-                    f"{job.script}\ntee -q -o {job.out_dir}/done ls\ndesign -reset\nverilog_defines -reset"
+                    f"{job.script()}\ntee -q -o {job.out_dir}/done ls\ndesign -reset\nverilog_defines -reset"
                 )
-                outputs += [f"{job.out_dir}/out.aig", f"{job.out_dir}/ports.il", f"{job.out_dir}/done"]
+                outputs += [job.output("out.aig"), job.output("ports.il"), job.output("done")]
             res = run_yosys(
                 "\n".join(parts),
                 files=files,
@@ -345,12 +480,16 @@ def verilog_to_aig_many(
                 aliases=aliases,
                 allow_failure=True,
             )
+            logs = _design_logs(res.log)
             rest = []
             for pos, (k, job) in enumerate(pending):
-                if f"{job.out_dir}/done" in res.outputs:
+                if job.output("done") in res.outputs:
                     try:
                         results[k] = _finish(
-                            job, res.outputs[f"{job.out_dir}/out.aig"], res.outputs[f"{job.out_dir}/ports.il"]
+                            job,
+                            res.outputs[job.output("out.aig")],
+                            res.outputs[job.output("ports.il")],
+                            logs.get(job.out_dir, ""),
                         )
                     except CircuitmlError as exc:
                         results[k] = exc
@@ -360,7 +499,13 @@ def verilog_to_aig_many(
                     "Yosys failed:", f"Yosys failed on {job.design}:", 1
                 )
                 msg = msg.replace(" s during step", f" s on {job.design} during step", 1)
-                results[k] = SynthesisError(msg)
+                if _sv_may_help(msg, job):
+                    try:
+                        results[k] = _synthesize(job, timeout, sv=True)
+                    except SynthesisError as retry:
+                        results[k] = retry if "syntax error" not in str(retry) else SynthesisError(msg)
+                else:
+                    results[k] = explain_yosys_error(msg, job.design)
                 rest = pending[pos + 1 :]
                 break
             pending = rest
