@@ -24,21 +24,30 @@ def _read(path: Path):
 
 def equiv(
     first: Path = typer.Argument(..., help="circuit file (.aag .aig .bench .v .sv)"),
-    second: Path = typer.Argument(..., help="circuit file to compare with, ports matched by position"),
+    second: Path = typer.Argument(..., help="circuit file to compare with"),
     method: str = typer.Option("auto", help="auto | sim | exhaustive | cec"),
     patterns: int = typer.Option(4096, help="random patterns for sim"),
     seed: int = typer.Option(0),
+    by_position: bool = typer.Option(
+        False, "--by-position", help="Match ports by position even when both circuits name them."
+    ),
 ) -> None:
-    """Check that two circuits compute the same outputs; exit 1 when they differ (prints a counterexample)."""
+    """Check that two circuits compute the same outputs; exit 1 when they differ (prints a counterexample).
+
+    Inputs and outputs are matched by name when both circuits name them (different names: exit 2, not
+    compared), by position otherwise."""
+    from circuitml.portmatch import align_ports
     from circuitml.sim import equivalent
 
     if method not in METHODS:
         raise ConfigError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if patterns <= 0:
         raise ConfigError(f"--patterns: expected a positive integer, got {patterns}")
-    a, b = _read(first), _read(second)
-    res = equivalent(a, b, method, num_patterns=patterns, seed=seed)
+    match = align_ports(_read(first), _read(second), by_position=by_position)
+    a, b = match.first, match.second
     console = Console()
+    console.print(f"ports matched {match.how} ({match.why})", highlight=False)
+    res = equivalent(a, b, method, num_patterns=patterns, seed=seed)
     verdict = "equivalent" if res.equal else "NOT equivalent"
     how = "proved" if res.proved else "not refuted"
     console.print(f"{verdict} ({res.method}, {how}): {res.reason}", highlight=False)
