@@ -29,12 +29,14 @@ import hashlib
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from multiprocessing import get_context
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -90,10 +92,14 @@ class BuildReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     records: int = 0  # records in the manifest after the build
+    aliased: int = 0  # records of files whose content another record already stores
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # left out on purpose, with the reason
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (source, Yosys warning) of built circuits
 
     def summary(self) -> str:
+        alias = f", {self.aliased} identical to another source (aliased)" if self.aliased else ""
         return (
-            f"{self.built} built, {self.skipped} already present, {len(self.failed)} failed "
+            f"{self.built} built{alias}, {self.skipped} already present, {len(self.failed)} failed "
             f"of {self.total} sources in {self.seconds:.1f} s; {self.records} circuits in {self.out}"
         )
 
@@ -198,27 +204,106 @@ def _verilog_groups(files: list[Path], top: str | None) -> list[tuple[list[Path]
     return out
 
 
+_PORTLESS_HEADER = re.compile(
+    r"\b(?:module|macromodule)\s+\w+\s*(?:#\s*\((?:[^()]|\([^()]*\))*\)\s*)?(?:\(\s*\))?\s*;"
+)
+_SIMULATION_ONLY = re.compile(r"\$finish\b|\$stop\b|\binitial\b")
+
+
+def _is_testbench(path: Path) -> bool:
+    """A file whose every module has no ports and which runs a simulation (``$finish``/``$stop``/``initial``)."""
+    try:
+        text = _COMMENTS.sub(" ", path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return False
+    modules = _MODULE.findall(text)
+    return (
+        bool(modules)
+        and len(_PORTLESS_HEADER.findall(text)) == len(modules)
+        and _SIMULATION_ONLY.search(text) is not None
+    )
+
+
+def _excluded(rel: PurePosixPath, globs: Sequence[str]) -> str | None:
+    """The first glob that matches the path (relative to its source folder), its name, or a folder on the way."""
+    for g in globs:
+        if fnmatch(rel.as_posix(), g) or any(fnmatch(part, g) for part in rel.parts):
+            return g
+    return None
+
+
+def _walk_circuit_files(root: Path, follow_symlinks: bool, ignored: list[tuple[str, str]]) -> list[Path]:
+    """Circuit files under ``root``; symlinks leaving ``root`` are ignored (with a reason that names the link,
+    never its target) unless ``follow_symlinks``; symlink loops are walked once."""
+    real_root = root.resolve()
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        folder = Path(dirpath)
+        real = folder.resolve()
+        if real in seen:  # a link back to a folder already walked
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        if not follow_symlinks:
+            for name in dirnames:
+                link = folder / name
+                if link.is_symlink() and not link.resolve().is_relative_to(real_root):
+                    ignored.append(
+                        (str(link), f"symlink to a folder outside {root}, not followed (--follow-symlinks)")
+                    )
+        for name in sorted(filenames):
+            path = folder / name
+            if path.suffix.lower() not in CIRCUIT_SUFFIXES:
+                continue
+            if not follow_symlinks and path.is_symlink() and not path.resolve().is_relative_to(real_root):
+                ignored.append((str(path), f"symlink to a file outside {root}, not read (--follow-symlinks)"))
+                continue
+            if path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
 def discover_sources(
     sources: Iterable[str | os.PathLike],
     *,
     top: str | None = None,
     family: str | None = None,
     exclude: Iterable[str | os.PathLike] = (),
+    exclude_globs: Iterable[str] = (),
+    follow_symlinks: bool = False,
+    ignored: list[tuple[str, str]] | None = None,
 ) -> tuple[list[SourceItem], list[tuple[str, str]]]:
     """Expand files and folders into designs. Returns ``(items, problems)``; a problem is ``(path, reason)``.
 
     Files under the folders in ``exclude`` are ignored (the ``verilog/`` copies of the dataset being built,
-    which would otherwise be read back as sources).
+    which would otherwise be read back as sources). Files that are left out on purpose go to ``ignored`` as
+    ``(path, reason)`` rather than to the problems: those matching a glob of ``exclude_globs`` (against the path
+    relative to the given folder, the file name or a folder name), Verilog testbenches (no ports, only
+    simulation code), and symlinks in a folder that point outside it (unless ``follow_symlinks``).
     """
     skip = [Path(e).resolve() for e in exclude]
+    globs = list(exclude_globs)
+    ignored = [] if ignored is None else ignored
     items: list[SourceItem] = []
     problems: list[tuple[str, str]] = []
     seen: set[Path] = set()
     for src in sources:
         root = Path(src)
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in CIRCUIT_SUFFIXES)
-            if not files:
+            before = len(ignored)
+            files = _walk_circuit_files(root, follow_symlinks, ignored)
+            if globs:
+                kept = []
+                for f in files:
+                    g = _excluded(PurePosixPath(f.relative_to(root).as_posix()), globs)
+                    if g is None:
+                        kept.append(f)
+                    else:
+                        ignored.append((str(f), f"excluded by --exclude {g}"))
+                files = kept
+            if not files and len(ignored) == before:
                 problems.append(
                     (str(root), f"no circuit files ({', '.join(CIRCUIT_SUFFIXES)}) in this folder")
                 )
@@ -240,7 +325,10 @@ def discover_sources(
         for f in files:
             suffix = f.suffix.lower()
             if suffix in VERILOG_SUFFIXES:
-                by_folder.setdefault(f.parent, []).append(f)
+                if _is_testbench(f):
+                    ignored.append((str(f), "testbench (no ports; $finish/initial only), not a design"))
+                else:
+                    by_folder.setdefault(f.parent, []).append(f)
                 continue
             kind = "aiger" if suffix in AIGER_SUFFIXES else "bench"
             try:
@@ -290,22 +378,31 @@ def _verilog_text(item: SourceItem) -> str:
 
 
 def build_item(
-    item: SourceItem, circuit_id: str, out: str | os.PathLike, timeout: float = 300.0
+    item: SourceItem,
+    circuit_id: str,
+    out: str | os.PathLike,
+    timeout: float = 300.0,
+    latch_error: bool = False,
 ) -> dict[str, Any]:
     """Read/synthesize one design and write its circuit file (and Verilog copy); returns its record.
 
-    Runs inside worker processes; raises whatever the readers raise.
+    Yosys' meaning-changing warnings (latches inferred, undriven nets set to 0, multiple drivers) are kept
+    in the record's ``warnings`` list. Runs inside worker processes; raises whatever the readers raise.
     """
     from circuitml.formats import read_circuit
 
     out = Path(out)
     tokens = None
     verilog_rel = None
+    notes: list[str] = []
     if item.kind == "verilog":
-        from circuitml.verilog import encode_tokens, tokenize_verilog, verilog_to_aig
+        from circuitml.verilog import SynthesisWarning, encode_tokens, tokenize_verilog, verilog_to_aig
 
         # include files are found by Yosys next to the including file; they only join the hash and the copy
-        aig = verilog_to_aig(list(item.paths), top=item.top, timeout=timeout)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SynthesisWarning)
+            aig = verilog_to_aig(list(item.paths), top=item.top, timeout=timeout, latch_error=latch_error)
+        notes = [str(w.message) for w in caught if issubclass(w.category, SynthesisWarning)]
         text = _verilog_text(item)
         tokens = np.asarray(encode_tokens(tokenize_verilog(text)), dtype=np.int32)
         verilog_rel = f"{VERILOG_DIR}/{circuit_id}.v"
@@ -331,6 +428,7 @@ def build_item(
         "depth": aig.depth(),
         "num_tokens": None if tokens is None else int(tokens.shape[0]),
         "token_vocab": None if tokens is None else token_vocab_id(),
+        "warnings": notes,
     }
     if verilog_rel is not None:
         atomic_write(out / verilog_rel, text)
@@ -339,11 +437,11 @@ def build_item(
 
 
 def _worker(
-    item: SourceItem, circuit_id: str, out: str, timeout: float
+    item: SourceItem, circuit_id: str, out: str, timeout: float, latch_error: bool = False
 ) -> tuple[dict[str, Any] | None, str | None]:
     """Process-pool entry: never raises, so exception classes need not survive pickling."""
     try:
-        return build_item(item, circuit_id, out, timeout), None
+        return build_item(item, circuit_id, out, timeout, latch_error), None
     except Exception as exc:  # report any failure of one file and go on with the others
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         if not first.startswith(str(item.paths[0])) and item.source not in first:
@@ -355,7 +453,9 @@ def _worker(
 Job = tuple[SourceItem, str]
 
 
-def _run_parallel(jobs: list[Job], workers: int, out: str, timeout: float, done) -> list[Job]:
+def _run_parallel(
+    jobs: list[Job], workers: int, out: str, timeout: float, latch_error: bool, done
+) -> list[Job]:
     """Run ``jobs`` in a process pool, calling ``done(job, result)`` as each finishes.
 
     A pool whose worker dies (out of memory, killed) reports its in-flight items as failed and a fresh pool
@@ -374,7 +474,7 @@ def _run_parallel(jobs: list[Job], workers: int, out: str, timeout: float, done)
                     while queue and len(futures) < 2 * workers:
                         job = queue.pop()
                         try:
-                            futures[pool.submit(_worker, job[0], job[1], out, timeout)] = job
+                            futures[pool.submit(_worker, job[0], job[1], out, timeout, latch_error)] = job
                         except BrokenProcessPool:
                             queue.append(job)
                             broken = True
@@ -416,8 +516,12 @@ def _id_candidates(it: SourceItem) -> list[str]:
 
 
 def _assign_ids(items: list[SourceItem], manifest: dict[str, Any]) -> list[str]:
-    """The shortest id that no other item of this build and no existing record uses (stable across runs
-    for the same sources: existing records keep their ids, and the choice depends only on the item list)."""
+    """The shortest id that no other item of this build and no existing record uses.
+
+    Computed over *all* discovered items, not only the ones still to build, and an item already in the manifest
+    (same source, same content) keeps its id: so a build resumed after an interrupt gives every circuit the id a
+    clean build gives it."""
+    existing = {(rec["source"], rec["sha256"]): rec["id"] for rec in manifest["records"]}
     used = {rec["id"] for rec in manifest["records"]}
     counts: dict[str, int] = {}
     for it in items:
@@ -425,10 +529,17 @@ def _assign_ids(items: list[SourceItem], manifest: dict[str, Any]) -> list[str]:
             counts[c] = counts.get(c, 0) + 1
     ids = []
     for it in items:
+        known = existing.get((it.source, it.sha256))
+        if known is not None:
+            ids.append(known)
+            continue
         candidates = _id_candidates(it)
         chosen = next((c for c in candidates if counts[c] == 1 and c not in used), None)
         if chosen is None:
-            chosen = f"{candidates[-1]}-{it.sha256[:8]}"
+            chosen = base = f"{candidates[-1]}-{it.sha256[:8]}"
+            n = 2
+            while chosen in used:  # identical files under one family and name
+                chosen, n = f"{base}-{n}", n + 1
         used.add(chosen)
         ids.append(chosen)
     return ids
@@ -451,8 +562,15 @@ def build_dataset(
     family: str | None = None,
     timeout: float = 300.0,
     progress: bool = True,
+    exclude: Iterable[str] = (),
+    follow_symlinks: bool = False,
+    strict: bool = False,
+    latch_error: bool = False,
 ) -> BuildReport:
     """Turn circuit files and folders into the on-disk dataset at ``out`` (see the module docstring).
+
+    The whole read-modify-write of the manifest holds the folder's lock (:func:`circuitml.locking.folder_lock`),
+    so builds into one folder take turns and none loses the other's records.
 
     Args:
         sources: files and/or folders (searched recursively).
@@ -462,65 +580,135 @@ def build_dataset(
         family: family name for every circuit (default: derived from the folders).
         timeout: seconds allowed per Yosys run.
         progress: show a rich progress bar and print failures as they happen.
+        exclude: globs of files or folders to leave out (see :func:`discover_sources`).
+        follow_symlinks: read symlinks in source folders that point outside them.
+        strict: stop at the first source that fails, with a :class:`DatasetError` naming it (what finished
+            before stays in the dataset).
+        latch_error: a Verilog design in which Yosys infers a latch fails instead of building with a warning.
 
     Returns:
-        A :class:`BuildReport`; failures are listed there, never raised.
+        A :class:`BuildReport`; failures are listed there, never raised (unless ``strict``).
 
     Raises:
-        DatasetError: ``out`` holds a corrupted manifest or is not a folder.
+        DatasetError: ``out`` holds a corrupted manifest or is not a folder; with ``strict``, a failed source.
     """
+    from circuitml.locking import folder_lock
+
     start = time.perf_counter()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: expected a dataset folder, got a file")
+    console = None
+    if progress:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+
+    def waiting() -> None:
+        if console is not None:
+            console.print(f"waiting for another command writing {out} to finish", highlight=False)
+
+    with folder_lock(out, on_wait=waiting):
+        return _build_locked(
+            sources,
+            out,
+            workers,
+            top,
+            family,
+            timeout,
+            console,
+            exclude,
+            follow_symlinks,
+            strict,
+            latch_error,
+            start,
+        )
+
+
+def _stored_id(rec: dict[str, Any]) -> str:
+    return rec.get("alias_of") or rec["id"]
+
+
+def _build_locked(
+    sources,
+    out: Path,
+    workers,
+    top,
+    family,
+    timeout,
+    console,
+    exclude,
+    follow_symlinks,
+    strict,
+    latch_error,
+    start,
+) -> BuildReport:
     manifest = _load_or_create(out)
     (out / CIRCUITS_DIR).mkdir(parents=True, exist_ok=True)
     for folder in (CIRCUITS_DIR, VERILOG_DIR):
         # temporary files of writes that a killed worker never finished
         for stray in (out / folder).glob(".*.tmp"):
             stray.unlink(missing_ok=True)
+    ignored: list[tuple[str, str]] = []
     items, problems = discover_sources(
-        sources, top=top, family=family, exclude=[out / VERILOG_DIR, out / CIRCUITS_DIR]
+        sources,
+        top=top,
+        family=family,
+        exclude=[out / VERILOG_DIR, out / CIRCUITS_DIR],
+        exclude_globs=exclude,
+        follow_symlinks=follow_symlinks,
+        ignored=ignored,
     )
-    report = BuildReport(out=out, total=len(items) + len(problems), failed=list(problems))
+    report = BuildReport(out=out, total=len(items) + len(problems), failed=list(problems), ignored=ignored)
+    if strict and problems:
+        raise DatasetError(f"{problems[0][0]}: {problems[0][1]} (--strict)")
 
-    done = {
-        rec["sha256"]
+    # records whose circuit file vanished are rebuilt (an alias goes with the circuit it points to)
+    manifest["records"] = [
+        rec
         for rec in manifest["records"]
-        if (out / CIRCUITS_DIR / f"{rec['id']}.safetensors").is_file()
-    }
-    # records whose circuit file vanished are rebuilt
-    manifest["records"] = [rec for rec in manifest["records"] if rec["sha256"] in done]
-    pending = []
-    for it in items:
-        if it.sha256 in done:
+        if (out / CIRCUITS_DIR / f"{_stored_id(rec)}.safetensors").is_file()
+    ]
+    present = {(rec["source"], rec["sha256"]) for rec in manifest["records"]}
+    stored = {rec["sha256"]: rec for rec in manifest["records"] if not rec.get("alias_of")}
+    ids = _assign_ids(items, manifest)
+    pending: list[Job] = []
+    aliases: list[Job] = []
+    building: set[str] = set()
+    for it, cid in zip(items, ids, strict=True):
+        if (it.source, it.sha256) in present:
             report.skipped += 1
+        elif it.sha256 in stored or it.sha256 in building:
+            aliases.append((it, cid))  # identical content: a record of its own, one stored circuit
         else:
-            done.add(it.sha256)  # identical duplicates inside one run are built once
-            pending.append(it)
-    ids = _assign_ids(pending, manifest)
-    retried = {it.source for it in pending}
+            building.add(it.sha256)
+            pending.append((it, cid))
+    retried = {it.source for it, _ in pending + aliases}
     manifest["failures"] = [f for f in manifest.get("failures", []) if f.get("source") not in retried]
 
-    console = None
-    if progress:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+    if console is not None:
         for src, reason in problems:
             console.print(f"[yellow]skipped[/] {src}: {reason}", highlight=False, soft_wrap=True)
 
     last_write = 0.0
+    failed_sha: dict[str, str] = {}
 
     def finish(item: SourceItem, result: tuple[dict[str, Any] | None, str | None]) -> None:
         nonlocal last_write
         record, error = result
         if record is not None:
             manifest["records"].append(record)
+            stored.setdefault(item.sha256, record)
             report.built += 1
+            report.warnings += [(item.source, w) for w in record.get("warnings", [])]
         else:
+            failed_sha[item.sha256] = item.source
             report.failed.append((item.source, error or "failed"))
             manifest["failures"].append({"source": item.source, "reason": error})
             if console is not None:
                 console.print(f"[yellow]skipped[/] {error}", highlight=False, soft_wrap=True)
+            if strict:
+                raise DatasetError(f"{error} (--strict)")
         now = time.perf_counter()
         if now - last_write >= _MANIFEST_EVERY_S:
             write_manifest(out, manifest)
@@ -528,7 +716,7 @@ def build_dataset(
 
     bar = None
     task = None
-    if progress and pending:
+    if console is not None and pending:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -551,8 +739,8 @@ def build_dataset(
         task = bar.add_task("build", total=len(pending))
     try:
         if workers <= 1 or len(pending) <= 1:
-            for it, cid in zip(pending, ids, strict=True):
-                finish(it, _worker(it, cid, str(out), timeout))
+            for it, cid in pending:
+                finish(it, _worker(it, cid, str(out), timeout, latch_error))
                 if bar is not None:
                     bar.advance(task)
         else:
@@ -562,11 +750,32 @@ def build_dataset(
                 if bar is not None:
                     bar.advance(task)
 
-            leftover = _run_parallel(list(zip(pending, ids, strict=True)), workers, str(out), timeout, done)
+            leftover = _run_parallel(pending, workers, str(out), timeout, latch_error, done)
             if leftover and console is not None:
                 console.print("[yellow]worker processes unavailable here; building in this process[/]")
             for it, cid in leftover:
-                done((it, cid), _worker(it, cid, str(out), timeout))
+                done((it, cid), _worker(it, cid, str(out), timeout, latch_error))
+        for it, cid in aliases:
+            original = stored.get(it.sha256)
+            if original is None:
+                finish(
+                    it,
+                    (
+                        None,
+                        f"{it.source}: same content as {failed_sha.get(it.sha256, 'a source')}, which failed",
+                    ),
+                )
+                continue
+            record = dict(original)
+            record.update(
+                id=cid,
+                family=it.family,
+                source=it.source,
+                sources=[str(p) for p in it.include_files + it.paths],
+                alias_of=original["id"],
+            )
+            manifest["records"].append(record)
+            report.aliased += 1
     finally:
         if bar is not None:
             bar.stop()

@@ -86,7 +86,9 @@ class CircuitDataset:
 
     # ------------------------------------------------------------------ content
     def circuit_path(self, i: int) -> Path:
-        return self.root / CIRCUITS_DIR / f"{self._record(i)['id']}.safetensors"
+        rec = self._record(i)
+        # a record of a file identical to another source stores no circuit of its own ("alias_of")
+        return self.root / CIRCUITS_DIR / f"{rec.get('alias_of') or rec['id']}.safetensors"
 
     def _load(self, i: int) -> tuple[AIG, dict[str, Any], np.ndarray | None]:
         rec = self._record(i)

@@ -25,6 +25,15 @@ def _parse_list(text: str | None, what: str, cast=str) -> list | None:
 
 
 def _print_report(console: Console, report) -> None:
+    ignored = getattr(report, "ignored", [])
+    excluded = [src for src, reason in ignored if reason.startswith("excluded by")]
+    for src, reason in ignored:
+        if not reason.startswith("excluded by"):
+            console.print(f"  ignored {src}: {reason}", highlight=False)
+    if excluded:
+        console.print(f"  {len(excluded)} file(s) excluded by --exclude", highlight=False)
+    for src, note in getattr(report, "warnings", []):
+        console.print(f"[yellow]warning:[/] {note}  ({src})", highlight=False)
     if report.failed:
         console.print(f"[yellow]{len(report.failed)} source(s) skipped:[/]")
         for src, reason in report.failed:
@@ -125,15 +134,45 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None, "--family", help="Family name for every circuit (default: folders)."
         ),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds allowed per Yosys run."),
+        exclude: list[str] = typer.Option(
+            [], "--exclude", help="Leave out files or folders matching this glob (repeatable), e.g. '*_tb.v'."
+        ),
+        follow_symlinks: bool = typer.Option(
+            False, "--follow-symlinks", help="Read symlinks in source folders that point outside them."
+        ),
+        strict: bool = typer.Option(False, "--strict", help="Stop at the first source that fails."),
+        latch_error: bool = typer.Option(False, "--latch-error", help=LATCH_ERROR_HELP),
     ) -> None:
-        """Build the processed dataset (safetensors per circuit + manifest.json) from circuit files; resumable."""
-        from circuitml.datasets import build_dataset
+        """Build the processed dataset (safetensors per circuit + manifest.json) from circuit files; resumable.
 
+        Bad sources are reported at the end and skipped (exit 2 when none could be built); files with identical
+        content each get a record; testbenches are left out with that reason."""
+        import shutil
+
+        from circuitml.datasets import build_dataset
+        from circuitml.errors import DatasetError
+
+        existed = out.exists()
         try:
-            report = build_dataset(sources, out, workers=workers, top=top, family=family, timeout=timeout)
+            report = build_dataset(
+                sources,
+                out,
+                workers=workers,
+                top=top,
+                family=family,
+                timeout=timeout,
+                exclude=exclude,
+                follow_symlinks=follow_symlinks,
+                strict=strict,
+                latch_error=latch_error,
+            )
         except KeyboardInterrupt:
             raise _interrupted(console, out) from None
         _print_report(console, report)
+        if report.failed and report.built + report.aliased + report.skipped == 0:
+            if not existed:  # leave no empty dataset behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise DatasetError(f"{out}: nothing built, all {len(report.failed)} source(s) failed")
 
     @data_app.command("info")
     def info_cmd(
