@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -364,6 +365,33 @@ class GenerationReport:
 
 
 def generate_qor_labels(
+    sources: Iterable[str | os.PathLike], out: str | os.PathLike, **options: Any
+) -> GenerationReport:
+    """Label every design in ``sources`` with the AND count and depth after each recipe (arguments: see
+    :func:`_generate_qor_labels`).
+
+    The sources are checked before anything is written (a missing one leaves no half-made folder), and the
+    folder's lock (:func:`circuitml.locking.folder_lock`) is held throughout, so concurrent runs into one
+    folder take turns and keep each other's labels.
+    """
+    from circuitml.locking import LOCK_NAME, folder_lock
+
+    sources = list(sources)
+    _expand_sources(sources)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: expected a folder for QoR labels, got a file")
+    created = not out.exists()
+    try:
+        with folder_lock(out):
+            return _generate_qor_labels(sources, out, **options)
+    except BaseException:
+        if created and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_NAME]:
+            shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave no folder
+        raise
+
+
+def _generate_qor_labels(
     sources: Iterable[str | os.PathLike],
     out: str | os.PathLike,
     *,

@@ -73,9 +73,19 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         out: Path = typer.Option(
             Path("embeddings.safetensors"), "--out", "-o", help="Output safetensors file."
         ),
+        strict: bool = typer.Option(False, "--strict", help="Stop at the first file that cannot be read."),
     ) -> None:
-        """Write node and graph embeddings of circuit files to one safetensors file (keys <stem>/node, <stem>/graph)."""
+        """Write node and graph embeddings of circuit files to one safetensors file (keys <stem>/node, <stem>/graph).
+
+        Files that cannot be read are skipped and listed at the end (--strict stops at the first)."""
         from circuitml.pretrain.embed import embed_files
 
-        index = embed_files(encoder, files, out)
-        console.print(f"embedded {len(index)} circuit(s) into {out}")
+        failures: list[tuple[str, str]] = []
+        index = embed_files(encoder, files, out, strict=strict, failures=failures)
+        if failures:
+            console.print(f"[yellow]{len(failures)} file(s) skipped:[/]")
+            for src, reason in failures:
+                console.print(
+                    f"  {reason if reason.startswith(src) else f'{src}: {reason}'}", highlight=False
+                )
+        console.print(f"embedded {len(index)} circuit(s) into {out}", highlight=False)

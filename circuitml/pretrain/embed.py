@@ -15,33 +15,65 @@ from circuitml.errors import ConfigError
 __all__ = ["embed_files"]
 
 
-def embed_files(encoder_dir: str | Path, files: list[str | Path], out: str | Path) -> dict[str, str]:
+def embed_files(
+    encoder_dir: str | Path,
+    files: list[str | Path],
+    out: str | Path,
+    *,
+    strict: bool = True,
+    failures: list[tuple[str, str]] | None = None,
+) -> dict[str, str]:
     """Embed each circuit file (any format :func:`circuitml.formats.read_circuit` reads) with the encoder
     saved in ``encoder_dir``; write ``<key>/node`` ``[N, h]`` and ``<key>/graph`` ``[h]`` tensors to ``out``.
 
     Keys are file stems; repeated stems get ``#2``, ``#3``... The safetensors metadata ``index`` maps each key to
     its source path and node count. Written atomically. Returns the key → path index.
+
+    Args:
+        strict: raise on the first file that cannot be read; when False, such a file is skipped, its
+            ``(path, one-line reason)`` appended to ``failures``, and the others are embedded.
+
+    Raises:
+        CircuitmlError: a bad file (``strict``), or no file could be embedded at all.
     """
     from circuitml.encoders import load_encoder
+    from circuitml.errors import CircuitmlError, DatasetError
     from circuitml.formats import read_circuit
 
     if not files:
         raise ConfigError("embed: expected at least one circuit file")
+    failures = [] if failures is None else failures
     encoder = load_encoder(encoder_dir)
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict[str, object]] = {}
     for file in files:
         path = Path(file)
+        try:
+            if path.is_dir():
+                raise DatasetError(f"{path}: expected a circuit file, got a directory")
+            aig = read_circuit(path)
+        except (CircuitmlError, OSError) as exc:
+            if strict:
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, FileNotFoundError):
+                reason = f"{path}: no such file"
+            failures.append((str(path), reason))
+            continue
         key = path.name.split(".")[0] or path.name
         n = 2
         base = key
         while key in index:
             key = f"{base}#{n}"
             n += 1
-        result = encoder.embed(read_circuit(path))
+        result = encoder.embed(aig)
         tensors[f"{key}/node"] = result.node.detach().float().cpu().contiguous()
         tensors[f"{key}/graph"] = result.graph[0].detach().float().cpu().contiguous()
         index[key] = {"path": str(path), "num_nodes": int(result.node.size(0))}
+    if not index:
+        raise DatasetError(
+            f"embed: no circuit could be read ({len(failures)} failed); nothing written to {out}"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "circuitml.embeddings", "encoder": str(encoder_dir), "index": json.dumps(index)}

@@ -1,0 +1,82 @@
+"""Multi-file commands forgive bad files (``embed``, ``data qor``) and folders lock against concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from circuitml.cli import main
+from circuitml.encoders import build_encoder
+from circuitml.errors import DatasetError
+from circuitml.formats import write_circuit
+from circuitml.locking import folder_lock
+from tests.test_datasets_build import _circuit
+
+
+@pytest.fixture
+def encoder_dir(tmp_path: Path) -> Path:
+    return build_encoder("gcn", hidden=8, num_layers=2).save_pretrained(tmp_path / "enc")
+
+
+def test_embed_skips_bad_files_and_reports_them(tmp_path: Path, encoder_dir: Path, capsys) -> None:
+    good = [tmp_path / "c0.aag", tmp_path / "c1.bench"]
+    for k, path in enumerate(good):
+        write_circuit(_circuit(k), path)
+    bad = tmp_path / "broken.aag"
+    bad.write_text("aag 3 2 0 1 1\n2\n4\n6\n6 2 9\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    out = tmp_path / "emb.safetensors"
+    args = [
+        "embed",
+        "-e",
+        str(encoder_dir),
+        str(good[0]),
+        str(bad),
+        str(folder),
+        str(good[1]),
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "2 file(s) skipped" in text and "broken.aag" in text and "directory" in text
+    assert "embedded 2 circuit(s)" in text
+    with safe_open(str(out), "pt") as fh:
+        assert sorted(fh.keys()) == ["c0/graph", "c0/node", "c1/graph", "c1/node"]
+    out.unlink()
+    assert main([*args, "--strict"]) == 2
+    assert "broken.aag" in capsys.readouterr().err and not out.exists()
+    assert main(["embed", "-e", str(encoder_dir), str(bad), "-o", str(out)]) == 2
+    assert "no circuit could be read" in capsys.readouterr().err and not out.exists()
+
+
+def test_data_qor_on_a_missing_source_leaves_no_folder(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "qor"
+    assert main(["data", "qor", str(tmp_path / "nothere.aig"), "--out", str(out), "--recipes", "2"]) == 2
+    assert "nothere.aig" in capsys.readouterr().err and not out.exists()
+
+
+def _try_lock(folder: str, queue) -> None:
+    try:
+        with folder_lock(folder, timeout=0.3):
+            queue.put("locked")
+    except DatasetError as exc:
+        queue.put(str(exc))
+
+
+def test_folder_lock_excludes_a_second_process(tmp_path: Path) -> None:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    with folder_lock(tmp_path / "ds"):
+        proc = ctx.Process(target=_try_lock, args=(str(tmp_path / "ds"), queue))
+        proc.start()
+        proc.join(30)
+        assert "kept it locked" in queue.get(timeout=5)
+    proc = ctx.Process(target=_try_lock, args=(str(tmp_path / "ds"), queue))
+    proc.start()
+    proc.join(30)
+    assert queue.get(timeout=5) == "locked"  # released when the holder leaves the block
