@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import click
 import typer
@@ -15,13 +16,56 @@ from rich.console import Console
 
 from circuitml.errors import CircuitmlError
 
+
+def _flags_without_placeholder() -> None:
+    """typer 0.2x renders every option's type in help, so a flag reads ``--resume <bool>`` as if it took a
+    value; show flags bare (``--resume``), as click does."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:
+        return
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_circuitml_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._circuitml_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"circuitml {version('circuitml')}")
+        except PackageNotFoundError:
+            typer.echo("circuitml (not installed as a package)")
+        raise typer.Exit(0)
+
+
+_flags_without_placeholder()
 app = typer.Typer(
     name="circuitml",
     help="Graph learning for digital circuits: AIGs, GNN encoders, MGVGA pretraining, synthesis tasks, MoE.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Graph learning for digital circuits: AIGs, GNN encoders, MGVGA pretraining, synthesis tasks, MoE."""
+
+
 data_app = typer.Typer(help="Generate, build and inspect circuit datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -42,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except CircuitmlError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         code = 2
-    except FileNotFoundError as exc:
-        err_console.print(
-            f"[bold red]error:[/] {exc.filename or exc}: no such file", highlight=False, soft_wrap=True
-        )
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        name = exc.filename or exc
+        what = "no such file"
+        if isinstance(exc, IsADirectoryError) or (exc.filename and Path(exc.filename).is_dir()):
+            what = "is a directory, expected a file"
+        elif isinstance(exc, NotADirectoryError):
+            what = "a path component is a file, expected a directory"
+        err_console.print(f"[bold red]error:[/] {name}: {what}", highlight=False, soft_wrap=True)
         code = 2
     except click.exceptions.Exit as exc:
         code = exc.exit_code

@@ -8,10 +8,21 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from circuitml.fileio import atomic_write
 
 console = Console()
+
+
+def domain_table(domains: dict[str, list]) -> Table:
+    """The domains found and how many circuits each holds (printed before training starts)."""
+    table = Table(title="domains")
+    table.add_column("domain")
+    table.add_column("circuits", justify="right")
+    for name, circuits in domains.items():
+        table.add_row(name, str(len(circuits)))
+    return table
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
@@ -68,7 +79,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             meta_steps=adapt_steps,
             seed=seed,
         )
-        console.print({k: len(v) for k, v in domains.items()})
+        console.print(domain_table(domains))
         results = run_circuit_shift(domains, cfg, held_out, progress=console.print)
         table = results_markdown(results)
         atomic_write(out / "results.json", json.dumps({"config": cfg.__dict__, "results": results}, indent=2))
