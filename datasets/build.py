@@ -608,41 +608,36 @@ def build_dataset(
         if console is not None:
             console.print(f"waiting for another command writing {out} to finish", highlight=False)
 
+    settings = _Settings(workers, top, family, timeout, tuple(exclude), follow_symlinks, strict, latch_error)
     with folder_lock(out, on_wait=waiting):
-        return _build_locked(
-            sources,
-            out,
-            workers,
-            top,
-            family,
-            timeout,
-            console,
-            exclude,
-            follow_symlinks,
-            strict,
-            latch_error,
-            start,
-        )
+        return _build_locked(sources, out, settings, console, start)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The options of one :func:`build_dataset` call."""
+
+    workers: int
+    top: str | None
+    family: str | None
+    timeout: float
+    exclude: tuple[str, ...]
+    follow_symlinks: bool
+    strict: bool
+    latch_error: bool
 
 
 def _stored_id(rec: dict[str, Any]) -> str:
     return rec.get("alias_of") or rec["id"]
 
 
-def _build_locked(
-    sources,
-    out: Path,
-    workers,
-    top,
-    family,
-    timeout,
-    console,
-    exclude,
-    follow_symlinks,
-    strict,
-    latch_error,
-    start,
-) -> BuildReport:
+def _build_locked(sources, out: Path, settings: _Settings, console, start: float) -> BuildReport:
+    workers, timeout, strict, latch_error = (
+        settings.workers,
+        settings.timeout,
+        settings.strict,
+        settings.latch_error,
+    )
     manifest = _load_or_create(out)
     (out / CIRCUITS_DIR).mkdir(parents=True, exist_ok=True)
     for folder in (CIRCUITS_DIR, VERILOG_DIR):
@@ -652,11 +647,11 @@ def _build_locked(
     ignored: list[tuple[str, str]] = []
     items, problems = discover_sources(
         sources,
-        top=top,
-        family=family,
+        top=settings.top,
+        family=settings.family,
         exclude=[out / VERILOG_DIR, out / CIRCUITS_DIR],
-        exclude_globs=exclude,
-        follow_symlinks=follow_symlinks,
+        exclude_globs=settings.exclude,
+        follow_symlinks=settings.follow_symlinks,
         ignored=ignored,
     )
     report = BuildReport(out=out, total=len(items) + len(problems), failed=list(problems), ignored=ignored)

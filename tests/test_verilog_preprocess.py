@@ -241,3 +241,19 @@ def test_verilog_tests_pass_with_iverilog_hidden(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mutated_sources_raise_only_format_errors(data: st.DataObject) -> None:
+    text = MACROS
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(text)))
+        piece = data.draw(st.text(alphabet='`()"/*\\,=\n ab_ifdefnlsu', max_size=8))
+        text = text[:pos] + piece + text[pos + data.draw(st.integers(0, 6)) :]
+    try:
+        pre = preprocess_verilog(text, "fuzz.v")
+    except CircuitFormatError as exc:
+        assert "\n" not in str(exc) and exc.line is not None
+    else:
+        assert len(pre.origin) == pre.text.count("\n")

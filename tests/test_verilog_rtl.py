@@ -20,6 +20,7 @@ from circuitml.verilog import (
 )
 from circuitml.verilog.synth import _prepare
 from circuitml.yosys import run_yosys
+from tests.test_verilog_parse import _write
 
 SV_IN_V = """module rev(input [3:0] a, output logic [3:0] y);
   always_comb begin
@@ -42,12 +43,6 @@ MULTI = (
     "module md(input a, b, c, output w);\n  wire t;\n  assign t = a;\n  assign t = b;\n"
     "  assign w = t & c;\nendmodule\n"
 )
-
-
-def _write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def test_systemverilog_in_a_v_file_converts(tmp_path: Path) -> None:

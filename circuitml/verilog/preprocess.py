@@ -372,8 +372,7 @@ class _Preprocessor:
         while i < len(body):
             ch = body[i]
             if ch == '"':
-                j = _string_end(body, i)
-                j = len(body) if j < 0 else j
+                j = _string_or_rest(body, i)
                 out.append(body[i:j])
                 i = j
             elif ch == "`":
@@ -429,6 +428,12 @@ def _string_end(text: str, i: int) -> int:
     return -1
 
 
+def _string_or_rest(text: str, i: int) -> int:
+    """End of the string literal at ``i``, or of the text when it is not closed (inside a macro body)."""
+    end = _string_end(text, i)
+    return len(text) if end < 0 else end
+
+
 def _matching_paren(text: str, i: int) -> int:
     """Index of the ``)`` closing the ``(`` at ``i`` (strings and nested brackets skipped), -1 if none."""
     depth = 0
@@ -460,8 +465,7 @@ def _split_args(text: str) -> list[str]:
     while j < len(text):
         c = text[j]
         if c == '"':
-            end = _string_end(text, j)
-            j = len(text) if end < 0 else end
+            j = _string_or_rest(text, j)
             continue
         if c in "([{":
             depth += 1
@@ -480,8 +484,7 @@ def _strip_comments(body: str) -> str:
     i = 0
     while i < len(body):
         if body[i] == '"':
-            j = _string_end(body, i)
-            j = len(body) if j < 0 else j
+            j = _string_or_rest(body, i)
             out.append(body[i:j])
             i = j
         elif body.startswith("//", i):
