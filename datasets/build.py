@@ -383,11 +383,14 @@ def build_item(
     out: str | os.PathLike,
     timeout: float = 300.0,
     latch_error: bool = False,
+    synthesized: tuple[Any, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Read/synthesize one design and write its circuit file (and Verilog copy); returns its record.
 
     Yosys' meaning-changing warnings (latches inferred, undriven nets set to 0, multiple drivers) are kept
-    in the record's ``warnings`` list. Runs inside worker processes; raises whatever the readers raise.
+    in the record's ``warnings`` list. ``synthesized`` is ``(AIG or the error it raised, warnings)`` of a
+    Verilog design already run through Yosys with others of its batch. Runs inside worker processes; raises
+    whatever the readers raise.
     """
     from circuitml.formats import read_circuit
 
@@ -398,11 +401,16 @@ def build_item(
     if item.kind == "verilog":
         from circuitml.verilog import SynthesisWarning, encode_tokens, tokenize_verilog, verilog_to_aig
 
-        # include files are found by Yosys next to the including file; they only join the hash and the copy
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SynthesisWarning)
-            aig = verilog_to_aig(list(item.paths), top=item.top, timeout=timeout, latch_error=latch_error)
-        notes = [str(w.message) for w in caught if issubclass(w.category, SynthesisWarning)]
+        if synthesized is not None:
+            aig, notes = synthesized
+            if isinstance(aig, BaseException):
+                raise aig
+        else:
+            # include files are found by Yosys next to the including file; they only join the hash and the copy
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SynthesisWarning)
+                aig = verilog_to_aig(list(item.paths), top=item.top, timeout=timeout, latch_error=latch_error)
+            notes = [str(w.message) for w in caught if issubclass(w.category, SynthesisWarning)]
         text = _verilog_text(item)
         tokens = np.asarray(encode_tokens(tokenize_verilog(text)), dtype=np.int32)
         verilog_rel = f"{VERILOG_DIR}/{circuit_id}.v"
@@ -437,11 +445,16 @@ def build_item(
 
 
 def _worker(
-    item: SourceItem, circuit_id: str, out: str, timeout: float, latch_error: bool = False
+    item: SourceItem,
+    circuit_id: str,
+    out: str,
+    timeout: float,
+    latch_error: bool = False,
+    synthesized: tuple[Any, list[str]] | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """Process-pool entry: never raises, so exception classes need not survive pickling."""
+    """One item; never raises, so exception classes need not survive pickling."""
     try:
-        return build_item(item, circuit_id, out, timeout, latch_error), None
+        return build_item(item, circuit_id, out, timeout, latch_error, synthesized), None
     except Exception as exc:  # report any failure of one file and go on with the others
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         if not first.startswith(str(item.paths[0])) and item.source not in first:
@@ -451,12 +464,63 @@ def _worker(
 
 # ---------------------------------------------------------------------------------------------- driver
 Job = tuple[SourceItem, str]
+Result = tuple[dict[str, Any] | None, str | None]
+_VERILOG_BATCH = 8  # Verilog designs per Yosys process (its ~0.3 s start paid once per batch)
+
+
+def _worker_batch(batch: list[Job], out: str, timeout: float, latch_error: bool) -> list[Result]:
+    """Process-pool entry: a batch of items; its Verilog designs share one Yosys process
+    (:func:`circuitml.verilog.verilog_to_aig_many`, whose results do not depend on batch neighbours)."""
+    synthesized: dict[int, tuple[Any, list[str]]] = {}
+    verilog = [(k, it) for k, (it, _) in enumerate(batch) if it.kind == "verilog"]
+    if len(verilog) > 1:
+        from circuitml.verilog import SynthesisWarning, verilog_to_aig_many
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SynthesisWarning)
+            results = verilog_to_aig_many(
+                [(list(it.paths), it.top) for _, it in verilog],
+                timeout=timeout,
+                latch_error=latch_error,
+                batch_size=len(verilog),
+            )
+        notes = [str(w.message) for w in caught if issubclass(w.category, SynthesisWarning)]
+        for (k, it), res in zip(verilog, results, strict=True):
+            # a batch never holds two designs of one name (see _batches), so the prefix is unambiguous
+            prefix = _design_name(it) + ": "
+            synthesized[k] = (res, [n for n in notes if n.startswith(prefix)])
+    return [
+        _worker(it, cid, out, timeout, latch_error, synthesized.get(k)) for k, (it, cid) in enumerate(batch)
+    ]
+
+
+def _design_name(item: SourceItem) -> str:
+    return ", ".join(p.name for p in item.paths)  # how verilog_to_aig names a design in its messages
+
+
+def _batches(jobs: list[Job], workers: int) -> list[list[Job]]:
+    """Verilog items in batches (small enough that every worker gets several), the others one by one."""
+    verilog = [j for j in jobs if j[0].kind == "verilog"]
+    size = max(1, min(_VERILOG_BATCH, -(-len(verilog) // max(1, 2 * workers))))
+    batches: list[list[Job]] = []
+    current: list[Job] = []
+    names: set[str] = set()
+    for job in verilog:
+        name = _design_name(job[0])
+        if len(current) >= size or name in names:
+            batches.append(current)
+            current, names = [], set()
+        current.append(job)
+        names.add(name)
+    if current:
+        batches.append(current)
+    return batches + [[j] for j in jobs if j[0].kind != "verilog"]
 
 
 def _run_parallel(
-    jobs: list[Job], workers: int, out: str, timeout: float, latch_error: bool, done
-) -> list[Job]:
-    """Run ``jobs`` in a process pool, calling ``done(job, result)`` as each finishes.
+    jobs: list[list[Job]], workers: int, out: str, timeout: float, latch_error: bool, done
+) -> list[list[Job]]:
+    """Run batches of jobs in a process pool, calling ``done(job, result)`` for each job as its batch finishes.
 
     A pool whose worker dies (out of memory, killed) reports its in-flight items as failed and a fresh pool
     takes the rest. Returns the jobs left when a fresh pool cannot finish a single item (worker processes do
@@ -466,7 +530,7 @@ def _run_parallel(
     while queue:
         completed = 0
         broken = False
-        futures: dict[Future, Job] = {}
+        futures: dict[Future, list[Job]] = {}
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
             try:
                 while (queue or futures) and not broken:
@@ -474,7 +538,7 @@ def _run_parallel(
                     while queue and len(futures) < 2 * workers:
                         job = queue.pop()
                         try:
-                            futures[pool.submit(_worker, job[0], job[1], out, timeout, latch_error)] = job
+                            futures[pool.submit(_worker_batch, job, out, timeout, latch_error)] = job
                         except BrokenProcessPool:
                             queue.append(job)
                             broken = True
@@ -491,13 +555,15 @@ def _run_parallel(
                             futures[fut] = job  # handled with the other in-flight jobs below
                             continue
                         completed += 1
-                        done(job, result)
+                        for one, res in zip(job, result, strict=True):
+                            done(one, res)
                 if broken:
                     for job in futures.values():
                         if completed == 0:
                             queue.append(job)
                         else:
-                            done(job, (None, f"{job[0].source}: worker process died (out of memory?)"))
+                            for one in job:
+                                done(one, (None, f"{one[0].source}: worker process died (out of memory?)"))
                     futures.clear()
             except BaseException:
                 for fut in futures:
@@ -734,10 +800,13 @@ def _build_locked(sources, out: Path, settings: _Settings, console, start: float
         task = bar.add_task("build", total=len(pending))
     try:
         if workers <= 1 or len(pending) <= 1:
-            for it, cid in pending:
-                finish(it, _worker(it, cid, str(out), timeout, latch_error))
-                if bar is not None:
-                    bar.advance(task)
+            for batch in _batches(pending, 1):
+                for (it, _), result in zip(
+                    batch, _worker_batch(batch, str(out), timeout, latch_error), strict=True
+                ):
+                    finish(it, result)
+                    if bar is not None:
+                        bar.advance(task)
         else:
 
             def done(job: tuple[SourceItem, str], result: tuple[dict[str, Any] | None, str | None]) -> None:
@@ -745,11 +814,16 @@ def _build_locked(sources, out: Path, settings: _Settings, console, start: float
                 if bar is not None:
                     bar.advance(task)
 
-            leftover = _run_parallel(pending, workers, str(out), timeout, latch_error, done)
+            leftover = _run_parallel(
+                _batches(pending, workers), workers, str(out), timeout, latch_error, done
+            )
             if leftover and console is not None:
                 console.print("[yellow]worker processes unavailable here; building in this process[/]")
-            for it, cid in leftover:
-                done((it, cid), _worker(it, cid, str(out), timeout, latch_error))
+            for batch in leftover:
+                for job, result in zip(
+                    batch, _worker_batch(batch, str(out), timeout, latch_error), strict=True
+                ):
+                    done(job, result)
         for it, cid in aliases:
             original = stored.get(it.sha256)
             if original is None:
