@@ -159,3 +159,20 @@ def test_interrupted_build_gives_the_ids_of_a_clean_one(tmp_path: Path, monkeypa
     ids = sorted(r["id"] for r in _manifest(out)["records"])
     assert ids == sorted(r["id"] for r in _manifest(clean)["records"])
     assert "c432_v" in ids and "c432_bench" in ids and "c499" in ids
+
+
+def test_batched_synthesis_gives_the_same_dataset_as_one_design_per_yosys(
+    tmp_path: Path, monkeypatch
+) -> None:
+    tree = {f"f{k}/g{k}.v": DESIGN.format(k=k, op="&|^"[k % 3]) for k in range(4)}
+    tree["f9/lt.v"] = LATCH
+    src = _files(tree, tmp_path / "src")
+    batched = tmp_path / "batched"
+    assert build_dataset([src], batched, workers=1, progress=False).built == 5
+    monkeypatch.setattr(build_module, "_VERILOG_BATCH", 1)
+    single = tmp_path / "single"
+    assert build_dataset([src], single, workers=1, progress=False).built == 5
+    assert (batched / "manifest.json").read_bytes() == (single / "manifest.json").read_bytes()
+    for f in (single / "circuits").iterdir():
+        assert (batched / "circuits" / f.name).read_bytes() == f.read_bytes()
+    assert next(r for r in _manifest(batched)["records"] if r["id"] == "lt")["warnings"]
