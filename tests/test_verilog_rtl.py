@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from circuitml.cli import main
-from circuitml.errors import SynthesisError
+from circuitml.errors import CircuitFormatError, SynthesisError
 from circuitml.formats import read_circuit
 from circuitml.sim import equivalent
 from circuitml.verilog import (
@@ -110,3 +110,18 @@ def test_convert_shows_warnings_and_latch_error(tmp_path: Path, capsys) -> None:
     assert "latch inferred" in err and err.count("\n") == 1 and not (tmp_path / "x.aag").exists()
     assert main(["convert", str(tmp_path / "lt.aag"), str(tmp_path / "y.aag"), "--latch-error"]) == 2
     assert "applies to Verilog input" in capsys.readouterr().err
+
+
+def test_a_folder_source_does_not_read_symlinks_leaving_it(tmp_path: Path) -> None:
+    secret = _write(tmp_path, "secret.v", "SECRET-LINE\n")
+    folder = tmp_path / "design"
+    folder.mkdir()
+    _write(folder, "ok.v", PLAIN)
+    (folder / "link.v").symlink_to(secret)
+    with pytest.raises(CircuitFormatError, match="symlink leaving the folder") as err:
+        verilog_to_aig(folder)
+    assert "SECRET" not in str(err.value)
+    (folder / "link.v").unlink()
+    (folder / "inner.v").symlink_to(folder / "ok.v")  # a link that stays inside is an ordinary file
+    with pytest.raises(SynthesisError, match="rev"):  # read twice: Yosys names the duplicate module
+        verilog_to_aig(folder)

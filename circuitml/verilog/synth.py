@@ -226,6 +226,13 @@ def _expand_sources(paths: str | Path | Iterable[str | Path]) -> list[Path]:
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in (".v", ".sv"))
             if not found:
                 raise CircuitFormatError(p, "a folder holding .v or .sv files")
+            inside = p.resolve()
+            for q in found:
+                # a folder stands for its own files: a link out of it is named, never read (pass its target)
+                if q.is_symlink() and not q.resolve().is_relative_to(inside):
+                    raise CircuitFormatError(
+                        q, f"a Verilog file inside {p}", got="a symlink leaving the folder"
+                    )
             out.extend(found)
         elif p.is_file():
             out.append(p)
