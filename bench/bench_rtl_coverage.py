@@ -25,8 +25,13 @@ import warnings
 from pathlib import Path
 
 from circuitml.errors import CircuitmlError
-from circuitml.verilog import SynthesisWarning, verilog_to_aig
+from circuitml.verilog import verilog_to_aig
 from circuitml.yosys import run_yosys
+
+try:
+    from circuitml.verilog import SynthesisWarning
+except ImportError:  # an older circuitml (to measure before/after): it issues no such warnings
+    SynthesisWarning = UserWarning
 
 FLOW = (
     "proc; flatten; memory; opt_clean; techmap; opt -fast; async2sync; dffunmap; setundef -undriven -zero; "
