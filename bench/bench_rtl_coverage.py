@@ -54,13 +54,14 @@ def designs(args: list[str], tops: dict[str, str]) -> list[Path]:
 
 
 def raw_yosys(design: Path, top: str | None) -> str | None:
+    # a folder's files side by side, so its `include "x_defines.v" lines resolve as in the original tree
     files = sorted(design.glob("*.v")) if design.is_dir() else [design]
-    reads = "\n".join(f"read_verilog -sv src{k}/{f.name}" for k, f in enumerate(files))
+    reads = "\n".join(f"read_verilog -sv -Isrc src/{f.name}" for f in files)
     hier = f"hierarchy -top {top}" if top else "hierarchy -auto-top"
     script = f"{reads}\n{hier}\n{FLOW}"
     res = run_yosys(
         script,
-        files={f"src{k}/{f.name}": f.read_bytes() for k, f in enumerate(files)},
+        files={f"src/{f.name}": f.read_bytes() for f in files},
         outputs=["out.aig"],
         timeout=600,
         allow_failure=True,
