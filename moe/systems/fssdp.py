@@ -61,6 +61,44 @@ def exchange_expert_rows(
     return received.index_select(0, inverse)
 
 
+def flatten_experts(experts: FFNExperts) -> Tensor:
+    """``[E, P]``: each expert's parameters (in ``named_parameters`` order) as one row; differentiable."""
+    return torch.cat([p.reshape(p.shape[0], -1) for _, p in experts.named_parameters()], dim=1)
+
+
+def unflatten_experts(flat: Tensor, shapes: list[tuple[str, tuple[int, ...]]]) -> dict[str, Tensor]:
+    """Views of rows ``flat [R, P]`` as ``{name: [R, *shape]}`` for ``shapes`` = ``[(name, per-expert shape)]``."""
+    out, start = {}, 0
+    for name, shape in shapes:
+        size = math.prod(shape)
+        out[name] = flat[:, start : start + size].reshape(flat.shape[0], *shape)
+        start += size
+    return out
+
+
+def run_materialized(
+    x: Tensor, indices: Tensor, weights: Tensor, experts: Tensor, w: dict[str, Tensor], activation: str
+) -> Tensor:
+    """The FFN experts ``experts`` (ascending global ids, weights ``w[name] [len(experts), ...]`` named as in
+    :class:`FFNExperts`) applied to ``x`` routed by global ``indices`` (each used id must be in ``experts``)."""
+    num_experts = int(experts.max()) + 1 if experts.numel() else 1
+    # Re-number the materialized experts 0..len-1 so the plan's segments are dense.
+    compact = torch.full((num_experts + 1,), -1, dtype=torch.long, device=indices.device)
+    compact[experts] = torch.arange(experts.numel(), device=indices.device)
+    local_idx = compact[torch.where((indices >= 0) & (indices < num_experts), indices, num_experts)]
+    plan = make_plan(local_idx, max(1, experts.numel()))
+    y = segment_ffn(
+        gather_tokens(x, plan),
+        w["gate_up_proj"],
+        w["down_proj"],
+        w.get("gate_up_bias"),
+        w.get("down_bias"),
+        plan,
+        activation,
+    )
+    return combine_outputs(y, weights, plan, padded=True)
+
+
 def balanced_placement(load: Tensor, world: int) -> Tensor:
     """Owner rank of each expert: heaviest first to the least-loaded rank that still owns fewer than ``E/W``.
 
@@ -133,31 +171,20 @@ class FSSDPExperts(nn.Module):
         with torch.no_grad():
             for i in range(n_local):
                 template.reset_parameters()
-                self.owned[i] = self._flatten(template, 0)
-
-    def _flatten(self, experts: FFNExperts, e: int) -> Tensor:
-        return torch.cat([getattr(experts, name)[e].reshape(-1) for name, _ in self.shapes])
-
-    def _unflatten(self, flat: Tensor) -> dict[str, Tensor]:
-        out, start = {}, 0
-        for name, shape in self.shapes:
-            size = math.prod(shape)
-            out[name] = flat[:, start : start + size].reshape(flat.shape[0], *shape)
-            start += size
-        return out
+                self.owned[i] = flatten_experts(template)[0]
 
     @torch.no_grad()
     def load_from_full(self, full: FFNExperts) -> None:
         """Copy this rank's experts out of a full :class:`FFNExperts` (e.g. to shard a trained model)."""
-        for i, e in enumerate(self.owned_experts.tolist()):
-            self.owned[i] = self._flatten(full, e)
+        self.owned.copy_(flatten_experts(full).index_select(0, self.owned_experts))
 
     @torch.no_grad()
     def gather_full(self) -> dict[str, Tensor]:
         """Every expert's weights on every rank (``[E, ...]`` per FFNExperts name), for checks and export."""
         want = torch.ones(self.world_size, self.num_experts, dtype=torch.bool, device=self.owned.device)
-        return self._unflatten(
-            exchange_expert_rows(self.owned, self.owned_experts, self.placement, want, self.group)
+        return unflatten_experts(
+            exchange_expert_rows(self.owned, self.owned_experts, self.placement, want, self.group),
+            self.shapes,
         )
 
     def forward(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
@@ -172,25 +199,12 @@ class FSSDPExperts(nn.Module):
         need = torch.nonzero(want[self.rank]).flatten()
         self.last_materialized = int(need.numel())
         flat = exchange_expert_rows(self.owned, self.owned_experts, self.placement, want, self.group)
-        # Re-number this rank's experts 0..|need|-1 so the materialized set is dense.
-        compact = torch.full((self.num_experts + 1,), -1, dtype=torch.long, device=indices.device)
-        compact[need] = torch.arange(need.numel(), device=indices.device)
-        local_idx = compact[torch.where(indices >= 0, indices, self.num_experts)]
-        plan = make_plan(local_idx, max(1, need.numel()))
         if need.numel() == 0:
             # No token routed here: still connect the exchange, whose backward is a collective every rank joins.
             return x * 0.0 + flat.sum() * 0.0
-        w = self._unflatten(flat)
-        y = segment_ffn(
-            gather_tokens(x, plan),
-            w["gate_up_proj"],
-            w["down_proj"],
-            w.get("gate_up_bias"),
-            w.get("down_bias"),
-            plan,
-            self.activation,
+        return run_materialized(
+            x, indices, weights, need, unflatten_experts(flat, self.shapes), self.activation
         )
-        return combine_outputs(y, weights, plan, padded=True)
 
     @torch.no_grad()
     def reshard(self, optimizer: torch.optim.Optimizer | None = None, load: Tensor | None = None) -> Tensor:
