@@ -3,20 +3,26 @@
 * :mod:`.ring_inference` — SE-MoE ring-memory inference (slow tier + ring of K fast sections, prefetch).
 * :mod:`.fssdp` — Hecate's fully sharded sparse data parallelism (sparse all-gather / reduce-scatter, re-sharding).
 * :mod:`.adaptive` — Tutel's adaptive runtime (dynamic capacity, EP<->DP switch, pipelining degree).
+* :mod:`.qmoe` — QMoE: GPTQ-ternary experts in an entropy-coded format, decoded per routed expert.
 * :mod:`.launch` — run a function on W local processes of one gloo/NCCL group (tests, benches).
 """
 
 from circuitml.moe.systems.adaptive import AdaptiveParallelFFN, DynamicCapacityRouter
 from circuitml.moe.systems.fssdp import FSSDPExperts, allreduce_replicated_grads, balanced_placement
+from circuitml.moe.systems.qmoe import QMoEExperts, compress_model, load_qmoe, save_qmoe
 from circuitml.moe.systems.ring_inference import RingMemory, mmap_safetensors, ring_offload
 
 __all__ = [
     "AdaptiveParallelFFN",
     "DynamicCapacityRouter",
     "FSSDPExperts",
+    "QMoEExperts",
     "RingMemory",
     "allreduce_replicated_grads",
     "balanced_placement",
+    "compress_model",
+    "load_qmoe",
     "mmap_safetensors",
     "ring_offload",
+    "save_qmoe",
 ]
