@@ -4,17 +4,21 @@
 * :mod:`.fssdp` — Hecate's fully sharded sparse data parallelism (sparse all-gather / reduce-scatter, re-sharding).
 * :mod:`.adaptive` — Tutel's adaptive runtime (dynamic capacity, EP<->DP switch, pipelining degree).
 * :mod:`.qmoe` — QMoE: GPTQ-ternary experts in an entropy-coded format, decoded per routed expert.
+* :mod:`.moe2` — MoE²: budgeted selection of heterogeneous experts (branch and bound), gate among the chosen.
 * :mod:`.launch` — run a function on W local processes of one gloo/NCCL group (tests, benches).
 """
 
 from circuitml.moe.systems.adaptive import AdaptiveParallelFFN, DynamicCapacityRouter
 from circuitml.moe.systems.fssdp import FSSDPExperts, allreduce_replicated_grads, balanced_placement
+from circuitml.moe.systems.moe2 import BudgetedMoE, ExpertCost, measure_cost, select_experts
 from circuitml.moe.systems.qmoe import QMoEExperts, compress_model, load_qmoe, save_qmoe
 from circuitml.moe.systems.ring_inference import RingMemory, mmap_safetensors, ring_offload
 
 __all__ = [
     "AdaptiveParallelFFN",
+    "BudgetedMoE",
     "DynamicCapacityRouter",
+    "ExpertCost",
     "FSSDPExperts",
     "QMoEExperts",
     "RingMemory",
@@ -22,7 +26,9 @@ __all__ = [
     "balanced_placement",
     "compress_model",
     "load_qmoe",
+    "measure_cost",
     "mmap_safetensors",
     "ring_offload",
     "save_qmoe",
+    "select_experts",
 ]
