@@ -62,30 +62,25 @@ def main(argv: list[str] | None = None) -> None:
     d_in = T.CONTEXT * vocab
     g = torch.Generator().manual_seed(args.seed)
     widths = [int(w) for w in args.widths.split(",")]
-    experts = []
-    for w in widths:
-        e = Probs(d_in, w, vocab)
-        opt = torch.optim.Adam(e.parameters(), lr=3e-3)
+
+    def fit(model: nn.Module, params) -> None:
+        opt = torch.optim.Adam(params, lr=3e-3)
         for _ in range(args.steps):
-            x, y = windows(
-                train_ids, vocab, torch.randint(0, len(train_ids) - T.CONTEXT, (args.batch,), generator=g)
-            )
-            loss = F.nll_loss(torch.log(e(x) + 1e-9), y)
+            starts = torch.randint(0, len(train_ids) - T.CONTEXT, (args.batch,), generator=g)
+            x, y = windows(train_ids, vocab, starts)
+            loss = F.nll_loss(torch.log(model(x) + 1e-9), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
+
+    experts = []
+    for w in widths:
+        e = Probs(d_in, w, vocab)
+        fit(e, e.parameters())
         e.requires_grad_(False)
         experts.append(e.eval())
     moe = BudgetedMoE(experts, d_in, top_k=len(experts))
-    opt = torch.optim.Adam(moe.gate.parameters(), lr=3e-3)
-    for _ in range(args.steps):
-        x, y = windows(
-            train_ids, vocab, torch.randint(0, len(train_ids) - T.CONTEXT, (args.batch,), generator=g)
-        )
-        loss = F.nll_loss(torch.log(moe(x) + 1e-9), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(moe, moe.gate.parameters())  # the gate over the frozen experts, on the soft mixture's likelihood
     probe = windows(train_ids, vocab, torch.arange(args.batch))[0]
     costs = [measure_cost(e, probe) for e in experts]
     # Held-out quality of any subset, from cached expert outputs and gate logits (same formula as forward).
