@@ -58,6 +58,7 @@ def _modes(rank: int, world: int) -> dict:
     }
 
 
+@pytest.mark.slow  # spawning 2 processes that import torch takes > 5 s of wall time
 def test_ep_dp_and_pipelining_degrees_give_equal_outputs_and_grads() -> None:
     results = spawn_group(_modes, 2, timeout=60)
     for res in results:

@@ -78,6 +78,7 @@ def _check(results: list[dict], world: int) -> None:
     assert min(m for r in results for m in r["materialized"]) < E
 
 
+@pytest.mark.slow  # spawning 2 processes that import torch takes > 5 s of wall time
 def test_fssdp_two_ranks_train_like_one_process() -> None:
     _check(spawn_group(_train, 2, timeout=60), 2)
 
