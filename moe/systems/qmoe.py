@@ -192,12 +192,16 @@ def decode(
     stream: Tensor, lane_start: Tensor, lanes: Tensor, lane_len: int, table: tuple[Tensor, Tensor]
 ) -> Tensor:
     """Ternary symbols ``[len(lanes), lane_len]`` (int8) of the selected ``lanes``; all lanes step together."""
-    sym_table, len_table = table
+    dev = stream.device
+    sym_table, len_table = table[0].to(dev), table[1].to(dev)
     padded = torch.cat([stream.long(), stream.new_zeros(4).long()])
+    lanes = lanes.to(dev)
     bitpos = lane_start.long().index_select(0, lanes)
-    col = torch.zeros(lanes.numel(), dtype=torch.long)
-    out = torch.zeros(lanes.numel(), lane_len + 1, dtype=torch.int8)  # last column absorbs finished lanes
-    active = torch.arange(lanes.numel())
+    col = torch.zeros(lanes.numel(), dtype=torch.long, device=dev)
+    out = torch.zeros(
+        lanes.numel(), lane_len + 1, dtype=torch.int8, device=dev
+    )  # last column: finished lanes
+    active = torch.arange(lanes.numel(), device=dev)
     while active.numel():
         pos = bitpos[active]
         byte = pos >> 3
@@ -261,11 +265,18 @@ class CompressedMatrix:
         """Decoded ternary symbols ``[len(experts), out, in]`` of the given experts only."""
         e, out, inp = self.shape
         per = out // self.rows_per_lane
-        lanes = (experts[:, None] * per + torch.arange(per)).reshape(-1)
+        experts = experts.to(self.stream.device)
+        lanes = (experts[:, None] * per + torch.arange(per, device=experts.device)).reshape(-1)
         sym = decode(self.stream, self.lane_start, lanes, self.rows_per_lane * inp, self.table())
         return sym.reshape(experts.numel(), out, inp)
 
+    def to(self, device: str | torch.device) -> CompressedMatrix:
+        """A copy whose stream, offsets and grids live on ``device`` (a GPU decodes there; untested here)."""
+        moved = {f: getattr(self, f).to(device) for f in ("stream", "lane_start", "centre", "step")}
+        return CompressedMatrix(self.shape, self.rows_per_lane, lengths=self.lengths, **moved)
+
     def dequantize(self, experts: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        experts = experts.to(self.stream.device)
         s = self.symbols(experts).to(dtype)
         return self.centre[experts].to(dtype)[..., None] + self.step[experts].to(dtype)[..., None] * s
 
@@ -291,6 +302,11 @@ class QMoEExperts(nn.Module):
 
     def num_params(self) -> int:
         return math.prod(self.gate_up.shape) + math.prod(self.down.shape)
+
+    def to_device(self, device: str | torch.device) -> QMoEExperts:
+        """Keep the compressed experts on ``device`` so they are decoded there (the CUDA path)."""
+        self.gate_up, self.down = self.gate_up.to(device), self.down.to(device)
+        return self
 
     def bits_per_param(self) -> float:
         return 8 * (self.gate_up.nbytes() + self.down.nbytes()) / self.num_params()
