@@ -29,6 +29,8 @@ from circuitml.moe.inference import (  # noqa: E402
 from circuitml.moe.parallel import AllToAll, ExpertParallelFFN  # noqa: E402
 from circuitml.moe.registry import ROUTERS, build_router, register_router, router_class
 from circuitml.moe.router import Router, RouterOutput
+from circuitml.moe.systems import *  # noqa: E402,F403  (systems of the seed papers, issue 13)
+from circuitml.moe.systems import __all__ as _systems_all  # noqa: E402
 
 __all__ = [
     "ROUTERS",
@@ -57,4 +59,5 @@ __all__ = [
     "make_plan",
     "register_router",
     "router_class",
+    *_systems_all,
 ]
