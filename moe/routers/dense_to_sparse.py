@@ -62,8 +62,13 @@ class DenseToSparseConfig(RouterConfig):
 
 @register_router("dense_to_sparse")
 class DenseToSparseRouter(AnnealedRouter):
-    r"""Dense-to-sparse gate with an activation (Nie et al. 2021, "Dense-to-Sparse Gate for Mixture-of-Experts",
-    arXiv:2112.14397 v1, the gate that became EvoMoE's).
+    r"""Activation dense-to-sparse gate of Nguyen, Akbarian and Ho 2024, "Is Temperature Sample Efficient for
+    Softmax Gaussian Mixture of Experts?" (ICML, arXiv:2401.13875).
+
+    The plain dense-to-sparse gate ``softmax((x W) / tau)`` (EvoMoE's DTS gate, :class:`EvoMoERouter`) couples the
+    temperature with the gate parameters, which makes parameter estimation slower than any polynomial rate; the
+    paper routes the linear logits through an activation ``sigma`` before the softmax, which restores polynomial
+    rates when ``sigma`` and its derivatives satisfy a linear-independence condition:
 
     .. math::
         g(x) = \mathrm{softmax}\big(\sigma(x W) / \tau(t)\big), \qquad
