@@ -180,6 +180,17 @@ class MoEGNNEncoder(Encoder):
         self.final_norm = nn.LayerNorm(h)
         self.dropout = nn.Dropout(config.dropout)
 
+    def routing_top_k_changed(self, k: int) -> None:
+        """Keep the saved options in step with :func:`circuitml.moe.set_top_k` so the encoder reloads as routed."""
+        from circuitml.moe.inference import routers_of
+
+        options = dict(self.config.options)
+        options["top_k"] = k
+        extra = {key: v for key, v in routers_of(self)[0].top_k_fields(k).items() if key != "top_k"}
+        if extra:
+            options["router_options"] = {**dict(self.opt("router_options")), **extra}
+        self.config.options = options
+
     def encode_nodes(self, data: Data, h: Tensor) -> Tensor:
         types = self.input_types  # the (possibly masked) types of this forward, never the true data.x
         in_edges = InEdgeIndex(data.edge_index, h.size(0)) if self.opt("expert") == "conv" else None

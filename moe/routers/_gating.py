@@ -44,6 +44,22 @@ def pack_support(values: Tensor, support: Tensor, min_slots: int = 1) -> tuple[T
     return weights, indices
 
 
+def truncated_support(router: Router, gate: Tensor, k: int | None = None) -> tuple[Tensor, Tensor]:
+    """Keep each token's ``k`` largest gate values (or the router's override), renormalized to sum to 1.
+
+    For gates whose support is not a top-k by construction (DSelect-k, COMET): used for a hard cardinality
+    bound and for inference-time overrides. Zero gate values never take a slot (index ``-1``, weight 0).
+    """
+    if k is None:
+        values, indices = router.select_topk(gate)
+    else:
+        values, indices = gate.topk(min(k, gate.shape[-1]), dim=-1)
+    valid = values > 0
+    values = torch.where(valid, values, torch.zeros((), dtype=values.dtype))
+    values = values / values.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+    return values, torch.where(valid, indices, torch.full_like(indices, -1))
+
+
 def log_sinkhorn(
     log_alpha: Tensor, iters: int, row_mass: Tensor | None = None, col_mass: Tensor | None = None
 ) -> Tensor:

@@ -78,9 +78,13 @@ class DenseToSparseRouter(AnnealedRouter):
     unsure of share the remaining mass evenly) and ``\tau`` annealed from ``tau_start`` to ``tau_end``. At a
     high temperature ``g`` is flat and every expert is above ``\theta`` (dense); as ``\tau`` falls the weights
     concentrate and the selection becomes sparse. Deterministic (no noise), unlike :class:`EvoMoERouter`.
+    A ``top_k`` / rank override selects the gate's top entries; ``set_top_k`` sets ``max_experts``.
     """
 
     config_class = DenseToSparseConfig
+
+    def top_k_fields(self, k: int) -> dict[str, Any]:
+        return {"top_k": k, "max_experts": k}
 
     def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
         step = self.current_step(ctx)
@@ -88,7 +92,10 @@ class DenseToSparseRouter(AnnealedRouter):
         gate = softmax_probs(ACTIVATIONS[self.config.activation](logits) / self.temperature(step))
         keep = (gate >= self.config.threshold) | (gate == gate.max(dim=-1, keepdim=True).values)
         cap = self.config.max_experts
-        if cap is not None and cap < self.num_experts:
+        if self.routing_override is not None:
+            # The override picks the slots (top-k' or the r-th ranked expert), by index as below.
+            keep = torch.zeros_like(keep).scatter_(-1, self.select_topk(gate)[1], True)
+        elif cap is not None and cap < self.num_experts:
             # By index, not by value: tied weights (ReLU zeros) must not let more than ``cap`` through.
             top = torch.zeros_like(keep).scatter_(-1, gate.topk(cap, dim=-1).indices, True)
             keep &= top

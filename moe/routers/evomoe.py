@@ -57,10 +57,14 @@ class EvoMoERouter(AnnealedRouter):
     read from ctx ``step``, else from an internal counter advanced by each training forward (see
     :meth:`set_step`). Selected weights are the gate values themselves (not renormalised), as in the paper.
 
-    The experts of an EvoMoE model start from one trained expert: see :func:`diversify_experts`.
+    The experts of an EvoMoE model start from one trained expert: see :func:`diversify_experts`. A ``top_k`` /
+    rank override routes by the gate's top entries in either phase; ``set_top_k`` sets ``final_top_k``.
     """
 
     config_class = EvoMoEConfig
+
+    def top_k_fields(self, k: int) -> dict[str, Any]:
+        return {"top_k": k, "final_top_k": k}
 
     def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
         step = self.current_step(ctx)
@@ -70,7 +74,9 @@ class EvoMoERouter(AnnealedRouter):
             u = torch.rand(logits.shape, generator=ctx.get("generator"), device=x.device, dtype=logits.dtype)
             noisy = logits - torch.log(-torch.log(u.clamp_min(1e-20)) + 1e-20)
         gate = softmax_probs(noisy / self.temperature(step))
-        if step < self.config.anneal_steps:
+        if self.routing_override is not None:  # an inference override wins over the anneal's threshold
+            weights, indices = self.select_topk(gate)
+        elif step < self.config.anneal_steps:
             # The argmax always qualifies, so no token is left without an expert.
             keep = (gate >= self.config.threshold) | (gate == gate.max(dim=-1, keepdim=True).values)
             weights, indices = pack_support(gate, keep)

@@ -74,10 +74,18 @@ class PermutationLocalSearchRouter(Router):
     ``\pi = \arg\max_\pi \sum_e \log W_{e, \pi(e)}`` (Hungarian algorithm) and routing becomes
     ``indices = \pi[g\text{'s indices}]`` at no extra cost.
 
-    The step counter advances on each training forward (or is read from ctx ``step``).
+    The step counter advances on each training forward (or is read from ctx ``step``). Overrides are the
+    wrapped router's: it honours what that router honours.
     """
 
     config_class = LocalSearchConfig
+
+    def check_override(self, mode: str, value: int) -> None:
+        self.inner.check_override(mode, value)
+
+    def top_k_config(self, k: int) -> RouterConfig:
+        self.inner.top_k_config(k)  # raises when the wrapped router cannot change k
+        return super().top_k_config(k)
 
     def __init__(self, config: LocalSearchConfig) -> None:
         super().__init__(config)
