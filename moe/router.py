@@ -106,6 +106,12 @@ class Router(nn.Module):
             f"name={self.name!r}, d_model={self.d_model}, num_experts={self.num_experts}, top_k={self.top_k}"
         )
 
+    @classmethod
+    def build_stack(cls, num_layers: int, values: dict[str, Any]) -> list[Router]:
+        """Routers for ``num_layers`` consecutive MoE layers from config ``values`` (independent by default;
+        routers that share parameters across layers, such as Read-ME's planner, override this)."""
+        return [cls(cls.config_class.from_dict(dict(values))) for _ in range(num_layers)]
+
     # -- overrides --------------------------------------------------------------------------------------
     def check_override(self, mode: str, value: int) -> None:
         """Raise :class:`ConfigError` unless this router can route under override ``(mode, value)``."""
