@@ -136,3 +136,40 @@ def test_set_top_k_on_an_encoder_keeps_its_saved_options_in_step() -> None:
     clone = build_encoder(enc.config).eval()
     clone.load_state_dict(enc.state_dict())
     torch.testing.assert_close(clone(batch).node, enc(batch).node)
+
+
+@pytest.mark.parametrize("router", ["rmoe", "read_me"])
+def test_qa_transformer_routes_through_the_stack(router: str) -> None:
+    from circuitml.tasks.qa.model import SwitchQAConfig, SwitchTransformerQA
+
+    torch.manual_seed(0)
+    cfg = SwitchQAConfig(
+        vocab_size=50,
+        max_position=16,
+        d_model=16,
+        num_layers=4,
+        num_heads=2,
+        d_ff=32,
+        dropout=0.0,
+        router=router,
+        top_k=2,
+        capacity_factor=None,
+        normalize_weights=True,
+    )
+    model = SwitchTransformerQA(cfg).eval()
+    routers = [m.block.router for m in model.moe_layers()]
+    calls: list[list] = [[] for _ in routers]
+    for r, store in zip(routers, calls, strict=True):
+        _capture(r, store)
+    ids = torch.randint(0, 50, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    model(ids, mask)
+    if router == "rmoe":
+        assert calls[1][0][0]["layer_state"] is calls[0][0][1].state
+        assert calls[1][0][1].state.shape[0] == int(mask.sum())  # padding is not routed
+    else:
+        emb = model.norm(model.tok(ids) + model.pos(torch.arange(7))[None])
+        plan = routers[0].plan(emb.reshape(-1, 16)[mask.reshape(-1).bool()])
+        for i, store in enumerate(calls):
+            assert torch.equal(store[0][1].indices, plan.layers[i].indices)
