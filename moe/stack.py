@@ -35,9 +35,9 @@ def build_router_stack(name: str, num_layers: int, **values: Any) -> list[Router
 
     Independent routers for most names; Read-ME's layers share one planner (owned by the first router).
     """
-    if num_layers < 1:
-        raise ConfigError(f"router stack: num_layers: expected >= 1, got {num_layers}")
-    return router_class(name).build_stack(num_layers, values)
+    if num_layers < 0:
+        raise ConfigError(f"router stack: num_layers: expected >= 0, got {num_layers}")
+    return router_class(name).build_stack(num_layers, values) if num_layers else []
 
 
 class LookaheadExpertCache:

@@ -106,9 +106,10 @@ class AnnealedRouter(Router):
     """A linear gate whose temperature anneals geometrically from ``tau_start`` to ``tau_end`` over
     ``anneal_steps`` (the dense-to-sparse gates: EvoMoE and the activation dense-to-sparse gate).
 
-    The step comes from ``ctx["step"]`` when given, else from a buffer that advances once per training call
-    (so it is saved with the model and resumes with it). The config must define ``tau_start``, ``tau_end``,
-    ``anneal_steps`` and ``bias``.
+    The step comes from ``ctx["step"]`` when given, else from a buffer that counts optimizer steps: the trainer
+    advances it (:func:`circuitml.moe.schedule.step_routers`), a forward never does — so micro-batches and
+    activation recomputation see the same schedule — and it is saved with the model and resumes with it. The
+    config must define ``tau_start``, ``tau_end``, ``anneal_steps`` and ``bias``.
     """
 
     def __init__(self, config) -> None:
@@ -132,7 +133,7 @@ class AnnealedRouter(Router):
         return math.exp((1 - frac) * math.log(cfg.tau_start) + frac * math.log(cfg.tau_end))
 
     def current_step(self, ctx: dict[str, Any]) -> int:
-        step = int(ctx["step"]) if "step" in ctx else int(self.step)
-        if self.training and "step" not in ctx:
-            self.step += 1
-        return step
+        return int(ctx["step"]) if "step" in ctx else int(self.step)
+
+    def on_optimizer_step(self) -> None:
+        self.step += 1
