@@ -33,6 +33,7 @@ HONOURED = {
     "base": (set(), True),  # one expert per token: only top_k=1, a no-op
     "stablemoe": (set(), True),
     "local_search": ({"topk", "rank"}, True),  # its inner router's (topk)
+    "deepseek": ({"topk", "rank"}, True),
 }
 
 
