@@ -112,10 +112,11 @@ class Router(nn.Module):
         routers that share parameters across layers, such as Read-ME's planner, override this)."""
         return [cls(cls.config_class.from_dict(dict(values))) for _ in range(num_layers)]
 
-    def on_optimizer_step(self) -> None:
+    def on_optimizer_step(self, experts: nn.Module | None = None) -> None:
         """Advance per-step schedules (anneals, search steps) and statistics (load-balancing biases) once per
-        optimizer step; trainers call it through :func:`circuitml.moe.schedule.step_routers`. Forwards never
-        advance anything, so gradient accumulation and activation recomputation leave schedules alone."""
+        optimizer step; trainers call it through :func:`circuitml.moe.schedule.step_routers`, which passes the
+        ``experts`` of the router's layer (EvoMoE spawns them). Forwards never advance anything, so gradient
+        accumulation and activation recomputation leave schedules alone."""
 
     # -- overrides --------------------------------------------------------------------------------------
     def check_override(self, mode: str, value: int) -> None:

@@ -16,8 +16,15 @@ from torch import nn
 
 
 def step_routers(model: nn.Module) -> int:
-    """Call :meth:`~circuitml.moe.router.Router.on_optimizer_step` on every router of ``model``; returns how many."""
+    """Call :meth:`~circuitml.moe.router.Router.on_optimizer_step` on every router of ``model`` (with the
+    ``experts`` of the module that holds it as ``router``, when there is one); returns how many routers."""
+    experts = {
+        id(m.router): m.experts
+        for m in model.modules()
+        if isinstance(getattr(m, "router", None), nn.Module)
+        and isinstance(getattr(m, "experts", None), nn.Module)
+    }
     routers = routers_of(model)
     for router in routers:
-        router.on_optimizer_step()
+        router.on_optimizer_step(experts.get(id(router)))
     return len(routers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from circuitml.moe import FFNExperts, MoEBlock, build_router
-from circuitml.moe.evomoe_recipe import EvoMoERecipe
+from circuitml.moe.evomoe_recipe import evomoe_options, evomoe_phase
 from circuitml.moe.schedule import step_routers
 
 from circuitml.encoders import build_encoder
@@ -32,23 +32,29 @@ def test_anneal_counts_optimizer_steps_not_forwards_or_recomputation(router: str
     assert all(int(layer.router.step) == 3 for layer in enc.layers)
 
 
-def _block(expert_steps: int, anneal_steps: int) -> MoEBlock:
+def _block(expert_steps: int, anneal_steps: int, keep: float = 0.9) -> MoEBlock:
     router = build_router(
-        "evomoe", d_model=8, num_experts=4, expert_steps=expert_steps, anneal_steps=anneal_steps, tau_end=0.05
+        "evomoe",
+        d_model=8,
+        num_experts=4,
+        expert_steps=expert_steps,
+        anneal_steps=anneal_steps,
+        tau_end=0.05,
+        diversify_keep=keep,
     )
     return MoEBlock(router, FFNExperts(4, 8, 16))
 
 
 def test_recipe_trains_one_expert_then_spawns_the_others_then_sparsifies() -> None:
     torch.manual_seed(0)
-    block = _block(expert_steps=3, anneal_steps=4)
-    recipe = EvoMoERecipe(block, keep=0.5, seed=0)
+    assert evomoe_options(10, 0.3, 0.4) == {"expert_steps": 3, "anneal_steps": 4}
+    block = _block(**evomoe_options(10, 0.3, 0.4), keep=0.5)
     opt = torch.optim.Adam(block.parameters(), lr=1e-2)
     x, target = torch.randn(32, 8), torch.randn(32, 8)
     phases, widths = [], []
     for _ in range(9):
         out = block(x)
-        phases.append(recipe.phase())
+        phases.append(evomoe_phase(block))
         widths.append(int((out.routing.indices >= 0).sum(-1).max()))
         if phases[-1] == "expert-diversify":
             assert torch.equal(out.routing.indices, torch.zeros(32, 1, dtype=torch.long))
@@ -58,7 +64,7 @@ def test_recipe_trains_one_expert_then_spawns_the_others_then_sparsifies() -> No
             grad = block.experts.down_proj.grad
             assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
         opt.step()
-        recipe.step()
+        step_routers(block)  # what every trainer calls after optimizer.step()
         if int(block.router.step) == 3:  # spawned right after the last expert-diversify step
             src = block.experts.down_proj[0]
             for e in (1, 2, 3):
@@ -72,10 +78,13 @@ def test_recipe_trains_one_expert_then_spawns_the_others_then_sparsifies() -> No
 
 def test_recipe_spawns_gnn_convolution_experts() -> None:
     torch.manual_seed(0)
-    options = {"router": "evomoe", "num_experts": 3, "router_options": {"expert_steps": 1}}
+    options = {
+        "router": "evomoe",
+        "num_experts": 3,
+        "router_options": {"expert_steps": 1, "diversify_keep": 0.8},
+    }
     enc = build_encoder("moe_gnn", hidden=8, num_layers=1, options=options)
-    recipe = EvoMoERecipe(enc, keep=0.8)
-    recipe.step()
+    step_routers(enc)
     experts = enc.layers[0].experts
     w0, w1 = experts[0].lin_l.weight, experts[1].lin_l.weight
     kept = w1 != 0
@@ -85,8 +94,8 @@ def test_recipe_spawns_gnn_convolution_experts() -> None:
 
 def test_missing_diversify_is_an_error_not_a_silent_random_expert_init() -> None:
     block = _block(expert_steps=1, anneal_steps=2)
-    step_routers(block)  # advanced without the recipe
-    with pytest.raises(ConfigError, match="EvoMoERecipe"):
+    step_routers(block.router)  # advanced without its layer's experts: nothing to spawn them from
+    with pytest.raises(ConfigError, match="step_routers"):
         block(torch.randn(4, 8))
     with pytest.raises(ConfigError, match="evomoe"):
-        EvoMoERecipe(MoEBlock(build_router("topk", d_model=8, num_experts=4), FFNExperts(4, 8, 8)))
+        evomoe_phase(MoEBlock(build_router("topk", d_model=8, num_experts=4), FFNExperts(4, 8, 8)))

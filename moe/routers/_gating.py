@@ -135,5 +135,5 @@ class AnnealedRouter(Router):
     def current_step(self, ctx: dict[str, Any]) -> int:
         return int(ctx["step"]) if "step" in ctx else int(self.step)
 
-    def on_optimizer_step(self) -> None:
+    def on_optimizer_step(self, experts: nn.Module | None = None) -> None:
         self.step += 1

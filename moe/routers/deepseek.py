@@ -115,7 +115,7 @@ class DeepSeekRouter(Router):
         return RouterOutput(logits=logits, probs=probs, weights=weights, indices=indices, aux_losses=aux)
 
     @torch.no_grad()
-    def on_optimizer_step(self) -> None:
+    def on_optimizer_step(self, experts: nn.Module | None = None) -> None:
         """The auxiliary-loss-free bias update: ``b_i += gamma * sign(mean load - load_i)``, then reset the load."""
         load = self.load
         if dist.is_available() and dist.is_initialized():

@@ -25,9 +25,12 @@ class EvoMoEConfig(RouterConfig):
         threshold: during the anneal, a token uses every expert whose gate weight is at least this.
         final_top_k: experts per token once the anneal is over (the paper ends at top-1).
         expert_steps: optimizer steps of the expert-diversify phase before the anneal (0: none): every token
-            goes to expert ``source_expert`` alone; then the experts must be diversified from it
-            (:class:`circuitml.moe.evomoe_recipe.EvoMoERecipe` does it) and the anneal starts.
+            goes to expert ``source_expert`` alone; at the optimizer step that ends it, the experts of the
+            router's layer are spawned from it (:meth:`EvoMoERouter.on_optimizer_step`) and the anneal starts.
         source_expert: the expert trained in that phase.
+        diversify_keep: probability that a weight of the source expert survives in a spawned expert.
+        diversify_noise: std of Gaussian noise added to spawned experts (0: masks only, as in the paper).
+        diversify_seed: seed of the spawning masks.
     """
 
     tau_start: float = 2.0
@@ -37,11 +40,18 @@ class EvoMoEConfig(RouterConfig):
     final_top_k: int = 1
     expert_steps: int = 0
     source_expert: int = 0
+    diversify_keep: float = 0.9
+    diversify_noise: float = 0.0
+    diversify_seed: int = 0
 
     def validate(self) -> None:
         super().validate()
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ConfigError("router config: tau_start, tau_end: expected > 0")
+        if not 0 < self.diversify_keep <= 1:
+            raise ConfigError(
+                f"router config: diversify_keep: expected 0 < keep <= 1, got {self.diversify_keep}"
+            )
         if self.expert_steps < 0 or not 0 <= self.source_expert < self.num_experts:
             raise ConfigError(
                 f"router config: expert_steps >= 0 and source_expert in 0..{self.num_experts - 1} expected"
@@ -81,6 +91,18 @@ class EvoMoERouter(AnnealedRouter):
     def top_k_fields(self, k: int) -> dict[str, Any]:
         return {"top_k": k, "final_top_k": k}
 
+    @torch.no_grad()
+    def on_optimizer_step(self, experts: nn.Module | None = None) -> None:
+        """Advance the schedule; the step the expert-diversify phase ends, spawn ``experts`` from the source."""
+        super().on_optimizer_step(experts)
+        cfg = self.config
+        if cfg.expert_steps and int(self.step) >= cfg.expert_steps and not bool(self.diversified):
+            if experts is None:
+                return  # not called with the layer's experts: the next forward says so
+            generator = torch.Generator().manual_seed(cfg.diversify_seed)
+            diversify_experts(experts, cfg.source_expert, cfg.diversify_keep, cfg.diversify_noise, generator)
+            self.diversified.fill_(True)
+
     def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
         step = self.current_step(ctx)
         cfg = self.config
@@ -92,7 +114,8 @@ class EvoMoERouter(AnnealedRouter):
         if cfg.expert_steps and not bool(self.diversified):
             raise ConfigError(
                 f"evomoe router: the expert-diversify phase ended at step {cfg.expert_steps} but the experts "
-                "were not spawned from the source expert; train with EvoMoERecipe.step() after each optimizer step"
+                "were not spawned from the source expert; call circuitml.moe.schedule.step_routers(model) after "
+                "each optimizer step"
             )
         step -= cfg.expert_steps
         logits = self.gate(self.jitter_input(x))

@@ -129,7 +129,7 @@ class PermutationLocalSearchRouter(Router):
         self.hardened.fill_(True)
         return self.permutation
 
-    def on_optimizer_step(self) -> None:
+    def on_optimizer_step(self, experts: nn.Module | None = None) -> None:
         self.step += 1
 
     def searching(self, step: int) -> bool:
