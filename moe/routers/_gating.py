@@ -60,6 +60,19 @@ def truncated_support(router: Router, gate: Tensor, k: int | None = None) -> tup
     return values, torch.where(valid, indices, torch.full_like(indices, -1))
 
 
+def group_limited_mask(scores: Tensor, num_groups: int, top_groups: int, per_group: int = 2) -> Tensor:
+    """``[N, E]`` bool: the experts of each token's ``top_groups`` best groups of ``E / num_groups`` consecutive
+    experts, a group scoring the sum of its ``per_group`` best ``scores`` (DeepSeek-V3's group-limited routing,
+    UoE's group-then-expert selection). All ``True`` with one group."""
+    if num_groups == 1:
+        return torch.ones_like(scores, dtype=torch.bool)
+    grouped = scores.view(scores.shape[0], num_groups, -1)
+    group_scores = grouped.topk(min(per_group, grouped.shape[-1]), dim=-1).values.sum(-1)
+    best = group_scores.topk(top_groups, dim=-1).indices
+    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, True)
+    return keep[:, :, None].expand_as(grouped).reshape(scores.shape)
+
+
 def log_sinkhorn(
     log_alpha: Tensor, iters: int, row_mass: Tensor | None = None, col_mass: Tensor | None = None
 ) -> Tensor:

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from circuitml.moe.config import RouterConfig
 from circuitml.moe.registry import register_router
 from circuitml.moe.router import Router, RouterOutput
+from circuitml.moe.routers._gating import group_limited_mask
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
@@ -86,22 +87,12 @@ class DeepSeekRouter(Router):
         self.register_buffer("load", torch.zeros(config.num_experts), persistent=False)
         nn.init.normal_(self.gate.weight, std=self.d_model**-0.5)
 
-    def group_mask(self, biased: Tensor) -> Tensor:
-        """``[N, E]`` bool: experts in each token's ``topk_group`` best groups (all ``True`` with one group)."""
-        cfg = self.config
-        if cfg.n_group == 1:
-            return torch.ones_like(biased, dtype=torch.bool)
-        per_group = biased.view(-1, cfg.n_group, self.num_experts // cfg.n_group)
-        group_scores = per_group.topk(min(2, per_group.shape[-1]), dim=-1).values.sum(-1)
-        best = group_scores.topk(cfg.topk_group, dim=-1).indices
-        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, True)
-        return keep[:, :, None].expand_as(per_group).reshape(-1, self.num_experts)
-
     def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
         logits = nn.functional.linear(self.jitter_input(x).float(), self.gate.weight.float())
         scores = torch.sigmoid(logits)
         biased = scores.detach() + self.e_score_correction_bias
-        biased = biased.masked_fill(~self.group_mask(biased), float("-inf"))
+        mask = group_limited_mask(biased, self.config.n_group, self.config.topk_group)
+        biased = biased.masked_fill(~mask, float("-inf"))
         indices = self.select_topk(biased)[1]
         weights = scores.gather(1, indices)
         if self.config.normalize_weights:
