@@ -29,6 +29,8 @@ from circuitml.moe.inference import (  # noqa: E402
 from circuitml.moe.parallel import AllToAll, ExpertParallelFFN  # noqa: E402
 from circuitml.moe.registry import ROUTERS, build_router, register_router, router_class
 from circuitml.moe.router import Router, RouterOutput
+from circuitml.moe.schedule import step_routers
+from circuitml.moe.stack import LookaheadExpertCache, MoEStack, build_router_stack
 
 __all__ = [
     "ROUTERS",
@@ -44,7 +46,9 @@ __all__ = [
     "DispatchPlan",
     "FFNExperts",
     "LoRALinear",
+    "LookaheadExpertCache",
     "MoEBlock",
+    "MoEStack",
     "MoEConfig",
     "MoEOutput",
     "Router",
@@ -54,7 +58,9 @@ __all__ = [
     "SharedExpert",
     "build_moe",
     "build_router",
+    "build_router_stack",
     "make_plan",
     "register_router",
     "router_class",
+    "step_routers",
 ]
