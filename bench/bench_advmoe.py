@@ -3,7 +3,7 @@
 Standard accuracy (SA) and robust accuracy (RA, PGD at eps on [0, 1] pixels) on the held-out 25 %, mean ± std
 over seeds. Every method trains the same number of epochs (AdvMoE spends two PGD attacks per batch).
 
-    python bench/bench_advmoe.py --seeds 0 1 2 --epochs 8 --train-steps 3
+    python bench/bench_advmoe.py --seeds 0 1 2 --epochs 8 --train-steps 3 --lr 0.01 --batch-size 32
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from circuitml.tasks.advmoe import METHODS, AdvConfig, run_advmoe
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--eps", type=float, default=0.1)
-    ap.add_argument("--train-steps", type=int, default=5, help="PGD iterations in training")
+    ap.add_argument("--train-steps", type=int, default=3, help="PGD iterations in training")
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -30,7 +32,15 @@ def main() -> None:
         for seed in args.seeds:
             t0 = time.process_time()
             r = run_advmoe(
-                method, AdvConfig(epochs=args.epochs, eps=args.eps, train_steps=args.train_steps, seed=seed)
+                method,
+                AdvConfig(
+                    epochs=args.epochs,
+                    eps=args.eps,
+                    train_steps=args.train_steps,
+                    lr=args.lr,
+                    batch_size=args.batch_size,
+                    seed=seed,
+                ),
             )
             r["cpu_s"] = time.process_time() - t0
             rows.setdefault(method, []).append(r)

@@ -46,11 +46,11 @@ class AdvConfig:
         seed: data split, initialisation, PGD random starts.
     """
 
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 3e-3
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-2
     eps: float = 0.1
-    train_steps: int = 5
+    train_steps: int = 3
     eval_steps: int = 10
     num_experts: int = 4
     top_k: int = 2
