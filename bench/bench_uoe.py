@@ -8,7 +8,7 @@ the SQuAD sample's contexts (the text of ``bench_evomoe.py``), then every attent
 (routers and weights) and evaluated: held-out bits per character and multiply-adds per token of the attention +
 MLP blocks. The dense model is fine-tuned for those steps too, so every row has the same training budget.
 
-    python bench/bench_uoe.py --seeds 0 1 2 --steps 300 --finetune 100
+    python bench/bench_uoe.py --seeds 0 1 2 --steps 150 --finetune 40
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class DenseAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, HEADS, D // HEADS).permute(2, 0, 3, 1, 4)
-        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, D))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(a.transpose(1, 2).reshape(b, t, D))
 
     def flops_per_token(self, t: int) -> int:
         return 3 * D * D + 2 * t * D + D * D
@@ -83,7 +84,9 @@ def decompose(model: LM, attn_k: int, mlp_k: int) -> LM:
     uoe = copy.deepcopy(model)
     for i in range(2):
         a, m = uoe.attn[i], uoe.mlp[i]
-        uoe.attn[i] = SelectiveMultiHeadAttention.from_qkv(a.qkv, a.out, HEADS, num_experts=4, top_k=attn_k)
+        uoe.attn[i] = SelectiveMultiHeadAttention.from_qkv(
+            a.qkv, a.out, HEADS, num_experts=4, top_k=attn_k, causal=True
+        )
         uoe.mlp[i] = UnionOfMLPExperts.from_linear(
             m.lin1, m.lin2, num_experts=8, top_k=mlp_k, num_groups=2, top_groups=2 if mlp_k > 4 else 1
         )

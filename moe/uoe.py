@@ -145,6 +145,7 @@ class SelectiveMultiHeadAttention(nn.Module):
     Args:
         d_model, num_heads: the attention shape; ``num_experts`` head groups of ``num_heads / num_experts``.
         top_k, num_groups, top_groups: the hierarchical routing of :class:`HierarchicalRouter`.
+        causal: a query attends only to keys at or before its position (decoder attention).
 
     Shapes: ``x [B, T, d]``, optional boolean ``key_padding_mask [B, T]`` (``True`` = real token) → ``[B, T, d]``.
     Build it from a dense attention with :meth:`from_qkv`.
@@ -158,8 +159,10 @@ class SelectiveMultiHeadAttention(nn.Module):
         top_k: int,
         num_groups: int = 1,
         top_groups: int = 1,
+        causal: bool = False,
     ) -> None:
         super().__init__()
+        self.causal = causal
         if d_model % num_heads or num_heads % num_experts:
             raise ConfigError(
                 f"SMHA: expected num_heads | d_model and num_experts | num_heads, got d_model={d_model}, "
@@ -206,6 +209,9 @@ class SelectiveMultiHeadAttention(nn.Module):
             scores = torch.einsum("mhd,mhsd->mhs", qe, k[bi, heads]) / math.sqrt(self.head_dim)
             if bias is not None:
                 scores = scores + bias[bi][:, None, :]
+            if self.causal:
+                future = torch.arange(t, device=x.device)[None, :] > ti[:, None]
+                scores = scores.masked_fill(future[:, None, :], -math.inf)
             ctx = torch.einsum("mhs,mhsd->mhd", scores.softmax(-1), v[bi, heads]).reshape(count, -1)
             out = out.index_add(0, rows, flat_w[pairs, None] * (ctx @ w_out[:, e].t()))
         return (out + self.out.bias).view(b, t, d)

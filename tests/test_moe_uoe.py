@@ -38,6 +38,10 @@ def test_attention_decomposition_is_exact_before_routing() -> None:
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
     got = smha(x, mask)
     torch.testing.assert_close(got, _dense_attention(qkv, out, x, 4, mask), rtol=0, atol=1e-6)
+    causal = SelectiveMultiHeadAttention.from_qkv(qkv, out, num_heads=4, num_experts=2, top_k=2, causal=True)
+    q, k, v = qkv(x).view(2, 5, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    want = out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(causal(x), want, rtol=0, atol=1e-6)
 
 
 def test_hierarchical_routing_selects_groups_then_experts() -> None:
