@@ -3,7 +3,7 @@
 Standard accuracy (SA) and robust accuracy (RA, PGD at eps on [0, 1] pixels) on the held-out 25 %, mean ± std
 over seeds. Every method trains the same number of epochs (AdvMoE spends two PGD attacks per batch).
 
-    python bench/bench_advmoe.py --seeds 0 1 2 --epochs 8 --train-steps 3 --lr 0.01 --batch-size 32
+    python bench/bench_advmoe.py --seeds 0 1 2 --epochs 5 --train-steps 3 --lr 0.003 --batch-size 32
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from circuitml.tasks.advmoe import METHODS, AdvConfig, run_advmoe
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--train-steps", type=int, default=3, help="PGD iterations in training")
-    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     args = ap.parse_args()

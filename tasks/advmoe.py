@@ -46,9 +46,9 @@ class AdvConfig:
         seed: data split, initialisation, PGD random starts.
     """
 
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 32
-    lr: float = 1e-2
+    lr: float = 3e-3
     eps: float = 0.1
     train_steps: int = 3
     eval_steps: int = 10
@@ -70,7 +70,7 @@ def load_digits_split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 class DigitCNN(nn.Module):
-    """conv 1→16, conv 16→32, 2×2 pool, conv 32→32, global pool, linear 10; ReLU after each conv.
+    """conv 1→16, conv 16→32, 2×2 pool, conv 32→32, global pool, linear 10; BatchNorm + ReLU after each conv.
 
     With ``moe=True`` the last two convolutions are :class:`MoEConv2d` layers, each with its own router.
     """
@@ -86,12 +86,13 @@ class DigitCNN(nn.Module):
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = conv(16, 32)
         self.conv3 = conv(32, 32)
+        self.bn = nn.ModuleList([nn.BatchNorm2d(16), nn.BatchNorm2d(32), nn.BatchNorm2d(32)])
         self.head = nn.Linear(32, 10)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.relu(self.conv3(x))
+        x = F.relu(self.bn[0](self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn[1](self.conv2(x))), 2)
+        x = F.relu(self.bn[2](self.conv3(x)))
         return self.head(x.mean(dim=(2, 3)))
 
     def aux_loss(self) -> Tensor:
