@@ -8,7 +8,7 @@
   (whole circuits held out); metric: mean absolute error over AND/NOT nodes. Model: node-type embedding plus
   normalized levels, then per layer a SAGE message-passing step and an MoE layer.
 
-Both models wrap a :class:`~circuitml.moe.systems.pr_moe.MoEStack`, so a standard MoE, a PR-MoE and a
+Both models wrap a :class:`~circuitml.moe.systems.pr_moe.PreNormMoEStack`, so a standard MoE, a PR-MoE and a
 Mixture-of-Students student plug into either.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from circuitml.moe.systems.pr_moe import MoEStack
+from circuitml.moe.systems.pr_moe import PreNormMoEStack
 from circuitml.tasks.probability import _gate_mask as gate_mask  # AND/NOT nodes: the task's own metric mask
 from torch import Tensor, nn
 
@@ -46,7 +46,7 @@ def text_data() -> tuple[Tensor, Tensor, int]:
 
 
 class CharLM(nn.Module):
-    def __init__(self, stack: MoEStack, vocab: int, d_model: int) -> None:
+    def __init__(self, stack: PreNormMoEStack, vocab: int, d_model: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         self.conv = nn.Conv1d(d_model, d_model, CONTEXT)
@@ -98,7 +98,7 @@ def circuit_data(test_names: Sequence[str] = ("c1908", "c3540", "c880")):
 
 
 class CircuitNet(nn.Module):
-    def __init__(self, stack: MoEStack, d_model: int, num_types: int = 8) -> None:
+    def __init__(self, stack: PreNormMoEStack, d_model: int, num_types: int = 8) -> None:
         super().__init__()
         from torch_geometric.nn import SAGEConv
 
@@ -118,7 +118,7 @@ class CircuitNet(nn.Module):
             x, aux = x + out.out, aux + out.aux_loss
         return torch.sigmoid(self.head(self.stack.final_norm(x))).squeeze(-1), aux
 
-    def keep_layers(self, keep: Sequence[int], stack: MoEStack) -> CircuitNet:
+    def keep_layers(self, keep: Sequence[int], stack: PreNormMoEStack) -> CircuitNet:
         """A copy using ``stack`` (a student of this model's stack) and the convolutions of layers ``keep``."""
         net = copy.deepcopy(self)
         net.stack = stack

@@ -31,6 +31,8 @@ from circuitml.moe.registry import ROUTERS, build_router, register_router, route
 from circuitml.moe.router import Router, RouterOutput
 from circuitml.moe.systems import *  # noqa: E402,F403  (systems of the seed papers, issue 13)
 from circuitml.moe.systems import __all__ as _systems_all  # noqa: E402
+from circuitml.moe.schedule import step_routers
+from circuitml.moe.stack import LookaheadExpertCache, MoEStack, build_router_stack
 
 __all__ = [
     "ROUTERS",
@@ -46,7 +48,9 @@ __all__ = [
     "DispatchPlan",
     "FFNExperts",
     "LoRALinear",
+    "LookaheadExpertCache",
     "MoEBlock",
+    "MoEStack",
     "MoEConfig",
     "MoEOutput",
     "Router",
@@ -56,8 +60,10 @@ __all__ = [
     "SharedExpert",
     "build_moe",
     "build_router",
+    "build_router_stack",
     "make_plan",
     "register_router",
     "router_class",
     *_systems_all,
+    "step_routers",
 ]

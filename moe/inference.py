@@ -10,8 +10,9 @@ Self-Contrast") runs the same MoE model twice — under its strong routing (top-
 
 with ``s(v) = -inf`` outside the plausibility set ``V_head`` (eq. 2-3 of the paper).
 
-Routers honour the override through :meth:`circuitml.moe.router.Router.select_topk`; routers whose choice is
-not a top-k over scores (hash, expert-choice) ignore it.
+Routers honour the override through :meth:`circuitml.moe.router.Router.select_topk`; a router that cannot
+honour a mode (see :attr:`circuitml.moe.router.Router.overrides`) makes :func:`routing_override` and
+:func:`set_top_k` raise :class:`~circuitml.errors.ConfigError` instead of silently routing as before.
 """
 
 from __future__ import annotations
@@ -40,10 +41,7 @@ def _check(model: nn.Module, mode: str, value: int) -> list[Router]:
         raise ConfigError(f"routing override: mode: expected one of {ROUTING_MODES}, got {mode!r}")
     routers = routers_of(model)
     for r in routers:
-        if not 1 <= value <= r.num_experts:
-            raise ConfigError(
-                f"routing override: {mode}={value} is outside 1..{r.num_experts} for router {r.name!r}"
-            )
+        r.check_override(mode, value)
     return routers
 
 
@@ -69,11 +67,20 @@ def top_k(model: nn.Module, k: int) -> Iterator[nn.Module]:
 
 
 def set_top_k(model: nn.Module, k: int) -> None:
-    """Permanently set ``k`` for every router of ``model`` (e.g. before exporting a cheaper model)."""
-    for r in _check(model, "topk", k):
-        r.top_k = k
-        r.config.top_k = k
-        r.routing_override = None
+    """Permanently set ``k`` for every router of ``model`` (e.g. before exporting a cheaper model).
+
+    Every router must accept it (:meth:`~circuitml.moe.router.Router.reconfigure_top_k`) before any changes,
+    so a refusal leaves the model as it was. Modules that keep ``k`` in their own saved config define
+    ``routing_top_k_changed(k)``, called afterwards so the saved model reloads with the new ``k``.
+    """
+    routers = _check(model, "topk", k)
+    configs = [r.top_k_config(k) for r in routers]  # any refusal raises before a router changed
+    for r, config in zip(routers, configs, strict=True):
+        r.reconfigure_top_k(k, config)
+    for m in model.modules():
+        hook = getattr(m, "routing_top_k_changed", None)
+        if callable(hook):
+            hook(k)
 
 
 def contrastive_scores(

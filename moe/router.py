@@ -5,7 +5,9 @@ Every router of ``circuitml.moe.routers`` subclasses :class:`Router` and registe
 file only says how it scores and picks experts:
 
 * :meth:`Router.select_topk` — top-k selection that honours inference-time overrides (``set_top_k``, SCMoE's
-  weak routing), see :mod:`circuitml.moe.inference`;
+  weak routing), see :mod:`circuitml.moe.inference`; :attr:`Router.overrides` says which of them a router
+  honours, :meth:`Router.check_override` raises for the others and :meth:`Router.reconfigure_top_k` changes
+  ``k`` for good through the config (so the saved model reloads) or raises when ``k`` shapes the parameters;
 * :meth:`Router.apply_capacity` — expert capacity with token dropping in token order or by priority;
 * :meth:`Router.standard_losses` — z-loss and the configured balancing loss, already weighted;
 * :meth:`Router.jitter_input` / :meth:`Router.noisy_logits` — Switch jitter and (noisy) top-k noise.
@@ -22,6 +24,10 @@ import torch.nn.functional as F
 from circuitml.moe import losses as L
 from circuitml.moe.config import RouterConfig
 from torch import Tensor, nn
+
+from circuitml.errors import ConfigError
+
+OVERRIDE_MODES = ("topk", "rank")
 
 
 @dataclass
@@ -61,12 +67,20 @@ class Router(nn.Module):
 
     Attributes:
         name: registry name (set by ``register_router``).
-        exact_topk: ``True`` when ``weights``/``indices`` are a deterministic function of ``x`` in eval mode.
+        overrides: the inference-time routing overrides the router honours (``"topk"``: route with ``k'``
+            experts, ``"rank"``: only the ``r``-th ranked expert); :meth:`check_override` raises for the others.
+        routes_one_expert: ``True`` for routers that always route to exactly one expert (BASE, StableMoE):
+            only ``top_k=1`` is accepted, as a no-op.
+        top_k_shapes_parameters: ``True`` when ``top_k`` sizes the parameters (DSelect-k's selectors, COMET's
+            trees, a balanced hash table): ``k`` can then not be changed for good (:meth:`reconfigure_top_k`).
     """
 
     name: ClassVar[str] = "?"
     config_class: ClassVar[type[RouterConfig]] = RouterConfig
     required_ctx: ClassVar[tuple[str, ...]] = ()
+    overrides: ClassVar[frozenset[str]] = frozenset(OVERRIDE_MODES)
+    top_k_shapes_parameters: ClassVar[bool] = False
+    routes_one_expert: ClassVar[bool] = False  # always exactly one expert per token: top_k=1 is a no-op
 
     def __init__(self, config: RouterConfig) -> None:
         super().__init__()
@@ -91,6 +105,61 @@ class Router(nn.Module):
         return (
             f"name={self.name!r}, d_model={self.d_model}, num_experts={self.num_experts}, top_k={self.top_k}"
         )
+
+    @classmethod
+    def build_stack(cls, num_layers: int, values: dict[str, Any]) -> list[Router]:
+        """Routers for ``num_layers`` consecutive MoE layers from config ``values`` (independent by default;
+        routers that share parameters across layers, such as Read-ME's planner, override this)."""
+        return [cls(cls.config_class.from_dict(dict(values))) for _ in range(num_layers)]
+
+    def on_optimizer_step(self, experts: nn.Module | None = None) -> None:
+        """Advance per-step schedules (anneals, search steps) and statistics (load-balancing biases) once per
+        optimizer step; trainers call it through :func:`circuitml.moe.schedule.step_routers`, which passes the
+        ``experts`` of the router's layer (EvoMoE spawns them). Forwards never advance anything, so gradient
+        accumulation and activation recomputation leave schedules alone."""
+
+    # -- overrides --------------------------------------------------------------------------------------
+    def check_override(self, mode: str, value: int) -> None:
+        """Raise :class:`ConfigError` unless this router can route under override ``(mode, value)``."""
+        if mode not in OVERRIDE_MODES:
+            raise ConfigError(f"routing override: mode: expected one of {OVERRIDE_MODES}, got {mode!r}")
+        if not 1 <= value <= self.num_experts:
+            raise ConfigError(
+                f"routing override: {mode}={value} is outside 1..{self.num_experts} for router {self.name!r}"
+            )
+        if self.routes_one_expert and mode == "topk" and value == 1:
+            return
+        if mode not in self.overrides:
+            raise ConfigError(
+                f"routing override: router {self.name!r} cannot honour {mode}={value} "
+                f"(it honours {sorted(self.overrides) or 'no override'})"
+            )
+
+    def top_k_fields(self, k: int) -> dict[str, Any]:
+        """Config fields that make this router route with ``k`` experts for good (default: ``top_k``)."""
+        return {"top_k": k}
+
+    def top_k_config(self, k: int) -> RouterConfig:
+        """The validated config of this router routing with ``k`` experts for good (nothing is changed).
+
+        Raises :class:`ConfigError` when the router cannot honour ``k`` (see :attr:`overrides`), when ``k``
+        sizes its parameters (a model saved with the new config would not reload), or when the new config is
+        invalid for the router (e.g. Switch, which is top-1 by definition).
+        """
+        self.check_override("topk", k)
+        if self.top_k_shapes_parameters and k != self.top_k:
+            raise ConfigError(
+                f"set_top_k: router {self.name!r}: top_k={self.top_k} sizes its parameters, so a model saved "
+                f"with top_k={k} would not reload; evaluate with `with top_k(model, {k})` instead"
+            )
+        values = {**self.config.to_dict(), **self.top_k_fields(k)}
+        return self.config_class.from_dict(values, where=f"set_top_k: router {self.name!r} config")
+
+    def reconfigure_top_k(self, k: int, config: RouterConfig | None = None) -> None:
+        """Route with ``k`` experts from now on (``config``: the result of :meth:`top_k_config`)."""
+        self.config = self.top_k_config(k) if config is None else config
+        self.top_k = k
+        self.routing_override = None
 
     # -- shared helpers ---------------------------------------------------------------------------------
     @property

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from circuitml.moe.schedule import step_routers
 from torch import Tensor, nn
 
 from circuitml.aig import AIG
@@ -193,6 +194,8 @@ def train_loop(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            for m in modules:
+                step_routers(m)  # router anneals count optimizer steps
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         history.append(total / max(count, 1))

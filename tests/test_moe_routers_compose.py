@@ -22,6 +22,7 @@ ROUTER_NAMES = [
     "dense_to_sparse",
     "rmoe",
     "read_me",
+    "deepseek",
 ]
 D, E, K, N = 12, 6, 2, 30
 

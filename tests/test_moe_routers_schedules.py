@@ -8,6 +8,7 @@ import torch
 from circuitml.moe import FFNExperts, MoEBlock, build_router
 from circuitml.moe.routers.evomoe import diversify_experts
 from circuitml.moe.routers.read_me import RoutingPlan
+from circuitml.moe.schedule import step_routers
 
 from circuitml.errors import ConfigError
 
@@ -64,7 +65,9 @@ def test_local_search_hardens_to_a_permutation_of_the_inner_routing(inner: str) 
     searching = router(x, **ctx)
     inner_width = router.inner(x, **ctx).indices.shape[1]
     assert searching.indices.shape[1] == inner_width * router.config.search_width  # candidates per slot
+    step_routers(router)
     router(x, **ctx)
+    step_routers(router)
     out = router(x, **ctx)  # step 2: the search is over
     assert bool(router.hardened)
     assert sorted(router.permutation.tolist()) == [0, 1, 2, 3]
@@ -110,6 +113,7 @@ def test_local_search_escapes_a_bad_fixed_routing() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        step_routers(block)
     block(x, token_ids=ids)  # first forward after the search hardens the permutation
     assert torch.equal(router.permutation, planted)
 
@@ -128,7 +132,9 @@ def test_evomoe_goes_from_dense_to_top1_on_its_schedule() -> None:
     assert sparse.indices.shape[1] == 1 and (sparse.indices >= 0).all()
     router.set_step(5)
     router(x)
-    assert int(router.step) == 6  # training forwards advance the schedule
+    assert int(router.step) == 5  # a forward never advances the schedule
+    step_routers(router)
+    assert int(router.step) == 6  # the trainer's optimizer step does
 
 
 def test_evomoe_gumbel_noise_is_reproducible_with_a_generator() -> None:

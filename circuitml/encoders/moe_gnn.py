@@ -15,6 +15,10 @@ Two expert kinds (option ``expert``):
   (sort-and-segment FFN experts, as in GraphMETRO / MoE transformers).
 
 Router losses (balancing, z-loss) of the last forward are collected into :meth:`Encoder.aux_loss`.
+
+The layers' routers form a :class:`~circuitml.moe.stack.MoEStack`: RMoE's GRU state goes from each layer's
+router to the next, and Read-ME's routers share one planner that routes every layer once, from the input node
+embeddings, before the first layer runs (pre-gating).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from circuitml.encoders.base import Encoder
 from circuitml.encoders.builder import register_encoder
 from circuitml.encoders.config import EncoderConfig
 from circuitml.errors import ConfigError
-from circuitml.moe import FFNExperts, MoEBlock, build_router, make_plan
+from circuitml.moe import FFNExperts, MoEBlock, make_plan
+from circuitml.moe.stack import MoEStack, build_router_stack
 
 CONV_EXPERTS = ("sage", "graph", "gen")
 
@@ -84,7 +89,9 @@ class MoEConvLayer(nn.Module):
         self.router = router
         self.experts = nn.ModuleList(make_conv(conv, hidden) for _ in range(router.num_experts))
 
-    def forward(self, x: Tensor, in_edges: InEdgeIndex, **ctx: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, x: Tensor, in_edges: InEdgeIndex, return_routing: bool = False, **ctx: Any
+    ) -> tuple[Tensor, ...]:
         routing = self.router(x, **ctx)
         plan = make_plan(routing.indices, len(self.experts))
         outputs = []
@@ -100,7 +107,8 @@ class MoEConvLayer(nn.Module):
         y = torch.cat(outputs, dim=0) if outputs else x.new_zeros(0, x.size(1))
         from circuitml.moe.dispatch import combine_outputs
 
-        return combine_outputs(y, routing.weights, plan), dict(routing.aux_losses)
+        out = combine_outputs(y, routing.weights, plan)
+        return (out, dict(routing.aux_losses), routing) if return_routing else (out, dict(routing.aux_losses))
 
 
 class MoEFFNLayer(nn.Module):
@@ -112,10 +120,12 @@ class MoEFFNLayer(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.moe = MoEBlock(router, FFNExperts(router.num_experts, hidden, ffn_hidden, activation))
 
-    def forward(self, x: Tensor, edge_index: Tensor, **ctx: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, x: Tensor, edge_index: Tensor, return_routing: bool = False, **ctx: Any
+    ) -> tuple[Tensor, ...]:
         x = x + self.conv(x, edge_index)
         out = self.moe(self.norm(x), **ctx)
-        return out.out, dict(out.losses)
+        return (out.out, dict(out.losses), out.routing) if return_routing else (out.out, dict(out.losses))
 
 
 @register_encoder
@@ -162,14 +172,15 @@ class MoEGNNEncoder(Encoder):
             raise ConfigError("encoder config: options.router_options must be a JSON object")
         self.norms = nn.ModuleList()
         self.layers = nn.ModuleList()
-        for _ in range(config.num_layers):
-            router = build_router(
-                self.opt("router"),
-                d_model=h,
-                num_experts=int(self.opt("num_experts")),
-                top_k=int(self.opt("top_k")),
-                **router_options,
-            )
+        routers = build_router_stack(
+            self.opt("router"),
+            config.num_layers,
+            d_model=h,
+            num_experts=int(self.opt("num_experts")),
+            top_k=int(self.opt("top_k")),
+            **router_options,
+        )
+        for router in routers:
             if expert == "conv":
                 layer: nn.Module = MoEConvLayer(h, router, self.opt("conv"))
             else:
@@ -179,6 +190,18 @@ class MoEGNNEncoder(Encoder):
             self.layers.append(layer)
         self.final_norm = nn.LayerNorm(h)
         self.dropout = nn.Dropout(config.dropout)
+        self.stack = MoEStack(routers)
+
+    def routing_top_k_changed(self, k: int) -> None:
+        """Keep the saved options in step with :func:`circuitml.moe.set_top_k` so the encoder reloads as routed."""
+        from circuitml.moe.inference import routers_of
+
+        options = dict(self.config.options)
+        options["top_k"] = k
+        extra = {key: v for key, v in routers_of(self)[0].top_k_fields(k).items() if key != "top_k"}
+        if extra:
+            options["router_options"] = {**dict(self.opt("router_options")), **extra}
+        self.config.options = options
 
     def encode_nodes(self, data: Data, h: Tensor) -> Tensor:
         types = self.input_types  # the (possibly masked) types of this forward, never the true data.x
@@ -189,16 +212,19 @@ class MoEGNNEncoder(Encoder):
             ckpt = data.edge_index.size(1) >= int(self.opt("ckpt_min_edges"))
         ckpt = bool(ckpt) and torch.is_grad_enabled()
         x = h
+        # id-based routers (hash) route by node type; Read-ME plans every layer from the input embeddings.
+        run = self.stack.start(router_input=h, token_ids=types)
         for i, (norm, layer) in enumerate(zip(self.norms, self.layers, strict=True)):
-            ctx = {"token_ids": types}  # id-based routers (hash) route by node type; others ignore it
+            ctx = run.ctx(i)
             if ckpt:
-                y, losses = checkpoint(_run_layer, norm, layer, x, graph, ctx, use_reentrant=False)
+                y, losses, routing = checkpoint(_run_layer, norm, layer, x, graph, ctx, use_reentrant=False)
             else:
-                y, losses = _run_layer(norm, layer, x, graph, ctx)
+                y, losses, routing = _run_layer(norm, layer, x, graph, ctx)
+            run.record(i, routing)
             x = x + self.dropout(y)
             self.add_aux_losses(losses, prefix=f"layer{i}.")
         return self.final_norm(x)
 
 
 def _run_layer(norm: nn.Module, layer: nn.Module, x: Tensor, graph: Any, ctx: dict) -> tuple[Tensor, dict]:
-    return layer(norm(x), graph, **ctx)
+    return layer(norm(x), graph, return_routing=True, **ctx)

@@ -33,6 +33,7 @@ from rich.progress import (
 )
 
 from circuitml.errors import CheckpointError, ConfigError
+from circuitml.moe.schedule import step_routers
 from circuitml.pretrain.checkpoint import (
     atomic_write_text,
     capture_rng_state,
@@ -365,6 +366,7 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            step_routers(model)  # router anneals count optimizer steps, not forwards
             step += 1
 
             values = torch.tensor(

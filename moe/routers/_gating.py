@@ -44,6 +44,35 @@ def pack_support(values: Tensor, support: Tensor, min_slots: int = 1) -> tuple[T
     return weights, indices
 
 
+def truncated_support(router: Router, gate: Tensor, k: int | None = None) -> tuple[Tensor, Tensor]:
+    """Keep each token's ``k`` largest gate values (or the router's override), renormalized to sum to 1.
+
+    For gates whose support is not a top-k by construction (DSelect-k, COMET): used for a hard cardinality
+    bound and for inference-time overrides. Zero gate values never take a slot (index ``-1``, weight 0).
+    """
+    if k is None:
+        values, indices = router.select_topk(gate)
+    else:
+        values, indices = gate.topk(min(k, gate.shape[-1]), dim=-1)
+    valid = values > 0
+    values = torch.where(valid, values, torch.zeros((), dtype=values.dtype))
+    values = values / values.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+    return values, torch.where(valid, indices, torch.full_like(indices, -1))
+
+
+def group_limited_mask(scores: Tensor, num_groups: int, top_groups: int, per_group: int = 2) -> Tensor:
+    """``[N, E]`` bool: the experts of each token's ``top_groups`` best groups of ``E / num_groups`` consecutive
+    experts, a group scoring the sum of its ``per_group`` best ``scores`` (DeepSeek-V3's group-limited routing,
+    UoE's group-then-expert selection). All ``True`` with one group."""
+    if num_groups == 1:
+        return torch.ones_like(scores, dtype=torch.bool)
+    grouped = scores.view(scores.shape[0], num_groups, -1)
+    group_scores = grouped.topk(min(per_group, grouped.shape[-1]), dim=-1).values.sum(-1)
+    best = group_scores.topk(top_groups, dim=-1).indices
+    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, True)
+    return keep[:, :, None].expand_as(grouped).reshape(scores.shape)
+
+
 def log_sinkhorn(
     log_alpha: Tensor, iters: int, row_mass: Tensor | None = None, col_mass: Tensor | None = None
 ) -> Tensor:
@@ -90,9 +119,10 @@ class AnnealedRouter(Router):
     """A linear gate whose temperature anneals geometrically from ``tau_start`` to ``tau_end`` over
     ``anneal_steps`` (the dense-to-sparse gates: EvoMoE and the activation dense-to-sparse gate).
 
-    The step comes from ``ctx["step"]`` when given, else from a buffer that advances once per training call
-    (so it is saved with the model and resumes with it). The config must define ``tau_start``, ``tau_end``,
-    ``anneal_steps`` and ``bias``.
+    The step comes from ``ctx["step"]`` when given, else from a buffer that counts optimizer steps: the trainer
+    advances it (:func:`circuitml.moe.schedule.step_routers`), a forward never does — so micro-batches and
+    activation recomputation see the same schedule — and it is saved with the model and resumes with it. The
+    config must define ``tau_start``, ``tau_end``, ``anneal_steps`` and ``bias``.
     """
 
     def __init__(self, config) -> None:
@@ -116,7 +146,7 @@ class AnnealedRouter(Router):
         return math.exp((1 - frac) * math.log(cfg.tau_start) + frac * math.log(cfg.tau_end))
 
     def current_step(self, ctx: dict[str, Any]) -> int:
-        step = int(ctx["step"]) if "step" in ctx else int(self.step)
-        if self.training and "step" not in ctx:
-            self.step += 1
-        return step
+        return int(ctx["step"]) if "step" in ctx else int(self.step)
+
+    def on_optimizer_step(self, experts: nn.Module | None = None) -> None:
+        self.step += 1

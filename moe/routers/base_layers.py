@@ -53,6 +53,8 @@ class BaseLayerRouter(Router):
     """
 
     config_class = BaseLayerConfig
+    overrides = frozenset()
+    routes_one_expert = True
 
     def __init__(self, config: BaseLayerConfig) -> None:
         super().__init__(config)

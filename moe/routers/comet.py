@@ -9,15 +9,34 @@ from typing import Any
 import torch
 from circuitml.moe.registry import register_router
 from circuitml.moe.router import Router, RouterOutput
-from circuitml.moe.routers._gating import entropy, pack_support, smooth_step
+from circuitml.moe.routers._gating import entropy, pack_support, smooth_step, truncated_support
 from circuitml.moe.routers.dselect_k import DSelectKConfig
 from torch import Tensor, nn
+
+from circuitml.errors import ConfigError
+
+CARDINALITY = ("soft", "hard")
 
 
 @dataclass
 class CometConfig(DSelectKConfig):
     """Options of :class:`CometRouter`: DSelect-k's (smooth-step ``gamma`` at every split of the trees, entropy
-    regulariser weight on each tree's leaf distribution, no balance loss by default)."""
+    regulariser weight on each tree's leaf distribution, no balance loss by default), and
+
+    Args:
+        cardinality: ``"soft"`` (the paper: at most ``k`` experts once the splits saturate, dense before) or
+            ``"hard"`` (at most ``k`` experts per token at every step: the ``k`` largest gate values are kept
+            and renormalized, so compute is sparse from the first step).
+    """
+
+    cardinality: str = "soft"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.cardinality not in CARDINALITY:
+            raise ConfigError(
+                f"router config: cardinality: expected one of {CARDINALITY}, got {self.cardinality!r}"
+            )
 
 
 @register_router("comet")
@@ -37,9 +56,16 @@ class CometRouter(Router):
     saturated each tree reaches one leaf, so at most ``k`` experts are non-zero: the cardinality constraint.
     The entropy of each tree's leaf distribution, weighted by ``entropy_weight``, is returned as
     ``aux_losses["entropy_loss"]`` to push the splits there. Slots are the support of ``g`` (``-1`` padded).
+
+    The soft constraint holds only at convergence (early on a token can reach every expert). With
+    ``cardinality="hard"`` the slots are the ``k`` largest entries of ``g``, renormalized to sum to 1
+    (:math:`\tilde g = g \odot m / \lVert g \odot m \rVert_1`, ``m`` the top-k mask), at every step; once the
+    trees saturate ``g`` has at most ``k`` non-zeros and the two modes coincide. Inference overrides
+    (``top_k``, SCMoE's rank routing) take the largest entries the same way.
     """
 
     config_class = CometConfig
+    top_k_shapes_parameters = True  # k trees
 
     def __init__(self, config: CometConfig) -> None:
         super().__init__(config)
@@ -88,7 +114,12 @@ class CometRouter(Router):
             gate = per_leaf
         else:
             gate = per_leaf.new_zeros(x.shape[0], self.num_experts).index_add(-1, self.leaf_expert, per_leaf)
-        weights, indices = pack_support(gate, gate > 0)
+        if self.routing_override is not None:
+            weights, indices = truncated_support(self, gate)
+        elif self.config.cardinality == "hard":
+            weights, indices = truncated_support(self, gate, self.top_k)
+        else:
+            weights, indices = pack_support(gate, gate > 0)
         aux = self.standard_losses(None, gate, indices, weights)
         if self.config.entropy_weight > 0 and x.shape[0]:
             aux["entropy_loss"] = self.config.entropy_weight * entropy(reach).sum(dim=-1).mean()

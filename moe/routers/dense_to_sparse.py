@@ -62,8 +62,13 @@ class DenseToSparseConfig(RouterConfig):
 
 @register_router("dense_to_sparse")
 class DenseToSparseRouter(AnnealedRouter):
-    r"""Dense-to-sparse gate with an activation (Nie et al. 2021, "Dense-to-Sparse Gate for Mixture-of-Experts",
-    arXiv:2112.14397 v1, the gate that became EvoMoE's).
+    r"""Activation dense-to-sparse gate of Nguyen, Akbarian and Ho 2024, "Is Temperature Sample Efficient for
+    Softmax Gaussian Mixture of Experts?" (ICML, arXiv:2401.13875).
+
+    The plain dense-to-sparse gate ``softmax((x W) / tau)`` (EvoMoE's DTS gate, :class:`EvoMoERouter`) couples the
+    temperature with the gate parameters, which makes parameter estimation slower than any polynomial rate; the
+    paper routes the linear logits through an activation ``sigma`` before the softmax, which restores polynomial
+    rates when ``sigma`` and its derivatives satisfy a linear-independence condition:
 
     .. math::
         g(x) = \mathrm{softmax}\big(\sigma(x W) / \tau(t)\big), \qquad
@@ -73,9 +78,13 @@ class DenseToSparseRouter(AnnealedRouter):
     unsure of share the remaining mass evenly) and ``\tau`` annealed from ``tau_start`` to ``tau_end``. At a
     high temperature ``g`` is flat and every expert is above ``\theta`` (dense); as ``\tau`` falls the weights
     concentrate and the selection becomes sparse. Deterministic (no noise), unlike :class:`EvoMoERouter`.
+    A ``top_k`` / rank override selects the gate's top entries; ``set_top_k`` sets ``max_experts``.
     """
 
     config_class = DenseToSparseConfig
+
+    def top_k_fields(self, k: int) -> dict[str, Any]:
+        return {"top_k": k, "max_experts": k}
 
     def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
         step = self.current_step(ctx)
@@ -83,7 +92,10 @@ class DenseToSparseRouter(AnnealedRouter):
         gate = softmax_probs(ACTIVATIONS[self.config.activation](logits) / self.temperature(step))
         keep = (gate >= self.config.threshold) | (gate == gate.max(dim=-1, keepdim=True).values)
         cap = self.config.max_experts
-        if cap is not None and cap < self.num_experts:
+        if self.routing_override is not None:
+            # The override picks the slots (top-k' or the r-th ranked expert), by index as below.
+            keep = torch.zeros_like(keep).scatter_(-1, self.select_topk(gate)[1], True)
+        elif cap is not None and cap < self.num_experts:
             # By index, not by value: tied weights (ReLU zeros) must not let more than ``cap`` through.
             top = torch.zeros_like(keep).scatter_(-1, gate.topk(cap, dim=-1).indices, True)
             keep &= top

@@ -10,7 +10,7 @@ import torch
 from circuitml.moe.config import RouterConfig
 from circuitml.moe.registry import register_router
 from circuitml.moe.router import Router, RouterOutput
-from circuitml.moe.routers._gating import entropy, pack_support, smooth_step
+from circuitml.moe.routers._gating import entropy, pack_support, smooth_step, truncated_support
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
@@ -58,11 +58,13 @@ class DSelectKRouter(Router):
     single expert, at which point ``q`` is exactly ``k``-sparse (fewer when selectors agree).
 
     Output slots are the support of ``q`` (``q > 0``), padded with ``-1`` to the largest support in the batch:
-    dense early in training, exactly ``<= k`` once converged. When ``E`` is not a power of two, code ``c``
+    dense early in training, exactly ``<= k`` once converged. Under an inference override (``top_k``, SCMoE's
+    rank routing) the slots are the largest entries of ``q``, renormalized. When ``E`` is not a power of two, code ``c``
     selects expert ``c mod E`` so every code maps to a real expert and ``q`` still sums to 1.
     """
 
     config_class = DSelectKConfig
+    top_k_shapes_parameters = True  # k selectors
 
     def __init__(self, config: DSelectKConfig) -> None:
         super().__init__(config)
@@ -100,7 +102,10 @@ class DSelectKRouter(Router):
         alpha = self.selector_layer(x)
         mix = torch.softmax(alpha, dim=-1)
         q = (mix[:, :, None] * r).sum(dim=1)  # [N, E]
-        weights, indices = pack_support(q, q > 0)
+        if self.routing_override is not None:
+            weights, indices = truncated_support(self, q)
+        else:
+            weights, indices = pack_support(q, q > 0)
         aux = self.standard_losses(None, q, indices, weights)
         if self.config.entropy_weight > 0 and x.shape[0]:
             aux["entropy_loss"] = self.config.entropy_weight * entropy(r).sum(dim=-1).mean()

@@ -12,6 +12,8 @@ from circuitml.moe.registry import register_router
 from circuitml.moe.router import Router, RouterOutput, softmax_probs
 from torch import Tensor, nn
 
+from circuitml.errors import ConfigError
+
 
 @dataclass
 class ExpertChoiceConfig(RouterConfig):
@@ -38,12 +40,24 @@ class ExpertChoiceRouter(Router):
     every router here: ``indices[N, m]`` with ``m`` the largest number of experts any token got in the batch,
     ``-1`` padding the rest, so the core's experts and block consume it unchanged.
 
-    Routing is over the whole batch of tokens (non-causal), as in the paper.
+    Routing is over the whole batch of tokens (non-causal), as in the paper. A ``top_k`` override sets ``c``
+    (only without a capacity factor); rank routing is refused.
 
     Shapes: ``x[N, d]`` → ``logits, probs [N, E]``, ``weights, indices [N, m]`` with ``1 <= m <= E``.
     """
 
     config_class = ExpertChoiceConfig
+    overrides = frozenset({"topk"})
+
+    def check_override(self, mode: str, value: int) -> None:
+        # k only sets the capacity c = ceil(N k / E) when no capacity factor fixes it; "rank" has no meaning
+        # when experts pick tokens.
+        super().check_override(mode, value)
+        if self.config.capacity_factor is not None:
+            raise ConfigError(
+                f"routing override: router 'expert_choice' with capacity_factor={self.config.capacity_factor} "
+                f"cannot honour topk={value} (k sets the capacity only when capacity_factor is None)"
+            )
 
     def __init__(self, config: ExpertChoiceConfig) -> None:
         super().__init__(config)

@@ -43,15 +43,20 @@ def splitmix64(h: Tensor) -> Tensor:
     return h ^ _shr(h, 31)
 
 
+def rendezvous_scores(ids: Tensor, num_experts: int, seed: int) -> Tensor:
+    """``[N, E]`` int64 scores ``splitmix64(splitmix64(id ^ seed) + expert)`` of highest-random-weight hashing."""
+    base = splitmix64(ids.long() ^ seed)
+    return splitmix64(base[:, None] + torch.arange(num_experts, device=ids.device)[None, :])
+
+
 def rendezvous_experts(ids: Tensor, num_experts: int, k: int, seed: int) -> Tensor:
     """``k`` distinct experts per id by highest-random-weight hashing (Thaler & Ravishankar 1998).
 
-    Each (id, expert) pair gets the score ``splitmix64(splitmix64(id ^ seed) + expert)``; an id goes to its ``k``
-    best-scoring experts. For ``k = 1`` every expert is equally likely; the choice depends only on the id.
+    Each (id, expert) pair gets a :func:`rendezvous_scores` score; an id goes to its ``k`` best-scoring
+    experts. For ``k = 1`` every expert is equally likely; the choice depends only on the id. The scores rank
+    every expert, so the ``k'`` best of a ``k`` route are its first ``k'`` (what lets overrides apply).
     """
-    base = splitmix64(ids.long() ^ seed)
-    scores = splitmix64(base[:, None] + torch.arange(num_experts, device=ids.device)[None, :])
-    return scores.topk(k, dim=-1).indices
+    return rendezvous_scores(ids, num_experts, seed).topk(k, dim=-1).indices
 
 
 def balanced_assignment_table(
@@ -103,7 +108,8 @@ class HashRouter(Router):
     The experts of a token depend only on its id (ctx ``token_ids[N]``: vocabulary ids, AIG node ids, ...; the
     row position when absent), never on ``x``; routing has no learned parameters and needs no balancing loss.
     ``k = 1`` is the paper's hash layer; ``k > 1`` sends a token to ``k`` distinct hashed experts with equal
-    weight (the paper's MultiHash splits features instead). ``logits``/``probs`` are ``None``.
+    weight (the paper's MultiHash splits features instead). ``logits``/``probs`` are ``None``. Overrides use the
+    hash's ranking of all experts: ``top_k`` keeps the ``k'`` best-hashed, rank ``r`` the ``r``-th.
     """
 
     config_class = HashConfig
@@ -116,10 +122,16 @@ class HashRouter(Router):
     def example_ctx(self, num_tokens: int, generator: torch.Generator | None = None) -> dict[str, Any]:
         return {"token_ids": torch.randint(0, 1000, (num_tokens,), generator=generator)}
 
+    def reconfigure_top_k(self, k: int, config: RouterConfig | None = None) -> None:
+        super().reconfigure_top_k(k, config)
+        # The unfitted table is empty but shaped [0, k]: keep it in step so the saved state reloads.
+        self.table = self.table.new_zeros(0, k)
+
     def expert_ids(self, ids: Tensor) -> Tensor:
         """``[N, k]`` experts of ``ids[N]`` (table lookup for fitted ids, random hash otherwise)."""
-        k = self.top_k
-        experts = rendezvous_experts(ids, self.num_experts, k, self.config.seed)
+        if self.routing_override is not None:
+            return self.select_topk(rendezvous_scores(ids, self.num_experts, self.config.seed))[1]
+        experts = rendezvous_experts(ids, self.num_experts, self.top_k, self.config.seed)
         if self.table.numel():
             in_table = (ids >= 0) & (ids < self.table.shape[0])
             looked_up = self.table[ids.clamp(0, self.table.shape[0] - 1)].to(ids.device)
@@ -141,8 +153,12 @@ class BalancedHashRouter(HashRouter):
     Call :meth:`fit` with the id frequencies of the training data (or with the ids themselves); each id then
     maps to the experts chosen by :func:`balanced_assignment_table`, so expected tokens per expert are balanced.
     Before fitting, a round-robin table over ``vocab_size`` ids is used (the balanced table for uniform
-    frequencies). The table is a buffer: it is saved and loaded with the state dict.
+    frequencies). The table is a buffer: it is saved and loaded with the state dict. Its ``k`` columns are
+    unranked, so no routing override is honoured and ``top_k`` cannot be changed.
     """
+
+    overrides = frozenset()
+    top_k_shapes_parameters = True  # table[V, k]
 
     def __init__(self, config: HashConfig) -> None:
         super().__init__(config)

@@ -74,10 +74,19 @@ class PermutationLocalSearchRouter(Router):
     ``\pi = \arg\max_\pi \sum_e \log W_{e, \pi(e)}`` (Hungarian algorithm) and routing becomes
     ``indices = \pi[g\text{'s indices}]`` at no extra cost.
 
-    The step counter advances on each training forward (or is read from ctx ``step``).
+    The step counts optimizer steps (advanced by :func:`circuitml.moe.schedule.step_routers`, never by a
+    forward), or is read from ctx ``step``. Overrides are the
+    wrapped router's: it honours what that router honours.
     """
 
     config_class = LocalSearchConfig
+
+    def check_override(self, mode: str, value: int) -> None:
+        self.inner.check_override(mode, value)
+
+    def top_k_config(self, k: int) -> RouterConfig:
+        self.inner.top_k_config(k)  # raises when the wrapped router cannot change k
+        return super().top_k_config(k)
 
     def __init__(self, config: LocalSearchConfig) -> None:
         super().__init__(config)
@@ -120,14 +129,15 @@ class PermutationLocalSearchRouter(Router):
         self.hardened.fill_(True)
         return self.permutation
 
+    def on_optimizer_step(self, experts: nn.Module | None = None) -> None:
+        self.step += 1
+
     def searching(self, step: int) -> bool:
         return self.training and not bool(self.hardened) and step < self.config.search_steps
 
     def forward(self, x: Tensor, **ctx: Any) -> RouterOutput:
         out = self.inner(x, **ctx)
         step = int(ctx["step"]) if "step" in ctx else int(self.step)
-        if self.training:
-            self.step.fill_(step + 1)
         valid = out.indices >= 0
         if self.searching(step):
             return self._soft(out, valid, step, ctx.get("generator"))

@@ -99,14 +99,25 @@ class ReadMERouter(Router):
     def __init__(self, config: ReadMEConfig, planner: ReadMEPlanner | None = None) -> None:
         super().__init__(config)
         self.layer = config.layer
-        self.planner = planner or ReadMEPlanner(
-            config.input_dim or config.d_model, config.hidden, config.num_layers, config.num_experts
-        )
+        if planner is None:
+            self.planner = ReadMEPlanner(
+                config.input_dim or config.d_model, config.hidden, config.num_layers, config.num_experts
+            )
+        else:
+            # A shared planner is held, not registered: the router that owns it saves it once (a state dict
+            # with the same tensors under several names cannot be written as safetensors).
+            self.__dict__["planner"] = planner
 
     def for_layer(self, layer: int) -> ReadMERouter:
-        """A router for ``layer`` that shares this router's planner (same parameters)."""
+        """A router for ``layer`` that shares this router's planner (same parameters, saved by this router)."""
         cfg = self.config_class.from_dict({**self.config.to_dict(), "layer": layer})
         return ReadMERouter(cfg, planner=self.planner)
+
+    @classmethod
+    def build_stack(cls, num_layers: int, values: dict[str, Any]) -> list[Router]:
+        """The routers of ``num_layers`` MoE layers: one planner for all, owned by the first."""
+        first = cls(cls.config_class.from_dict({**values, "num_layers": num_layers, "layer": 0}))
+        return [first] + [first.for_layer(i) for i in range(1, num_layers)]
 
     def plan(self, features: Tensor) -> RoutingPlan:
         """Route every layer from ``features[N, d_in]`` in one pass."""

@@ -80,6 +80,8 @@ class StableMoERouter(Router):
     """
 
     config_class = StableMoEConfig
+    overrides = frozenset()
+    routes_one_expert = True
 
     def __init__(self, config: StableMoEConfig) -> None:
         super().__init__(config)

@@ -13,7 +13,13 @@ from circuitml.moe.systems.adaptive import AdaptiveParallelFFN, DynamicCapacityR
 from circuitml.moe.systems.fssdp import FSSDPExperts, allreduce_replicated_grads, balanced_placement
 from circuitml.moe.systems.moe2 import BudgetedMoE, ExpertCost, measure_cost, select_experts
 from circuitml.moe.systems.mos import kd_loss, mos_loss, staged_kd_weight, student_from_teacher
-from circuitml.moe.systems.pr_moe import MoEStack, ResidualMoE, build_pr_moe, build_standard_moe, pyramid
+from circuitml.moe.systems.pr_moe import (
+    PreNormMoEStack,
+    ResidualMoE,
+    build_pr_moe,
+    build_standard_moe,
+    pyramid,
+)
 from circuitml.moe.systems.qmoe import QMoEExperts, compress_model, load_qmoe, save_qmoe
 from circuitml.moe.systems.ring_inference import RingMemory, mmap_safetensors, ring_offload
 
@@ -23,7 +29,7 @@ __all__ = [
     "DynamicCapacityRouter",
     "ExpertCost",
     "FSSDPExperts",
-    "MoEStack",
+    "PreNormMoEStack",
     "QMoEExperts",
     "ResidualMoE",
     "RingMemory",

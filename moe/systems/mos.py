@@ -19,13 +19,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from circuitml.moe.systems.pr_moe import MoEStack
+from circuitml.moe.systems.pr_moe import PreNormMoEStack
 from torch import Tensor
 
 from circuitml.errors import ConfigError
 
 
-def student_from_teacher(teacher: MoEStack, keep: Sequence[int]) -> MoEStack:
+def student_from_teacher(teacher: PreNormMoEStack, keep: Sequence[int]) -> PreNormMoEStack:
     """A student stack made of copies of the teacher's layers ``keep`` (with their norms), in that order."""
     if not keep or any(not 0 <= i < len(teacher.layers) for i in keep):
         raise ConfigError(f"MoS: keep: expected layer ids in 0..{len(teacher.layers) - 1}, got {list(keep)}")

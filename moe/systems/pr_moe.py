@@ -54,7 +54,7 @@ class ResidualMoE(nn.Module):
         return routed
 
 
-class MoEStack(nn.Module):
+class PreNormMoEStack(nn.Module):
     """Pre-norm residual stack of MoE layers: ``x <- x + layer(LayerNorm(x)).out``, then a final LayerNorm.
 
     ``forward(x)`` returns ``(y, aux_loss)``; ``layers`` are :class:`MoEBlock` or :class:`ResidualMoE`.
@@ -97,7 +97,7 @@ def build_pr_moe(
     mlp_hidden: int | None = None,
     activation: str = "swiglu",
     router_options: dict[str, Any] | None = None,
-) -> MoEStack:
+) -> PreNormMoEStack:
     """A PR-MoE stack: :func:`pyramid` expert counts, each layer a :class:`ResidualMoE` (top-1 expert + dense
     MLP of width ``mlp_hidden``, default ``d_hidden``)."""
     layers = []
@@ -112,7 +112,7 @@ def build_pr_moe(
         )
         mlp = SharedExpert(d_model, mlp_hidden or d_hidden, activation)
         layers.append(ResidualMoE(block, mlp, d_model))
-    return MoEStack(layers, d_model)
+    return PreNormMoEStack(layers, d_model)
 
 
 def build_standard_moe(
@@ -123,7 +123,7 @@ def build_standard_moe(
     top_k: int = 2,
     activation: str = "swiglu",
     router_options: dict[str, Any] | None = None,
-) -> MoEStack:
+) -> PreNormMoEStack:
     """The reference: the same stack with ``num_experts`` top-``k`` experts in every layer."""
     layers = [
         build_moe(
@@ -136,4 +136,4 @@ def build_standard_moe(
         )
         for _ in range(num_layers)
     ]
-    return MoEStack(layers, d_model)
+    return PreNormMoEStack(layers, d_model)

@@ -13,7 +13,9 @@ Two backbones share one contract, ``forward(input_ids, attention_mask) -> QAOutp
   computes exactly the dense model at initialization (a top-1 Switch router scales each token's FFN output by its
   router probability, which is what gives the router a gradient).
 
-The MoE layers are the core's :class:`~circuitml.moe.MoEBlock` used as-is; padding tokens are not routed.
+The MoE layers are the core's :class:`~circuitml.moe.MoEBlock` used as-is; padding tokens are not routed. Their
+routers form a :class:`~circuitml.moe.stack.MoEStack` (RMoE's state goes from one MoE layer to the next; Read-ME
+plans every MoE layer once, from the token embeddings of the scratch model).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from circuitml.moe import build_router
 from circuitml.moe.block import MoEBlock
 from circuitml.moe.experts.ffn import FFNExperts
+from circuitml.moe.router import Router
+from circuitml.moe.stack import MoEStack, StackRun, build_router_stack
 from torch import Tensor, nn
 
 from circuitml.errors import CheckpointError, ConfigError
@@ -105,14 +108,16 @@ class QAOutput:
     hidden: Tensor | None = None  # [B, T, d] last hidden states (features for domain-shift methods)
 
 
-def _router(cfg: SwitchQAConfig, d_model: int):
+def _routers(cfg: SwitchQAConfig, d_model: int, num_layers: int) -> list[Router]:
     options: dict[str, Any] = {
         "capacity_factor": cfg.capacity_factor,
         "balance_loss_weight": cfg.balance_loss_weight,
         "z_loss_weight": cfg.z_loss_weight,
         "normalize_weights": cfg.normalize_weights,
     }
-    return build_router(cfg.router, d_model=d_model, num_experts=cfg.num_experts, top_k=cfg.top_k, **options)
+    return build_router_stack(
+        cfg.router, num_layers, d_model=d_model, num_experts=cfg.num_experts, top_k=cfg.top_k, **options
+    )
 
 
 class MoEFFN(nn.Module):
@@ -129,17 +134,22 @@ class MoEFFN(nn.Module):
         self.mask: Tensor | None = None  # set by the owning model before each forward
         self.last_aux: Tensor | None = None
         self.last_counts: Tensor | None = None
+        self.run: StackRun | None = None  # the model's router stack for this forward, and this layer's place
+        self.index = 0
 
     def forward(self, x: Tensor) -> Tensor:
+        ctx = self.run.ctx(self.index) if self.run is not None else {}
         if self.mask is None:
             flat = x.reshape(-1, x.shape[-1])
-            out = self.block(flat)
+            out = self.block(flat, **ctx)
             y = out.out.reshape(x.shape)
         else:
             keep = self.mask.reshape(-1).bool()
             flat = x.reshape(-1, x.shape[-1])
-            out = self.block(flat[keep])
+            out = self.block(flat[keep], **ctx)
             y = torch.zeros_like(flat).index_put((keep.nonzero().squeeze(1),), out.out).reshape(x.shape)
+        if self.run is not None:
+            self.run.record(self.index, out.routing)
         self.last_aux = out.aux_loss
         self.last_counts = out.stats.tokens_per_expert if out.stats is not None else None
         return self.dropout(y)
@@ -159,7 +169,7 @@ class _DenseFFN(nn.Module):
 class _Layer(nn.Module):
     """Post-LN transformer layer (BERT/DistilBERT order): attention, add & norm, FFN, add & norm."""
 
-    def __init__(self, cfg: SwitchQAConfig, moe: bool) -> None:
+    def __init__(self, cfg: SwitchQAConfig, router: Router | None) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
@@ -168,9 +178,9 @@ class _Layer(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.dropout
-        if moe:
+        if router is not None:
             experts = FFNExperts(cfg.num_experts, cfg.d_model, cfg.d_ff, activation="gelu", bias=True)
-            self.ffn: nn.Module = MoEFFN(MoEBlock(_router(cfg, cfg.d_model), experts), cfg.dropout)
+            self.ffn: nn.Module = MoEFFN(MoEBlock(router, experts), cfg.dropout)
         else:
             self.ffn = _DenseFFN(cfg.d_model, cfg.d_ff, cfg.dropout)
 
@@ -189,16 +199,24 @@ class _QABase(nn.Module):
     def moe_layers(self) -> list[MoEFFN]:
         return [m for m in self.modules() if isinstance(m, MoEFFN)]
 
-    def _set_mask(self, attention_mask: Tensor | None) -> None:
-        for m in self.moe_layers():
-            m.mask = attention_mask
+    def _set_mask(self, attention_mask: Tensor | None, embeddings: Tensor | None = None) -> None:
+        """Set the padding mask and start the router stack (Read-ME plans from the real tokens' embeddings)."""
+        layers = self.moe_layers()
+        router_input = None
+        if embeddings is not None:
+            router_input = embeddings.reshape(-1, embeddings.shape[-1])
+            if attention_mask is not None:
+                router_input = router_input[attention_mask.reshape(-1).bool()]
+        run = MoEStack([m.block.router for m in layers]).start(router_input=router_input)
+        for i, m in enumerate(layers):
+            m.mask, m.run, m.index = attention_mask, run, i
 
     def _collect(self, start: Tensor, end: Tensor, attention_mask: Tensor | None, hidden: Tensor) -> QAOutput:
         layers = self.moe_layers()
         aux = sum((m.last_aux for m in layers if m.last_aux is not None), start.new_zeros(()))
         counts = [m.last_counts.detach() for m in layers if m.last_counts is not None]
         for m in layers:  # drop per-call tensors so the model stays deep-copyable and holds no graph
-            m.last_aux = m.last_counts = m.mask = None
+            m.last_aux = m.last_counts = m.mask = m.run = None
         if attention_mask is not None:
             neg = torch.finfo(start.dtype).min
             start = start.masked_fill(attention_mask == 0, neg)
@@ -218,8 +236,9 @@ class SwitchTransformerQA(_QABase):
         self.pos = nn.Embedding(config.max_position, config.d_model)
         self.norm = nn.LayerNorm(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
-        moe = set(config.resolved_moe_layers(config.num_layers))
-        self.layers = nn.ModuleList(_Layer(config, i in moe) for i in range(config.num_layers))
+        moe = config.resolved_moe_layers(config.num_layers)
+        routers = dict(zip(moe, _routers(config, config.d_model, len(moe)), strict=True))
+        self.layers = nn.ModuleList(_Layer(config, routers.get(i)) for i in range(config.num_layers))
         self.qa_outputs = nn.Linear(config.d_model, 2)
         self.apply(self._init)
 
@@ -242,7 +261,7 @@ class SwitchTransformerQA(_QABase):
         if attention_mask is not None:
             bias = torch.zeros(b, 1, 1, t, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill(attention_mask[:, None, None, :] == 0, -math.inf)
-        self._set_mask(attention_mask)
+        self._set_mask(attention_mask, x)
         for layer in self.layers:
             x = layer(x, bias)
         start, end = self.qa_outputs(x).unbind(-1)
@@ -281,8 +300,9 @@ class UpcycledHFQA(_QABase):
         hf = self.backbone.config
         layers = self._layers()
         moe = config.resolved_moe_layers(len(layers))
-        for i in moe:
-            self._upcycle(layers[i], hf)
+        routers = _routers(config, hf.hidden_size, len(moe))
+        for i, router in zip(moe, routers, strict=True):
+            self._upcycle(layers[i], hf, router)
         self.qa_outputs = nn.Linear(hf.hidden_size, 2)
         nn.init.normal_(self.qa_outputs.weight, std=0.02)
         nn.init.zeros_(self.qa_outputs.bias)
@@ -295,7 +315,9 @@ class UpcycledHFQA(_QABase):
             return list(bb.encoder.layer)
         raise CheckpointError(f"{self.config.init_from}: expected a DistilBERT or BERT encoder")
 
-    def _make_moe(self, lin1: nn.Linear, lin2: nn.Linear, activation: str, dropout: float) -> MoEFFN:
+    def _make_moe(
+        self, lin1: nn.Linear, lin2: nn.Linear, activation: str, dropout: float, router: Router
+    ) -> MoEFFN:
         cfg = self.config
         if activation not in ("gelu", "relu"):
             raise CheckpointError(f"{cfg.init_from}: FFN activation {activation!r}: expected gelu or relu")
@@ -306,15 +328,16 @@ class UpcycledHFQA(_QABase):
             experts.gate_up_bias.copy_(lin1.bias.expand(cfg.num_experts, h))
             experts.down_proj.copy_(lin2.weight.expand(cfg.num_experts, d, h))
             experts.down_bias.copy_(lin2.bias.expand(cfg.num_experts, d))
-        return MoEFFN(MoEBlock(_router(cfg, d), experts), dropout)
+        return MoEFFN(MoEBlock(router, experts), dropout)
 
-    def _upcycle(self, layer: nn.Module, hf: Any) -> None:
+    def _upcycle(self, layer: nn.Module, hf: Any, router: Router) -> None:
         act = getattr(hf, "activation", None) or getattr(hf, "hidden_act", "gelu")
         if hasattr(layer, "ffn"):  # DistilBERT TransformerBlock
             ffn = layer.ffn
-            layer.ffn = self._make_moe(ffn.lin1, ffn.lin2, str(act), float(getattr(hf, "dropout", 0.0)))
+            dropout = float(getattr(hf, "dropout", 0.0))
+            layer.ffn = self._make_moe(ffn.lin1, ffn.lin2, str(act), dropout, router)
         elif hasattr(layer, "intermediate") and hasattr(layer, "output"):  # BertLayer
-            moe = self._make_moe(layer.intermediate.dense, layer.output.dense, str(act), 0.0)
+            moe = self._make_moe(layer.intermediate.dense, layer.output.dense, str(act), 0.0, router)
             layer.intermediate = _Identity()
             layer.output.dense = moe
         else:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from circuitml.datasets.squad import SquadExample, read_squad
+from circuitml.moe.schedule import step_routers
 from circuitml.tasks.qa.data import decode_answers, load_tokenizer, make_features, train_tokenizer
 from circuitml.tasks.qa.metrics import squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
@@ -173,6 +174,7 @@ def train_qa(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
+            step_routers(model)  # router anneals count optimizer steps
             losses.append(loss.item())
             step += 1
             if on_step is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from circuitml.moe.schedule import step_routers
 from torch import Tensor, nn
 
 __all__ = ["ShiftOutput", "ShiftTask", "fit", "evaluate", "cycle", "frozen_copy"]
@@ -77,6 +78,7 @@ def fit(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        step_routers(model)  # router anneals count optimizer steps
         losses.append(loss.item())
     return losses
 

@@ -1,13 +1,15 @@
-r"""Global expert / local expert / gating network.
+r"""Global expert / local expert / gating network (GE / LE / GN).
 
-The personalization scheme of Zec et al., "Specialized federated learning using a mixture of experts" (2020,
-arXiv:2010.02056; also Peterson et al., "Private Federated Learning with Domain Adaptation", 2019): a frozen
-*global* model trained on everyone's data, a small *local* expert trained on one user's few examples, and a gating
-network that decides, per input, how much to trust each:
+Zhang, Davoodi and Hu, "A Mixture of Expert Approach for Low-Cost Customization of Deep Neural Networks"
+(arXiv:1811.00056, 2018): a trained *global expert* (GE) is deployed frozen; a small *local expert* (LE) is
+trained on one user's few examples to correct its errors, and a *gating network* (GN) decides, per input, whether
+the GE or the LE should handle it. Only the LE and GN are trained on the device, so customization is cheap and the
+user's data never leaves it:
 
-.. math:: \hat y(x) = g_0(x)\, \hat y_{GE}(x) + g_1(x)\, \hat y_{LE}(x), \qquad g = \mathrm{softmax}(W [\phi_{GE}(x)])
+.. math:: \hat y(x) = g_0(x)\, \hat y_{GE}(x) + g_1(x)\, \hat y_{LE}(x), \qquad g = \mathrm{softmax}(W \phi_{GE}(x))
 
-The gate is a dense two-expert router from the core's registry reading the global model's features.
+The gate is a dense two-expert router from the core's registry reading the global model's features (the paper's
+GN reads the input; the GE's features are that input's representation here, so the GN stays small).
 """
 
 from __future__ import annotations
