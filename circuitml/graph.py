@@ -50,6 +50,25 @@ NODE_TYPE_NAMES = ("PI", "PO", "AND", "NOT", "CONST")
 
 def _graph_arrays(aig: AIG, explicit_not: bool) -> dict[str, np.ndarray]:
     """Node types, edges and AIG-node ids of the graph of ``aig`` (numpy, before levels)."""
+    if kernels.HAVE_NUMBA:
+        node_type, edge_index, aig_node, compl, po_start, n_not, shift = kernels.graph_arrays(
+            aig.num_pis, aig.num_ands, aig.ands.reshape(-1), aig.pos, explicit_not
+        )
+        return _with_latches(
+            aig,
+            shift,
+            {
+                "node_type": node_type,
+                "edge_index": edge_index,
+                "src": edge_index[0],
+                "dst": edge_index[1],
+                "aig_node": aig_node,
+                "edge_compl": None if explicit_not else compl,
+                "po_start": np.int64(po_start),
+                "po_lits": aig.pos,
+                "n_not": np.int64(n_not),
+            },
+        )
     n_aig = aig.num_nodes
     and_nodes = aig.first_and + np.arange(aig.num_ands, dtype=np.int64)
     fanin_lits = aig.ands.reshape(-1)  # row-major: fanin 0 and 1 of each AND, in AND order
@@ -100,22 +119,29 @@ def _graph_arrays(aig: AIG, explicit_not: bool) -> dict[str, np.ndarray]:
         edge_compl = (all_lits & 1).astype(np.float32)
         n_not = 0
 
-    is_latch = np.zeros(node_type.size, dtype=bool)
-    if aig.num_latches:
-        first_latch_pi = 1 + aig.num_inputs - shift
-        is_latch[first_latch_pi : 1 + aig.num_pis - shift] = True
-        is_latch[po_start + aig.num_outputs : po_start + aig.num_pos] = True
-    return {
+    g = {
         "node_type": node_type,
+        "edge_index": np.stack([src, dst]),
         "src": src,
         "dst": dst,
         "aig_node": aig_node,
         "edge_compl": edge_compl,
-        "is_latch": is_latch,
         "po_start": np.int64(po_start),
         "po_lits": po_lits,
         "n_not": np.int64(n_not),
     }
+    return _with_latches(aig, shift, g)
+
+
+def _with_latches(aig: AIG, shift: int, g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add ``is_latch``: the pseudo-PIs and pseudo-POs of cut latches."""
+    is_latch = np.zeros(g["node_type"].size, dtype=bool)
+    if aig.num_latches:
+        po_start = int(g["po_start"])
+        is_latch[1 + aig.num_inputs - shift : 1 + aig.num_pis - shift] = True
+        is_latch[po_start + aig.num_outputs : po_start + aig.num_pos] = True
+    g["is_latch"] = is_latch
+    return g
 
 
 def _kahn_longest(
@@ -309,12 +335,11 @@ def aig_to_data(
     """
     g = _graph_arrays(aig, explicit_not)
     num_nodes = int(g["node_type"].size)
-    src, dst = g["src"], g["dst"]
     level, rev_level = _graph_levels(aig, g, explicit_not)
 
     data = Data(
         x=torch.from_numpy(g["node_type"]),
-        edge_index=torch.from_numpy(np.stack([src, dst])),
+        edge_index=torch.from_numpy(g["edge_index"]),
         level=torch.from_numpy(level),
         rev_level=torch.from_numpy(rev_level),
         aig_node=torch.from_numpy(g["aig_node"]),

@@ -15,7 +15,14 @@ import os
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "aig_levels", "counting_sort", "edges_by_target_order"]
+__all__ = [
+    "HAVE_NUMBA",
+    "aig_levels",
+    "counting_sort",
+    "decode_varints",
+    "edges_by_target_order",
+    "graph_arrays",
+]
 
 try:  # numba is an optional extra: every caller has a numpy fallback
     if os.environ.get("CIRCUITML_NO_NUMBA"):
@@ -118,3 +125,98 @@ def edges_by_target_order(target: np.ndarray, node_order: np.ndarray, num_nodes:
             out[k] = by_target[p]
             k += 1
     return out
+
+
+@njit(cache=True, nogil=True)
+def graph_arrays(
+    num_pis: int, num_ands: int, lits: np.ndarray, pos: np.ndarray, explicit_not: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, int]:
+    """The graph of :func:`circuitml.graph.aig_to_data` in one pass: node types, ``edge_index`` ``[2, E]``,
+    AIG-node ids, complement bits (empty with ``explicit_not``), the number of graph nodes before the POs, the
+    number of NOT nodes and the id shift of AIG nodes (1 when the constant has no graph node).
+
+    Same numbering as the numpy builder: ``[CONST] + PIs + ANDs``, NOT nodes by the node they invert, POs.
+    """
+    num_nodes = 1 + num_pis + num_ands
+    const_used = False
+    for k in range(lits.size):
+        if lits[k] < 2:
+            const_used = True
+    for k in range(pos.size):
+        if pos[k] < 2:
+            const_used = True
+    shift = 0 if const_used else 1
+    n_base = num_nodes - shift
+    not_id = np.full(num_nodes, -1, dtype=np.int64)
+    n_not = 0
+    if explicit_not:
+        for k in range(lits.size):
+            if lits[k] & 1:
+                not_id[lits[k] >> 1] = 0
+        for k in range(pos.size):
+            if pos[k] & 1:
+                not_id[pos[k] >> 1] = 0
+        for v in range(num_nodes):  # numbered in AIG-node order
+            if not_id[v] == 0:
+                not_id[v] = n_base + n_not
+                n_not += 1
+    po_start = n_base + n_not
+    total = po_start + pos.size
+    node_type = np.full(total, 2, dtype=np.int64)  # AND
+    aig_node = np.full(total, -1, dtype=np.int64)
+    for v in range(n_base):
+        aig_node[v] = v + shift
+    for v in range(1 + num_pis - shift):
+        node_type[v] = 0  # PI
+    if const_used:
+        node_type[0] = 4  # CONST
+    num_edges = n_not + lits.size + pos.size
+    edge_index = np.empty((2, num_edges), dtype=np.int64)
+    e = 0
+    if explicit_not:
+        for v in range(num_nodes):
+            if not_id[v] >= 0:
+                node_type[not_id[v]] = 3  # NOT
+                aig_node[not_id[v]] = v
+                edge_index[0, e] = v - shift
+                edge_index[1, e] = not_id[v]
+                e += 1
+    compl = np.zeros(0 if explicit_not else lits.size + pos.size, dtype=np.float32)
+    for k in range(lits.size + pos.size):
+        lit = lits[k] if k < lits.size else pos[k - lits.size]
+        node = lit >> 1
+        if explicit_not and lit & 1:
+            edge_index[0, e] = not_id[node]
+        else:
+            edge_index[0, e] = node - shift
+        if not explicit_not:
+            compl[k] = lit & 1
+        if k < lits.size:
+            edge_index[1, e] = num_pis + 1 + (k >> 1) - shift
+        else:
+            edge_index[1, e] = po_start + k - lits.size
+            node_type[po_start + k - lits.size] = 1  # PO
+        e += 1
+    return node_type, edge_index, aig_node, compl, po_start, n_not, shift
+
+
+@njit(cache=True, nogil=True)
+def decode_varints(buf: np.ndarray, count: int) -> tuple[np.ndarray, int]:
+    """``count`` AIGER varints from the start of ``buf``; returns the values and the bytes used, or ``-1`` bytes
+    when the buffer ends early or a varint is longer than 9 bytes (the numpy decoder then names the place)."""
+    out = np.empty(count, dtype=np.int64)
+    p = 0
+    for k in range(count):
+        value = 0
+        shift = 0
+        while True:
+            if p >= buf.size or shift > 56:
+                return out, -1
+            b = buf[p]
+            p += 1
+            value |= np.int64(b & 127) << shift
+            shift += 7
+            if b < 128:
+                break
+        out[k] = value
+    return out, p
