@@ -240,7 +240,9 @@ def _graph_levels(aig: AIG, g: dict[str, np.ndarray], explicit_not: bool) -> tup
         fwd, rev, not_rev = kernels.aig_levels(
             aig.first_and, aig.num_nodes, aig.ands.reshape(-1), aig.pos, explicit_not
         )
-        return _place_levels(g, fwd, rev, not_rev, aig.pos, explicit_not)
+        return kernels.place_levels(
+            fwd, rev, not_rev, g["aig_node"], aig.pos, int(g["po_start"]), int(g["n_not"]), explicit_not
+        )
     n = aig.num_nodes
     lits = aig.ands.reshape(-1)
     fanin = lits >> 1
@@ -458,12 +460,8 @@ def _group(key: Tensor, num_levels: int, tie: Tensor | None = None) -> tuple[Ten
 def _group_compiled(level: Tensor, target: Tensor, num_levels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`_group` for the nodes by ``level`` and for the edges by ``(level[target], target)``, as counting
     sorts (O(N + E), same permutations as the stable sorts)."""
-    lv = level.numpy()
-    node_perm, node_ptr = kernels.counting_sort(lv, num_levels)
-    edge_perm = kernels.edges_by_target_order(target.numpy(), node_perm, lv.size)
-    edge_ptr = np.zeros(num_levels + 1, dtype=np.int64)
-    np.cumsum(np.bincount(lv[target.numpy()], minlength=num_levels), out=edge_ptr[1:])
-    return tuple(torch.from_numpy(a) for a in (node_perm, node_ptr, edge_perm, edge_ptr))  # type: ignore[return-value]
+    groups = kernels.level_groups(level.numpy(), target.numpy(), num_levels)
+    return tuple(torch.from_numpy(a) for a in groups)  # type: ignore[return-value]
 
 
 def level_schedule(data: Data) -> LevelSchedule:

@@ -22,6 +22,8 @@ __all__ = [
     "decode_varints",
     "edges_by_target_order",
     "graph_arrays",
+    "level_groups",
+    "place_levels",
 ]
 
 try:  # numba is an optional extra: every caller has a numpy fallback
@@ -220,3 +222,46 @@ def decode_varints(buf: np.ndarray, count: int) -> tuple[np.ndarray, int]:
                 break
         out[k] = value
     return out, p
+
+
+@njit(cache=True, nogil=True)
+def place_levels(
+    fwd: np.ndarray,
+    rev: np.ndarray,
+    not_rev: np.ndarray,
+    aig_node: np.ndarray,
+    pos: np.ndarray,
+    po_start: int,
+    n_not: int,
+    explicit_not: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Graph-node levels from AIG-node levels (see :func:`circuitml.graph._place_levels`, the numpy twin)."""
+    total = po_start + pos.size
+    level = np.empty(total, dtype=np.int64)
+    rev_level = np.zeros(total, dtype=np.int64)
+    for v in range(po_start):
+        level[v] = fwd[aig_node[v]]
+        rev_level[v] = rev[aig_node[v]]
+    if explicit_not:
+        for v in range(po_start - n_not, po_start):
+            level[v] += 1
+            rev_level[v] = not_rev[aig_node[v]]
+    for k in range(pos.size):
+        level[po_start + k] = fwd[pos[k] >> 1] + 1 + ((pos[k] & 1) if explicit_not else 0)
+    return level, rev_level
+
+
+@njit(cache=True, nogil=True)
+def level_groups(
+    level: np.ndarray, target: np.ndarray, num_levels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes grouped by ``level`` and edges by ``(level[target], target)``: permutations and CSR pointers, the
+    same as stable sorts on those keys, as counting passes in O(N + E)."""
+    node_perm, node_ptr = counting_sort(level, num_levels)
+    edge_perm = edges_by_target_order(target, node_perm, level.size)
+    edge_ptr = np.zeros(num_levels + 1, dtype=np.int64)
+    for e in range(target.size):
+        edge_ptr[level[target[e]] + 1] += 1
+    for k in range(num_levels):
+        edge_ptr[k + 1] += edge_ptr[k]
+    return node_perm, node_ptr, edge_perm, edge_ptr

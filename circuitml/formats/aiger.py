@@ -204,24 +204,34 @@ def _int_rows(text: _Text, count: int, width: int, what: str) -> np.ndarray:
     """Read ``count`` lines of ``width`` non-negative integers with one numpy parse; on a bad line, find and
     report it."""
     start_pos, start_line = text.pos, text.line
-    end = text.pos
-    for _ in range(count):
-        nl = text.data.find(b"\n", end)
-        if nl < 0:
-            end = len(text.data)
-            break
-        end = nl + 1
-    chunk = text.data[start_pos:end]
-    lines = chunk.split(b"\n")[:count]
-    if len(lines) == count and all(len(row.split()) == width for row in lines):
-        try:
-            arr = np.array(chunk.split(), dtype=np.int64)
-        except ValueError:
-            arr = None
-        if arr is not None and arr.size == width * count and (arr >= 0).all():
-            text.pos = end
-            text.line = start_line + count
-            return arr.reshape(count, width)
+    if count == 0:
+        return np.zeros((0, width), dtype=np.int64)
+    # A well-formed line has at most ``width`` 10-digit numbers: look for the count-th newline in that window.
+    window = np.frombuffer(text.data, dtype=np.uint8, offset=start_pos)[: count * (12 * width + 2)]
+    newlines = np.flatnonzero(window == 10)
+    if newlines.size >= count:
+        end = start_pos + int(newlines[count - 1]) + 1
+    elif newlines.size == count - 1 and start_pos + window.size == len(text.data):
+        end = len(text.data)  # the last line may lack its newline
+    else:
+        end = -1
+    if end > 0:
+        chunk = np.frombuffer(text.data, dtype=np.uint8, offset=start_pos, count=end - start_pos)
+        # Tokens per line, vectorized: a token starts where a non-blank byte follows a blank (or the start).
+        solid = (chunk != 32) & (chunk != 10) & (chunk != 13) & (chunk != 9)
+        starts = solid.copy()
+        starts[1:] &= ~solid[:-1]
+        line_of = np.cumsum(chunk == 10) - (chunk == 10)
+        per_line = np.bincount(line_of[starts], minlength=count)
+        if per_line.size == count and (per_line == width).all():
+            try:
+                arr = np.array(text.data[start_pos:end].split(), dtype=np.int64)
+            except ValueError:
+                arr = None
+            if arr is not None and (arr >= 0).all():
+                text.pos = end
+                text.line = start_line + count
+                return arr.reshape(count, width)
     # slow path, only to name the offending line
     text.pos, text.line = start_pos, start_line
     rows = np.zeros((count, width), dtype=np.int64)
