@@ -115,3 +115,15 @@ def test_tune_malloc_is_idempotent_and_counts_faults():
     before = page_faults()
     torch.ones(4 * 2**20)  # 16 MB: at least a few pages are touched
     assert page_faults() >= before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by bench/gpu_check.sh)")
+def test_cuda_deepgcn_equals_cpu():
+    torch.manual_seed(0)
+    data = aig_to_data(random_aig(7, 6, 200, 4))
+    enc = build_encoder("deepgcn", hidden=32, num_layers=3)
+    a, ga = deepgcn_step(enc, data)
+    b, gb = deepgcn_step(enc.cuda(), data.cuda())
+    torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-4)
+    for key in ga:
+        torch.testing.assert_close(gb[key].cpu(), ga[key], rtol=1e-3, atol=1e-4, msg=key)
