@@ -16,7 +16,8 @@ series shows whether cost grows linearly (1.0).
 ``mgvga`` is MGVGA's own encoder (Wu et al., ICLR 2025; ``aigmae/modeling_vgmae.py`` of its repository, loaded
 from a checkout or a bare git snapshot at run time, never copied here): 7 DeepGCNLayer(GENConv) res+ blocks on the
 same union graph, timed with its type embedding. Its ``configuration_vgmae.py`` does not parse (``freeze: false``
-in a signature), so a minimal config class stands in for it. CPU rows are process CPU time (best of ``--reps``);
+in a signature), so a minimal config class stands in for it, and ``ModelOutput`` is re-exported where the
+transformers version it was written for had it. CPU rows are process CPU time (best of ``--reps``);
 ``faults`` is page faults per timed step. glibc's allocator is tuned as the ``circuitml`` CLI does
 (:func:`circuitml.memory.tune_malloc`) unless ``--malloc default``. ``fwd s`` is one no-grad eval forward.
 """
@@ -75,7 +76,13 @@ def load_mgvga(source: Path, hidden: int, layers: int = 7) -> torch.nn.Module:
             capture_output=True,
             text=True,
         ).stdout
+    import transformers.modeling_utils as hf_modeling
     from transformers import PretrainedConfig
+    from transformers.utils import ModelOutput
+
+    # MGVGA imports ModelOutput from transformers.modeling_utils, where transformers 4.x kept it.
+    if not hasattr(hf_modeling, "ModelOutput"):
+        hf_modeling.ModelOutput = ModelOutput
 
     class AIGMAEConfig(
         PretrainedConfig
@@ -96,6 +103,7 @@ def load_mgvga(source: Path, hidden: int, layers: int = 7) -> torch.nn.Module:
     cfg_mod.AIGMAEConfig = AIGMAEConfig
     sys.modules.update({"aigmae": pkg, "aigmae.configuration_vgmae": cfg_mod})
     mod = types.ModuleType("aigmae.modeling_vgmae")
+    sys.modules["aigmae.modeling_vgmae"] = mod  # its dataclasses look their module up
     exec(compile(code, str(file), "exec"), mod.__dict__)  # noqa: S102 - the peer's code, run as its authors ship it
     cfg = AIGMAEConfig(hidden_size=hidden, num_encoder_layers=layers, num_classes=5)
 

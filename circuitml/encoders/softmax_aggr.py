@@ -74,7 +74,7 @@ def _forward_kernel(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, hid = x.shape
     out = np.zeros((n, hid), dtype=x.dtype)
-    # Maxima and denominators, kept for the backward of nodes with three or more fanins only.
+    # Maxima and denominators for the backward (nodes with three or more fanins; alpha_1 for two fanins).
     mx = np.zeros((n, hid), dtype=x.dtype)
     den = np.ones((n, hid), dtype=x.dtype)
     tt = x.dtype.type(t)
@@ -96,6 +96,7 @@ def _forward_kernel(
                 h2 = max(x[u2, c], zero) + ep
                 a1 = one / (one + math.exp(tt * (h2 - h1)))
                 out[v, c] = h2 + a1 * (h1 - h2)
+                mx[v, c] = a1  # two-fanin nodes keep alpha_1 here instead of a maximum: no exp in backward
             continue
         if e == s:
             continue
@@ -154,8 +155,8 @@ def _backward_kernel(
             for c in range(hid):
                 h1 = max(x[u1, c], zero) + ep
                 h2 = max(x[u2, c], zero) + ep
-                a1 = one / (one + math.exp(tt * (h2 - h1)))
-                m = h2 + a1 * (h1 - h2)
+                a1 = mx[v, c]
+                m = out[v, c]
                 g = grad_out[v, c]
                 d1, d2 = h1 - m, h2 - m
                 if x[u1, c] > zero:
