@@ -30,6 +30,8 @@ from circuitml.encoders.config import EncoderConfig
 from circuitml.encoders.softmax_aggr import incoming_csr, softmax_aggregate, uses_fused_kernel
 from circuitml.errors import ConfigError
 
+_FUSED_CKPT_SCALE = 8
+
 
 @register_encoder
 class DeepGCNEncoder(Encoder):
@@ -46,8 +48,8 @@ class DeepGCNEncoder(Encoder):
             ``aggr="softmax"`` without edge features, ``False`` keeps PyG's ``GENConv.forward``.
         ckpt_grad ("auto"): recompute each block in backward (torch.utils.checkpoint) instead of keeping its
             ``[E, hidden]`` softmax-aggregation intermediates — about 10 per block, 12 GB at 7 blocks on a
-            400k-node graph. ``"auto"`` turns it on from ``ckpt_min_edges`` edges (default 200000) up, unless
-            the fused CPU kernel runs (it keeps no such intermediates).
+            400k-node graph. ``"auto"`` turns it on from ``ckpt_min_edges`` edges (default 200000) up, or from
+            8x that when the fused CPU kernel runs (it keeps three ``[N, hidden]`` tensors per block instead).
 
     Shapes: ``x`` types ``[N]`` → node ``[N, hidden]``; with ``use_edge_attr`` the complement bit ``[E, 1]``
     enters every GENConv message.
@@ -109,8 +111,9 @@ class DeepGCNEncoder(Encoder):
         csr = incoming_csr(edge_index, h.size(0), data) if fused else None
         ckpt = self.opt("ckpt_grad")
         if ckpt == "auto":
-            kernel = fused and uses_fused_kernel(h)
-            ckpt = not kernel and edge_index.size(1) >= int(self.opt("ckpt_min_edges"))
+            # The fused kernel keeps three [N, hidden] tensors per block where PyG keeps ~10 [E, hidden] ones.
+            scale = _FUSED_CKPT_SCALE if fused and uses_fused_kernel(h) else 1
+            ckpt = edge_index.size(1) >= scale * int(self.opt("ckpt_min_edges"))
         ckpt = bool(ckpt) and torch.is_grad_enabled()
 
         def conv(layer: DeepGCNLayer, x: Tensor) -> Tensor:
