@@ -18,7 +18,8 @@ from a checkout or a bare git snapshot at run time, never copied here): 7 DeepGC
 same union graph, timed with its type embedding. Its ``configuration_vgmae.py`` does not parse (``freeze: false``
 in a signature), so a minimal config class stands in for it, and ``ModelOutput`` is re-exported where the
 transformers version it was written for had it. CPU rows are process CPU time (best of ``--reps``);
-``faults`` is page faults per timed step. glibc's allocator is tuned as the ``circuitml`` CLI does
+``faults`` is page faults per timed step (after the warm-up step, so heap growth to the peak is not counted
+except on huge graphs, which get no warm-up). glibc's allocator is tuned as the ``circuitml`` CLI does
 (:func:`circuitml.memory.tune_malloc`) unless ``--malloc default``. ``fwd s`` is one no-grad eval forward.
 """
 
@@ -47,6 +48,7 @@ from circuitml.memory import page_faults, tune_malloc  # noqa: E402
 ENCODERS: dict[str, tuple[str, dict]] = {
     "deepgcn": ("deepgcn", {}),
     "dag(1 iter)": ("dag", {"num_layers": 1, "options": {"checkpoint": True}}),
+    "dag(1 sweep)": ("dag", {"num_layers": 1, "options": {"checkpoint": True, "reverse": False}}),
     "gcn": ("gcn", {}),
     "sage": ("sage", {}),
     "gin": ("gin", {}),
@@ -276,7 +278,9 @@ def time_fwd_bwd(enc, data, device, amp: bool, reps: int, warmup: bool = True) -
     if warmup:  # also builds and caches the level schedule; skipped on huge graphs where one pass is minutes
         step()
         sync(device)
-    return best_time(step, device, reps)
+    f0 = page_faults()
+    best = best_time(step, device, reps)
+    return best, (page_faults() - f0) / reps
 
 
 def best_time(fn, device: torch.device, reps: int) -> float:
@@ -391,10 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             variants = [(name, enc)] + ([(f"{name}+compile", compiled)] if compiled is not None else [])
             for label, model in variants:
                 # the warm-up call also absorbs compilation, so compiled rows time steady-state steps only
-                f0 = page_faults()
                 reps = 1 if huge else args.reps
-                t = time_fwd_bwd(model, data, device, args.amp, reps, warmup=not huge)
-                faults = (page_faults() - f0) / (reps + (0 if huge else 1))
+                t, faults = time_fwd_bwd(model, data, device, args.amp, reps, warmup=not huge)
                 t_fwd = time_forward(model, data, device, args.amp) if args.forward else float("nan")
                 times[(label, gname)] = t
                 print(
