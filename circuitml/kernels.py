@@ -108,17 +108,7 @@ def edges_by_target_order(target: np.ndarray, node_order: np.ndarray, num_nodes:
     With ``node_order`` the nodes sorted stably by level this is the stable sort of the edges by
     ``(level[target], target)``, done as two counting passes instead of an O(E log E) sort.
     """
-    ptr = np.zeros(num_nodes + 1, dtype=np.int64)
-    for e in range(target.size):
-        ptr[target[e] + 1] += 1
-    for v in range(num_nodes):
-        ptr[v + 1] += ptr[v]
-    fill = ptr[:-1].copy()
-    by_target = np.empty(target.size, dtype=np.int64)
-    for e in range(target.size):
-        v = target[e]
-        by_target[fill[v]] = e
-        fill[v] += 1
+    by_target, ptr = counting_sort(target, num_nodes)
     out = np.empty(target.size, dtype=np.int64)
     k = 0
     for i in range(node_order.size):
