@@ -216,22 +216,29 @@ def _int_rows(text: _Text, count: int, width: int, what: str) -> np.ndarray:
     else:
         end = -1
     if end > 0:
-        chunk = np.frombuffer(text.data, dtype=np.uint8, offset=start_pos, count=end - start_pos)
-        # Tokens per line, vectorized: a token starts where a non-blank byte follows a blank (or the start).
-        solid = (chunk != 32) & (chunk != 10) & (chunk != 13) & (chunk != 9)
-        starts = solid.copy()
-        starts[1:] &= ~solid[:-1]
-        line_of = np.cumsum(chunk == 10) - (chunk == 10)
-        per_line = np.bincount(line_of[starts], minlength=count)
-        if per_line.size == count and (per_line == width).all():
-            try:
-                arr = np.array(text.data[start_pos:end].split(), dtype=np.int64)
-            except ValueError:
-                arr = None
-            if arr is not None and (arr >= 0).all():
-                text.pos = end
-                text.line = start_line + count
-                return arr.reshape(count, width)
+        raw = text.data[start_pos:end]
+        arr = None
+        if width == 1:
+            # Only digits and newlines, no empty line: exactly one number per line (the output section).
+            if not raw.translate(None, b"0123456789\n") and b"\n\n" not in raw and raw[:1] != b"\n":
+                arr = np.fromstring(raw, dtype=np.int64, sep=" ")
+        else:
+            chunk = np.frombuffer(raw, dtype=np.uint8)
+            # Tokens per line, vectorized: a token starts where a non-blank byte follows a blank (or the start).
+            solid = (chunk != 32) & (chunk != 10) & (chunk != 13) & (chunk != 9)
+            starts = solid.copy()
+            starts[1:] &= ~solid[:-1]
+            line_of = np.cumsum(chunk == 10) - (chunk == 10)
+            per_line = np.bincount(line_of[starts], minlength=count)
+            if per_line.size == count and (per_line == width).all():
+                try:
+                    arr = np.array(raw.split(), dtype=np.int64)
+                except ValueError:
+                    arr = None
+        if arr is not None and arr.size == width * count and (arr >= 0).all():
+            text.pos = end
+            text.line = start_line + count
+            return arr.reshape(count, width)
     # slow path, only to name the offending line
     text.pos, text.line = start_pos, start_line
     rows = np.zeros((count, width), dtype=np.int64)
