@@ -333,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mgvga", type=Path, default=MGVGA_SNAPSHOT, help="MGVGA checkout or bare git snapshot")
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
     ap.add_argument("--forward", action="store_true", help="also time one no-grad forward per graph")
+    ap.add_argument(
+        "--forward-only-from",
+        type=int,
+        default=None,
+        help="from this many nodes up, time only the no-grad forward (fwd+bwd column shows nan)",
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     tuned = tune_malloc() if args.malloc == "tuned" else False
@@ -396,8 +402,17 @@ def main(argv: list[str] | None = None) -> int:
             for label, model in variants:
                 # the warm-up call also absorbs compilation, so compiled rows time steady-state steps only
                 reps = 1 if huge else args.reps
-                t, faults = time_fwd_bwd(model, data, device, args.amp, reps, warmup=not huge)
-                t_fwd = time_forward(model, data, device, args.amp) if args.forward else float("nan")
+                fwd_only = args.forward_only_from is not None and n >= args.forward_only_from
+                f0 = page_faults()
+                if fwd_only:
+                    t, faults = float("nan"), float("nan")
+                else:
+                    t, faults = time_fwd_bwd(model, data, device, args.amp, reps, warmup=not huge)
+                t_fwd = (
+                    time_forward(model, data, device, args.amp) if args.forward or fwd_only else float("nan")
+                )
+                if fwd_only:
+                    faults = page_faults() - f0
                 times[(label, gname)] = t
                 print(
                     f"{label:<14} {gname:<22} {n:>9} {e:>9} {levels:>6} {t:>8.3f} {n / t:>10.3g} "
@@ -405,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f} {faults:>9.3g} {t_fwd:>7.2f}",
                     flush=True,
                 )
-                if gname.startswith("random") and model is enc:
+                if gname.startswith("random") and model is enc and not fwd_only:
                     series.append((n, t))
         if len(series) >= 3:
             xs = np.log([s[0] for s in series])
