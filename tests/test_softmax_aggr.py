@@ -127,3 +127,14 @@ def test_cuda_deepgcn_equals_cpu():
     torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-4)
     for key in ga:
         torch.testing.assert_close(gb[key].cpu(), ga[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_fused_forward_without_autograd_keeps_no_backward_state():
+    pytest.importorskip("numba")
+    edge_index = random_graph(4)
+    x = torch.randn(60, 8)
+    t = torch.tensor([1.5])
+    csr = incoming_csr(edge_index, 60)
+    with torch.no_grad():
+        cheap = softmax_aggregate(x, t, csr, fused=True)
+    torch.testing.assert_close(cheap, softmax_aggregate(x, t, csr, fused=False))

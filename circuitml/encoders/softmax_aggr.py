@@ -70,19 +70,22 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def _forward_kernel(
-    x: np.ndarray, rowptr: np.ndarray, col: np.ndarray, t: float, eps: float
+    x: np.ndarray, rowptr: np.ndarray, col: np.ndarray, t: float, eps: float, keep: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, hid = x.shape
     out = np.zeros((n, hid), dtype=x.dtype)
-    # Maxima and denominators for the backward (nodes with three or more fanins; alpha_1 for two fanins).
-    mx = np.zeros((n, hid), dtype=x.dtype)
-    den = np.ones((n, hid), dtype=x.dtype)
+    # Maxima and denominators for the backward (nodes with three or more fanins; alpha_1 for two fanins);
+    # without a backward (``keep`` false) one scratch row serves every node.
+    rows = n if keep else 1
+    mx = np.zeros((rows, hid), dtype=x.dtype)
+    den = np.ones((rows, hid), dtype=x.dtype)
     tt = x.dtype.type(t)
     ep = x.dtype.type(eps)
     zero = x.dtype.type(0.0)
     one = x.dtype.type(1.0)
     acc = np.empty(hid, dtype=x.dtype)
     for v in range(n):
+        r = v if keep else 0
         s, e = rowptr[v], rowptr[v + 1]
         if e - s == 1:  # softmax over one message is 1: m_v = h_u
             u = col[s]
@@ -96,29 +99,29 @@ def _forward_kernel(
                 h2 = max(x[u2, c], zero) + ep
                 a1 = one / (one + math.exp(tt * (h2 - h1)))
                 out[v, c] = h2 + a1 * (h1 - h2)
-                mx[v, c] = a1  # two-fanin nodes keep alpha_1 here instead of a maximum: no exp in backward
+                mx[r, c] = a1  # two-fanin nodes keep alpha_1 here instead of a maximum: no exp in backward
             continue
         if e == s:
             continue
         u = col[s]
         for c in range(hid):
-            mx[v, c] = tt * (max(x[u, c], zero) + ep)
+            mx[r, c] = tt * (max(x[u, c], zero) + ep)
         for p in range(s + 1, e):
             u = col[p]
             for c in range(hid):
-                mx[v, c] = max(mx[v, c], tt * (max(x[u, c], zero) + ep))
+                mx[r, c] = max(mx[r, c], tt * (max(x[u, c], zero) + ep))
         acc[:] = zero
         for c in range(hid):
-            den[v, c] = zero
+            den[r, c] = zero
         for p in range(s, e):
             u = col[p]
             for c in range(hid):
                 h = max(x[u, c], zero) + ep
-                w = math.exp(tt * h - mx[v, c])
-                den[v, c] += w
+                w = math.exp(tt * h - mx[r, c])
+                den[r, c] += w
                 acc[c] += w * h
         for c in range(hid):
-            out[v, c] = acc[c] / den[v, c]
+            out[v, c] = acc[c] / den[r, c]
     return out, mx, den
 
 
@@ -183,9 +186,9 @@ def _backward_kernel(
 
 class _FusedSoftmaxAggr(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, rowptr: Tensor, col: Tensor, eps: float) -> Tensor:  # noqa: ANN001
+    def forward(ctx, x: Tensor, t: Tensor, rowptr: Tensor, col: Tensor, eps: float, keep: bool) -> Tensor:  # noqa: ANN001
         xc = x.detach().contiguous()
-        out, mx, den = _forward_kernel(xc.numpy(), rowptr.numpy(), col.numpy(), float(t), eps)
+        out, mx, den = _forward_kernel(xc.numpy(), rowptr.numpy(), col.numpy(), float(t), eps, keep)
         out_t = torch.from_numpy(out)
         ctx.eps = eps
         ctx.save_for_backward(xc, t, rowptr, col, out_t, torch.from_numpy(mx), torch.from_numpy(den))
@@ -208,7 +211,7 @@ class _FusedSoftmaxAggr(torch.autograd.Function):
         )
         grad_x, grad_t = _backward_kernel(*args, g)
         grad_t_out = torch.tensor(grad_t, dtype=t.dtype).reshape(t.shape) if ctx.needs_input_grad[1] else None
-        return torch.from_numpy(grad_x), grad_t_out, None, None, None
+        return torch.from_numpy(grad_x), grad_t_out, None, None, None, None
 
 
 def _softmax_aggregate_torch(x: Tensor, t: Tensor, csr: IncomingCSR, eps: float) -> Tensor:
@@ -252,7 +255,7 @@ def softmax_aggregate(
         fused = uses_fused_kernel(x)
     if fused:
         # Under CPU autocast the matmuls around run in bf16; the aggregation itself stays float32.
-        return _FusedSoftmaxAggr.apply(
-            x.float() if x.dtype == torch.bfloat16 else x, t, csr.rowptr, csr.col, eps
-        )
+        keep = torch.is_grad_enabled() and (x.requires_grad or t.requires_grad)  # a backward will follow
+        x32 = x.float() if x.dtype == torch.bfloat16 else x
+        return _FusedSoftmaxAggr.apply(x32, t, csr.rowptr, csr.col, eps, keep)
     return _softmax_aggregate_torch(x, t, csr, eps)
