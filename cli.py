@@ -80,6 +80,9 @@ err_console = Console(stderr=True)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the process exit code."""
+    from circuitml.memory import tune_malloc
+
+    tune_malloc()  # large-graph temporaries reuse heap memory instead of page-faulting fresh mmaps
     try:
         # with standalone_mode=False, click returns the code of a `typer.Exit(n)` (and of Ctrl-C: 130)
         returned = app(args=argv, standalone_mode=False)

@@ -11,6 +11,16 @@ series shows whether cost grows linearly (1.0).
     python bench/bench_encoders.py                      # 1k .. 1M nodes, every encoder
     python bench/bench_encoders.py --device cuda --amp  # on a GPU, bf16 autocast
     python bench/bench_encoders.py --compile            # also torch.compile(dynamic=True) rows ("+compile")
+    python bench/bench_encoders.py --encoders deepgcn,mgvga --mgvga /path/to/MGVGA   # the MGVGA peer row
+
+``mgvga`` is MGVGA's own encoder (Wu et al., ICLR 2025; ``aigmae/modeling_vgmae.py`` of its repository, loaded
+from a checkout or a bare git snapshot at run time, never copied here): 7 DeepGCNLayer(GENConv) res+ blocks on the
+same union graph, timed with its type embedding. Its ``configuration_vgmae.py`` does not parse (``freeze: false``
+in a signature), so a minimal config class stands in for it, and ``ModelOutput`` is re-exported where the
+transformers version it was written for had it. CPU rows are process CPU time (best of ``--reps``);
+``faults`` is page faults per timed step (after the warm-up step, so heap growth to the peak is not counted
+except on huge graphs, which get no warm-up). glibc's allocator is tuned as the ``circuitml`` CLI does
+(:func:`circuitml.memory.tune_malloc`) unless ``--malloc default``. ``fwd s`` is one no-grad eval forward.
 """
 
 from __future__ import annotations
@@ -32,11 +42,13 @@ SHARED = ROOT.parent / "shared" / "data"
 from circuitml.aig import AIG  # noqa: E402
 from circuitml.encoders import build_encoder  # noqa: E402
 from circuitml.graph import aig_to_data, level_schedule  # noqa: E402
+from circuitml.memory import page_faults, tune_malloc  # noqa: E402
 
 # name -> (kind, overrides); the DAG encoder runs one forward+reverse iteration (its cost is per iteration).
 ENCODERS: dict[str, tuple[str, dict]] = {
     "deepgcn": ("deepgcn", {}),
     "dag(1 iter)": ("dag", {"num_layers": 1, "options": {"checkpoint": True}}),
+    "dag(1 sweep)": ("dag", {"num_layers": 1, "options": {"checkpoint": True, "reverse": False}}),
     "gcn": ("gcn", {}),
     "sage": ("sage", {}),
     "gin": ("gin", {}),
@@ -47,6 +59,71 @@ ENCODERS: dict[str, tuple[str, dict]] = {
     "dgl_sage": ("dgl_sage", {}),
 }
 QUICK = ["deepgcn", "dag(1 iter)", "gcn", "moe_gnn(conv)"]
+MGVGA_SNAPSHOT = Path("/work/.mirror/wuhy68+MGVGA/repo")
+
+
+# ----------------------------------------------------------------------------------------------- MGVGA peer
+def load_mgvga(source: Path, hidden: int, layers: int = 7) -> torch.nn.Module:
+    """MGVGA's encoder (type embedding + AIGMAEEncoder) from its own source, wrapped to take a PyG graph."""
+    import subprocess
+    import types
+
+    file = source / "aigmae" / "modeling_vgmae.py"
+    if file.is_file():
+        code = file.read_text()
+    else:  # a bare git snapshot
+        code = subprocess.run(
+            ["git", "--git-dir", str(source), "show", "HEAD:aigmae/modeling_vgmae.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    import transformers.modeling_utils as hf_modeling
+    from transformers import PretrainedConfig
+    from transformers.utils import ModelOutput
+
+    # MGVGA imports ModelOutput from transformers.modeling_utils, where transformers 4.x kept it.
+    if not hasattr(hf_modeling, "ModelOutput"):
+        hf_modeling.ModelOutput = ModelOutput
+
+    class AIGMAEConfig(
+        PretrainedConfig
+    ):  # stands in for MGVGA's configuration_vgmae.py, which does not parse
+        model_type = "AIGMAE"
+
+        def __init__(self, hidden_size=64, num_encoder_layers=7, num_classes=4, **kwargs):
+            self.hidden_size, self.num_encoder_layers, self.num_classes = (
+                hidden_size,
+                num_encoder_layers,
+                num_classes,
+            )
+            self.cross_hidden_size, self.cross_num_heads, self.num_cross_decoder_layers = hidden_size, 8, 2
+            super().__init__(**kwargs)
+
+    pkg = types.ModuleType("aigmae")
+    cfg_mod = types.ModuleType("aigmae.configuration_vgmae")
+    cfg_mod.AIGMAEConfig = AIGMAEConfig
+    sys.modules.update({"aigmae": pkg, "aigmae.configuration_vgmae": cfg_mod})
+    mod = types.ModuleType("aigmae.modeling_vgmae")
+    sys.modules["aigmae.modeling_vgmae"] = mod  # its dataclasses look their module up
+    exec(compile(code, str(file), "exec"), mod.__dict__)  # noqa: S102 - the peer's code, run as its authors ship it
+    cfg = AIGMAEConfig(hidden_size=hidden, num_encoder_layers=layers, num_classes=5)
+
+    class MGVGAEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.feature = mod.AIGMAEFeature(cfg)
+            self.encoder = mod.AIGMAEEncoder(cfg)
+
+        def forward(self, data):  # returns what time_fwd_bwd's loss reads
+            h = self.feature((data.x + 1).unsqueeze(0))  # MGVGA reserves type 0 for padding
+            node = self.encoder(h, data.edge_index.unsqueeze(0))[0]
+            return types.SimpleNamespace(node=node, graph=node.mean(0, keepdim=True))
+
+        def aux_loss(self):
+            return torch.zeros(())
+
+    return MGVGAEncoder()
 
 
 # ----------------------------------------------------------------------------------------------- machine peaks
@@ -201,13 +278,36 @@ def time_fwd_bwd(enc, data, device, amp: bool, reps: int, warmup: bool = True) -
     if warmup:  # also builds and caches the level schedule; skipped on huge graphs where one pass is minutes
         step()
         sync(device)
+    f0 = page_faults()
+    best = best_time(step, device, reps)
+    return best, (page_faults() - f0) / reps
+
+
+def best_time(fn, device: torch.device, reps: int) -> float:
+    """Best of ``reps``: process CPU time on CPU (fair on a shared machine), wall time on a GPU."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     best = math.inf
     for _ in range(reps):
-        t = time.perf_counter()
-        step()
+        t = clock()
+        fn()
         sync(device)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return best
+
+
+def time_forward(enc, data, device, amp: bool) -> float:
+    """One eval-mode forward without autograd (what embedding a large AIG costs)."""
+    was = enc.training
+    enc.eval()
+
+    def fwd():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            enc(data)
+
+    try:
+        return best_time(fwd, device, 1)
+    finally:
+        enc.train(was)
 
 
 def peak_rss_gib() -> float:
@@ -230,8 +330,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time each encoder under torch.compile(dynamic=True): a '+compile' row after each eager row",
     )
+    ap.add_argument("--mgvga", type=Path, default=MGVGA_SNAPSHOT, help="MGVGA checkout or bare git snapshot")
+    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
+    ap.add_argument("--forward", action="store_true", help="also time one no-grad forward per graph")
+    ap.add_argument(
+        "--forward-only-from",
+        type=int,
+        default=None,
+        help="from this many nodes up, time only the no-grad forward (fwd+bwd column shows nan)",
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    tuned = tune_malloc() if args.malloc == "tuned" else False
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -244,7 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if args.amp else torch.float32
     flops_peak = peak_matmul_flops(device, dtype)
     bw_peak = peak_copy_bandwidth(device)
-    print(f"# device {device} threads {torch.get_num_threads()} hidden {args.hidden} amp {args.amp}")
+    print(
+        f"# device {device} threads {torch.get_num_threads()} hidden {args.hidden} amp {args.amp} "
+        f"malloc {'tuned' if tuned else 'default'}"
+    )
     print(
         f"# reference: dense matmul {flops_peak / 1e9:.1f} GFLOP/s ({dtype}), copy {bw_peak / 1e9:.1f} GB/s"
     )
@@ -259,14 +372,20 @@ def main(argv: list[str] | None = None) -> int:
 
     header = (
         f"{'encoder':<14} {'graph':<22} {'nodes':>9} {'edges':>9} {'levels':>6} {'time s':>8} {'nodes/s':>10} "
-        f"{'FLOP/node':>10} {'B/node':>9} {'GFLOP/s':>8} {'GB/s':>7} {'bound':>7} {'of bound':>8} {'RSS GiB':>7}"
+        f"{'FLOP/node':>10} {'B/node':>9} {'GFLOP/s':>8} {'GB/s':>7} {'bound':>7} {'of bound':>8} {'RSS GiB':>7} "
+        f"{'faults':>9} {'fwd s':>7}"
     )
     print(header, flush=True)
+    times: dict[tuple[str, str], float] = {}
     for name in names:
-        kind, over = ENCODERS[name]
+        kind, over = ENCODERS[name] if name != "mgvga" else ("deepgcn", {"options": {"fused": False}})
         try:
-            enc = build_encoder(kind, hidden=args.hidden, **over).to(device)
-        except Exception as exc:  # an optional backend (dgl) missing: say so and go on
+            if name == "mgvga":
+                enc = load_mgvga(args.mgvga, args.hidden).to(device)
+                enc.config = build_encoder("deepgcn", hidden=args.hidden).config  # for the cost model
+            else:
+                enc = build_encoder(kind, hidden=args.hidden, **over).to(device)
+        except Exception as exc:  # an optional backend (dgl) or the peer's snapshot missing: say so, go on
             print(f"{name:<14} skipped: {exc}")
             continue
         series: list[tuple[int, float]] = []
@@ -282,14 +401,26 @@ def main(argv: list[str] | None = None) -> int:
             variants = [(name, enc)] + ([(f"{name}+compile", compiled)] if compiled is not None else [])
             for label, model in variants:
                 # the warm-up call also absorbs compilation, so compiled rows time steady-state steps only
-                t = time_fwd_bwd(model, data, device, args.amp, 1 if huge else args.reps, warmup=not huge)
+                reps = 1 if huge else args.reps
+                fwd_only = args.forward_only_from is not None and n >= args.forward_only_from
+                f0 = page_faults()
+                if fwd_only:
+                    t, faults = float("nan"), float("nan")
+                else:
+                    t, faults = time_fwd_bwd(model, data, device, args.amp, reps, warmup=not huge)
+                t_fwd = (
+                    time_forward(model, data, device, args.amp) if args.forward or fwd_only else float("nan")
+                )
+                if fwd_only:
+                    faults = page_faults() - f0
+                times[(label, gname)] = t
                 print(
                     f"{label:<14} {gname:<22} {n:>9} {e:>9} {levels:>6} {t:>8.3f} {n / t:>10.3g} "
                     f"{flops / n:>10.3g} {nbytes / n:>9.3g} {flops / t / 1e9:>8.2f} {nbytes / t / 1e9:>7.2f} "
-                    f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f}",
+                    f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f} {faults:>9.3g} {t_fwd:>7.2f}",
                     flush=True,
                 )
-                if gname.startswith("random") and model is enc:
+                if gname.startswith("random") and model is enc and not fwd_only:
                     series.append((n, t))
         if len(series) >= 3:
             xs = np.log([s[0] for s in series])
@@ -302,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         del enc
+    for label, _ in ENCODERS.items():
+        for gname, _ in graphs:
+            if label != "mgvga" and (label, gname) in times and ("mgvga", gname) in times:
+                ratio = times[("mgvga", gname)] / times[(label, gname)]
+                print(f"# {label} vs MGVGA's encoder on {gname}: {ratio:.2f}x faster (fwd+bwd, same run)")
     return 0
 
 

@@ -3,6 +3,8 @@
 Ours: ``circuitml.formats.read_aiger`` + ``circuitml.graph.aig_to_data`` (explicit NOT nodes, PO nodes, forward
 and reverse levels, torch tensors); also with ``explicit_not=False``. aigverse: ``aigverse.io.read_aiger_into_aig``
 + ``Aig.to_graph_tensors()`` (its defaults: integer node types, complement edge attribute, forward levels).
+``ours+sched`` adds the level schedule (:func:`circuitml.graph.level_schedule`, what the level-wise encoders
+run on) and ``numpy path`` is the same with the compiled kernels (:mod:`circuitml.kernels`, numba) switched off.
 Each side counts the nodes of its own output; ``AIG nodes/s`` divides both by the same count (constant + PIs + ANDs
 + POs of the file) so the ratio compares like with like. Times are best-of-``--repeat`` process CPU time, which
 keeps the comparison fair on a machine shared with other jobs.
@@ -16,11 +18,13 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from circuitml import kernels
 from circuitml.formats import read_aiger
-from circuitml.graph import aig_to_data
+from circuitml.graph import aig_to_data, level_schedule
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -38,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    torch.set_num_threads(1)
     try:
         from aigverse.io import read_aiger_into_aig
     except ImportError:
@@ -50,45 +55,66 @@ def main() -> None:
 
     console = Console(width=200)
     table = Table(title="file -> graph tensors (best-of CPU time)")
-    cols = ("file", "AIG nodes", "ours nodes", "ours ms", "ours-edgeattr ms", "aigverse nodes", "aigverse ms")
-    for col in (*cols, "AIG nodes/s ours", "AIG nodes/s aigverse", "ours/aigverse"):
+    cols = (
+        "file",
+        "AIG nodes",
+        "ours nodes",
+        "ours ms",
+        "ours+sched ms",
+        "ours-edgeattr ms",
+        "numpy path ms",
+        "aigverse nodes",
+        "aigverse ms",
+    )
+    for col in (*cols, "AIG nodes/s ours", "AIG nodes/s aigverse", "ours/aigverse", "ours+sched/aigverse"):
         table.add_column(col, justify="left" if col == "file" else "right")
-    tot = {"aig": 0, "ours": 0.0, "attr": 0.0, "av": 0.0}
+    tot = dict.fromkeys(("aig", "ours", "sched", "attr", "numpy", "av"), 0.0)
+
+    def numpy_path(path: Path) -> None:
+        kernels.HAVE_NUMBA, compiled = False, kernels.HAVE_NUMBA
+        try:
+            level_schedule(aig_to_data(read_aiger(path)))
+        finally:
+            kernels.HAVE_NUMBA = compiled
+
     for path in files:
         t_ours, data = best_cpu(lambda: aig_to_data(read_aiger(path)), args.repeat)  # noqa: B023
+        t_sched, _ = best_cpu(lambda: level_schedule(aig_to_data(read_aiger(path))), args.repeat)  # noqa: B023
         t_attr, _ = best_cpu(lambda: aig_to_data(read_aiger(path), explicit_not=False), args.repeat)  # noqa: B023
+        t_np, _ = best_cpu(lambda: numpy_path(path), args.repeat)  # noqa: B023
         t_av, tensors = best_cpu(lambda: read_aiger_into_aig(str(path)).to_graph_tensors(), args.repeat)  # noqa: B023
         aig = read_aiger(path)
         n_aig = aig.num_nodes + aig.num_pos
-        tot["aig"] += n_aig
-        tot["ours"] += t_ours
-        tot["attr"] += t_attr
+        for key, val in (("aig", n_aig), ("ours", t_ours), ("sched", t_sched), ("attr", t_attr)):
+            tot[key] += val
+        tot["numpy"] += t_np
         tot["av"] += t_av
         table.add_row(
             f"{path.parent.name}/{path.stem}",
             f"{n_aig:,}",
             f"{data.num_nodes:,}",
-            f"{1e3 * t_ours:.2f}",
-            f"{1e3 * t_attr:.2f}",
+            *(f"{1e3 * t:.2f}" for t in (t_ours, t_sched, t_attr, t_np)),
             f"{len(tensors['node_attr']):,}",
             f"{1e3 * t_av:.2f}",
             f"{n_aig / t_ours:.3g}",
             f"{n_aig / t_av:.3g}",
             f"{t_av / t_ours:.2f}",
+            f"{t_av / t_sched:.2f}",
         )
     table.add_row(
         "ALL",
-        f"{tot['aig']:,}",
+        f"{int(tot['aig']):,}",
         "",
-        f"{1e3 * tot['ours']:.1f}",
-        f"{1e3 * tot['attr']:.1f}",
+        *(f"{1e3 * tot[k]:.1f}" for k in ("ours", "sched", "attr", "numpy")),
         "",
         f"{1e3 * tot['av']:.1f}",
         f"{tot['aig'] / tot['ours']:.3g}",
         f"{tot['aig'] / tot['av']:.3g}",
         f"{tot['av'] / tot['ours']:.2f}",
+        f"{tot['av'] / tot['sched']:.2f}",
     )
     console.print(table)
+    console.print(f"compiled kernels: {'numba' if kernels.HAVE_NUMBA else 'off (numpy path)'}")
     console.print("ours/aigverse > 1 means ours is faster; target: >= 1")
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from circuitml import kernels
 from circuitml.aig import AIG
 
 __all__ = [
@@ -49,6 +50,25 @@ NODE_TYPE_NAMES = ("PI", "PO", "AND", "NOT", "CONST")
 
 def _graph_arrays(aig: AIG, explicit_not: bool) -> dict[str, np.ndarray]:
     """Node types, edges and AIG-node ids of the graph of ``aig`` (numpy, before levels)."""
+    if kernels.HAVE_NUMBA:
+        node_type, edge_index, aig_node, compl, po_start, n_not, shift = kernels.graph_arrays(
+            aig.num_pis, aig.num_ands, aig.ands.reshape(-1), aig.pos, explicit_not
+        )
+        return _with_latches(
+            aig,
+            shift,
+            {
+                "node_type": node_type,
+                "edge_index": edge_index,
+                "src": edge_index[0],
+                "dst": edge_index[1],
+                "aig_node": aig_node,
+                "edge_compl": None if explicit_not else compl,
+                "po_start": np.int64(po_start),
+                "po_lits": aig.pos,
+                "n_not": np.int64(n_not),
+            },
+        )
     n_aig = aig.num_nodes
     and_nodes = aig.first_and + np.arange(aig.num_ands, dtype=np.int64)
     fanin_lits = aig.ands.reshape(-1)  # row-major: fanin 0 and 1 of each AND, in AND order
@@ -99,22 +119,29 @@ def _graph_arrays(aig: AIG, explicit_not: bool) -> dict[str, np.ndarray]:
         edge_compl = (all_lits & 1).astype(np.float32)
         n_not = 0
 
-    is_latch = np.zeros(node_type.size, dtype=bool)
-    if aig.num_latches:
-        first_latch_pi = 1 + aig.num_inputs - shift
-        is_latch[first_latch_pi : 1 + aig.num_pis - shift] = True
-        is_latch[po_start + aig.num_outputs : po_start + aig.num_pos] = True
-    return {
+    g = {
         "node_type": node_type,
+        "edge_index": np.stack([src, dst]),
         "src": src,
         "dst": dst,
         "aig_node": aig_node,
         "edge_compl": edge_compl,
-        "is_latch": is_latch,
         "po_start": np.int64(po_start),
         "po_lits": po_lits,
         "n_not": np.int64(n_not),
     }
+    return _with_latches(aig, shift, g)
+
+
+def _with_latches(aig: AIG, shift: int, g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add ``is_latch``: the pseudo-PIs and pseudo-POs of cut latches."""
+    is_latch = np.zeros(g["node_type"].size, dtype=bool)
+    if aig.num_latches:
+        po_start = int(g["po_start"])
+        is_latch[1 + aig.num_inputs - shift : 1 + aig.num_pis - shift] = True
+        is_latch[po_start + aig.num_outputs : po_start + aig.num_pos] = True
+    g["is_latch"] = is_latch
+    return g
 
 
 def _kahn_longest(
@@ -209,6 +236,13 @@ def _graph_levels(aig: AIG, g: dict[str, np.ndarray], explicit_not: bool) -> tup
     An edge through a NOT node is one level longer, so AIG edges get length ``1 + complement`` in the
     explicit-NOT graph; NOT and PO levels then follow from their single fanin (forward) or fanouts (reverse).
     """
+    if kernels.HAVE_NUMBA:
+        fwd, rev, not_rev = kernels.aig_levels(
+            aig.first_and, aig.num_nodes, aig.ands.reshape(-1), aig.pos, explicit_not
+        )
+        return kernels.place_levels(
+            fwd, rev, not_rev, g["aig_node"], aig.pos, int(g["po_start"]), int(g["n_not"]), explicit_not
+        )
     n = aig.num_nodes
     lits = aig.ands.reshape(-1)
     fanin = lits >> 1
@@ -239,24 +273,39 @@ def _graph_levels(aig: AIG, g: dict[str, np.ndarray], explicit_not: bool) -> tup
         np.concatenate([ids, 2 * n - 1 - ids]),
     )
     fwd, rev = both[:n], both[n:]
-
-    node_type, aig_node = g["node_type"], g["aig_node"]
-    level = np.empty(node_type.size, dtype=np.int64)
-    rev_level = np.zeros(node_type.size, dtype=np.int64)
-    inner = aig_node >= 0
-    level[inner] = fwd[aig_node[inner]]
-    rev_level[inner] = rev[aig_node[inner]]
-    po_start = int(g["po_start"])
-    level[po_start:] = fwd[po_node] + 1 + po_compl
+    not_rev = np.zeros(n, dtype=np.int64)
     if explicit_not:
-        is_not = node_type == NOT
-        level[is_not] += 1
         # A NOT node sits one above the highest of its fanouts: complemented AND fanins and complemented POs.
-        not_rev = np.zeros(n, dtype=np.int64)
         c = compl_all == 1
         np.maximum.at(not_rev, fanin_all[c], rev[gate_all[c]] + 1)
         np.maximum.at(not_rev, po_node[po_compl == 1], 1)
-        rev_level[is_not] = not_rev[aig_node[is_not]]
+    return _place_levels(g, fwd, rev, not_rev, aig.pos, explicit_not)
+
+
+def _place_levels(
+    g: dict[str, np.ndarray],
+    fwd: np.ndarray,
+    rev: np.ndarray,
+    not_rev: np.ndarray,
+    pos: np.ndarray,
+    explicit_not: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Graph-node levels from the AIG-node ones: NOT nodes one above (forward) their AIG node, PO nodes one
+    above their driver (two through a complement)."""
+    node_type, aig_node = g["node_type"], g["aig_node"]
+    level = np.empty(node_type.size, dtype=np.int64)
+    rev_level = np.zeros(node_type.size, dtype=np.int64)
+    po_start = int(g["po_start"])
+    inner_end = po_start  # graph nodes before the POs all have an AIG node
+    level[:inner_end] = fwd[aig_node[:inner_end]]
+    rev_level[:inner_end] = rev[aig_node[:inner_end]]
+    po_compl = (pos & 1) if explicit_not else 0
+    level[po_start:] = fwd[pos >> 1] + 1 + po_compl
+    if explicit_not:
+        n_not = int(g["n_not"])
+        nots = slice(po_start - n_not, po_start)  # NOT nodes sit just before the POs
+        level[nots] += 1
+        rev_level[nots] = not_rev[aig_node[nots]]
     return level, rev_level
 
 
@@ -288,12 +337,11 @@ def aig_to_data(
     """
     g = _graph_arrays(aig, explicit_not)
     num_nodes = int(g["node_type"].size)
-    src, dst = g["src"], g["dst"]
     level, rev_level = _graph_levels(aig, g, explicit_not)
 
     data = Data(
         x=torch.from_numpy(g["node_type"]),
-        edge_index=torch.from_numpy(np.stack([src, dst])),
+        edge_index=torch.from_numpy(g["edge_index"]),
         level=torch.from_numpy(level),
         rev_level=torch.from_numpy(rev_level),
         aig_node=torch.from_numpy(g["aig_node"]),
@@ -409,6 +457,13 @@ def _group(key: Tensor, num_levels: int, tie: Tensor | None = None) -> tuple[Ten
     return perm, ptr
 
 
+def _group_compiled(level: Tensor, target: Tensor, num_levels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_group` for the nodes by ``level`` and for the edges by ``(level[target], target)``, as counting
+    sorts (O(N + E), same permutations as the stable sorts)."""
+    groups = kernels.level_groups(level.numpy(), target.numpy(), num_levels)
+    return tuple(torch.from_numpy(a) for a in groups)  # type: ignore[return-value]
+
+
 def level_schedule(data: Data) -> LevelSchedule:
     """The :class:`LevelSchedule` of a graph or a ``Batch`` of graphs, computed once and cached on the object.
 
@@ -425,10 +480,14 @@ def level_schedule(data: Data) -> LevelSchedule:
             return sched
     num_levels = int(level.max()) + 1 if level.numel() else 0
     src, dst = edge_index[0], edge_index[1]
-    node_perm, node_ptr = _group(level, num_levels)
-    rev_node_perm, rev_node_ptr = _group(rev_level, num_levels)
-    edge_perm, edge_ptr = _group(level[dst], num_levels, tie=dst)
-    rev_edge_perm, rev_edge_ptr = _group(rev_level[src], num_levels, tie=src)
+    if kernels.HAVE_NUMBA and edge_index.device.type == "cpu":
+        node_perm, node_ptr, edge_perm, edge_ptr = _group_compiled(level, dst, num_levels)
+        rev_node_perm, rev_node_ptr, rev_edge_perm, rev_edge_ptr = _group_compiled(rev_level, src, num_levels)
+    else:
+        node_perm, node_ptr = _group(level, num_levels)
+        rev_node_perm, rev_node_ptr = _group(rev_level, num_levels)
+        edge_perm, edge_ptr = _group(level[dst], num_levels, tie=dst)
+        rev_edge_perm, rev_edge_ptr = _group(rev_level[src], num_levels, tie=src)
     sched = LevelSchedule(
         num_levels=num_levels,
         node_perm=node_perm,

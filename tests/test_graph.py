@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch_geometric.data import Batch
 
+from circuitml import kernels
 from circuitml.graph import (
+    _TENSOR_FIELDS,
     AND,
     CONST,
     MASK_TYPE,
@@ -275,10 +277,67 @@ def test_deep_graph_level_search_matches_the_level_rounds(params, explicit_not):
 
     aig = random_aig(*params)
     ref = aig_to_data(aig, explicit_not=explicit_not)
-    original = graph_mod._kahn_longest
+    original, compiled = graph_mod._kahn_longest, kernels.HAVE_NUMBA
     graph_mod._kahn_longest = lambda *args, **kwargs: None
+    kernels.HAVE_NUMBA = False
     try:
         d = aig_to_data(aig, explicit_not=explicit_not)
     finally:
-        graph_mod._kahn_longest = original
+        graph_mod._kahn_longest, kernels.HAVE_NUMBA = original, compiled
     assert torch.equal(d.level, ref.level) and torch.equal(d.rev_level, ref.rev_level)
+
+
+# ---------------------------------------------------------------------- compiled kernels
+def assert_same_graph(fast, ref) -> None:
+    assert fast.num_nodes == ref.num_nodes
+    for key in ("x", "edge_index", "level", "rev_level", "aig_node", "is_latch", "edge_attr"):
+        a, b = getattr(fast, key, None), getattr(ref, key, None)
+        assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), key
+
+
+def _numpy_path(fn):
+    """Run ``fn`` with the compiled kernels switched off (the pure-numpy / torch-sort fallback)."""
+    compiled = kernels.HAVE_NUMBA
+    kernels.HAVE_NUMBA = False
+    try:
+        return fn()
+    finally:
+        kernels.HAVE_NUMBA = compiled
+
+
+@SETTINGS
+@given(aig_params, st.booleans(), st.integers(0, 3))
+def test_compiled_levels_and_schedule_equal_the_numpy_path(params, explicit_not, latches):
+    pytest.importorskip("numba")
+    aig = random_aig(*params, num_latches=min(latches, params[1], params[3]))
+    fast = aig_to_data(aig, explicit_not=explicit_not)
+    ref = _numpy_path(lambda: aig_to_data(aig, explicit_not=explicit_not))
+    assert_same_graph(fast, ref)
+    s_fast = level_schedule(fast)
+    s_ref = _numpy_path(lambda: level_schedule(ref))
+    assert s_fast is not s_ref and s_fast.num_levels == s_ref.num_levels
+    for key in (
+        *_TENSOR_FIELDS,
+        "node_bounds",
+        "edge_bounds",
+        "rev_node_bounds",
+        "rev_edge_bounds",
+    ):
+        a, b = getattr(s_fast, key), getattr(s_ref, key)
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, key
+
+
+@pytest.mark.parametrize("path", EPFL, ids=lambda p: p.stem)
+def test_compiled_path_on_epfl_graphs(path):
+    pytest.importorskip("numba")
+    from circuitml.formats import read_aiger
+
+    aig = read_aiger(path)
+    assert aig.same_structure(_numpy_path(lambda: read_aiger(path)))  # compiled varint decoding
+    fast = aig_to_data(aig)
+    ref = _numpy_path(lambda: aig_to_data(aig))
+    assert_same_graph(fast, ref)
+    s_fast, s_ref = level_schedule(fast), _numpy_path(lambda: level_schedule(ref))
+    assert torch.equal(s_fast.edge_perm, s_ref.edge_perm) and torch.equal(
+        s_fast.rev_edge_perm, s_ref.rev_edge_perm
+    )

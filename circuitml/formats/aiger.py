@@ -13,10 +13,12 @@ has before anything is allocated, so a header claiming 10^12 nodes is refused at
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
+from circuitml import kernels
 from circuitml.aig import AIG, longest_path_levels
 from circuitml.errors import CircuitFormatError
 from circuitml.fileio import atomic_write
@@ -98,6 +100,11 @@ def _decode_varints(data: bytes, start: int, count: int, file: str) -> tuple[np.
     if count == 0:
         return np.zeros(0, dtype=np.int64), start
     buf = np.frombuffer(data, dtype=np.uint8, offset=start)
+    if kernels.HAVE_NUMBA:
+        values, used = kernels.decode_varints(buf, count)
+        if used >= 0:
+            return values, start + used
+        # fall through: the numpy decoder names the error
     ends = np.flatnonzero(buf < 128)
     if ends.size < count:
         raise CircuitFormatError(file, f"{count // 2} binary AND gates", byte=len(data), got="end of file")
@@ -135,7 +142,38 @@ def _encode_varints(values: np.ndarray) -> bytes:
     return out.astype(np.uint8).tobytes()
 
 
+_COMMENT_LINE = re.compile(rb"^c\r?$", re.MULTILINE)
+
+
 def _parse_symbols(text: _Text, counts: dict[str, int]) -> tuple[dict[str, dict[int, str]], list[str]]:
+    """Symbol table and comments. Well-formed tables take one split and one comprehension; anything else goes
+    through the line-by-line reader, which names the offending line."""
+    mark = _COMMENT_LINE.search(text.data, text.pos)
+    body = text.data[text.pos : mark.start() if mark else len(text.data)]
+    try:
+        lines = [ln.rstrip("\r") for ln in body.decode("ascii").split("\n")]
+    except UnicodeDecodeError:
+        return _parse_symbols_by_line(text, counts)
+    parts = [(ln[:1], *ln[1:].partition(" ")) for ln in lines if ln]
+    if all(
+        k in counts and sep and head.isdigit() and nm and int(head) < counts[k] for k, head, sep, nm in parts
+    ):
+        symbols: dict[str, dict[int, str]] = {k: {} for k in counts}
+        for kind, head, _, name in parts:
+            symbols[kind][int(head)] = name
+        comments: list[str] = []
+        if mark:
+            comments = text.data[mark.end() + 1 :].decode("utf-8", errors="replace").split("\n")
+            if comments and comments[-1] == "":
+                comments.pop()
+        text.pos = len(text.data)
+        return symbols, comments
+    return _parse_symbols_by_line(text, counts)
+
+
+def _parse_symbols_by_line(
+    text: _Text, counts: dict[str, int]
+) -> tuple[dict[str, dict[int, str]], list[str]]:
     symbols: dict[str, dict[int, str]] = {k: {} for k in counts}
     comments: list[str] = []
     while text.pos < len(text.data):
@@ -162,33 +200,56 @@ def _parse_symbols(text: _Text, counts: dict[str, int]) -> tuple[dict[str, dict[
     return symbols, comments
 
 
-def _ascii_and_section(text: _Text, a: int) -> np.ndarray:
-    """Read A lines of 'lhs rhs0 rhs1' with one numpy parse; on a bad line, find and report it."""
+def _int_rows(text: _Text, count: int, width: int, what: str) -> np.ndarray:
+    """Read ``count`` lines of ``width`` non-negative integers with one numpy parse; on a bad line, find and
+    report it."""
     start_pos, start_line = text.pos, text.line
-    end = text.pos
-    for _ in range(a):
-        nl = text.data.find(b"\n", end)
-        if nl < 0:
-            end = len(text.data)
-            break
-        end = nl + 1
-    chunk = text.data[start_pos:end]
-    lines = chunk.split(b"\n")[:a]
-    if len(lines) == a and all(len(row.split()) == 3 for row in lines):
-        try:
-            arr = np.array(chunk.split(), dtype=np.int64)
-        except ValueError:
-            arr = None
-        if arr is not None and arr.size == 3 * a and (arr >= 0).all():
+    if count == 0:
+        return np.zeros((0, width), dtype=np.int64)
+    # A well-formed line has at most ``width`` 10-digit numbers: look for the count-th newline in that window.
+    window = np.frombuffer(text.data, dtype=np.uint8, offset=start_pos)[: count * (12 * width + 2)]
+    newlines = np.flatnonzero(window == 10)
+    if newlines.size >= count:
+        end = start_pos + int(newlines[count - 1]) + 1
+    elif newlines.size == count - 1 and start_pos + window.size == len(text.data):
+        end = len(text.data)  # the last line may lack its newline
+    else:
+        end = -1
+    if end > 0:
+        raw = text.data[start_pos:end]
+        arr = None
+        if width == 1:
+            # Only digits and newlines, no empty line: exactly one number per line (the output section).
+            if not raw.translate(None, b"0123456789\n") and b"\n\n" not in raw and raw[:1] != b"\n":
+                arr = np.fromstring(raw, dtype=np.int64, sep=" ")
+        else:
+            chunk = np.frombuffer(raw, dtype=np.uint8)
+            # Tokens per line, vectorized: a token starts where a non-blank byte follows a blank (or the start).
+            solid = (chunk != 32) & (chunk != 10) & (chunk != 13) & (chunk != 9)
+            starts = solid.copy()
+            starts[1:] &= ~solid[:-1]
+            line_of = np.cumsum(chunk == 10) - (chunk == 10)
+            per_line = np.bincount(line_of[starts], minlength=count)
+            if per_line.size == count and (per_line == width).all():
+                try:
+                    arr = np.array(raw.split(), dtype=np.int64)
+                except ValueError:
+                    arr = None
+        if arr is not None and arr.size == width * count and (arr >= 0).all():
             text.pos = end
-            text.line = start_line + a
-            return arr.reshape(a, 3)
+            text.line = start_line + count
+            return arr.reshape(count, width)
     # slow path, only to name the offending line
     text.pos, text.line = start_pos, start_line
-    rows = np.zeros((a, 3), dtype=np.int64)
-    for k in range(a):
-        rows[k] = _ints(text, text.next_line("AND line 'lhs rhs0 rhs1'"), 3, "AND line 'lhs rhs0 rhs1'")
+    rows = np.zeros((count, width), dtype=np.int64)
+    for k in range(count):
+        rows[k] = _ints(text, text.next_line(what), width, what)
     return rows
+
+
+def _ascii_and_section(text: _Text, a: int) -> np.ndarray:
+    """Read A lines of 'lhs rhs0 rhs1'."""
+    return _int_rows(text, a, 3, "AND line 'lhs rhs0 rhs1'")
 
 
 def parse_aiger(data: bytes, file: str | os.PathLike | None = None, name: str | None = None) -> AIG:
@@ -206,10 +267,7 @@ def parse_aiger(data: bytes, file: str | os.PathLike | None = None, name: str | 
 
     inputs = np.zeros(0, dtype=np.int64)  # implicit in binary files: never materialized
     if not binary:
-        inputs = np.array(
-            [_ints(text, text.next_line("input literal"), 1, "input literal")[0] for _ in range(i)],
-            dtype=np.int64,
-        ).reshape(-1)
+        inputs = _int_rows(text, i, 1, "input literal").reshape(-1)
     latch_lhs = np.zeros(l, dtype=np.int64)
     latch_next = np.zeros(l, dtype=np.int64)
     latch_init = np.zeros(l, dtype=np.int8)
@@ -223,12 +281,12 @@ def parse_aiger(data: bytes, file: str | os.PathLike | None = None, name: str | 
             if init not in (0, 1, lhs):
                 raise text.error(f"latch reset 0, 1 or {lhs}", str(init))
             latch_init[k] = -1 if init == lhs else init
-    outs = [
-        _ints(text, text.next_line(what), 1, what)[0]
-        for what, n in (("output literal", o), ("bad-state literal", b), ("constraint literal", c))
-        for _ in range(n)
-    ]
-    outputs = np.array(outs, dtype=np.int64)
+    outputs = np.concatenate(
+        [
+            _int_rows(text, n, 1, what).reshape(-1)
+            for what, n in (("output literal", o), ("bad-state literal", b), ("constraint literal", c))
+        ]
+    )
 
     if binary:
         deltas, text.pos = _decode_varints(text.data, text.pos, 2 * a, file)
