@@ -64,6 +64,24 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         else:
             console.print(f"stopped at step {result.step}; checkpoint in {out / 'checkpoints'}")
 
+    @data_app.command("corpus")
+    def corpus(
+        out: Path = typer.Argument(..., help="Corpus folder (created or completed)."),
+        designs: int = typer.Option(
+            1000, "--designs", "-n", help="RTL designs over all families and widths."
+        ),
+        variants: int = typer.Option(6, "--variants", "-k", help="Random ABC recipes per design."),
+        seed: int = typer.Option(0, "--seed", help="Plans the designs and draws the recipes."),
+        workers: int = typer.Option(2, "--workers", "-j", help="Processes for Yosys and ABC."),
+    ) -> None:
+        """Build a pretraining corpus: generated designs + their ABC recipe variants, structurally deduplicated."""
+        from circuitml.datasets.corpus import build_corpus
+
+        report = build_corpus(out, designs, variants=variants, seed=seed, workers=workers)
+        for src, reason in report.failed:
+            console.print(f"[yellow]failed[/] {reason if reason.startswith(src) else f'{src}: {reason}'}")
+        console.print(report.summary(), highlight=False)
+
     @app.command("embed")
     def embed(
         files: list[Path] = typer.Argument(..., help="Circuit files (.aig .aag .bench .v .sv)."),
