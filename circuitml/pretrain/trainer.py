@@ -43,7 +43,7 @@ from circuitml.pretrain.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from circuitml.pretrain.config import PretrainConfig, config_to_dict
+from circuitml.pretrain.config import OBJECTIVES, PretrainConfig, config_to_dict
 from circuitml.pretrain.data import BatchOrder, PretrainData, collate
 from circuitml.pretrain.logging import MetricsLogger, plot_losses
 from circuitml.pretrain.model import LOSS_COLUMNS, MGVGAModel
@@ -63,6 +63,10 @@ class TrainResult:
     first: dict[str, float] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
     encoder_dir: Path | None = None
+
+
+#: Sections a resumed run must share with its checkpoint (schedule and run may change, e.g. more steps).
+RESUME_SECTIONS = ("data", "model", "mgm", "vga", "funcrec", "funcsim", "contrast", "optim")
 
 
 def learning_rate(step: int, config: PretrainConfig) -> float:
@@ -140,10 +144,15 @@ def _build_text(config: PretrainConfig, out: Path, device: torch.device) -> tupl
         from circuitml.verilog import VOCAB
 
         return "builtin", config.model.verilog_hidden, len(VOCAB)
+    from circuitml.lm import resolve_lm
     from circuitml.pretrain.verilog_encoder import HFVerilogFeatures
 
     cache = Path(config.model.hf_cache_dir) if config.model.hf_cache_dir else out / "verilog_cache"
-    features = HFVerilogFeatures(config.model.verilog_encoder, cache, config.data.max_tokens, device)
+    try:  # a shipped name (all-minilm-l6-v2) or a local folder
+        path = resolve_lm(config.model.verilog_encoder)
+    except ConfigError as exc:
+        raise ConfigError(f"model.verilog_encoder: {exc}") from None
+    features = HFVerilogFeatures(path, cache, config.data.max_tokens, device)
     return features, features.hidden_size, None
 
 
@@ -199,7 +208,7 @@ def train(
         resume_tensors, resume_record = load_checkpoint(path)
         saved = resume_record["state"]["config"]
         given = config_to_dict(config)
-        for section in ("data", "model", "mgm", "vga", "optim"):
+        for section in RESUME_SECTIONS:
             if saved.get(section) != given[section]:
                 raise ConfigError(
                     f"{path}: resume: section [{section}] differs from the checkpoint's; resume with the same "
@@ -240,6 +249,10 @@ def train(
             text=text,
             max_tokens=config.data.max_tokens,
             max_nodes=config.data.max_nodes,
+            verilog=config.vga.verilog,
+            signatures=config.funcrec.enabled or config.funcsim.enabled,
+            contrast=config.contrast.enabled,
+            seed=config.run.seed,
         )
 
     # with a frozen language model, rank 0 fills the hidden-state cache first and the other ranks read it
@@ -349,7 +362,10 @@ def train(
                 torch.manual_seed(seed)
                 gen = torch.Generator().manual_seed(seed)
                 idx = order.micro_batch(step, micro, rank, world, accum)
-                batch = collate([data.samples[i] for i in idx]).to(device)
+                batch = collate([data.samples[i] for i in idx])
+                if config.contrast.enabled:
+                    batch.contrast = data.contrast_batch(idx, gen)
+                batch = batch.to(device)
                 sync = micro == accum - 1 or world == 1
                 ctx = ddp_model.no_sync() if not sync and world > 1 else contextlib.nullcontext()
                 with ctx:
@@ -401,8 +417,8 @@ def train(
     if is_main and finished and not interrupted:
         encoder_dir = out / "encoder"
         card = {
-            "objective": "MGVGA (Wu et al., ICLR 2025): "
-            + " + ".join(n for n, on in (("MGM", config.mgm.enabled), ("VGA", config.vga.enabled)) if on),
+            "objectives": [name for name in OBJECTIVES if getattr(config, name).enabled],
+            "vga_verilog": config.vga.verilog if config.vga.enabled else None,
             "data": str(root) if config.data.root else f"built-in generated dataset ({len(data)} circuits)",
             "circuits": len(data),
             "verilog_encoder": config.model.verilog_encoder,
