@@ -48,7 +48,17 @@ from circuitml.pretrain.data import BatchOrder, PretrainData, collate
 from circuitml.pretrain.logging import MetricsLogger, plot_losses
 from circuitml.pretrain.model import LOSS_COLUMNS, MGVGAModel
 
-__all__ = ["train", "TrainResult", "learning_rate", "micro_seed", "prepare_dataset", "resume_config"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "learning_rate",
+    "micro_seed",
+    "prepare_dataset",
+    "resume_config",
+    "existing_run",
+    "check_run_folder",
+    "clear_run",
+]
 
 
 @dataclass
@@ -63,6 +73,7 @@ class TrainResult:
     first: dict[str, float] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
     encoder_dir: Path | None = None
+    checkpoint: Path | None = None  # the last checkpoint this call wrote (JSON path)
 
 
 #: Sections a resumed run must share with its checkpoint (schedule and run may change, e.g. more steps).
@@ -110,6 +121,46 @@ def resume_config(out: str | Path, overrides: list[str] | None = None) -> Pretra
     _, record = load_checkpoint(path)
     raw = apply_overrides(record["state"]["config"], overrides or [])
     return config_from_dict(raw, f"{path}: key 'state.config'" + (" + --set" if overrides else ""))
+
+
+_RUN_FILES = ("checkpoints", "metrics.csv", "tensorboard", "loss.png", "encoder", "config.json")
+
+
+def existing_run(out: str | Path) -> str | None:
+    """A description of the run in ``out`` (``"checkpoint step 250"``, ``"metrics.csv"``), or None."""
+    out = Path(out)
+    if (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
+        return f"checkpoint step {int(ckpt.stem.split('_')[1])}"
+    for name in ("metrics.csv", "encoder"):
+        if (out / name).exists():
+            return name
+    return None
+
+
+def check_run_folder(out: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that is a file, or holds a run, unless ``resume`` or ``overwrite`` says what to do."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: expected a run folder, found a file")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: expected at most one of them")
+    found = existing_run(out)
+    if found is not None and not resume and not overwrite:
+        raise ConfigError(
+            f"{out}: holds a pretraining run ({found}); continue it with --resume or replace it with --overwrite"
+        )
+
+
+def clear_run(out: str | Path) -> None:
+    """Delete the run files of ``out`` (not a generated ``data/`` folder nor the Verilog cache)."""
+    import shutil
+
+    for name in _RUN_FILES:
+        path = Path(out) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _setup_distributed(config: PretrainConfig) -> tuple[int, int, torch.device]:
@@ -184,6 +235,7 @@ def train(
     out: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_after: int | None = None,
 ) -> TrainResult:
     """Pretrain an encoder with MGM + VGA and export it to ``<out>/encoder``.
@@ -194,14 +246,21 @@ def train(
             e.g. more steps.
         out: run folder: ``metrics.csv``, ``tensorboard/``, ``checkpoints/``, ``loss.png``, ``encoder/``.
         resume: continue from the newest checkpoint in ``<out>/checkpoints`` (fresh start when there is none).
+        overwrite: replace a run already in ``out`` (its checkpoints, metrics, plots and encoder; a generated
+            ``data/`` folder and the Verilog cache are kept). Without ``resume`` or ``overwrite``, a folder holding
+            a run is refused with a ConfigError, so a finished run is never destroyed by accident.
         stop_after: end (with a checkpoint, without export) after this global step, as if interrupted —
             used by tests and for chunked runs on preemptible machines.
     """
     # ---------------------------------------------------------------- config & processes
     out = Path(out)
     ckpt_dir = out / "checkpoints"
+    check_run_folder(out, resume=resume, overwrite=overwrite)
     rank, world, device = _setup_distributed(config)
     is_main = rank == 0
+    if overwrite and not resume and is_main:
+        clear_run(out)
+    _barrier(world)
     resume_record = None
     resume_tensors: dict[str, torch.Tensor] = {}
     if resume and (path := latest_checkpoint(ckpt_dir)) is not None:
@@ -234,13 +293,14 @@ def train(
 
     # ---------------------------------------------------------------- data
     started = time.perf_counter()
-    root = prepare_dataset(config, out, is_main)
-    _barrier(world)
     from circuitml.datasets import CircuitDataset
     from circuitml.encoders import EncoderConfig, build_encoder
 
+    # settings that can be wrong are checked before any data is built (generation takes minutes)
     enc_config = EncoderConfig.from_dict(config.model.encoder, where="model.encoder")
     text, text_hidden, vocab_size = _build_text(config, out, device)
+    root = prepare_dataset(config, out, is_main)
+    _barrier(world)
 
     def load_data() -> PretrainData:
         return PretrainData(
@@ -302,6 +362,8 @@ def train(
         step = st["step"]
         elapsed_before = st.get("wall_time_s", 0.0)
 
+    saved_path: Path | None = None
+
     def checkpoint(at_step: int) -> None:
         if not is_main:
             return
@@ -319,7 +381,8 @@ def train(
             "wall_time_s": elapsed_before + time.perf_counter() - started,
             "world_size": world,
         }
-        save_checkpoint(
+        nonlocal saved_path
+        saved_path = save_checkpoint(
             ckpt_dir, at_step, {**tensors, **opt_tensors, **rng_tensors}, state, config.run.keep_checkpoints
         )
 
@@ -338,6 +401,9 @@ def train(
     graphs_done = 0
     loop_start = time.perf_counter()
     interrupted = False
+    from rich.console import Console
+
+    console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]pretrain"),
         BarColumn(),
@@ -346,8 +412,13 @@ def train(
         TextColumn("{task.fields[speed]} graphs/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        disable=not (is_main and config.run.progress),
+        console=console,
+        disable=not (is_main and config.run.progress and console.is_terminal),
     )
+    # off a terminal (a log file, CI), a plain line every ~5 % of the run or 30 s instead of a bar
+    log_lines = is_main and config.run.progress and not console.is_terminal
+    log_every = max(1, config.schedule.steps // 20)
+    last_line = time.perf_counter()
     model.train()
     with _StopFlag() as stop, progress:
         task = progress.add_task("pretrain", total=config.schedule.steps, completed=step, loss="-", speed="-")
@@ -398,6 +469,15 @@ def train(
             if logger is not None and (step % config.run.log_every == 0 or step == end_step):
                 logger.log(step, row, {"graphs_per_s": speed})
             progress.update(task, completed=step, loss=f"{row['loss']:.4f}", speed=f"{speed:.1f}")
+            if log_lines and (
+                step % log_every == 0 or step == end_step or time.perf_counter() - last_line > 30
+            ):
+                last_line = time.perf_counter()
+                console.print(
+                    f"pretrain step {step}/{config.schedule.steps} loss {row['loss']:.4f} {speed:.1f} graphs/s "
+                    f"({time.perf_counter() - loop_start:.0f} s)",
+                    highlight=False,
+                )
             if step % config.run.checkpoint_every == 0 or step == end_step or stop_now:
                 checkpoint(step)
             if stop_now:
@@ -430,4 +510,4 @@ def train(
         }
         model.encoder.save_pretrained(encoder_dir, card=card)
     _barrier(world)
-    return TrainResult(out, step, interrupted, wall, speed, first, last, encoder_dir)
+    return TrainResult(out, step, interrupted, wall, speed, first, last, encoder_dir, saved_path)
