@@ -148,11 +148,39 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             console.print(f"[yellow]failed[/] {reason if reason.startswith(src) else f'{src}: {reason}'}")
         console.print(report.summary(), highlight=False)
 
+    @app.command("encoders")
+    def encoders() -> None:
+        """List the pretrained encoders shipped with circuitml (load one with circuitml.load_encoder(NAME))."""
+        from rich.table import Table
+
+        from circuitml.encoders.shipped import describe_encoder, shipped_encoders
+
+        found = shipped_encoders()
+        if not found:
+            console.print("no pretrained encoders are shipped with this installation")
+            return
+        table = Table(title="shipped pretrained encoders")
+        for col in ("name", "kind", "hidden", "layers", "parameters", "objectives", "steps", "size"):
+            table.add_column(col, no_wrap=col == "name")
+        for folder in found.values():
+            d = describe_encoder(folder)
+            table.add_row(
+                d["name"],
+                str(d["kind"]),
+                str(d["hidden"]),
+                str(d["layers"]),
+                f"{d['parameters']:,}" if d["parameters"] else "-",
+                " + ".join(d["objectives"] or []) or "-",
+                str(d["steps"] or "-"),
+                f"{d['bytes'] / 1e6:.1f} MB",
+            )
+        console.print(table)
+
     @app.command("embed")
     def embed(
         files: list[Path] = typer.Argument(..., help="Circuit files (.aig .aag .bench .v .sv)."),
         encoder: Path = typer.Option(
-            ..., "--encoder", "-e", help="Encoder folder from save_pretrained/pretrain."
+            ..., "--encoder", "-e", help="Encoder folder from save_pretrained/pretrain, or a shipped name."
         ),
         out: Path = typer.Option(
             Path("embeddings.safetensors"), "--out", "-o", help="Output safetensors file."

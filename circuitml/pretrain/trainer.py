@@ -58,6 +58,8 @@ __all__ = [
     "existing_run",
     "check_run_folder",
     "clear_run",
+    "export_encoder",
+    "run_card",
 ]
 
 
@@ -161,6 +163,46 @@ def clear_run(out: str | Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def run_card(config: PretrainConfig, step: int, root: Path, circuits: int, wall: float) -> dict[str, Any]:
+    """The model-card fields of an encoder pretrained with ``config`` for ``step`` steps on ``root``."""
+    return {
+        "objectives": [name for name in OBJECTIVES if getattr(config, name).enabled],
+        "vga_verilog": config.vga.verilog if config.vga.enabled else None,
+        "data": str(root) if config.data.root else f"built-in generated dataset ({circuits} circuits)",
+        "circuits": circuits,
+        "verilog_encoder": config.model.verilog_encoder,
+        "steps": step,
+        "batch_size": config.data.batch_size,
+        "wall_time_s": round(wall, 1),
+        "seed": config.run.seed,
+    }
+
+
+def export_encoder(out: str | Path, dest: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """Write the encoder of a run's checkpoint (default: the newest) as an encoder folder at ``dest``, e.g. to
+    hand out an intermediate encoder of a run still in progress.
+
+    Raises:
+        CheckpointError: no checkpoint in ``out``, or a damaged one.
+    """
+    from circuitml.encoders import EncoderConfig, build_encoder
+    from circuitml.pretrain.config import config_from_dict
+
+    out = Path(out)
+    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(out / "checkpoints")
+    if path is None:
+        raise CheckpointError(f"{out / 'checkpoints'}: no checkpoint to export")
+    tensors, record = load_checkpoint(path)
+    config = config_from_dict(record["state"]["config"], f"{path}: key 'state.config'")
+    encoder = build_encoder(EncoderConfig.from_dict(config.model.encoder, where="model.encoder"))
+    prefix = "model.encoder."
+    encoder.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    root = Path(config.data.root) if config.data.root else out / "data"
+    circuits = sum(1 for _ in (root / "circuits").glob("*.safetensors")) if root.is_dir() else 0
+    card = run_card(config, record["step"], root, circuits, record["state"].get("wall_time_s", 0.0))
+    return encoder.save_pretrained(dest, card=card)
 
 
 def _setup_distributed(config: PretrainConfig) -> tuple[int, int, torch.device]:
@@ -496,18 +538,8 @@ def train(
     finished = step >= config.schedule.steps
     if is_main and finished and not interrupted:
         encoder_dir = out / "encoder"
-        card = {
-            "objectives": [name for name in OBJECTIVES if getattr(config, name).enabled],
-            "vga_verilog": config.vga.verilog if config.vga.enabled else None,
-            "data": str(root) if config.data.root else f"built-in generated dataset ({len(data)} circuits)",
-            "circuits": len(data),
-            "verilog_encoder": config.model.verilog_encoder,
-            "steps": step,
-            "batch_size": config.data.batch_size,
-            "final_losses": {k: round(v, 6) for k, v in last.items() if k.startswith("loss")},
-            "wall_time_s": round(wall, 1),
-            "seed": config.run.seed,
-        }
+        card = run_card(config, step, root, len(data), wall)
+        card["final_losses"] = {k: round(v, 6) for k, v in last.items() if k.startswith("loss")}
         model.encoder.save_pretrained(encoder_dir, card=card)
     _barrier(world)
     return TrainResult(out, step, interrupted, wall, speed, first, last, encoder_dir, saved_path)
