@@ -21,6 +21,7 @@ a terminal).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import shutil
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 BASE_DIR = "base"
+_SIZE_KEYS = ("num_pis", "num_pos", "num_inputs", "num_outputs", "num_latches", "num_ands")
 #: ABC commands a random recipe draws from (all keep an AIG; the OpenABC-D step set plus ``dc2``/``fraig``).
 RECIPE_STEPS = (
     "rewrite",
@@ -109,16 +111,9 @@ def _with_interface(out: AIG, like: AIG) -> AIG:
             f"ABC changed the interface of {like.name or 'a design'}: {like.num_pis}/{like.num_pos} PIs/POs "
             f"became {out.num_pis}/{out.num_pos}"
         )
-    return AIG(
-        num_pis=out.num_pis,
-        ands=out.ands,
-        pos=out.pos,
-        num_latches=like.num_latches,
-        latch_init=np.array(like.latch_init, copy=True),
-        pi_names=None if like.pi_names is None else list(like.pi_names),
-        po_names=None if like.po_names is None else list(like.po_names),
-        name=like.name,
-    )
+    result = like.copy()  # names, latch count and resets come from the input; the graph from ABC
+    result.ands, result.pos, result.comments = out.ands, out.pos, []
+    return result
 
 
 def recipe_variants(aig: AIG, recipes: Sequence[str], timeout: float = 120.0) -> list[AIG]:
@@ -334,7 +329,12 @@ def build_corpus(
     done = set(info["designs_done"])
     hashes = {r["struct_hash"] for r in manifest["records"]}
     (out / CIRCUITS_DIR).mkdir(parents=True, exist_ok=True)
-    todo = [r for r in bases if r["id"] not in done]
+    # round-robin over families, so that a corpus still being built (or interrupted) is balanced
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for r in bases:
+        if r["id"] not in done:
+            by_family.setdefault(r["family"], []).append(r)
+    todo = [r for group in itertools.zip_longest(*by_family.values()) for r in group if r is not None]
 
     def store(rec: dict[str, Any], results: list[tuple[str | None, AIG]]) -> None:
         base_aig, _, tokens = load_circuit(base_root / CIRCUITS_DIR / f"{rec['id']}.safetensors")
@@ -362,12 +362,7 @@ def build_corpus(
                 "struct_hash": key,
                 "sha256": key,
                 "verilog": verilog,
-                "num_pis": aig.num_pis,
-                "num_pos": aig.num_pos,
-                "num_inputs": aig.num_inputs,
-                "num_outputs": aig.num_outputs,
-                "num_latches": aig.num_latches,
-                "num_ands": aig.num_ands,
+                **{k2: getattr(aig, k2) for k2 in _SIZE_KEYS},
                 "depth": aig.depth(),
             }
             save_circuit(out / CIRCUITS_DIR / f"{cid}.safetensors", aig, record, tokens)
