@@ -124,7 +124,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             ]
             console.print("; ".join(parts))
             console.print(
-                f"{result.step} steps in {result.wall_time_s:.1f} s ({result.graphs_per_s:.1f} graphs/s); "
+                f"{result.step} steps in {result.wall_time_s:.1f} s ({result.graphs_per_s:.1f} graphs/s, "
+                f"{result.nodes_per_s:.0f} nodes/s); "
                 f"encoder saved to {result.encoder_dir}"
             )
         else:

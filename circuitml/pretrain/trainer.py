@@ -76,6 +76,7 @@ class TrainResult:
     last: dict[str, float] = field(default_factory=dict)
     encoder_dir: Path | None = None
     checkpoint: Path | None = None  # the last checkpoint this call wrote (JSON path)
+    nodes_per_s: float = 0.0
 
 
 #: Sections a resumed run must share with its checkpoint (schedule and run may change, e.g. more steps).
@@ -441,6 +442,7 @@ def train(
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     graphs_done = 0
+    nodes_done = 0
     loop_start = time.perf_counter()
     interrupted = False
     from rich.console import Console
@@ -488,6 +490,7 @@ def train(
                 for c in LOSS_COLUMNS:
                     sums[c] += float(metrics[c].detach()) / accum
                 graphs_done += batch.num_graphs * world
+                nodes_done += batch.graph.num_nodes * world  # this rank's count, scaled (shards are balanced)
             if config.optim.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -509,7 +512,8 @@ def train(
             last = row
             speed = graphs_done / max(time.perf_counter() - loop_start, 1e-9)
             if logger is not None and (step % config.run.log_every == 0 or step == end_step):
-                logger.log(step, row, {"graphs_per_s": speed})
+                nodes_speed = nodes_done / max(time.perf_counter() - loop_start, 1e-9)
+                logger.log(step, row, {"graphs_per_s": speed, "nodes_per_s": nodes_speed})
             progress.update(task, completed=step, loss=f"{row['loss']:.4f}", speed=f"{speed:.1f}")
             if log_lines and (
                 step % log_every == 0 or step == end_step or time.perf_counter() - last_line > 30
@@ -542,4 +546,5 @@ def train(
         card["final_losses"] = {k: round(v, 6) for k, v in last.items() if k.startswith("loss")}
         model.encoder.save_pretrained(encoder_dir, card=card)
     _barrier(world)
-    return TrainResult(out, step, interrupted, wall, speed, first, last, encoder_dir, saved_path)
+    nodes_speed = nodes_done / max(time.perf_counter() - loop_start, 1e-9)
+    return TrainResult(out, step, interrupted, wall, speed, first, last, encoder_dir, saved_path, nodes_speed)
