@@ -52,6 +52,7 @@ class DataConfig:
         batch_size: GLOBAL graphs per optimizer step (split over processes and accumulation micro-steps).
         max_tokens: Verilog token sequences are cut to this length.
         max_nodes: circuits with more graph nodes are skipped (keeps a step's memory bounded).
+        exclude_families: circuits of these families are left out (to evaluate on families never pretrained on).
     """
 
     root: str | None = None
@@ -59,6 +60,7 @@ class DataConfig:
     batch_size: int = 16
     max_tokens: int = 512
     max_nodes: int = 3000
+    exclude_families: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -289,6 +291,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce(value, inner[0], where)
     if isinstance(value, _Override):
         value = value.text if hint is str else value.value
+    if origin is list:
+        value = _plain(value)
+        if isinstance(value, str):  # --set data.exclude_families=alu,crc
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return value
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table/mapping, got {value!r}")

@@ -346,8 +346,12 @@ def train(
     _barrier(world)
 
     def load_data() -> PretrainData:
+        dataset = CircuitDataset(root)
+        if config.data.exclude_families:
+            drop = set(config.data.exclude_families)
+            dataset = dataset.subset([i for i, r in enumerate(dataset.records) if r["family"] not in drop])
         return PretrainData(
-            CircuitDataset(root),
+            dataset,
             explicit_not=enc_config.explicit_not,
             text=text,
             max_tokens=config.data.max_tokens,
