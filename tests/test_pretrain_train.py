@@ -354,3 +354,17 @@ def test_options_reach_the_config_and_log_lines_appear_off_a_terminal(tiny_datas
         4,
     )
     assert "pretrain step 3/3 loss" in capsys.readouterr().err
+
+
+def test_excluded_families_are_left_out_of_pretraining(tiny_dataset, tmp_path):
+    from circuitml.datasets import CircuitDataset
+
+    families = CircuitDataset(tiny_dataset).families()
+    drop = sorted(families)[:2]
+    cfg = load_config(
+        None,
+        [*TINY, f"data.root={tiny_dataset}", "schedule.steps=1", f"data.exclude_families={','.join(drop)}"],
+    )
+    result = train(cfg, tmp_path / "run")
+    card = json.loads((result.encoder_dir / "config.json").read_text())["card"]
+    assert card["circuits"] == sum(families.values()) - sum(families[f] for f in drop)

@@ -203,6 +203,16 @@ def export_encoder(out: str | Path, dest: str | Path, checkpoint: str | Path | N
     root = Path(config.data.root) if config.data.root else out / "data"
     circuits = sum(1 for _ in (root / "circuits").glob("*.safetensors")) if root.is_dir() else 0
     card = run_card(config, record["step"], root, circuits, record["state"].get("wall_time_s", 0.0))
+    if (out / "metrics.csv").is_file():  # training metrics (and their base_* diagnostics), last 10 steps
+        from circuitml.pretrain.logging import read_metrics
+
+        rows = [r for r in read_metrics(out / "metrics.csv") if int(r["step"]) <= record["step"]][-10:]
+        if rows:
+            card["metrics_last_10_steps"] = {
+                k: round(sum(float(r[k]) for r in rows) / len(rows), 4)
+                for k in rows[0]
+                if k != "step" and any(float(r[k]) for r in rows)
+            }
     return encoder.save_pretrained(dest, card=card)
 
 
