@@ -368,3 +368,11 @@ def test_excluded_families_are_left_out_of_pretraining(tiny_dataset, tmp_path):
     result = train(cfg, tmp_path / "run")
     card = json.loads((result.encoder_dir / "config.json").read_text())["card"]
     assert card["circuits"] == sum(families.values()) - sum(families[f] for f in drop)
+    # an encoder exported from the run's checkpoint equals the one the run exported, with metrics in its card
+    from circuitml.encoders import load_encoder
+    from circuitml.pretrain.trainer import export_encoder
+
+    exported = export_encoder(tmp_path / "run", tmp_path / "exported")
+    a, b = load_encoder(result.encoder_dir).state_dict(), load_encoder(exported).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "loss" in json.loads((exported / "config.json").read_text())["card"]["metrics_last_10_steps"]
