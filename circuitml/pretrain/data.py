@@ -136,7 +136,12 @@ class PretrainData:
         self.skipped = 0
         kept: list[int] = []
         designs: list[str] = []
+        records = getattr(dataset, "records", None)
         for i in range(len(dataset)):
+            rec = records[i] if records is not None else {}
+            if sum(rec.get(k, 0) for k in ("num_pis", "num_ands", "num_pos")) > max_nodes:
+                self.skipped += 1  # a lower bound on the graph's nodes already exceeds the cap: skip unread
+                continue
             aig = dataset.aig(i)
             graph = aig_to_data(aig, explicit_not=explicit_not)
             if graph.num_nodes > max_nodes:
@@ -152,7 +157,6 @@ class PretrainData:
                     mgraph.sig = node_signatures(mutant, mgraph)
                     mutant = mgraph
                 self.mutants.append(mutant)
-            rec = dataset.records[i] if hasattr(dataset, "records") else {}
             designs.append(str(rec.get("design") or rec.get("id") or i))
             kept.append(i)
             self.samples.append(PretrainSample(graph=graph))
