@@ -171,7 +171,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 str(d["hidden"]),
                 str(d["layers"]),
                 f"{d['parameters']:,}" if d["parameters"] else "-",
-                " + ".join(d["objectives"] or []) or "-",
+                "+".join(d["objectives"] or []) or "-",
                 str(d["steps"] or "-"),
                 f"{d['bytes'] / 1e6:.1f} MB",
             )
