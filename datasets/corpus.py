@@ -315,7 +315,10 @@ def build_corpus(
     report.failed += report.base.failed
     base = read_manifest(base_root)
     wanted = {spec.module for spec in plan}
-    bases = sorted((r for r in base["records"] if r["name"] in wanted), key=lambda r: r["id"])
+    # a record aliasing another's identical content (alias_of) stores the same AIG: it adds nothing here
+    bases = sorted(
+        (r for r in base["records"] if r["name"] in wanted and not r.get("alias_of")), key=lambda r: r["id"]
+    )
 
     manifest = read_manifest(out) if (out / MANIFEST).is_file() else empty_manifest()
     info = manifest.setdefault(
