@@ -192,3 +192,15 @@ def test_shuffled_verilog_is_a_derangement_of_designs():
         assert int(shuffled.samples[i].tokens[0]) != 10 + i // 2
         assert int(shuffled.samples[i].tokens[0]) == int(shuffled.samples[i ^ 1].tokens[0])  # per design
         assert none.samples[i].tokens.tolist() == [0]
+
+
+def test_verilog_encoder_by_shipped_name(tmp_path):
+    pytest.importorskip("all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    from circuitml.pretrain.trainer import _build_text
+
+    cfg = load_config(None, ["model.verilog_encoder=all-minilm-l6-v2"])
+    features, hidden, vocab = _build_text(cfg, tmp_path, torch.device("cpu"))
+    assert hidden == 384 and vocab is None
+    states = features.features("module m(input a, output y); assign y = ~a; endmodule")
+    assert states.shape[1] == 384 and features.cached("module m(input a, output y); assign y = ~a; endmodule")
