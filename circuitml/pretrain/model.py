@@ -4,7 +4,7 @@ the built-in Verilog encoder, returning every loss of one micro-batch.
 Wu et al., "Circuit Representation Learning with Masked Gate Modeling and Verilog-AIG Alignment", ICLR 2025:
 :math:`\\mathcal L = w_{MGM}\\mathcal L_{MGM} + w_{VGA}\\mathcal L_{VGA}` (+ the MoE balancing losses of the
 encoder, when it has MoE layers), plus, when enabled, the functional objectives
-:math:`w_{FR}\mathcal L_{FR} + w_{FS}\mathcal L_{FS} + w_{CL}\mathcal L_{CL}` (:mod:`~circuitml.pretrain.funcrec`,
+:math:`w_{FR}\\mathcal L_{FR} + w_{FS}\\mathcal L_{FS} + w_{CL}\\mathcal L_{CL}` (:mod:`~circuitml.pretrain.funcrec`,
 :mod:`~circuitml.pretrain.funcsim`, :mod:`~circuitml.pretrain.contrastive`). The latent-space objectives (MGM,
 FR, FS, CL's anchors) share one encoding of the intact graph; VGA encodes the input-masked graph.
 """
