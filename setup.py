@@ -27,4 +27,9 @@ def _packages() -> list[str]:
     return found
 
 
-setup(packages=_packages(), package_dir=ROOTS)
+# shipped pretrained encoders (circuitml.encoders.shipped) are package data of circuitml.encoders
+PACKAGE_DATA = {
+    "circuitml.encoders": ["pretrained/*/*.json", "pretrained/*/*.safetensors", "pretrained/*/*.md"]
+}
+
+setup(packages=_packages(), package_dir=ROOTS, package_data=PACKAGE_DATA)

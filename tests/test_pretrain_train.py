@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -265,3 +266,113 @@ def test_amp_on_gpu(tiny_dataset, tmp_path, dtype):
     result = train(load_config(None, sets), tmp_path / dtype)
     assert all(v == v and abs(v) < 1e4 for v in result.last.values())
     assert result.last["loss"] < result.first["loss"]
+
+
+# ------------------------------------------------------------------------------------------ run-folder safety
+def _tiny_cli(out: Path, dataset: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--out", str(out), "--data", str(dataset), *_sets(["run.checkpoint_every=2"]), *extra]
+
+
+def test_a_finished_run_is_refused_without_resume_or_overwrite(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(_tiny_cli(out, tiny_dataset, "--steps", "4")) == 0
+    before = (out / "metrics.csv").read_text()
+    capsys.readouterr()
+    assert cli_main(_tiny_cli(out, tiny_dataset, "--steps", "4")) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and "step 4" in err
+    assert (out / "metrics.csv").read_text() == before and (out / "encoder").is_dir()
+    # --overwrite starts over: an interrupted replacement keeps the checkpoint it reports, even though the
+    # discarded run had later steps
+    assert cli_main(_tiny_cli(out, tiny_dataset, "--steps", "8", "--overwrite", "--stop-after", "3")) == 0
+    said = capsys.readouterr().out
+    kept = out / "checkpoints" / "step_00000003.json"
+    assert str(kept) in said.replace("\n", "") and kept.is_file()
+    from circuitml.pretrain.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(out / "checkpoints") == kept and not (out / "encoder").exists()
+    assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]
+
+
+def test_save_checkpoint_never_prunes_the_checkpoint_it_wrote(tmp_path):
+    from circuitml.pretrain.checkpoint import list_checkpoints, save_checkpoint
+
+    t = {"w": torch.zeros(2)}
+    for step in (50, 100):
+        save_checkpoint(tmp_path, step, t, {"step": step}, keep=2)
+    path = save_checkpoint(tmp_path, 7, t, {"step": 7}, keep=2)
+    assert path in list_checkpoints(tmp_path) and len(list_checkpoints(tmp_path)) == 2
+
+
+def test_resume_on_a_missing_folder_says_it_starts_fresh(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "new"
+    assert cli_main(_tiny_cli(out, tiny_dataset, "--steps", "2", "--resume")) == 0
+    assert f"no checkpoint in {out}: starting a fresh run" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_bad_settings_fail_before_any_data_is_built(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["pretrain", "--out", str(out), "--verilog-encoder", str(tmp_path / "nolm")]) == 2
+    assert "model.verilog_encoder" in capsys.readouterr().err and not (out / "data").exists()
+    assert cli_main(["pretrain", "--out", str(out), "--data", str(tmp_path / "nodata")]) == 2
+    assert "manifest.json" in capsys.readouterr().err and not (out / "data").exists()
+    assert cli_main(["pretrain", "--out", str(out), "--objectives", "mgm-only"]) == 2
+    assert "mgvga+funcrec" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli_main(["pretrain", "--out", str(tmp_path / "file")]) == 2
+    assert "found a file" in capsys.readouterr().err
+
+
+def test_help_lists_the_common_settings_and_flags_take_no_value(capsys):
+    assert cli_main(["pretrain", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--steps",
+        "--batch-size",
+        "--seed",
+        "--lr",
+        "--encoder",
+        "--threads",
+        "--device",
+        "--objectives",
+    ):
+        assert option in text
+    for flag in ("--resume", "--overwrite"):
+        line = next(line for line in text.splitlines() if flag in line)
+        assert "<bool>" not in line
+
+
+def test_options_reach_the_config_and_log_lines_appear_off_a_terminal(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = _tiny_cli(out, tiny_dataset, "--steps", "3", "--seed", "5", "--lr", "0.002", "--batch-size", "4")
+    assert cli_main([*args, "--threads", "1", "--device", "cpu", "--set", "run.progress=true"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["schedule"]["steps"], cfg["run"]["seed"], cfg["optim"]["lr"], cfg["data"]["batch_size"]) == (
+        3,
+        5,
+        0.002,
+        4,
+    )
+    assert "pretrain step 3/3 loss" in capsys.readouterr().err
+
+
+def test_excluded_families_are_left_out_of_pretraining(tiny_dataset, tmp_path):
+    from circuitml.datasets import CircuitDataset
+
+    families = CircuitDataset(tiny_dataset).families()
+    drop = sorted(families)[:2]
+    cfg = load_config(
+        None,
+        [*TINY, f"data.root={tiny_dataset}", "schedule.steps=1", f"data.exclude_families={','.join(drop)}"],
+    )
+    result = train(cfg, tmp_path / "run")
+    card = json.loads((result.encoder_dir / "config.json").read_text())["card"]
+    assert card["circuits"] == sum(families.values()) - sum(families[f] for f in drop)
+    # an encoder exported from the run's checkpoint equals the one the run exported, with metrics in its card
+    from circuitml.encoders import load_encoder
+    from circuitml.pretrain.trainer import export_encoder
+
+    exported = export_encoder(tmp_path / "run", tmp_path / "exported")
+    a, b = load_encoder(result.encoder_dir).state_dict(), load_encoder(exported).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "loss" in json.loads((exported / "config.json").read_text())["card"]["metrics_last_10_steps"]

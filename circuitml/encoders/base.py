@@ -234,13 +234,15 @@ class Encoder(nn.Module):
 
 
 def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Encoder:
-    """Rebuild an encoder from ``config.json`` + ``model.safetensors``; no pickle is involved."""
+    """Rebuild an encoder from ``config.json`` + ``model.safetensors`` (a folder, or the name of an encoder
+    shipped with the package: :mod:`circuitml.encoders.shipped`); no pickle is involved."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from circuitml.encoders.builder import build_encoder
+    from circuitml.encoders.shipped import resolve_encoder
 
-    root = Path(directory)
+    root = resolve_encoder(directory)
     cfg_path = root / CONFIG_FILE
     weights_path = root / WEIGHTS_FILE
     if not root.is_dir():

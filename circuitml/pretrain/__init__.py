@@ -1,4 +1,5 @@
-"""MGVGA pretraining: masked gate modeling + Verilog-AIG alignment (Wu et al., ICLR 2025).
+"""MGVGA pretraining: masked gate modeling + Verilog-AIG alignment (Wu et al., ICLR 2025), and functional
+objectives (functional reconstruction, DeepGate2's functional similarity, equivalence-aware contrastive).
 
 Entry points: :func:`train` (the loop behind ``circuitml pretrain``), :func:`load_config`, and the pieces a user
 may reuse: :class:`MGMHead`, :class:`VGAHead`, :class:`BuiltinVerilogEncoder`, :class:`HFVerilogFeatures`,
@@ -21,6 +22,10 @@ __all__ = [
     "MGVGAModel",
     "embed_files",
     "load_checkpoint",
+    "FunctionalReconstructionHead",
+    "FunctionalSimilarityHead",
+    "ContrastiveHead",
+    "export_encoder",
 ]
 
 _WHERE = {
@@ -35,6 +40,10 @@ _WHERE = {
     "MGVGAModel": "model",
     "embed_files": "embed",
     "load_checkpoint": "checkpoint",
+    "FunctionalReconstructionHead": "funcrec",
+    "FunctionalSimilarityHead": "funcsim",
+    "ContrastiveHead": "contrastive",
+    "export_encoder": "trainer",
 }
 
 

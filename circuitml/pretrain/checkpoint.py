@@ -173,7 +173,9 @@ def save_checkpoint(
         "state": state,
     }
     atomic_write_text(json_path, json.dumps(record, indent=1, sort_keys=True))
-    for old in list_checkpoints(directory)[:-keep]:
+    # the checkpoint just written always stays, whatever steps other files in the folder claim
+    others = [p for p in list_checkpoints(directory) if p != json_path]
+    for old in others[: max(0, len(others) - (keep - 1))]:
         old.with_suffix(".safetensors").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
     return json_path

@@ -25,6 +25,11 @@ __all__ = [
     "ModelConfig",
     "MGMConfig",
     "VGAConfig",
+    "FuncRecConfig",
+    "FuncSimConfig",
+    "ContrastConfig",
+    "OBJECTIVE_PRESETS",
+    "objective_overrides",
     "OptimConfig",
     "ScheduleConfig",
     "RunConfig",
@@ -47,6 +52,7 @@ class DataConfig:
         batch_size: GLOBAL graphs per optimizer step (split over processes and accumulation micro-steps).
         max_tokens: Verilog token sequences are cut to this length.
         max_nodes: circuits with more graph nodes are skipped (keeps a step's memory bounded).
+        exclude_families: circuits of these families are left out (to evaluate on families never pretrained on).
     """
 
     root: str | None = None
@@ -54,6 +60,7 @@ class DataConfig:
     batch_size: int = 16
     max_tokens: int = 512
     max_nodes: int = 3000
+    exclude_families: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -96,6 +103,55 @@ class VGAConfig:
     weight: float = 1.0
     heads: int = 4
     layers: int = 1
+    verilog: str = "own"  # "own", "shuffled" (another design's Verilog: the ablation) or "none"
+
+
+@dataclass
+class FuncRecConfig:
+    """Functional reconstruction: a latent-masked gate's simulation signature and signal probability."""
+
+    enabled: bool = False
+    mask_ratio: float = 0.3
+    weight: float = 1.0
+    decoder_layers: int = 2
+
+
+@dataclass
+class FuncSimConfig:
+    """Functional similarity (DeepGate2): embedding distance regresses signature Hamming distance."""
+
+    enabled: bool = False
+    weight: float = 1.0
+    pairs_per_node: float = 1.0
+
+
+@dataclass
+class ContrastConfig:
+    """Equivalence-aware contrastive: recipe variants positive, proved non-equivalent mutants hard negatives."""
+
+    enabled: bool = False
+    weight: float = 0.5
+    temperature: float = 0.1
+    po_weight: float = 1.0
+
+
+#: Named objective sets (``circuitml pretrain --objectives``); ``mgvga`` is the paper's.
+OBJECTIVE_PRESETS: dict[str, tuple[str, ...]] = {
+    "mgvga": ("mgm", "vga"),
+    "mgvga+funcrec": ("mgm", "vga", "funcrec"),
+    "mgvga+funcsim": ("mgm", "vga", "funcsim"),
+    "mgvga+contrast": ("mgm", "vga", "contrast"),
+    "all": ("mgm", "vga", "funcrec", "funcsim", "contrast"),
+}
+OBJECTIVES = ("mgm", "vga", "funcrec", "funcsim", "contrast")
+
+
+def objective_overrides(preset: str) -> list[str]:
+    """``--set`` items enabling exactly the objectives of ``preset``; raises ConfigError on an unknown name."""
+    if preset not in OBJECTIVE_PRESETS:
+        raise ConfigError(f"--objectives {preset!r}: expected one of {', '.join(OBJECTIVE_PRESETS)}")
+    on = OBJECTIVE_PRESETS[preset]
+    return [f"{name}.enabled={'true' if name in on else 'false'}" for name in OBJECTIVES]
 
 
 @dataclass
@@ -154,6 +210,9 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     mgm: MGMConfig = field(default_factory=MGMConfig)
     vga: VGAConfig = field(default_factory=VGAConfig)
+    funcrec: FuncRecConfig = field(default_factory=FuncRecConfig)
+    funcsim: FuncSimConfig = field(default_factory=FuncSimConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -180,9 +239,14 @@ class PretrainConfig:
                 "'auto', 'cpu' or 'cuda[:i]'",
             ),
             ("run.amp_dtype", self.run.amp_dtype in ("bfloat16", "float16"), "'bfloat16' or 'float16'"),
+            ("vga.verilog", self.vga.verilog in ("own", "shuffled", "none"), "'own', 'shuffled' or 'none'"),
+            ("funcrec.mask_ratio", 0.0 < self.funcrec.mask_ratio <= 1.0, "a fraction in (0, 1]"),
+            ("funcrec.decoder_layers", self.funcrec.decoder_layers >= 1, "an integer >= 1"),
+            ("funcsim.pairs_per_node", self.funcsim.pairs_per_node > 0, "a positive number"),
+            ("contrast.temperature", self.contrast.temperature > 0, "a positive number"),
             (
-                "mgm.enabled/vga.enabled",
-                self.mgm.enabled or self.vga.enabled,
+                "mgm.enabled/vga.enabled/funcrec.enabled/funcsim.enabled/contrast.enabled",
+                any(getattr(self, name).enabled for name in OBJECTIVES),
                 "at least one objective enabled",
             ),
         ]
@@ -227,6 +291,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce(value, inner[0], where)
     if isinstance(value, _Override):
         value = value.text if hint is str else value.value
+    if origin is list:
+        value = _plain(value)
+        if isinstance(value, str):  # --set data.exclude_families=alu,crc
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return value
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table/mapping, got {value!r}")

@@ -20,7 +20,7 @@ from torch_geometric.data import Batch, Data
 
 from circuitml.errors import DatasetError
 
-__all__ = ["PretrainSample", "PretrainBatch", "PretrainData", "BatchOrder", "collate"]
+__all__ = ["PretrainSample", "PretrainBatch", "PretrainData", "ContrastBatch", "BatchOrder", "collate"]
 
 
 @dataclass
@@ -53,6 +53,7 @@ class PretrainBatch:
     text_hidden: Tensor | None
     text_mask: Tensor
     has_text: Tensor
+    contrast: ContrastBatch | None = None
 
     @property
     def num_graphs(self) -> int:
@@ -65,6 +66,7 @@ class PretrainBatch:
             text_hidden=None if self.text_hidden is None else self.text_hidden.to(device),
             text_mask=self.text_mask.to(device),
             has_text=self.has_text.to(device),
+            contrast=None if self.contrast is None else self.contrast.to(device),
         )
 
 
@@ -97,38 +99,103 @@ class PretrainData:
     """All samples of a dataset, held in memory (AIG graphs are small; the dataset is read once).
 
     Args:
-        dataset: a :class:`circuitml.datasets.CircuitDataset` (anything with ``len``, ``graph(i, explicit_not=)``,
+        dataset: a :class:`circuitml.datasets.CircuitDataset` (anything with ``len``, ``records``, ``aig(i)``,
             ``verilog_tokens(i)`` and ``verilog_source(i)``).
         explicit_not: graph construction of the encoder being trained.
         text: ``"builtin"`` (token ids), an :class:`~circuitml.pretrain.verilog_encoder.HFVerilogFeatures`
-            (cached hidden states), or None (MGM only: Verilog is not loaded).
+            (cached hidden states), or None (no VGA: Verilog is not loaded).
         max_tokens: sequences are cut to this length.
         max_nodes: larger circuits are skipped.
+        verilog: ``"own"`` (each circuit's Verilog), ``"shuffled"`` (another design's: a fixed derangement of
+            designs) or ``"none"`` (a constant one-token text that carries no information) — the VGA ablation.
+        signatures: attach ``sig`` (simulation signatures, :func:`~circuitml.pretrain.signatures.node_signatures`)
+            to every graph, for the functional objectives.
+        contrast: also keep one proved non-equivalent one-gate mutant per circuit and the design groups
+            (records' ``design`` key; a circuit without one is its own design) for contrastive pairs.
+        seed: draws the derangement and the mutants.
     """
 
-    def __init__(self, dataset: Any, *, explicit_not: bool, text: Any, max_tokens: int, max_nodes: int):
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        explicit_not: bool,
+        text: Any,
+        max_tokens: int,
+        max_nodes: int,
+        verilog: str = "own",
+        signatures: bool = False,
+        contrast: bool = False,
+        seed: int = 0,
+    ):
+        from circuitml.graph import aig_to_data
+        from circuitml.pretrain.signatures import node_signatures, one_gate_mutant
+
         self.samples: list[PretrainSample] = []
+        self.mutants: list[Data | None] = []
         self.skipped = 0
+        kept: list[int] = []
+        designs: list[str] = []
+        records = getattr(dataset, "records", None)
         for i in range(len(dataset)):
-            graph = dataset.graph(i, explicit_not=explicit_not)
+            rec = records[i] if records is not None else {}
+            if sum(rec.get(k, 0) for k in ("num_pis", "num_ands", "num_pos")) > max_nodes:
+                self.skipped += 1  # a lower bound on the graph's nodes already exceeds the cap: skip unread
+                continue
+            aig = dataset.aig(i)
+            graph = aig_to_data(aig, explicit_not=explicit_not)
             if graph.num_nodes > max_nodes:
                 self.skipped += 1
                 continue
-            sample = PretrainSample(graph=graph)
-            if text == "builtin":
-                ids = dataset.verilog_tokens(i)
-                if ids:
-                    sample.tokens = torch.as_tensor(ids[:max_tokens], dtype=torch.long)
-            elif text is not None:
-                source = dataset.verilog_source(i)
-                if source:
-                    sample.text_hidden = text.features(source)[:max_tokens]
-            self.samples.append(sample)
+            graph.graph_id = torch.tensor([i], dtype=torch.long)
+            if signatures or contrast:
+                graph.sig = node_signatures(aig, graph)
+            if contrast:
+                mutant = one_gate_mutant(aig, np.random.default_rng([seed, i]))
+                if mutant is not None:
+                    mgraph = aig_to_data(mutant, explicit_not=explicit_not)
+                    mgraph.sig = node_signatures(mutant, mgraph)
+                    mutant = mgraph
+                self.mutants.append(mutant)
+            designs.append(str(rec.get("design") or rec.get("id") or i))
+            kept.append(i)
+            self.samples.append(PretrainSample(graph=graph))
         if not self.samples:
             raise DatasetError(
                 f"{getattr(dataset, 'root', 'dataset')}: expected at least one circuit with at most {max_nodes} "
                 f"graph nodes (data.max_nodes), found {len(dataset)} circuits, {self.skipped} too large"
             )
+        names = sorted(set(designs))
+        index = {d: k for k, d in enumerate(names)}
+        self.design = torch.tensor([index[d] for d in designs], dtype=torch.long)
+        self.groups: list[list[int]] = [[] for _ in names]
+        for k, d in enumerate(self.design.tolist()):
+            self.groups[d].append(k)
+        if text is not None:
+            self._load_text(dataset, kept, text, max_tokens, verilog, seed)
+
+    def _load_text(
+        self, dataset: Any, kept: list[int], text: Any, max_tokens: int, verilog: str, seed: int
+    ) -> None:
+        source = {k: i for k, i in enumerate(kept)}
+        if verilog == "shuffled":  # each design reads the Verilog of another design (fixed derangement)
+            order = np.random.default_rng([seed, 7]).permutation(len(self.groups))
+            nxt = {int(order[k]): int(order[(k + 1) % len(order)]) for k in range(len(order))}
+            source = {k: kept[self.groups[nxt[int(self.design[k])]][0]] for k in range(len(kept))}
+        for k, sample in enumerate(self.samples):
+            if verilog == "none":  # one constant token: the decoder attends to something without information
+                if text == "builtin":
+                    sample.tokens = torch.zeros(1, dtype=torch.long)
+                else:
+                    sample.text_hidden = torch.zeros(1, text.hidden_size)
+            elif text == "builtin":
+                ids = dataset.verilog_tokens(source[k])
+                if ids:
+                    sample.tokens = torch.as_tensor(ids[:max_tokens], dtype=torch.long)
+            else:
+                src = dataset.verilog_source(source[k])
+                if src:
+                    sample.text_hidden = text.features(src)[:max_tokens]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -136,6 +203,40 @@ class PretrainData:
     @property
     def num_with_text(self) -> int:
         return sum(s.has_text for s in self.samples)
+
+    def contrast_batch(self, idx: np.ndarray, generator: torch.Generator) -> ContrastBatch:
+        """Positives (a random other member of each anchor's design group, itself when alone) and mutants."""
+        partners = []
+        for i in idx.tolist():
+            group = self.groups[int(self.design[i])]
+            others = [j for j in group if j != i] or [i]
+            partners.append(others[int(torch.randint(len(others), (1,), generator=generator))])
+        have = [k for k, i in enumerate(idx.tolist()) if self.mutants[i] is not None]
+        mutants = Batch.from_data_list([self.mutants[int(idx[k])] for k in have]) if have else None
+        return ContrastBatch(
+            positive=Batch.from_data_list([self.samples[j].graph for j in partners]),
+            mutant=mutants,
+            mutant_of=torch.tensor(have, dtype=torch.long),
+            design=self.design[torch.as_tensor(idx, dtype=torch.long)],
+        )
+
+
+@dataclass
+class ContrastBatch:
+    """What the contrastive objective needs beside the anchors: positives, mutants (of ``mutant_of`` anchors)."""
+
+    positive: Batch
+    mutant: Batch | None
+    mutant_of: Tensor
+    design: Tensor
+
+    def to(self, device: torch.device) -> ContrastBatch:
+        return ContrastBatch(
+            self.positive.to(device),
+            None if self.mutant is None else self.mutant.to(device),
+            self.mutant_of.to(device),
+            self.design.to(device),
+        )
 
 
 class BatchOrder:

@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GINConv
 
-__all__ = ["MGMHead", "MGMOutput", "random_node_mask", "node_degrees"]
+from circuitml.pretrain.signatures import degree_lookup_accuracy
+
+__all__ = ["LatentDecoder", "MGMHead", "MGMOutput", "random_node_mask", "node_degrees"]
 
 
 @dataclass
@@ -33,6 +35,7 @@ class MGMOutput:
     type_loss: Tensor
     degree_loss: Tensor
     accuracy: Tensor
+    baseline: Tensor  # accuracy of the (in-degree, out-degree) -> type lookup on the same nodes
 
 
 def random_node_mask(
@@ -58,12 +61,36 @@ def _mlp(hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
 
 
-class MGMHead(nn.Module):
-    r"""Mask token + bidirectional GIN decoder + gate-type and degree heads.
+class LatentDecoder(nn.Module):
+    r"""Mask token + bidirectional GIN decoder over the latent-masked graph (shared by the latent-space objectives).
 
     Each decoder layer passes messages along fanin→fanout edges and back (Xu et al., "How Powerful are Graph
     Neural Networks?", ICLR 2019, GIN: :math:`h' = \mathrm{MLP}((1+\epsilon)h + \sum_{u\in N(v)} h_u)`), so the
-    decoder sees both the fanins (in-degree) and fanouts (out-degree) of a masked node.
+    decoder sees both the fanins and the fanouts of a masked node.
+    """
+
+    def __init__(self, hidden: int, num_layers: int = 2):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(hidden))
+        self.forward_convs = nn.ModuleList(GINConv(_mlp(hidden), train_eps=True) for _ in range(num_layers))
+        self.reverse_convs = nn.ModuleList(GINConv(_mlp(hidden), train_eps=True) for _ in range(num_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(num_layers))
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.mask_token, std=0.02)
+        for conv in (*self.forward_convs, *self.reverse_convs):
+            conv.reset_parameters()
+
+    def decode(self, latent: Tensor, mask: Tensor, edge_index: Tensor) -> Tensor:
+        h = torch.where(mask[:, None], self.mask_token.to(latent.dtype).expand_as(latent), latent)
+        reverse = edge_index.flip(0)
+        for fwd, rev, norm in zip(self.forward_convs, self.reverse_convs, self.norms, strict=False):
+            h = h + F.relu(norm(fwd(h, edge_index) + rev(h, reverse)))
+        return h
+
+
+class MGMHead(LatentDecoder):
+    r"""Latent decoder + gate-type and degree heads.
 
     Args:
         hidden: width of the encoder's node embeddings.
@@ -73,29 +100,16 @@ class MGMHead(nn.Module):
     """
 
     def __init__(self, hidden: int, num_types: int, num_layers: int = 2, degree_weight: float = 0.1):
-        super().__init__()
+        super().__init__(hidden, num_layers)
         self.degree_weight = degree_weight
-        self.mask_token = nn.Parameter(torch.zeros(hidden))
-        self.forward_convs = nn.ModuleList(GINConv(_mlp(hidden), train_eps=True) for _ in range(num_layers))
-        self.reverse_convs = nn.ModuleList(GINConv(_mlp(hidden), train_eps=True) for _ in range(num_layers))
-        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(num_layers))
         self.type_head = nn.Linear(hidden, num_types)
         self.degree_head = nn.Linear(hidden, 2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.mask_token, std=0.02)
-        for conv in (*self.forward_convs, *self.reverse_convs):
-            conv.reset_parameters()
+        super().reset_parameters()
         self.type_head.reset_parameters()
         self.degree_head.reset_parameters()
-
-    def decode(self, latent: Tensor, mask: Tensor, edge_index: Tensor) -> Tensor:
-        h = torch.where(mask[:, None], self.mask_token.to(latent.dtype).expand_as(latent), latent)
-        reverse = edge_index.flip(0)
-        for fwd, rev, norm in zip(self.forward_convs, self.reverse_convs, self.norms, strict=False):
-            h = h + F.relu(norm(fwd(h, edge_index) + rev(h, reverse)))
-        return h
 
     def forward(self, latent: Tensor, mask: Tensor, edge_index: Tensor, node_type: Tensor) -> MGMOutput:
         """Losses for the nodes in ``mask`` given the unmasked encoder output ``latent [N, hidden]``."""
@@ -112,4 +126,5 @@ class MGMHead(nn.Module):
             type_loss=type_loss,
             degree_loss=degree_loss,
             accuracy=accuracy.detach(),
+            baseline=degree_lookup_accuracy(indeg[mask], outdeg[mask], target),
         )

@@ -3,7 +3,10 @@ the built-in Verilog encoder, returning every loss of one micro-batch.
 
 Wu et al., "Circuit Representation Learning with Masked Gate Modeling and Verilog-AIG Alignment", ICLR 2025:
 :math:`\\mathcal L = w_{MGM}\\mathcal L_{MGM} + w_{VGA}\\mathcal L_{VGA}` (+ the MoE balancing losses of the
-encoder, when it has MoE layers).
+encoder, when it has MoE layers), plus, when enabled, the functional objectives
+:math:`w_{FR}\\mathcal L_{FR} + w_{FS}\\mathcal L_{FS} + w_{CL}\\mathcal L_{CL}` (:mod:`~circuitml.pretrain.funcrec`,
+:mod:`~circuitml.pretrain.funcsim`, :mod:`~circuitml.pretrain.contrastive`). The latent-space objectives (MGM,
+FR, FS, CL's anchors) share one encoding of the intact graph; VGA encodes the input-masked graph.
 """
 
 from __future__ import annotations
@@ -13,15 +16,44 @@ from torch import Tensor, nn
 
 from circuitml.graph import MASK_TYPE, NUM_NODE_TYPES
 from circuitml.pretrain.config import PretrainConfig
+from circuitml.pretrain.contrastive import ContrastiveHead
 from circuitml.pretrain.data import PretrainBatch
-from circuitml.pretrain.mgm import MGMHead, random_node_mask
+from circuitml.pretrain.funcrec import FunctionalReconstructionHead
+from circuitml.pretrain.funcsim import FunctionalSimilarityHead
+from circuitml.pretrain.mgm import MGMHead, node_degrees, random_node_mask
+from circuitml.pretrain.signatures import SIGNATURE_WORDS, degree_lookup_accuracy
 from circuitml.pretrain.verilog_encoder import BuiltinVerilogEncoder
 from circuitml.pretrain.vga import VGAHead, VGAOutput
 
 __all__ = ["MGVGAModel", "LOSS_COLUMNS"]
 
-#: Metrics returned by :meth:`MGVGAModel.forward`, in CSV column order.
-LOSS_COLUMNS = ["loss", "loss_mgm_type", "loss_mgm_degree", "loss_vga", "loss_aux", "acc_mgm", "acc_vga"]
+#: Metrics returned by :meth:`MGVGAModel.forward`, in CSV column order. ``base_*`` columns are the scores of a
+#: trivial structural predictor on the same targets (see :mod:`circuitml.pretrain.signatures`): a degree lookup
+#: for gate types, a linear fit on level/fanout/type features for functional targets, structural statistics
+#: for contrastive retrieval. An objective whose model score does not beat its ``base_*`` teaches nothing.
+LOSS_COLUMNS = [
+    "loss",
+    "loss_mgm_type",
+    "loss_mgm_degree",
+    "loss_vga",
+    "loss_funcrec",
+    "loss_funcsim",
+    "loss_contrast",
+    "loss_aux",
+    "acc_mgm",
+    "base_mgm",
+    "acc_vga",
+    "base_vga",
+    "mae_funcrec_prob",
+    "base_funcrec_prob",
+    "acc_funcrec_bits",
+    "base_funcrec_bits",
+    "mae_funcsim",
+    "base_funcsim",
+    "acc_contrast",
+    "acc_contrast_po",
+    "base_contrast",
+]
 
 
 class MGVGAModel(nn.Module):
@@ -47,6 +79,21 @@ class MGVGAModel(nn.Module):
         self.vga = (
             VGAHead(hidden, text_hidden, NUM_NODE_TYPES, config.vga.heads, config.vga.layers)
             if config.vga.enabled
+            else None
+        )
+        self.funcrec = (
+            FunctionalReconstructionHead(hidden, 64 * SIGNATURE_WORDS, config.funcrec.decoder_layers)
+            if config.funcrec.enabled
+            else None
+        )
+        self.funcsim = (
+            FunctionalSimilarityHead(hidden, config.funcsim.pairs_per_node)
+            if config.funcsim.enabled
+            else None
+        )
+        self.contrast = (
+            ContrastiveHead(hidden, config.contrast.temperature, config.contrast.po_weight)
+            if config.contrast.enabled
             else None
         )
         self.verilog = None
@@ -87,19 +134,64 @@ class MGVGAModel(nn.Module):
         metrics = {c: zero for c in LOSS_COLUMNS}
         total = zero
         aux = zero
-        if self.mgm is not None:
-            mask = random_node_mask(g.num_nodes, self.config.mgm.mask_ratio, generator, device)
-            out = self.encoder(g)
+        cfg = self.config
+        out = None
+        if any(h is not None for h in (self.mgm, self.funcrec, self.funcsim, self.contrast)):
+            out = self.encoder(g)  # the intact graph, shared by the latent-space objectives
             aux = aux + self.encoder.aux_loss()
+        if self.mgm is not None:
+            mask = random_node_mask(g.num_nodes, cfg.mgm.mask_ratio, generator, device)
             mgm = self.mgm(out.node, mask, g.edge_index, g.x)
-            total = total + self.config.mgm.weight * mgm.loss
-            metrics.update(loss_mgm_type=mgm.type_loss, loss_mgm_degree=mgm.degree_loss, acc_mgm=mgm.accuracy)
+            total = total + cfg.mgm.weight * mgm.loss
+            metrics.update(
+                loss_mgm_type=mgm.type_loss,
+                loss_mgm_degree=mgm.degree_loss,
+                acc_mgm=mgm.accuracy,
+                base_mgm=mgm.baseline,
+            )
         if self.vga is not None:
-            mask = random_node_mask(g.num_nodes, self.config.vga.mask_ratio, generator, device)
+            mask = random_node_mask(g.num_nodes, cfg.vga.mask_ratio, generator, device)
             vga, vga_aux = self.vga_forward(batch, mask)
             aux = aux + vga_aux
-            total = total + self.config.vga.weight * vga.loss
-            metrics.update(loss_vga=vga.loss, acc_vga=vga.accuracy)
+            total = total + cfg.vga.weight * vga.loss
+            select = mask & batch.has_text[g.batch]
+            indeg, outdeg = node_degrees(g.edge_index, g.num_nodes)
+            base = degree_lookup_accuracy(indeg[select], outdeg[select], g.x[select])
+            metrics.update(loss_vga=vga.loss, acc_vga=vga.accuracy, base_vga=base)
+        if self.funcrec is not None:
+            mask = random_node_mask(g.num_nodes, cfg.funcrec.mask_ratio, generator, device)
+            fr = self.funcrec(out.node, mask, g)
+            total = total + cfg.funcrec.weight * fr.loss
+            metrics.update(
+                loss_funcrec=fr.loss,
+                mae_funcrec_prob=fr.prob_mae,
+                base_funcrec_prob=fr.baseline_prob_mae,
+                acc_funcrec_bits=fr.bit_accuracy,
+                base_funcrec_bits=fr.baseline_bit_accuracy,
+            )
+        if self.funcsim is not None:
+            fs = self.funcsim(out.node, g, generator)
+            total = total + cfg.funcsim.weight * fs.loss
+            metrics.update(loss_funcsim=fs.loss, mae_funcsim=fs.mae, base_funcsim=fs.baseline_mae)
+        if self.contrast is not None:
+            cb = batch.contrast
+            pos = self.encoder(cb.positive)
+            aux = aux + self.encoder.aux_loss()
+            mut = None
+            if cb.mutant is not None:
+                m = self.encoder(cb.mutant)
+                aux = aux + self.encoder.aux_loss()
+                mut = (m.node, m.graph, cb.mutant)
+            cl = self.contrast(
+                (out.node, out.graph, g), (pos.node, pos.graph, cb.positive), mut, cb.design, cb.mutant_of
+            )
+            total = total + cfg.contrast.weight * cl.loss
+            metrics.update(
+                loss_contrast=cl.loss,
+                acc_contrast=cl.graph_accuracy,
+                acc_contrast_po=cl.po_accuracy,
+                base_contrast=cl.baseline_accuracy,
+            )
         total = total + aux
         metrics.update(loss=total, loss_aux=aux)
         return metrics

@@ -44,12 +44,24 @@ from circuitml.pretrain.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from circuitml.pretrain.config import PretrainConfig, config_to_dict
+from circuitml.pretrain.config import OBJECTIVES, PretrainConfig, config_to_dict
 from circuitml.pretrain.data import BatchOrder, PretrainData, collate
 from circuitml.pretrain.logging import MetricsLogger, plot_losses
 from circuitml.pretrain.model import LOSS_COLUMNS, MGVGAModel
 
-__all__ = ["train", "TrainResult", "learning_rate", "micro_seed", "prepare_dataset", "resume_config"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "learning_rate",
+    "micro_seed",
+    "prepare_dataset",
+    "resume_config",
+    "existing_run",
+    "check_run_folder",
+    "clear_run",
+    "export_encoder",
+    "run_card",
+]
 
 
 @dataclass
@@ -64,6 +76,12 @@ class TrainResult:
     first: dict[str, float] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
     encoder_dir: Path | None = None
+    checkpoint: Path | None = None  # the last checkpoint this call wrote (JSON path)
+    nodes_per_s: float = 0.0
+
+
+#: Sections a resumed run must share with its checkpoint (schedule and run may change, e.g. more steps).
+RESUME_SECTIONS = ("data", "model", "mgm", "vga", "funcrec", "funcsim", "contrast", "optim")
 
 
 def learning_rate(step: int, config: PretrainConfig) -> float:
@@ -109,6 +127,96 @@ def resume_config(out: str | Path, overrides: list[str] | None = None) -> Pretra
     return config_from_dict(raw, f"{path}: key 'state.config'" + (" + --set" if overrides else ""))
 
 
+_RUN_FILES = ("checkpoints", "metrics.csv", "tensorboard", "loss.png", "encoder", "config.json")
+
+
+def existing_run(out: str | Path) -> str | None:
+    """A description of the run in ``out`` (``"checkpoint step 250"``, ``"metrics.csv"``), or None."""
+    out = Path(out)
+    if (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
+        return f"checkpoint step {int(ckpt.stem.split('_')[1])}"
+    for name in ("metrics.csv", "encoder"):
+        if (out / name).exists():
+            return name
+    return None
+
+
+def check_run_folder(out: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that is a file, or holds a run, unless ``resume`` or ``overwrite`` says what to do."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: expected a run folder, found a file")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: expected at most one of them")
+    found = existing_run(out)
+    if found is not None and not resume and not overwrite:
+        raise ConfigError(
+            f"{out}: holds a pretraining run ({found}); continue it with --resume or replace it with --overwrite"
+        )
+
+
+def clear_run(out: str | Path) -> None:
+    """Delete the run files of ``out`` (not a generated ``data/`` folder nor the Verilog cache)."""
+    import shutil
+
+    for name in _RUN_FILES:
+        path = Path(out) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def run_card(config: PretrainConfig, step: int, root: Path, circuits: int, wall: float) -> dict[str, Any]:
+    """The model-card fields of an encoder pretrained with ``config`` for ``step`` steps on ``root``."""
+    return {
+        "objectives": [name for name in OBJECTIVES if getattr(config, name).enabled],
+        "vga_verilog": config.vga.verilog if config.vga.enabled else None,
+        "data": str(root) if config.data.root else f"built-in generated dataset ({circuits} circuits)",
+        "circuits": circuits,
+        "verilog_encoder": config.model.verilog_encoder,
+        "steps": step,
+        "batch_size": config.data.batch_size,
+        "wall_time_s": round(wall, 1),
+        "seed": config.run.seed,
+    }
+
+
+def export_encoder(out: str | Path, dest: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """Write the encoder of a run's checkpoint (default: the newest) as an encoder folder at ``dest``, e.g. to
+    hand out an intermediate encoder of a run still in progress.
+
+    Raises:
+        CheckpointError: no checkpoint in ``out``, or a damaged one.
+    """
+    from circuitml.encoders import EncoderConfig, build_encoder
+    from circuitml.pretrain.config import config_from_dict
+
+    out = Path(out)
+    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(out / "checkpoints")
+    if path is None:
+        raise CheckpointError(f"{out / 'checkpoints'}: no checkpoint to export")
+    tensors, record = load_checkpoint(path)
+    config = config_from_dict(record["state"]["config"], f"{path}: key 'state.config'")
+    encoder = build_encoder(EncoderConfig.from_dict(config.model.encoder, where="model.encoder"))
+    prefix = "model.encoder."
+    encoder.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    root = Path(config.data.root) if config.data.root else out / "data"
+    circuits = sum(1 for _ in (root / "circuits").glob("*.safetensors")) if root.is_dir() else 0
+    card = run_card(config, record["step"], root, circuits, record["state"].get("wall_time_s", 0.0))
+    if (out / "metrics.csv").is_file():  # training metrics (and their base_* diagnostics), last 10 steps
+        from circuitml.pretrain.logging import read_metrics
+
+        rows = [r for r in read_metrics(out / "metrics.csv") if int(r["step"]) <= record["step"]][-10:]
+        if rows:
+            card["metrics_last_10_steps"] = {
+                k: round(sum(float(r[k]) for r in rows) / len(rows), 4)
+                for k in rows[0]
+                if k != "step" and any(float(r[k]) for r in rows)
+            }
+    return encoder.save_pretrained(dest, card=card)
+
+
 def _setup_distributed(config: PretrainConfig) -> tuple[int, int, torch.device]:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -141,10 +249,15 @@ def _build_text(config: PretrainConfig, out: Path, device: torch.device) -> tupl
         from circuitml.verilog import VOCAB
 
         return "builtin", config.model.verilog_hidden, len(VOCAB)
+    from circuitml.lm import resolve_lm
     from circuitml.pretrain.verilog_encoder import HFVerilogFeatures
 
     cache = Path(config.model.hf_cache_dir) if config.model.hf_cache_dir else out / "verilog_cache"
-    features = HFVerilogFeatures(config.model.verilog_encoder, cache, config.data.max_tokens, device)
+    try:  # a shipped name (all-minilm-l6-v2) or a local folder
+        path = resolve_lm(config.model.verilog_encoder)
+    except ConfigError as exc:
+        raise ConfigError(f"model.verilog_encoder: {exc}") from None
+    features = HFVerilogFeatures(path, cache, config.data.max_tokens, device)
     return features, features.hidden_size, None
 
 
@@ -176,6 +289,7 @@ def train(
     out: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_after: int | None = None,
 ) -> TrainResult:
     """Pretrain an encoder with MGM + VGA and export it to ``<out>/encoder``.
@@ -186,21 +300,28 @@ def train(
             e.g. more steps.
         out: run folder: ``metrics.csv``, ``tensorboard/``, ``checkpoints/``, ``loss.png``, ``encoder/``.
         resume: continue from the newest checkpoint in ``<out>/checkpoints`` (fresh start when there is none).
+        overwrite: replace a run already in ``out`` (its checkpoints, metrics, plots and encoder; a generated
+            ``data/`` folder and the Verilog cache are kept). Without ``resume`` or ``overwrite``, a folder holding
+            a run is refused with a ConfigError, so a finished run is never destroyed by accident.
         stop_after: end (with a checkpoint, without export) after this global step, as if interrupted —
             used by tests and for chunked runs on preemptible machines.
     """
     # ---------------------------------------------------------------- config & processes
     out = Path(out)
     ckpt_dir = out / "checkpoints"
+    check_run_folder(out, resume=resume, overwrite=overwrite)
     rank, world, device = _setup_distributed(config)
     is_main = rank == 0
+    if overwrite and not resume and is_main:
+        clear_run(out)
+    _barrier(world)
     resume_record = None
     resume_tensors: dict[str, torch.Tensor] = {}
     if resume and (path := latest_checkpoint(ckpt_dir)) is not None:
         resume_tensors, resume_record = load_checkpoint(path)
         saved = resume_record["state"]["config"]
         given = config_to_dict(config)
-        for section in ("data", "model", "mgm", "vga", "optim"):
+        for section in RESUME_SECTIONS:
             if saved.get(section) != given[section]:
                 raise ConfigError(
                     f"{path}: resume: section [{section}] differs from the checkpoint's; resume with the same "
@@ -226,21 +347,30 @@ def train(
 
     # ---------------------------------------------------------------- data
     started = time.perf_counter()
-    root = prepare_dataset(config, out, is_main)
-    _barrier(world)
     from circuitml.datasets import CircuitDataset
     from circuitml.encoders import EncoderConfig, build_encoder
 
+    # settings that can be wrong are checked before any data is built (generation takes minutes)
     enc_config = EncoderConfig.from_dict(config.model.encoder, where="model.encoder")
     text, text_hidden, vocab_size = _build_text(config, out, device)
+    root = prepare_dataset(config, out, is_main)
+    _barrier(world)
 
     def load_data() -> PretrainData:
+        dataset = CircuitDataset(root)
+        if config.data.exclude_families:
+            drop = set(config.data.exclude_families)
+            dataset = dataset.subset([i for i, r in enumerate(dataset.records) if r["family"] not in drop])
         return PretrainData(
-            CircuitDataset(root),
+            dataset,
             explicit_not=enc_config.explicit_not,
             text=text,
             max_tokens=config.data.max_tokens,
             max_nodes=config.data.max_nodes,
+            verilog=config.vga.verilog,
+            signatures=config.funcrec.enabled or config.funcsim.enabled,
+            contrast=config.contrast.enabled,
+            seed=config.run.seed,
         )
 
     # with a frozen language model, rank 0 fills the hidden-state cache first and the other ranks read it
@@ -290,6 +420,8 @@ def train(
         step = st["step"]
         elapsed_before = st.get("wall_time_s", 0.0)
 
+    saved_path: Path | None = None
+
     def checkpoint(at_step: int) -> None:
         if not is_main:
             return
@@ -307,7 +439,8 @@ def train(
             "wall_time_s": elapsed_before + time.perf_counter() - started,
             "world_size": world,
         }
-        save_checkpoint(
+        nonlocal saved_path
+        saved_path = save_checkpoint(
             ckpt_dir, at_step, {**tensors, **opt_tensors, **rng_tensors}, state, config.run.keep_checkpoints
         )
 
@@ -324,8 +457,12 @@ def train(
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     graphs_done = 0
+    nodes_done = 0
     loop_start = time.perf_counter()
     interrupted = False
+    from rich.console import Console
+
+    console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]pretrain"),
         BarColumn(),
@@ -334,8 +471,13 @@ def train(
         TextColumn("{task.fields[speed]} graphs/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        disable=not (is_main and config.run.progress),
+        console=console,
+        disable=not (is_main and config.run.progress and console.is_terminal),
     )
+    # off a terminal (a log file, CI), a plain line every ~5 % of the run or 30 s instead of a bar
+    log_lines = is_main and config.run.progress and not console.is_terminal
+    log_every = max(1, config.schedule.steps // 20)
+    last_line = time.perf_counter()
     model.train()
     with _StopFlag() as stop, progress:
         task = progress.add_task("pretrain", total=config.schedule.steps, completed=step, loss="-", speed="-")
@@ -350,7 +492,10 @@ def train(
                 torch.manual_seed(seed)
                 gen = torch.Generator().manual_seed(seed)
                 idx = order.micro_batch(step, micro, rank, world, accum)
-                batch = collate([data.samples[i] for i in idx]).to(device)
+                batch = collate([data.samples[i] for i in idx])
+                if config.contrast.enabled:
+                    batch.contrast = data.contrast_batch(idx, gen)
+                batch = batch.to(device)
                 sync = micro == accum - 1 or world == 1
                 ctx = ddp_model.no_sync() if not sync and world > 1 else contextlib.nullcontext()
                 with ctx:
@@ -360,6 +505,7 @@ def train(
                 for c in LOSS_COLUMNS:
                     sums[c] += float(metrics[c].detach()) / accum
                 graphs_done += batch.num_graphs * world
+                nodes_done += batch.graph.num_nodes * world  # this rank's count, scaled (shards are balanced)
             if config.optim.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -382,8 +528,18 @@ def train(
             last = row
             speed = graphs_done / max(time.perf_counter() - loop_start, 1e-9)
             if logger is not None and (step % config.run.log_every == 0 or step == end_step):
-                logger.log(step, row, {"graphs_per_s": speed})
+                nodes_speed = nodes_done / max(time.perf_counter() - loop_start, 1e-9)
+                logger.log(step, row, {"graphs_per_s": speed, "nodes_per_s": nodes_speed})
             progress.update(task, completed=step, loss=f"{row['loss']:.4f}", speed=f"{speed:.1f}")
+            if log_lines and (
+                step % log_every == 0 or step == end_step or time.perf_counter() - last_line > 30
+            ):
+                last_line = time.perf_counter()
+                console.print(
+                    f"pretrain step {step}/{config.schedule.steps} loss {row['loss']:.4f} {speed:.1f} graphs/s "
+                    f"({time.perf_counter() - loop_start:.0f} s)",
+                    highlight=False,
+                )
             if step % config.run.checkpoint_every == 0 or step == end_step or stop_now:
                 checkpoint(step)
             if stop_now:
@@ -402,18 +558,9 @@ def train(
     finished = step >= config.schedule.steps
     if is_main and finished and not interrupted:
         encoder_dir = out / "encoder"
-        card = {
-            "objective": "MGVGA (Wu et al., ICLR 2025): "
-            + " + ".join(n for n, on in (("MGM", config.mgm.enabled), ("VGA", config.vga.enabled)) if on),
-            "data": str(root) if config.data.root else f"built-in generated dataset ({len(data)} circuits)",
-            "circuits": len(data),
-            "verilog_encoder": config.model.verilog_encoder,
-            "steps": step,
-            "batch_size": config.data.batch_size,
-            "final_losses": {k: round(v, 6) for k, v in last.items() if k.startswith("loss")},
-            "wall_time_s": round(wall, 1),
-            "seed": config.run.seed,
-        }
+        card = run_card(config, step, root, len(data), wall)
+        card["final_losses"] = {k: round(v, 6) for k, v in last.items() if k.startswith("loss")}
         model.encoder.save_pretrained(encoder_dir, card=card)
     _barrier(world)
-    return TrainResult(out, step, interrupted, wall, speed, first, last, encoder_dir)
+    nodes_speed = nodes_done / max(time.perf_counter() - loop_start, 1e-9)
+    return TrainResult(out, step, interrupted, wall, speed, first, last, encoder_dir, saved_path, nodes_speed)

@@ -1,0 +1,62 @@
+"""Shipped pretrained encoders: found by name offline, listed by `circuitml encoders`, packaged as data."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import circuitml
+from circuitml.cli import main as cli_main
+from circuitml.encoders.shipped import SHIPPED_DIR, resolve_encoder, shipped_encoders
+from circuitml.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = shipped_encoders()
+
+
+def test_at_least_one_encoder_is_shipped_with_a_model_card():
+    assert SHIPPED, f"no encoder folder under {SHIPPED_DIR}"
+    for folder in SHIPPED.values():
+        card = (folder / "README.md").read_text(encoding="utf-8")
+        for needed in ("objectives", "steps", "corpus"):
+            assert needed in card.lower()
+        assert "TODO" not in card and "TBD" not in card
+        assert sum(f.stat().st_size for f in folder.iterdir()) < 8_000_000  # a few MB at most
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_encoder_loads_by_name_and_embeds(name):
+    from circuitml.aig import AIGBuilder
+
+    encoder = circuitml.load_encoder(name)
+    b = AIGBuilder("t")
+    x, y, z = b.add_pi(), b.add_pi(), b.add_pi()
+    b.add_po(b.xor_(b.and_(x, y), z))
+    out = encoder.embed(b.build())
+    assert out.graph.shape == (1, encoder.hidden) and torch.isfinite(out.node).all()
+
+
+def test_unknown_names_list_the_shipped_ones(capsys):
+    with pytest.raises(CheckpointError, match="shipped"):
+        resolve_encoder("no-such-encoder")
+    assert cli_main(["encoders"]) == 0
+    listing = capsys.readouterr().out
+    for name in SHIPPED:
+        assert name in listing
+
+
+def test_package_data_globs_cover_every_shipped_file():
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    globs = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PACKAGE_DATA"
+    )["circuitml.encoders"]
+    package = ROOT / "circuitml" / "encoders"
+    covered = {p for g in globs for p in package.glob(g)}
+    for folder in SHIPPED.values():
+        for f in folder.iterdir():
+            assert f in covered, f
