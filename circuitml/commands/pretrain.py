@@ -9,7 +9,7 @@ from rich.console import Console
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
-    console = Console()
+    console = Console(soft_wrap=True)  # paths in one-line messages must not be wrapped
 
     @app.command("pretrain")
     def pretrain(
