@@ -85,13 +85,17 @@ def main() -> int:
     import circuitml
 
     print(f"# circuitml from {Path(circuitml.__file__).resolve().parent.parent}; engine {ENGINE}")
-    print(f"# cases={args.cases} seed={args.seed} limit={args.limit_s:g}s memory bound="
-          f"{engine.MEMORY_BOUND >> 20} MiB; pid {os.getpid()}")
+    print(
+        f"# cases={args.cases} seed={args.seed} limit={args.limit_s:g}s memory bound="
+        f"{engine.MEMORY_BOUND >> 20} MiB; pid {os.getpid()}"
+    )
     ctx = mp.get_context("fork")
     rows = []
     for name in chosen:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(name, args.cases, args.seed, args.limit_s, weight_total, queue))
+        proc = ctx.Process(
+            target=_child, args=(name, args.cases, args.seed, args.limit_s, weight_total, queue)
+        )
         proc.start()
         try:
             row = queue.get(timeout=24 * 3600)
@@ -103,8 +107,10 @@ def main() -> int:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "groups"}), flush=True)
 
-    header = "| reader | cases | ok | clean errors | vague errors | other exceptions | hangs | over memory bound " \
-             "| max RSS MB | CPU s |"
+    header = (
+        "| reader | cases | ok | clean errors | vague errors | other exceptions | hangs | over memory bound "
+        "| max RSS MB | CPU s |"
+    )
     print("\n" + header)
     print("|---" * (header.count("|") - 1) + "|")
     total = {k: 0 for k in ("cases", "ok", "clean", "vague", "other", "hangs", "memory")}
@@ -114,10 +120,14 @@ def main() -> int:
             continue
         for k in total:
             total[k] += r[k]
-        print(f"| {r['reader']} | {r['cases']} | {r['ok']} | {r['clean']} | {r['vague']} | {r['other']} | "
-              f"{r['hangs']} | {r['memory']} | {r['max_rss_mb']} | {r['cpu_s']} |")
-    print(f"| **total** | {total['cases']} | {total['ok']} | {total['clean']} | {total['vague']} | "
-          f"{total['other']} | {total['hangs']} | {total['memory']} | | |")
+        print(
+            f"| {r['reader']} | {r['cases']} | {r['ok']} | {r['clean']} | {r['vague']} | {r['other']} | "
+            f"{r['hangs']} | {r['memory']} | {r['max_rss_mb']} | {r['cpu_s']} |"
+        )
+    print(
+        f"| **total** | {total['cases']} | {total['ok']} | {total['clean']} | {total['vague']} | "
+        f"{total['other']} | {total['hangs']} | {total['memory']} | | |"
+    )
     print("\nException groups (reader: count kind at place):")
     for r in rows:
         for g, c in list(r.get("groups", {}).items())[:12]:

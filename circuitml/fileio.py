@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ __all__ = ["atomic_write", "check_format", "load_json", "read_json", "JSON_MAX_D
 # without these a small hostile file ends in an undocumented exception or a long computation.
 JSON_MAX_DEPTH = 200
 JSON_MAX_INT_DIGITS = 40
-
 
 
 def _umask() -> int:
@@ -127,7 +125,9 @@ def load_json(
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise error(f"{where} (byte {exc.start}): expected UTF-8 JSON text, got undecodable bytes") from None
+            raise error(
+                f"{where} (byte {exc.start}): expected UTF-8 JSON text, got undecodable bytes"
+            ) from None
     depth, at = _nesting_depth(raw)
     if depth > max_depth:
         line = raw[:at].count(b"\n") + 1
@@ -151,14 +151,16 @@ def load_json(
         text = raw.decode("utf-8", "surrogatepass") if isinstance(data, str) else raw.decode("utf-8")
         return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
     except json.JSONDecodeError as exc:
-        raise error(f"{where}:{exc.lineno}:{exc.colno}: expected JSON ({exc.msg})") from None
+        raise error(f"{where}:{exc.lineno}: expected JSON ({exc.msg} at column {exc.colno})") from None
     except _Bound as exc:
         raise error(f"{where}: expected {exc}") from None
     except RecursionError:  # a smaller recursion limit than the depth bound assumes
         raise error(f"{where}: expected JSON nested less deeply") from None
 
 
-def read_json(path: str | os.PathLike, *, error: type[Exception], what: str = "JSON file", **bounds: int) -> Any:
+def read_json(
+    path: str | os.PathLike, *, error: type[Exception], what: str = "JSON file", **bounds: int
+) -> Any:
     """:func:`load_json` of a file; a missing or unreadable file is ``error`` too."""
     path = Path(path)
     try:

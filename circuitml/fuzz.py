@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import random
+
 try:
     import resource
 except ImportError:  # Windows
@@ -57,8 +58,22 @@ _NUMBERS = [
     b"nan",
     b"0x7fffffff",
 ]
-_JSON_VALUES = [b"5", b"{}", b"[]", b"null", b"true", b"-1", b"1e400", b'"../../../../etc/passwd"',
-                b'"/etc/passwd"', b'""', b'"x"', b"[[[]]]", b"1.5", b'{"a": 1}']
+_JSON_VALUES = [
+    b"5",
+    b"{}",
+    b"[]",
+    b"null",
+    b"true",
+    b"-1",
+    b"1e400",
+    b'"../../../../etc/passwd"',
+    b'"/etc/passwd"',
+    b'""',
+    b'"x"',
+    b"[[[]]]",
+    b"1.5",
+    b'{"a": 1}',
+]
 _OPENERS = [b"[", b"{", b"(", b'{"a":', b"g(x) {\n", b"- ", b"a = [", b"(((", b"`define A `A\n"]
 _NON_UTF8 = [b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\x80", b"\xf8\x88\x80\x80\x80", b"\xe2\x82"]
 _NUM_RE = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -282,8 +297,16 @@ mgm:
   mask_ratio: 0.3
 """
 
-_SETS = [b"optim.lr=3e-4", b"model.encoder.hidden=64", b"model.encoder.kind=gat", b"data.max_nodes=1024",
-         b"mgm.mask_ratio=0.25", b"optim.weight_decay=0.01", b"model.verilog_layers=3", b"data.batch_size=8"]
+_SETS = [
+    b"optim.lr=3e-4",
+    b"model.encoder.hidden=64",
+    b"model.encoder.kind=gat",
+    b"data.max_nodes=1024",
+    b"mgm.mask_ratio=0.25",
+    b"optim.weight_decay=0.01",
+    b"model.verilog_layers=3",
+    b"data.batch_size=8",
+]
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -317,8 +340,8 @@ def make_targets(workdir: Path) -> list[Target]:
     from circuitml.datasets.openabc import read_openabc_stats, read_recipes_csv, read_reference_scripts
     from circuitml.datasets.qor import generate_recipes, recipe_text
     from circuitml.datasets.squad import read_squad
-    from circuitml.encoders.builder import build_encoder
     from circuitml.encoders.base import load_encoder
+    from circuitml.encoders.builder import build_encoder
     from circuitml.formats import aiger_bytes, bench_text, parse_aiger, read_bench
     from circuitml.liberty import read_liberty
     from circuitml.pretrain.checkpoint import (
@@ -345,10 +368,24 @@ def make_targets(workdir: Path) -> list[Target]:
         targets.append(Target(name, seeds, run, filename, weight))
 
     # --- circuits
-    targets.append(Target("aiger-binary", [aiger_bytes(aig, binary=True)],
-                          lambda d: parse_aiger(d, file="f.aig"), "f.aig", 3.0))
-    targets.append(Target("aiger-ascii", [aiger_bytes(aig, binary=False)],
-                          lambda d: parse_aiger(d, file="f.aag"), "f.aag", 3.0))
+    targets.append(
+        Target(
+            "aiger-binary",
+            [aiger_bytes(aig, binary=True)],
+            lambda d: parse_aiger(d, file="f.aig"),
+            "f.aig",
+            3.0,
+        )
+    )
+    targets.append(
+        Target(
+            "aiger-ascii",
+            [aiger_bytes(aig, binary=False)],
+            lambda d: parse_aiger(d, file="f.aag"),
+            "f.aag",
+            3.0,
+        )
+    )
     file_target("bench", "f.bench", [bench_text(aig).encode()], read_bench, 3.0)
 
     def read_verilog_file(path: Path) -> Any:
@@ -373,10 +410,25 @@ def make_targets(workdir: Path) -> list[Target]:
     (ds_root / "verilog").mkdir(parents=True, exist_ok=True)
     manifest = empty_manifest()
     for k in range(2):
-        rec = {"id": f"c{k}", "family": "fuzz", "source": f"c{k}.v", "sources": [f"c{k}.v"], "sha256": "ab" * 32,
-               "format": "verilog", "top": "top", "verilog": f"verilog/c{k}.v", "num_pis": aig.num_pis,
-               "num_pos": aig.num_pos, "num_inputs": 5, "num_outputs": 3, "num_latches": aig.num_latches,
-               "num_ands": aig.num_ands, "depth": 5, "num_tokens": 3, "token_vocab": None}
+        rec = {
+            "id": f"c{k}",
+            "family": "fuzz",
+            "source": f"c{k}.v",
+            "sources": [f"c{k}.v"],
+            "sha256": "ab" * 32,
+            "format": "verilog",
+            "top": "top",
+            "verilog": f"verilog/c{k}.v",
+            "num_pis": aig.num_pis,
+            "num_pos": aig.num_pos,
+            "num_inputs": 5,
+            "num_outputs": 3,
+            "num_latches": aig.num_latches,
+            "num_ands": aig.num_ands,
+            "depth": 5,
+            "num_tokens": 3,
+            "token_vocab": None,
+        }
         (ds_root / "circuits" / f"c{k}.safetensors").write_bytes(circuit_bytes(aig, rec))
         (ds_root / "verilog" / f"c{k}.v").write_bytes(_VERILOG)
         manifest["records"].append(rec)
@@ -400,8 +452,13 @@ def make_targets(workdir: Path) -> list[Target]:
     tokens = np.arange(7, dtype=np.int32)
     from circuitml.datasets.format import load_circuit
 
-    file_target("dataset-circuit", "c.safetensors", [circuit_bytes(aig, rec0), circuit_bytes(aig, rec0, tokens)],
-                load_circuit, 1.0)
+    file_target(
+        "dataset-circuit",
+        "c.safetensors",
+        [circuit_bytes(aig, rec0), circuit_bytes(aig, rec0, tokens)],
+        load_circuit,
+        1.0,
+    )
 
     # --- encoder directory (config.json mutated, weights kept)
     torch.manual_seed(0)
@@ -458,20 +515,57 @@ def make_targets(workdir: Path) -> list[Target]:
         return read_reference_scripts(zip_path)
 
     targets.append(Target("openabc-zip-members", [structured], run_members, "scripts.zip", 1.0))
-    file_target("openabc-stats", "processed_toy.csv",
-                [b"desName,NOT,AND,PI,PO,LP\n1,0,5,90,3,4,12\n0,0,6,100,3,4,14\n2,0,4,95,3,4,13\n",
-                 b"sid,area,delay\n0,10.5,3.0\n1,9.0,2.5\n2,9.5,2.0\n"], read_openabc_stats, 1.0)
+    file_target(
+        "openabc-stats",
+        "processed_toy.csv",
+        [
+            b"desName,NOT,AND,PI,PO,LP\n1,0,5,90,3,4,12\n0,0,6,100,3,4,14\n2,0,4,95,3,4,13\n",
+            b"sid,area,delay\n0,10.5,3.0\n1,9.0,2.5\n2,9.5,2.0\n",
+        ],
+        read_openabc_stats,
+        1.0,
+    )
 
     # --- SQuAD
-    squad = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": "Paris is in France.", "qas": [
-        {"id": "q0", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}],
-         "is_impossible": False},
-        {"id": "q1", "question": "Capital of Mars?", "answers": [], "is_impossible": True}]}]}]}
-    file_target("squad-json", "squad.json", [json.dumps(squad).encode(), json.dumps(squad, indent=1).encode()],
-                lambda p: read_squad(p), 1.0)
+    squad = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": "Paris is in France.",
+                        "qas": [
+                            {
+                                "id": "q0",
+                                "question": "Where is Paris?",
+                                "answers": [{"text": "France", "answer_start": 12}],
+                                "is_impossible": False,
+                            },
+                            {
+                                "id": "q1",
+                                "question": "Capital of Mars?",
+                                "answers": [],
+                                "is_impossible": True,
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    file_target(
+        "squad-json",
+        "squad.json",
+        [json.dumps(squad).encode(), json.dumps(squad, indent=1).encode()],
+        lambda p: read_squad(p),
+        1.0,
+    )
 
     # --- configs and --set
-    toml_seeds = [p.read_bytes() for p in sorted(Path(__file__).resolve().parent.parent.glob("configs/*.toml"))]
+    toml_seeds = [
+        p.read_bytes() for p in sorted(Path(__file__).resolve().parent.parent.glob("configs/*.toml"))
+    ]
     toml_seeds.append(b'[model.encoder]\nkind = "gcn"\nhidden = 16\n[optim]\nlr = 3e-4\n')
     file_target("config-toml", "c.toml", toml_seeds, lambda p: load_config(p), 1.0)
     file_target("config-yaml", "c.yaml", [_YAML], lambda p: load_config(p), 0.7)
