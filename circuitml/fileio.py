@@ -151,6 +151,8 @@ def load_json(
         text = raw.decode("utf-8", "surrogatepass") if isinstance(data, str) else raw.decode("utf-8")
         return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
     except json.JSONDecodeError as exc:
+        if exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated"):
+            raise error(f"{where}:{exc.lineno}: expected JSON, complete (the text ends early: truncated?)") from None
         raise error(f"{where}:{exc.lineno}: expected JSON ({exc.msg} at column {exc.colno})") from None
     except _Bound as exc:
         raise error(f"{where}: expected {exc}") from None

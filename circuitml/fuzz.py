@@ -482,7 +482,7 @@ def make_targets(workdir: Path) -> list[Target]:
 
     opt_tensors, opt_meta = optimizer_state_to_tensors(opt)
     rng_tensors, rng_meta = capture_rng_state()
-    state = {"config": config_to_dict(load_config()), "rng": rng_meta, "optimizer": opt_meta, "micro": 3}
+    state = {"step": 1, "config": config_to_dict(load_config()), "rng": rng_meta, "optimizer": opt_meta}
     ck_json = save_checkpoint(ck_dir, 1, {**opt_tensors, **rng_tensors}, state)
     ck_seed = ck_json.read_bytes()
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from circuitml.aig import AIG
 from circuitml.errors import ConfigError, DatasetError, SynthesisError
-from circuitml.fileio import atomic_write, check_format
+from circuitml.fileio import atomic_write, check_format, load_json, read_json
 from circuitml.liberty import Library
 from circuitml.sta import MappedNetlist
 
@@ -301,18 +301,21 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    lines = path.read_text().split("\n")
+    lines = path.read_bytes().split(b"\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+            row = load_json(line, f"{path}:{i + 1}", error=DatasetError)
+        except DatasetError:
             if i >= len(lines) - 2 and not any(x.strip() for x in lines[i + 1 :]):
                 break
             raise DatasetError(
                 f"{path}:{i + 1}: expected one JSON object per line, got {line[:40]!r}"
-            ) from exc
+            ) from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{i + 1}: expected one JSON object per line")
+        rows.append(row)
     return rows
 
 
@@ -590,10 +593,7 @@ def _rewrite_clean_jsonl(path: Path) -> None:
 
 
 def _load_meta(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}:{exc.lineno}: expected JSON ({exc.msg})") from exc
+    meta = read_json(path, error=DatasetError, what="QoR label metadata")
     check_format(meta, path, name=LABEL_FORMAT, version=LABEL_VERSION, error=DatasetError)
     for key in ("recipes", "designs"):
         if not isinstance(meta.get(key), list):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from circuitml.datasets.qor import DEFAULT_MAP_SCRIPT
 from circuitml.errors import ConfigError
+from circuitml.fileio import load_json
 
 TASKS = ("qor", "equivalence", "probability")
 console = Console(stderr=True)
@@ -136,10 +136,7 @@ def evaluate(
         raise ConfigError(f"--seeds: expected at least 3 with --compare scratch, got {seeds}")
     if compare and encoder == "scratch":
         raise ConfigError("--compare scratch: expected a pretrained --encoder DIR to compare against")
-    try:
-        cfg_dict = json.loads(encoder_config) if encoder_config else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--encoder-config: expected JSON, {exc.msg} at column {exc.colno}") from None
+    cfg_dict = load_json(encoder_config, "--encoder-config", error=ConfigError) if encoder_config else None
 
     if encoder == "scratch":
         variants = [("scratch", "scratch", "scratch")]

@@ -21,7 +21,7 @@ from torch_geometric.nn import AttentionalAggregation, global_add_pool, global_m
 
 from circuitml.encoders.config import EncoderConfig
 from circuitml.errors import CheckpointError, CircuitmlError, ConfigError
-from circuitml.fileio import check_format
+from circuitml.fileio import check_format, read_json
 
 FORMAT_NAME = "circuitml-encoder"
 FORMAT_VERSION = 1
@@ -250,12 +250,7 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
             raise CheckpointError(
                 f"{path}: missing (an encoder directory holds {CONFIG_FILE} and {WEIGHTS_FILE})"
             )
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{cfg_path} (byte {exc.start}): expected UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path}:{exc.lineno}:{exc.colno}: expected JSON ({exc.msg})") from None
+    meta = read_json(cfg_path, error=CheckpointError, what="encoder config")
     check_format(
         meta,
         cfg_path,
