@@ -25,6 +25,8 @@ __all__ = ["parse_aiger", "read_aiger", "aiger_bytes", "write_aiger"]
 
 # AIGER literals are 2*M+1 and the reference tools keep them in unsigned 32-bit integers.
 MAX_VARIABLES = (1 << 31) - 1
+MAX_LITERAL = 2 * MAX_VARIABLES + 1
+_MAX_DIGITS = len(str(MAX_LITERAL))  # longer digit strings are refused before int() sees them
 
 
 class _Text:
@@ -57,9 +59,12 @@ class _Text:
 def _ints(text: _Text, line: str, count: int | tuple[int, int], what: str) -> list[int]:
     parts = line.split(" ")
     lo, hi = (count, count) if isinstance(count, int) else count
-    if not lo <= len(parts) <= hi or not all(p.isdigit() for p in parts):
-        raise text.error(what, line)
-    return [int(p) for p in parts]
+    if not lo <= len(parts) <= hi or not all(p.isdigit() and len(p) <= _MAX_DIGITS for p in parts):
+        raise text.error(what if all(len(p) <= _MAX_DIGITS for p in parts) else f"{what} below 2^32", line)
+    nums = [int(p) for p in parts]
+    if max(nums) > MAX_LITERAL:
+        raise text.error(f"{what} with literals below 2^32", line)
+    return nums
 
 
 def _parse_header(text: _Text) -> tuple[bool, list[int]]:
@@ -69,6 +74,8 @@ def _parse_header(text: _Text) -> tuple[bool, list[int]]:
         raise text.error("AIGER header 'aag|aig M I L O A [B C J F]'", line)
     if not all(p.isdigit() for p in parts[1:]):
         raise text.error("non-negative integers in the header", line)
+    if not all(len(p) <= _MAX_DIGITS for p in parts[1:]):
+        raise text.error("header numbers below 2^32", line)
     nums = [int(p) for p in parts[1:]] + [0] * (10 - len(parts))
     return parts[0] == "aig", nums
 
@@ -177,7 +184,7 @@ def _ascii_and_section(text: _Text, a: int) -> np.ndarray:
     if len(lines) == a and all(len(row.split()) == 3 for row in lines):
         try:
             arr = np.array(chunk.split(), dtype=np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             arr = None
         if arr is not None and arr.size == 3 * a and (arr >= 0).all():
             text.pos = end
