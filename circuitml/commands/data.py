@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitml.errors import ConfigError
+from circuitml.yosys import MAX_MEMORY_HELP
 
 
 def _parse_list(text: str | None, what: str, cast=str) -> list | None:
@@ -82,9 +83,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", "-j", help="Parallel synthesis processes."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds allowed per Yosys run."),
         list_families: bool = typer.Option(False, "--list", help="List the circuit families and exit."),
+        max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     ) -> None:
         """Generate the built-in dataset: RTL Verilog of many circuit families, synthesized into AIGs."""
         from circuitml.datasets import FAMILIES, generate
+        from circuitml.yosys import apply_cli_limits
+
+        apply_cli_limits(max_memory=max_memory)
 
         if list_families:
             table = Table(title="circuit families")
@@ -124,9 +129,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None, "--family", help="Family name for every circuit (default: folders)."
         ),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds allowed per Yosys run."),
+        max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     ) -> None:
         """Build the processed dataset (safetensors per circuit + manifest.json) from circuit files; resumable."""
         from circuitml.datasets import build_dataset
+        from circuitml.yosys import apply_cli_limits
+
+        apply_cli_limits(max_memory=max_memory)
 
         try:
             report = build_dataset(sources, out, workers=workers, top=top, family=family, timeout=timeout)
@@ -172,9 +181,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         src: Path = typer.Argument(..., help="Input circuit (.aag/.aig/.bench/.v/.sv)."),
         dst: Path = typer.Argument(..., help="Output circuit (.aag/.aig/.bench)."),
         top: str = typer.Option(None, "--top", help="Top module for Verilog input."),
+        timeout: float = typer.Option(
+            None, "--timeout", help="Seconds before Yosys is killed (default 300)."
+        ),
+        max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     ) -> None:
         """Convert a circuit between formats (chosen by the file suffixes)."""
         from circuitml.formats import read_circuit, write_circuit
+        from circuitml.yosys import apply_cli_limits
+
+        apply_cli_limits(timeout=timeout, max_memory=max_memory)
 
         aig = read_circuit(src, top=top)
         write_circuit(aig, dst)

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from circuitml.yosys import MAX_MEMORY_HELP
+
 console = Console()
 
 
@@ -60,10 +62,14 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         top: str = typer.Option(None, help="Top module (detected when omitted)."),
         include: list[Path] = typer.Option([], "--include", "-I", help="Include folder (repeatable)."),
         timeout: float = typer.Option(300.0, help="Seconds before Yosys is killed."),
+        max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     ) -> None:
         """Synthesize Verilog into an AIG with Yosys (flip-flops become latches)."""
         from circuitml.formats import write_circuit
         from circuitml.verilog import verilog_to_aig
+        from circuitml.yosys import apply_cli_limits
+
+        apply_cli_limits(max_memory=max_memory)
 
         aig = verilog_to_aig(sources, top=top, include_dirs=include, timeout=timeout)
         write_circuit(aig, out)
