@@ -447,7 +447,8 @@ def make_targets(workdir: Path) -> list[Target]:
         (ds_root / "manifest.json").write_bytes(data)
         return read_dataset(ds_root)
 
-    targets.append(Target("dataset-manifest", [manifest_seed], run_manifest, "manifest.json", 1.0))
+    # an error may name the manifest or the dataset file it points at: either is inside the dataset folder
+    targets.append(Target("dataset-manifest", [manifest_seed], run_manifest, str(ds_root), 1.0))
     rec0 = manifest["records"][0]
     tokens = np.arange(7, dtype=np.int32)
     from circuitml.datasets.format import load_circuit
@@ -496,7 +497,7 @@ def make_targets(workdir: Path) -> list[Target]:
             restore_rng_state(tensors, record["state"]["rng"])
         return record
 
-    targets.append(Target("checkpoint", [ck_seed], run_checkpoint, ck_json.name, 0.5))
+    targets.append(Target("checkpoint", [ck_seed], run_checkpoint, str(ck_dir), 0.5))
 
     # --- OpenABC-D
     recipes = generate_recipes(4, seed=0)
@@ -660,23 +661,24 @@ def _memory_cap(extra_bytes: int):
 
 
 def run_one(target: Target, data: bytes, limit_s: float, memory_bytes: int = MEMORY_BOUND) -> Outcome:
-    """Feed one input to a reader under an alarm (``limit_s``) and an address-space cap, and classify it."""
+    """Feed one input to a reader under a CPU-time alarm (``limit_s``) and an address-space cap; classify it."""
     from circuitml.errors import CircuitmlError
 
+    # CPU time, not wall time: on a loaded machine a slow wall clock is not a hang
     use_alarm = limit_s > 0 and hasattr(signal, "setitimer")
     start = time.perf_counter()
     caught: BaseException | None = None
     with _memory_cap(memory_bytes):
         if use_alarm:
-            previous = signal.signal(signal.SIGALRM, _raise_hang)
-            signal.setitimer(signal.ITIMER_REAL, limit_s)
+            previous = signal.signal(signal.SIGPROF, _raise_hang)
+            signal.setitimer(signal.ITIMER_PROF, limit_s)
         try:
             try:
                 target.run(data)
             finally:
                 if use_alarm:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                    signal.signal(signal.SIGALRM, previous)
+                    signal.setitimer(signal.ITIMER_PROF, 0)
+                    signal.signal(signal.SIGPROF, previous)
         except BaseException as exc:  # noqa: BLE001 - classifying every escape is the point
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -685,7 +687,7 @@ def run_one(target: Target, data: bytes, limit_s: float, memory_bytes: int = MEM
     if caught is None:
         return Outcome("ok", seconds=seconds)
     if isinstance(caught, _Hang):
-        return Outcome("hang", f"over {limit_s:g} s", seconds)
+        return Outcome("hang", f"over {limit_s:g} s of CPU", seconds)
     if isinstance(caught, MemoryError):
         return Outcome("memory", _where(caught), seconds)
     if isinstance(caught, CircuitmlError):
