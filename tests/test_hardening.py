@@ -179,9 +179,8 @@ def test_a_symlink_out_of_the_dataset_is_not_followed(tmp_path) -> None:
 
 def test_a_checkpoint_may_not_point_at_tensors_elsewhere(tmp_path) -> None:
     from circuitml.errors import CheckpointError
-    from circuitml.pretrain.checkpoint import load_checkpoint
-
     from circuitml.pretrain import checkpoint
+    from circuitml.pretrain.checkpoint import load_checkpoint
 
     bad = {"format": checkpoint.CHECKPOINT_FORMAT, "version": checkpoint.CHECKPOINT_VERSION, "step": 1,
            "tensors": "../../secret.safetensors", "sha256": "0", "size": 1, "state": {}}  # fmt: skip
