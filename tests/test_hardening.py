@@ -218,3 +218,61 @@ def test_dataset_files_are_readable_by_others(tmp_path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "manifest.json").stat().st_mode & 0o044 == 0o044
+
+
+# ------------------------------------------------------------------------------------------- reader bounds
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("library (x) {" + "g(a) {" * 5000, "nested at most 64 deep"),
+        ('library (x) { wire_load ("w") { fanout_length (inf, 1); } }', "numbers in wire_load"),
+        (
+            'library (x) { wire_load ("w") { fanout_length (1000000000000, 1); } }',
+            "fanout counts in 0..100000",
+        ),
+    ],
+)
+def test_liberty_bounds_are_checked_before_recursing_or_allocating(tmp_path, text, message) -> None:
+    from circuitml.liberty import read_liberty
+
+    (tmp_path / "x.lib").write_text(text)
+    with pytest.raises(CircuitFormatError, match=message):
+        read_liberty(tmp_path / "x.lib")
+
+
+def test_liberty_from_a_device_is_refused() -> None:
+    from circuitml.liberty import read_liberty
+
+    with pytest.raises(CircuitFormatError, match="a regular Liberty file"):
+        read_liberty("/dev/urandom")
+
+
+def test_openabc_bounds(tmp_path) -> None:
+    import zipfile
+
+    from circuitml.datasets.openabc import read_recipes_csv, read_reference_scripts
+
+    (tmp_path / "r.csv").write_text("synth_id,recipe_abc\n1000000000000,rewrite\n")
+    with pytest.raises(DatasetError, match="synthesis id in 0..999999"):
+        read_recipes_csv(tmp_path / "r.csv")
+    with zipfile.ZipFile(tmp_path / "s.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("referenceScripts/abc0.script", b"\n" * (2 << 20))  # 2 MiB of newlines, 2 KiB zipped
+    with pytest.raises(DatasetError, match="at most 1048576 bytes"):
+        read_reference_scripts(tmp_path / "s.zip")
+    with zipfile.ZipFile(tmp_path / "t.zip", "w") as zf:
+        zf.writestr("referenceScripts/abc99999999999.script", b"write_bench a\nrewrite\nwrite_bench b\n")
+    with pytest.raises(DatasetError, match="synthesis id"):
+        read_reference_scripts(tmp_path / "t.zip")
+
+
+def test_json_bounds() -> None:
+    from circuitml.fileio import load_json
+
+    for data, message in [
+        (b"[" * 100_000, "nested at most"),
+        (b"9" * 5000, "integers of at most"),
+        (b'{"a": 1e400}', "a finite number"),
+        (b'{"a": "\xff"}', "UTF-8"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            load_json(data, "f.json", error=DatasetError)
