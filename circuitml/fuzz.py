@@ -471,7 +471,7 @@ def make_targets(workdir: Path) -> list[Target]:
         (enc_dir / "config.json").write_bytes(data)
         return load_encoder(enc_dir)
 
-    targets.append(Target("encoder-dir", [enc_seed], run_encoder, "config.json", 0.5))
+    targets.append(Target("encoder-dir", [enc_seed], run_encoder, str(enc_dir), 0.5))
 
     # --- checkpoint (JSON state mutated, tensors kept), read the way `pretrain --resume` reads it
     ck_dir = workdir / "run" / "checkpoints"

@@ -432,12 +432,11 @@ def read_liberty(path: str | os.PathLike) -> Library:
                 "a regular Liberty file",
                 got="a directory or device" if path.exists() else "no such file",
             )
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_LIBERTY_BYTES + 1)
+        if path.stat().st_size > MAX_LIBERTY_BYTES:
+            raise CircuitFormatError(path, f"a Liberty file of at most {MAX_LIBERTY_BYTES >> 20} MiB")
+        data = path.read_bytes()
     except OSError as exc:
         raise CircuitFormatError(path, "a readable Liberty file", got=exc.strerror) from None
-    if len(data) > MAX_LIBERTY_BYTES:
-        raise CircuitFormatError(path, f"a Liberty file of at most {MAX_LIBERTY_BYTES >> 20} MiB")
     text = data.decode("utf-8", errors="replace")
     file = str(path)
     lib = parse_liberty(text, file=file)

@@ -158,7 +158,7 @@ def _parse_symbols(text: _Text, counts: dict[str, int]) -> tuple[dict[str, dict[
             continue
         kind = line[0]
         head, sep, name = line[1:].partition(" ")
-        if kind not in counts or not sep or not head.isdigit() or not name:
+        if kind not in counts or not sep or not head.isdigit() or len(head) > _MAX_DIGITS or not name:
             raise text.error(
                 "symbol 'i<k> name', 'l<k> name', 'o<k> name', 'b<k> name', 'c<k> name' or 'c'", line
             )
