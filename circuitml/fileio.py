@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "check_format", "load_json", "read_json", "JSON_MAX_DEPTH", "JSON_MAX_INT_DIGITS"]
+__all__ = [
+    "atomic_write",
+    "check_format",
+    "load_json",
+    "read_bytes",
+    "read_json",
+    "JSON_MAX_DEPTH",
+    "JSON_MAX_INT_DIGITS",
+]
 
 # Bounds of every JSON file the project reads. Our own files nest < 10 deep and hold 64-bit integers (20
 # digits); Python's json recurses per level (RecursionError near 1,000) and int() refuses > 4,300 digits, so
@@ -152,7 +160,9 @@ def load_json(
         return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
     except json.JSONDecodeError as exc:
         if exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated"):
-            raise error(f"{where}:{exc.lineno}: expected JSON, complete (the text ends early: truncated?)") from None
+            raise error(
+                f"{where}:{exc.lineno}: expected JSON, complete (the text ends early: truncated?)"
+            ) from None
         raise error(f"{where}:{exc.lineno}: expected JSON ({exc.msg} at column {exc.colno})") from None
     except _Bound as exc:
         raise error(f"{where}: expected {exc}") from None
@@ -164,16 +174,20 @@ def read_json(
     path: str | os.PathLike, *, error: type[Exception], what: str = "JSON file", **bounds: int
 ) -> Any:
     """:func:`load_json` of a file; a missing or unreadable file is ``error`` too."""
+    return load_json(read_bytes(path, error=error, what=what), Path(path), error=error, **bounds)
+
+
+def read_bytes(path: str | os.PathLike, *, error: type[Exception], what: str = "file") -> bytes:
+    """A file's bytes; missing, a directory or unreadable is ``error`` naming the path (one line)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise error(f"{path}: expected a {what}, got a directory") from None
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    return load_json(data, path, error=error, **bounds)
 
 
 class _Bound(Exception):

@@ -368,24 +368,16 @@ def make_targets(workdir: Path) -> list[Target]:
         targets.append(Target(name, seeds, run, filename, weight))
 
     # --- circuits
-    targets.append(
-        Target(
-            "aiger-binary",
-            [aiger_bytes(aig, binary=True)],
-            lambda d: parse_aiger(d, file="f.aig"),
-            "f.aig",
-            3.0,
+    for name, binary, suffix in (("aiger-binary", True, "aig"), ("aiger-ascii", False, "aag")):
+        targets.append(
+            Target(
+                name,
+                [aiger_bytes(aig, binary=binary)],
+                _parse_as(parse_aiger, f"f.{suffix}"),
+                f"f.{suffix}",
+                3.0,
+            )
         )
-    )
-    targets.append(
-        Target(
-            "aiger-ascii",
-            [aiger_bytes(aig, binary=False)],
-            lambda d: parse_aiger(d, file="f.aag"),
-            "f.aag",
-            3.0,
-        )
-    )
     file_target("bench", "f.bench", [bench_text(aig).encode()], read_bench, 3.0)
 
     def read_verilog_file(path: Path) -> Any:
@@ -577,6 +569,10 @@ def make_targets(workdir: Path) -> list[Target]:
 
     targets.append(Target("config-set", _SETS, run_set, "--set", 1.0))
     return targets
+
+
+def _parse_as(parse: Callable[..., Any], file: str) -> Callable[[bytes], Any]:
+    return lambda data: parse(data, file=file)
 
 
 @contextmanager

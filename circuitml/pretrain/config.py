@@ -20,6 +20,7 @@ import tomllib
 import yaml
 
 from circuitml.errors import ConfigError
+from circuitml.fileio import read_bytes
 
 __all__ = [
     "DataConfig",
@@ -276,9 +277,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> PretrainC
     sections: dict[str, Any] = {}
     for name, body in raw.items():
         if name not in classes:
-            raise ConfigError(
-                f"{source}: unknown section {_show(name)}; expected one of {sorted(classes)}"
-            )
+            raise ConfigError(f"{source}: unknown section {_show(name)}; expected one of {sorted(classes)}")
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: [{name}]: expected a table of keys")
         cls = classes[name]
@@ -341,15 +340,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         source = str(path)
         try:
-            text = path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path}: expected a config file, got a directory") from None
+            text = read_bytes(path, error=ConfigError, what="config file").decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{path} (byte {exc.start}): expected UTF-8 text") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
         suffix = path.suffix.lower()
         try:
             if suffix == ".toml":
