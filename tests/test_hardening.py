@@ -276,3 +276,13 @@ def test_json_bounds() -> None:
     ]:
         with pytest.raises(DatasetError, match=message):
             load_json(data, "f.json", error=DatasetError)
+
+
+def test_a_pickled_language_model_is_refused_in_one_line(tmp_path) -> None:
+    from circuitml.errors import ConfigError
+    from circuitml.lm import load_lm
+
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    with pytest.raises(ConfigError, match="only safetensors weights are accepted, found pytorch_model.bin"):
+        load_lm(tmp_path)

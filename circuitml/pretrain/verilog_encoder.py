@@ -132,6 +132,9 @@ class HFVerilogFeatures:
     def _load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        from circuitml.lm import require_safetensors
+
+        require_safetensors(self.path, "model.verilog_encoder")
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
             model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
