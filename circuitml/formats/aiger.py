@@ -74,8 +74,8 @@ def _parse_header(text: _Text) -> tuple[bool, list[int]]:
         raise text.error("AIGER header 'aag|aig M I L O A [B C J F]'", line)
     if not all(p.isdigit() for p in parts[1:]):
         raise text.error("non-negative integers in the header", line)
-    if not all(len(p) <= _MAX_DIGITS for p in parts[1:]):
-        raise text.error("header numbers below 2^32", line)
+    if not all(len(p) <= 20 for p in parts[1:]):  # int() of longer strings is slow, then refused anyway
+        raise text.error("header numbers of at most 20 digits", line)
     nums = [int(p) for p in parts[1:]] + [0] * (10 - len(parts))
     return parts[0] == "aig", nums
 
