@@ -102,6 +102,7 @@ def _unquote(tok: str) -> str:
 MAX_GROUP_DEPTH = 64
 MAX_FANOUT = 100_000  # wire-load tables list fanout counts up to a few dozen; caps() allocates one slot each
 MAX_LIBERTY_BYTES = 1 << 30
+MAX_CELL_PINS = 1024
 
 
 def parse_liberty(text: str, *, file: str | os.PathLike = "<string>") -> Group:
@@ -485,6 +486,12 @@ def read_liberty(path: str | os.PathLike) -> Library:
         arcs: dict[str, list[Arc]] = {}
         for p in g.all("pin"):
             direction = p.value("direction", "")
+            related = sum(len((t.value("related_pin") or "").split()) for t in p.all("timing"))
+            if len(p.args) > MAX_CELL_PINS or related > MAX_CELL_PINS:
+                # a pin group may list several pins sharing its body (and is read once per pin)
+                raise CircuitFormatError(
+                    file, f"at most {MAX_CELL_PINS} pins per pin group of cell {name}", line=p.line
+                )
             for pin in p.args:
                 if direction == "input":
                     try:

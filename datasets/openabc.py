@@ -137,7 +137,7 @@ def read_reference_scripts(path: str | os.PathLike) -> np.ndarray:
                 if sid in rows:
                     raise DatasetError(f"{where}: expected one script per synthesis id, got {sid} twice")
                 rows[sid] = parse_recipe(";".join(lines[start:stop]), where=where)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: expected a zip archive of abcN.script files ({exc})") from None
     except (NotImplementedError, RuntimeError) as exc:  # unsupported compression method, encrypted member
         raise DatasetError(f"{path}: expected a plain zip archive ({exc})") from None
@@ -183,7 +183,7 @@ def read_openabc_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
         )
     if "sid" not in header or len(set(header)) != len(header):
         raise DatasetError(
-            f"{path}:1: expected distinct column names with a 'sid' column, got {', '.join(header)[:80]}"
+            f"{path}:1: expected distinct column names with a 'sid' column, got {', '.join(header)[:80]!r}"
         )
     cols: dict[str, list[float]] = {h: [] for h in header}
     for line, r in rows:
