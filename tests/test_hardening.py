@@ -230,6 +230,10 @@ def test_dataset_files_are_readable_by_others(tmp_path) -> None:
             'library (x) { wire_load ("w") { fanout_length (1000000000000, 1); } }',
             "fanout counts in 0..100000",
         ),
+        (
+            "library (x) { cell (c) { pin (" + "a " * 2000 + ") { direction : output; } } }",
+            "at most 1024 pins",
+        ),
     ],
 )
 def test_liberty_bounds_are_checked_before_recursing_or_allocating(tmp_path, text, message) -> None:
