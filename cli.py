@@ -6,11 +6,13 @@ this file only assembles them and maps library errors to a one-line message and 
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
+import traceback
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 
@@ -78,8 +80,45 @@ for _name in COMMAND_MODULES:
 err_console = Console(stderr=True)
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """``name`` (ClickException, Exit, Abort) from click and from the click that typer vendors (>= 0.23,
+    ``typer._click``): usage errors of either must be caught whatever the installed versions."""
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions", "typer"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_USAGE = _click_classes("ClickException")
+_EXIT = _click_classes("Exit")
+_ABORT = _click_classes("Abort")
+
+# OS errors that mean "you gave me the wrong path", not "circuitml is broken"
+_USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+_USER_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
+def _one_line(text: str) -> str:
+    # argv may carry undecodable bytes (surrogateescape); a message must print on any terminal
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return " ".join(text.split("\n")) if "\n" in text else text
+
+
+def _error(text: str) -> None:
+    err_console.print(f"[bold red]error:[/] {_one_line(text)}", highlight=False, soft_wrap=True, markup=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns (and exits with) the process exit code."""
+    """Entry point of the console script; returns (and exits with) the process exit code.
+
+    Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback), 130 interrupted, 1 an internal
+    error (a bug in circuitml: the only case that prints a traceback, and it says so).
+    """
     from circuitml.memory import tune_malloc
 
     tune_malloc()  # large-graph temporaries reuse heap memory instead of page-faulting fresh mmaps
@@ -87,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         # with standalone_mode=False, click returns the code of a `typer.Exit(n)` (and of Ctrl-C: 130)
         returned = app(args=argv, standalone_mode=False)
     except CircuitmlError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         code = 2
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         name = exc.filename or exc
@@ -96,16 +135,30 @@ def main(argv: list[str] | None = None) -> int:
             what = "is a directory, expected a file"
         elif isinstance(exc, NotADirectoryError):
             what = "a path component is a file, expected a directory"
-        err_console.print(f"[bold red]error:[/] {name}: {what}", highlight=False, soft_wrap=True)
+        _error(f"{name}: {what}")
         code = 2
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
+    except _EXIT as exc:
+        code = getattr(exc, "exit_code", 0)
+    except _USAGE as exc:
         exc.show()
-        code = exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        code = getattr(exc, "exit_code", 2) or 2
+    except (*_ABORT, KeyboardInterrupt):
         err_console.print("interrupted")
         code = 130
+    except OSError as exc:
+        if not (isinstance(exc, _USER_OS_ERRORS) or exc.errno in _USER_ERRNOS):
+            raise
+        what = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        _error(f"{exc.filename or ''}: {what.lower()}" if exc.filename else str(exc))
+        code = 2
+    except Exception:
+        err_console.print(
+            "[bold red]internal error[/] (a bug in circuitml, not in your input; please report it with "
+            "this trace):",
+            highlight=False,
+        )
+        traceback.print_exc()
+        code = 1
     else:
         code = returned if isinstance(returned, int) else 0
     if argv is None:

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "check_format"]
+import numpy as np
+
+__all__ = [
+    "atomic_write",
+    "check_format",
+    "load_json",
+    "read_bytes",
+    "read_json",
+    "JSON_MAX_DEPTH",
+    "JSON_MAX_INT_DIGITS",
+]
+
+# Bounds of every JSON file the project reads. Our own files nest < 10 deep and hold 64-bit integers (20
+# digits); Python's json recurses per level (RecursionError near 1,000) and int() refuses > 4,300 digits, so
+# without these a small hostile file ends in an undocumented exception or a long computation.
+JSON_MAX_DEPTH = 200
+JSON_MAX_INT_DIGITS = 40
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any thread writes files
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True) -> None:
@@ -15,13 +42,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
 
     The temp file is created beside ``path`` so the rename stays on one file system (atomic on POSIX); it is
     removed if anything fails, ``KeyboardInterrupt`` included. ``fsync`` flushes it to disk before the rename,
-    so a power cut leaves either the old or the new file.
+    so a power cut leaves either the old or the new file. The file gets the mode a plain ``open()`` would give
+    (0666 minus the umask, usually 0644): ``mkstemp`` creates it 0600, which would hide shared datasets and
+    encoders from colleagues.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             if fsync:
@@ -49,3 +79,116 @@ def check_format(
     if obj.get(version_key) != version:
         raise error(f"{where}: key {version_key!r}: expected {version}, got {obj.get(version_key)!r}")
     return obj
+
+
+_BRACKET = np.zeros(256, dtype=np.int8)
+_BRACKET[[ord("["), ord("{")]] = 1
+_BRACKET[[ord("]"), ord("}")]] = -1
+
+
+def _nesting_depth(data: bytes) -> tuple[int, int]:
+    """(deepest nesting, byte offset where it is reached) of JSON text, brackets inside strings ignored."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    quotes = np.flatnonzero(buf == ord('"'))
+    # a quote is escaped when an odd run of backslashes precedes it (loop over run length, not over bytes)
+    run = np.zeros(quotes.size, dtype=np.int64)
+    alive = quotes > 0
+    k = 1
+    while alive.any():
+        pos = quotes - k
+        alive &= pos >= 0
+        alive[alive] = buf[pos[alive]] == ord("\\")
+        run += alive
+        k += 1
+    quotes = quotes[run % 2 == 0]
+    brackets = np.flatnonzero(_BRACKET[buf])
+    outside = np.searchsorted(quotes, brackets) % 2 == 0
+    brackets = brackets[outside]
+    if brackets.size == 0:
+        return 0, 0
+    depth = np.cumsum(_BRACKET[buf[brackets]], dtype=np.int64)
+    at = int(np.argmax(depth))
+    return int(depth[at]), int(brackets[at])
+
+
+def load_json(
+    data: bytes | str,
+    where: object,
+    *,
+    error: type[Exception],
+    max_depth: int = JSON_MAX_DEPTH,
+    max_int_digits: int = JSON_MAX_INT_DIGITS,
+) -> Any:
+    """Parse JSON under the project's bounds; any problem is ``error`` naming ``where`` and the place.
+
+    The one JSON loader of circuitml (manifests, circuit headers, encoder configs, checkpoints, SQuAD, QoR
+    labels): it refuses non-UTF-8 bytes, nesting deeper than ``max_depth`` (checked before parsing),
+    integers longer than ``max_int_digits`` digits, and the non-standard ``NaN``/``Infinity`` as well as
+    floats that overflow to infinity (``1e400``).
+    """
+    if isinstance(data, str):
+        raw = data.encode("utf-8", "surrogatepass")
+    else:
+        raw = bytes(data)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(
+                f"{where} (byte {exc.start}): expected UTF-8 JSON text, got undecodable bytes"
+            ) from None
+    depth, at = _nesting_depth(raw)
+    if depth > max_depth:
+        line = raw[:at].count(b"\n") + 1
+        raise error(f"{where}:{line}: expected JSON nested at most {max_depth} deep, got {depth} levels")
+
+    def parse_int(text: str) -> int:
+        if len(text.lstrip("-")) > max_int_digits:
+            raise _Bound(f"integers of at most {max_int_digits} digits, got one of {len(text)}")
+        return int(text)
+
+    def parse_float(text: str) -> float:
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            raise _Bound(f"a finite number, got {text[:20]}")
+        return value
+
+    def parse_constant(text: str) -> float:
+        raise _Bound(f"standard JSON, got {text}")
+
+    try:
+        text = raw.decode("utf-8", "surrogatepass") if isinstance(data, str) else raw.decode("utf-8")
+        return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated"):
+            raise error(
+                f"{where}:{exc.lineno}: expected JSON, complete (the text ends early: truncated?)"
+            ) from None
+        raise error(f"{where}:{exc.lineno}: expected JSON ({exc.msg} at column {exc.colno})") from None
+    except _Bound as exc:
+        raise error(f"{where}: expected {exc}") from None
+    except RecursionError:  # a smaller recursion limit than the depth bound assumes
+        raise error(f"{where}: expected JSON nested less deeply") from None
+
+
+def read_json(
+    path: str | os.PathLike, *, error: type[Exception], what: str = "JSON file", **bounds: int
+) -> Any:
+    """:func:`load_json` of a file; a missing or unreadable file is ``error`` too."""
+    return load_json(read_bytes(path, error=error, what=what), Path(path), error=error, **bounds)
+
+
+def read_bytes(path: str | os.PathLike, *, error: type[Exception], what: str = "file") -> bytes:
+    """A file's bytes; missing, a directory or unreadable is ``error`` naming the path (one line)."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: expected a {what}, got a directory") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+class _Bound(Exception):
+    """A bound of :func:`load_json` crossed inside the parser (re-raised as the caller's error)."""

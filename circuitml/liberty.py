@@ -99,6 +99,12 @@ def _unquote(tok: str) -> str:
     return tok
 
 
+MAX_GROUP_DEPTH = 64
+MAX_FANOUT = 100_000  # wire-load tables list fanout counts up to a few dozen; caps() allocates one slot each
+MAX_LIBERTY_BYTES = 1 << 30
+MAX_CELL_PINS = 1024
+
+
 def parse_liberty(text: str, *, file: str | os.PathLike = "<string>") -> Group:
     """Parse Liberty text into its top ``library`` :class:`Group`; errors name ``file:line`` and what was expected."""
     file = str(file)
@@ -110,8 +116,10 @@ def parse_liberty(text: str, *, file: str | os.PathLike = "<string>") -> Group:
         line = toks[min(i, len(toks) - 1)][2] if toks else 1
         return CircuitFormatError(file, what, line=line, got=got[:40])
 
-    def parse_group_body(group: Group) -> None:
+    def parse_group_body(group: Group, depth: int = 0) -> None:
         nonlocal pos
+        if depth > MAX_GROUP_DEPTH:  # real libraries nest < 10 deep; the parser recurses per level
+            raise expect(f"groups nested at most {MAX_GROUP_DEPTH} deep", pos)
         while True:
             if pos >= len(toks):
                 raise expect(
@@ -167,7 +175,7 @@ def parse_liberty(text: str, *, file: str | os.PathLike = "<string>") -> Group:
                 if pos < len(toks) and toks[pos][1] == "{":
                     pos += 1
                     child = Group(name, args, line)
-                    parse_group_body(child)
+                    parse_group_body(child, depth + 1)
                     group.groups.append(child)
                 else:  # complex attribute, e.g. index_1 ("...") or capacitive_load_unit (1, pf)
                     group.attrs[name] = args
@@ -419,9 +427,18 @@ def read_liberty(path: str | os.PathLike) -> Library:
     """Read a Liberty file's combinational cells (see the module docstring for what is kept)."""
     path = Path(path)
     try:
-        text = path.read_text(errors="replace")
+        if not path.is_file():  # a device such as /dev/urandom would never end
+            raise CircuitFormatError(
+                path,
+                "a regular Liberty file",
+                got="a directory or device" if path.exists() else "no such file",
+            )
+        if path.stat().st_size > MAX_LIBERTY_BYTES:
+            raise CircuitFormatError(path, f"a Liberty file of at most {MAX_LIBERTY_BYTES >> 20} MiB")
+        data = path.read_bytes()
     except OSError as exc:
-        raise CircuitFormatError(path, "a readable Liberty file", got=exc.strerror) from exc
+        raise CircuitFormatError(path, "a readable Liberty file", got=exc.strerror) from None
+    text = data.decode("utf-8", errors="replace")
     file = str(path)
     lib = parse_liberty(text, file=file)
     tu = (lib.value("time_unit") or "1ns").replace(" ", "").lower()
@@ -469,6 +486,12 @@ def read_liberty(path: str | os.PathLike) -> Library:
         arcs: dict[str, list[Arc]] = {}
         for p in g.all("pin"):
             direction = p.value("direction", "")
+            related = sum(len((t.value("related_pin") or "").split()) for t in p.all("timing"))
+            if len(p.args) > MAX_CELL_PINS or related > MAX_CELL_PINS:
+                # a pin group may list several pins sharing its body (and is read once per pin)
+                raise CircuitFormatError(
+                    file, f"at most {MAX_CELL_PINS} pins per pin group of cell {name}", line=p.line
+                )
             for pin in p.args:
                 if direction == "input":
                     try:
@@ -518,10 +541,18 @@ def _read_wire_loads(lib: Group, library: Library, file: str) -> None:
             slope = float(g.value("slope", "0"))
             # one fanout_length (fanout, length[, ...]) per fanout count; extra statistics columns are ignored
             pairs = [(int(float(a[0])), float(a[1])) for a in g.repeated.get("fanout_length", [])]
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, OverflowError) as exc:
             raise CircuitFormatError(
                 file, f"numbers in wire_load ({g.args[0]})", line=g.line, got=str(exc)[:40]
             ) from exc
+        bad = [f for f, length in pairs if not 0 <= f <= MAX_FANOUT or not np.isfinite(length)]
+        if bad or not (np.isfinite(cap) and np.isfinite(slope)):
+            raise CircuitFormatError(
+                file,
+                f"fanout counts in 0..{MAX_FANOUT} and finite numbers in wire_load ({g.args[0]})",
+                line=g.line,
+                got=str(bad[0]) if bad else f"capacitance {cap}, slope {slope}",
+            )
         library.wire_loads[g.args[0]] = WireLoad(g.args[0], cap, sorted(pairs), slope)
     for g in lib.all("wire_load_selection"):
         if not g.args:
@@ -628,6 +659,8 @@ def liberty_function(text: str, env: dict[str, np.ndarray], *, where: str = "<fu
             v = ~v
         return v
 
+    if sum(1 for t in toks if t[1] in "(!") > 200:  # the parser recurses per nesting level
+        raise ValueError(f"{where}: expected a function nested at most 200 deep, got {text[:40]!r}")
     out = parse_or()
     if i != len(toks):
         raise ValueError(f"{where}: unexpected {toks[i][1]!r} in {text!r}")

@@ -159,6 +159,22 @@ def resolve_lm(name_or_path: str | Path) -> Path:
     return dest
 
 
+def require_safetensors(path: str | Path, where: str, error: type[Exception] = ConfigError) -> None:
+    """Refuse a model folder whose weights are only a pickle (``pytorch_model.bin``): one line, no unpickling.
+
+    transformers would load such weights through ``torch.load(weights_only=True)`` and end in an
+    UnpicklingError traceback for any real checkpoint; only safetensors is accepted, and this says so.
+    """
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickles:
+            raise error(
+                f"{where}: {folder}: only safetensors weights are accepted, found {', '.join(pickles[:3])} "
+                "(a pickle; convert it with transformers' save_pretrained(safe_serialization=True))"
+            )
+
+
 def load_lm(name_or_path: str | Path, *, device: str = "cpu"):
     """``(model, tokenizer)`` of a shipped or local model, loaded with ``local_files_only=True``, in eval mode."""
     try:
@@ -168,6 +184,7 @@ def load_lm(name_or_path: str | Path, *, device: str = "cpu"):
             "loading a language model needs transformers: pip install 'circuitml[lm]'"
         ) from None
     path = resolve_lm(name_or_path)
+    require_safetensors(path, f"language model {name_or_path}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModel.from_pretrained(str(path), local_files_only=True)

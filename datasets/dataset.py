@@ -12,7 +12,7 @@ import numpy as np
 from circuitml.aig import AIG
 from circuitml.errors import DatasetError
 
-from .format import CIRCUITS_DIR, load_circuit, read_manifest, token_vocab_id
+from .format import CIRCUITS_DIR, dataset_path, load_circuit, read_manifest, token_vocab_id
 
 __all__ = ["CircuitDataset"]
 
@@ -109,9 +109,13 @@ class CircuitDataset:
         rel = self._record(i).get("verilog")
         if rel is None:
             return None
-        file = self.root / rel
+        file = dataset_path(
+            self.root, rel, f"{self.root / 'manifest.json'}: record {self._record(i)['id']!r}: verilog"
+        )
         try:
             return file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{file} (byte {exc.start}): expected UTF-8 Verilog text") from None
         except OSError as exc:
             raise DatasetError(f"{file}: cannot read Verilog copy ({exc.strerror or exc})") from None
 

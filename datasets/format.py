@@ -29,7 +29,7 @@ from safetensors.numpy import save as st_save
 
 from circuitml.aig import AIG
 from circuitml.errors import DatasetError
-from circuitml.fileio import atomic_write
+from circuitml.fileio import atomic_write, load_json, read_json
 
 __all__ = [
     "FORMAT_NAME",
@@ -45,6 +45,7 @@ __all__ = [
     "empty_manifest",
     "read_manifest",
     "write_manifest",
+    "dataset_path",
 ]
 
 FORMAT_NAME = "circuitml-dataset"
@@ -108,12 +109,7 @@ def _read_header(data: bytes, file: Path) -> dict[str, Any]:
         raise DatasetError(
             f"{file}: truncated safetensors file (header claims {size} bytes, file has {len(data)})"
         )
-    try:
-        header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(
-            f"{file} (byte 8): expected a JSON safetensors header ({exc.__class__.__name__})"
-        ) from None
+    header = load_json(data[8 : 8 + size], f"{file} (byte 8, safetensors header)", error=DatasetError)
     if not isinstance(header, dict):
         raise DatasetError(f"{file} (byte 8): expected a JSON object as safetensors header")
     return header
@@ -131,10 +127,11 @@ def load_circuit(path: str | os.PathLike) -> tuple[AIG, dict[str, Any], np.ndarr
     except OSError as exc:
         raise DatasetError(f"{file}: cannot read circuit file ({exc.strerror or exc})") from None
     header = _read_header(data, file)
-    try:
-        meta = json.loads(header.get("__metadata__", {}).get("circuitml", "null"))
-    except (AttributeError, json.JSONDecodeError):
-        meta = None
+    text = header.get("__metadata__", {})
+    text = text.get("circuitml", "null") if isinstance(text, dict) else None
+    if not isinstance(text, str):
+        raise DatasetError(f"{file}: expected a string '__metadata__.circuitml' in the header")
+    meta = load_json(text, f"{file} (header '__metadata__.circuitml')", error=DatasetError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DatasetError(
             f"{file}: expected '__metadata__.circuitml' of format {FORMAT_NAME!r} in the header"
@@ -148,6 +145,20 @@ def load_circuit(path: str | os.PathLike) -> tuple[AIG, dict[str, Any], np.ndarr
     for key in ("ands", "pos", "latch_init"):
         if key not in tensors:
             raise DatasetError(f"{file}: expected tensor {key!r}")
+    for key in ("num_pis", "num_latches"):
+        if not _is_count(meta.get(key)):
+            raise DatasetError(
+                f"{file}: header key {key!r}: expected a non-negative integer, got {meta.get(key)!r}"
+            )
+    for key in ("pi_names", "po_names"):
+        names = meta.get(key)
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise DatasetError(f"{file}: header key {key!r}: expected a list of strings or null")
+    comments = meta.get("comments") or []
+    if not (isinstance(comments, list) and all(isinstance(c, str) for c in comments)):
+        raise DatasetError(f"{file}: header key 'comments': expected a list of strings")
+    if not isinstance(meta.get("record") or {}, dict):
+        raise DatasetError(f"{file}: header key 'record': expected an object")
     try:
         aig = AIG(
             num_pis=int(meta["num_pis"]),
@@ -158,7 +169,7 @@ def load_circuit(path: str | os.PathLike) -> tuple[AIG, dict[str, Any], np.ndarr
             pi_names=meta.get("pi_names"),
             po_names=meta.get("po_names"),
             name=str(meta.get("name", "")),
-            comments=list(meta.get("comments") or []),
+            comments=list(comments),
         )
         aig.validate()
     except (KeyError, TypeError, ValueError) as exc:
@@ -180,18 +191,9 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
             (the message names the file and the JSON path).
     """
     file = Path(root) / MANIFEST
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(
-            f"{file}: no dataset manifest here (build one with 'circuitml data build')"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{file}: cannot read manifest ({exc})") from None
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{file}:{exc.lineno}: expected JSON, {exc.msg}") from None
+    if not file.exists():
+        raise DatasetError(f"{file}: no dataset manifest here (build one with 'circuitml data build')")
+    manifest = read_json(file, error=DatasetError, what="dataset manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise DatasetError(f'{file}: expected "format": {FORMAT_NAME!r}')
     if manifest.get("version") != FORMAT_VERSION:
@@ -206,13 +208,86 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         for key in RECORD_KEYS:
             if key not in rec:
                 raise DatasetError(f"{file}: expected key {key!r} at records[{i}]")
-        if not isinstance(rec["id"], str) or "/" in rec["id"] or rec["id"] in seen:
+        if not _safe_id(rec["id"]) or rec["id"] in seen:
             raise DatasetError(
-                f"{file}: expected a unique file-safe string at records[{i}].id, got {rec['id']!r}"
+                f"{file}: expected a unique file-safe string at records[{i}].id, got {_short(rec['id'])}"
             )
         seen.add(rec["id"])
-    manifest.setdefault("failures", [])
+        _check_record(rec, f"{file}: records[{i}]")
+    failures = manifest.setdefault("failures", [])
+    if not isinstance(failures, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("source"), str) for f in failures
+    ):
+        raise DatasetError(f'{file}: expected a list of {{"source", "reason"}} objects at "failures"')
     return manifest
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _safe_id(value: Any) -> bool:
+    # an id names files under circuits/ and verilog/: no separators, no "..", nothing hidden, bounded
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 200
+        and not any(c in value for c in "/\\\0")
+        and value not in (".", "..")
+        and not value.startswith(".")
+    )
+
+
+def dataset_path(root: str | os.PathLike, rel: Any, where: str) -> Path:
+    """``root / rel`` for a path a manifest names, refused unless it stays inside the dataset root.
+
+    Manifests travel with shared datasets; a ``"verilog": "../../etc/passwd"`` (or an absolute path, or a
+    symlink inside the dataset pointing out of it) would otherwise make readers and ``data export`` hand over
+    a file the user never shared.
+    """
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise DatasetError(f"{where}: expected a relative path inside the dataset, got {_short(rel)}")
+    pure = Path(rel)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise DatasetError(f"{where}: expected a path inside the dataset root, got {_short(rel)}")
+    base = Path(root).resolve()
+    target = (base / pure).resolve()
+    if not target.is_relative_to(base):
+        raise DatasetError(
+            f"{where}: expected a path inside the dataset root, got {_short(rel)} (a link out)"
+        )
+    return base / pure
+
+
+def _check_record(rec: dict[str, Any], where: str) -> None:
+    for key in ("family", "source", "sha256"):
+        if not isinstance(rec[key], str):
+            raise DatasetError(f"{where}.{key}: expected a string, got {_short(rec[key])}")
+    for key in ("num_pis", "num_pos", "num_ands", "depth", "num_inputs", "num_outputs", "num_latches"):
+        if key in rec and not _is_count(rec[key]):
+            raise DatasetError(f"{where}.{key}: expected a non-negative integer, got {_short(rec[key])}")
+    if rec.get("num_tokens") is not None and not _is_count(rec["num_tokens"]):
+        raise DatasetError(f"{where}.num_tokens: expected a non-negative integer or null")
+    for key in ("format", "top", "token_vocab"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise DatasetError(f"{where}.{key}: expected a string or null, got {_short(rec[key])}")
+    sources = rec.get("sources")
+    if sources is not None and not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
+        raise DatasetError(f"{where}.sources: expected a list of strings")
+    if rec["verilog"] is not None:
+        if not isinstance(rec["verilog"], str):
+            raise DatasetError(
+                f"{where}.verilog: expected a path string or null, got {_short(rec['verilog'])}"
+            )
+        pure = Path(rec["verilog"])
+        if pure.is_absolute() or ".." in pure.parts or not rec["verilog"] or "\0" in rec["verilog"]:
+            raise DatasetError(
+                f"{where}.verilog: expected a path inside the dataset root, got {_short(rec['verilog'])}"
+            )
 
 
 def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> None:

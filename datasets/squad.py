@@ -13,13 +13,13 @@ of the offending value (``data[0].paragraphs[3].qas[7].answers[0].answer_start``
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from circuitml.errors import DatasetError
+from circuitml.fileio import read_json
 
 __all__ = ["SquadExample", "SquadAnswer", "read_squad", "parse_squad", "squad_version"]
 
@@ -134,10 +134,5 @@ def read_squad(path: str | os.PathLike, check_offsets: bool = True) -> tuple[lis
         DatasetError: invalid JSON (with line and column) or a structural problem (with the JSON path).
     """
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}:{exc.lineno}:{exc.colno}: expected valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: byte {exc.start}: expected UTF-8 text") from None
+    obj = read_json(path, error=DatasetError, what="SQuAD JSON file")
     return parse_squad(obj, file=str(path), check_offsets=check_offsets), squad_version(obj)

@@ -267,7 +267,7 @@ def test_damaged_checkpoint_raises_checkpoint_error(tmp_path, damage):
         needle = "truncated"
     elif damage == "json_truncate":
         path.write_text(path.read_text()[:50])
-        needle = "expected complete JSON"
+        needle = "expected JSON, complete"
     elif damage == "json_garbage":
         path.write_text(json.dumps({"format": "something-else"}))
         needle = "key 'format'"

@@ -112,7 +112,7 @@ def test_reader_errors_name_the_json_path(obj, path) -> None:
 def test_reader_invalid_json_names_line(tmp_path: Path) -> None:
     p = tmp_path / "broken.json"
     p.write_text('{"data": [\n  {"title": "x",\n  "paragraphs": [}\n]}')
-    with pytest.raises(DatasetError, match=r"broken.json:3:\d+: expected valid JSON"):
+    with pytest.raises(DatasetError, match=r"broken.json:3: expected JSON"):
         read_squad(p)
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from circuitml.commands.verilog import LATCH_ERROR_HELP, VERBOSE_HELP, yosys_feedback
 from circuitml.errors import ConfigError
+from circuitml.yosys import MAX_MEMORY_HELP
 
 
 def _parse_list(text: str | None, what: str, cast=str) -> list | None:
@@ -92,9 +93,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", "-j", help="Parallel synthesis processes."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds allowed per Yosys run."),
         list_families: bool = typer.Option(False, "--list", help="List the circuit families and exit."),
+        max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     ) -> None:
         """Generate the built-in dataset: RTL Verilog of many circuit families, synthesized into AIGs."""
         from circuitml.datasets import FAMILIES, generate
+        from circuitml.yosys import apply_cli_limits
+
+        apply_cli_limits(max_memory=max_memory)
 
         if list_families:
             table = Table(title="circuit families")
@@ -142,6 +147,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         ),
         strict: bool = typer.Option(False, "--strict", help="Stop at the first source that fails."),
         latch_error: bool = typer.Option(False, "--latch-error", help=LATCH_ERROR_HELP),
+        max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     ) -> None:
         """Build the processed dataset (safetensors per circuit + manifest.json) from circuit files; resumable.
 
@@ -151,6 +157,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
 
         from circuitml.datasets import build_dataset
         from circuitml.errors import DatasetError
+        from circuitml.yosys import apply_cli_limits
+
+        apply_cli_limits(max_memory=max_memory)
 
         existed = out.exists()
         try:
@@ -214,9 +223,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         top: str = typer.Option(None, "--top", help="Top module for Verilog input."),
         latch_error: bool = typer.Option(False, "--latch-error", help=LATCH_ERROR_HELP),
         verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+        timeout: float = typer.Option(
+            None, "--timeout", help="Seconds before Yosys is killed (default 300)."
+        ),
+        max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     ) -> None:
         """Convert a circuit between formats (chosen by the file suffixes)."""
         from circuitml.formats import read_circuit, write_circuit
+        from circuitml.yosys import apply_cli_limits
+
+        apply_cli_limits(timeout=timeout, max_memory=max_memory)
 
         is_verilog = src.suffix.lower() in (".v", ".sv")
         if latch_error and not is_verilog:

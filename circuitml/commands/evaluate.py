@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from circuitml.datasets.qor import DEFAULT_MAP_SCRIPT
 from circuitml.errors import ConfigError
+from circuitml.fileio import load_json
+from circuitml.yosys import MAX_MEMORY_HELP
 
 TASKS = ("qor", "equivalence", "probability")
 console = Console(stderr=True)
@@ -52,11 +53,14 @@ def data_qor(
     map_script: str = typer.Option(
         DEFAULT_MAP_SCRIPT, "--map-script", help="ABC commands that map each result to the --liberty cells."
     ),
+    max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ) -> None:
     """Run ABC synthesis recipes on designs and record AND count and depth after each (OpenABC-D labels);
     with --liberty also the area and delay of the mapped netlist."""
     from circuitml.datasets.qor import generate_qor_labels
+    from circuitml.yosys import apply_cli_limits
 
+    apply_cli_limits(max_memory=max_memory)
     table = None
     if recipes_csv is not None:
         from circuitml.datasets.openabc import read_recipes_csv, read_reference_scripts
@@ -136,10 +140,7 @@ def evaluate(
         raise ConfigError(f"--seeds: expected at least 3 with --compare scratch, got {seeds}")
     if compare and encoder == "scratch":
         raise ConfigError("--compare scratch: expected a pretrained --encoder DIR to compare against")
-    try:
-        cfg_dict = json.loads(encoder_config) if encoder_config else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--encoder-config: expected JSON, {exc.msg} at column {exc.colno}") from None
+    cfg_dict = load_json(encoder_config, "--encoder-config", error=ConfigError) if encoder_config else None
 
     if encoder == "scratch":
         variants = [("scratch", "scratch", "scratch")]

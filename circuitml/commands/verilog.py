@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from circuitml.yosys import MAX_MEMORY_HELP
+
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -93,10 +95,14 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         timeout: float = typer.Option(300.0, help="Seconds before Yosys is killed."),
         latch_error: bool = typer.Option(False, "--latch-error", help=LATCH_ERROR_HELP),
         verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
+        max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     ) -> None:
         """Synthesize Verilog into an AIG with Yosys (flip-flops become latches)."""
         from circuitml.formats import write_circuit
         from circuitml.verilog import verilog_to_aig
+        from circuitml.yosys import apply_cli_limits
+
+        apply_cli_limits(max_memory=max_memory)
 
         with yosys_feedback(verbose):
             aig = verilog_to_aig(

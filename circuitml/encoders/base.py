@@ -21,7 +21,7 @@ from torch_geometric.nn import AttentionalAggregation, global_add_pool, global_m
 
 from circuitml.encoders.config import EncoderConfig
 from circuitml.errors import CheckpointError, CircuitmlError, ConfigError
-from circuitml.fileio import check_format
+from circuitml.fileio import check_format, read_json
 
 FORMAT_NAME = "circuitml-encoder"
 FORMAT_VERSION = 1
@@ -252,12 +252,7 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
             raise CheckpointError(
                 f"{path}: missing (an encoder directory holds {CONFIG_FILE} and {WEIGHTS_FILE})"
             )
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{cfg_path} (byte {exc.start}): expected UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path}:{exc.lineno}:{exc.colno}: expected JSON ({exc.msg})") from None
+    meta = read_json(cfg_path, error=CheckpointError, what="encoder config")
     check_format(
         meta,
         cfg_path,
@@ -270,9 +265,11 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
         raise CheckpointError(f"{cfg_path}: key 'config': missing")
     try:
         config = EncoderConfig.from_dict(meta["config"], where=f"{cfg_path}: key 'config'")
+        _check_size(config, cfg_path, weights_path)
         encoder = build_encoder(config)
     except CircuitmlError as exc:
-        raise CheckpointError(str(exc)) from None
+        text = str(exc)
+        raise CheckpointError(text if str(cfg_path) in text else f"{cfg_path}: {text}") from None
     try:
         state = load_file(str(weights_path), device=str(map_location))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -301,6 +298,36 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
     encoder.load_state_dict(state, strict=True)
     encoder.to(map_location)
     return encoder.eval()
+
+
+# A config is only read with its weights, so the weights file bounds the model it may describe; these caps
+# come first so that even the size probe below cannot loop for long (num_layers = 2e9).
+MAX_HIDDEN = 1 << 14
+MAX_LAYERS = 1024
+MAX_COUNT_OPTION = 4096  # heads, experts, top_k, MLP layers
+_COUNT_OPTIONS = ("heads", "num_experts", "top_k", "mlp_layers")
+
+
+def _check_size(config: EncoderConfig, cfg_path: Path, weights_path: Path) -> None:
+    """Refuse a config whose model would not fit its weights file, before any real allocation."""
+    limits = [("hidden", config.hidden, MAX_HIDDEN), ("num_layers", config.num_layers, MAX_LAYERS)]
+    limits += [
+        (f"options.{k}", config.options[k], MAX_COUNT_OPTION) for k in _COUNT_OPTIONS if k in config.options
+    ]
+    limits.append(("in_types", config.in_types, 1 << 20))
+    for key, value, cap in limits:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cap:
+            raise CheckpointError(f"{cfg_path}: key 'config.{key}': expected at most {cap}, got {value!r}")
+    from circuitml.encoders.builder import build_encoder
+
+    with torch.device("meta"):  # shapes only: no memory is allocated
+        probe = build_encoder(config)
+    need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    have = weights_path.stat().st_size
+    if need > 2 * have + (64 << 20):  # slack: small mismatches get the per-tensor message below
+        raise CheckpointError(
+            f"{cfg_path}: key 'config': describes {need} bytes of weights, but {weights_path.name} holds {have}"
+        )
 
 
 def _names(keys: Sequence[str], limit: int = 3) -> str:

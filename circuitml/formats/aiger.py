@@ -27,6 +27,8 @@ __all__ = ["parse_aiger", "read_aiger", "aiger_bytes", "write_aiger"]
 
 # AIGER literals are 2*M+1 and the reference tools keep them in unsigned 32-bit integers.
 MAX_VARIABLES = (1 << 31) - 1
+MAX_LITERAL = 2 * MAX_VARIABLES + 1
+_MAX_DIGITS = len(str(MAX_LITERAL))  # longer digit strings are refused before int() sees them
 
 
 class _Text:
@@ -59,9 +61,12 @@ class _Text:
 def _ints(text: _Text, line: str, count: int | tuple[int, int], what: str) -> list[int]:
     parts = line.split(" ")
     lo, hi = (count, count) if isinstance(count, int) else count
-    if not lo <= len(parts) <= hi or not all(p.isdigit() for p in parts):
-        raise text.error(what, line)
-    return [int(p) for p in parts]
+    if not lo <= len(parts) <= hi or not all(p.isdigit() and len(p) <= _MAX_DIGITS for p in parts):
+        raise text.error(what if all(len(p) <= _MAX_DIGITS for p in parts) else f"{what} below 2^32", line)
+    nums = [int(p) for p in parts]
+    if max(nums) > MAX_LITERAL:
+        raise text.error(f"{what} with literals below 2^32", line)
+    return nums
 
 
 def _parse_header(text: _Text) -> tuple[bool, list[int]]:
@@ -71,6 +76,8 @@ def _parse_header(text: _Text) -> tuple[bool, list[int]]:
         raise text.error("AIGER header 'aag|aig M I L O A [B C J F]'", line)
     if not all(p.isdigit() for p in parts[1:]):
         raise text.error("non-negative integers in the header", line)
+    if not all(len(p) <= 20 for p in parts[1:]):  # int() of longer strings is slow, then refused anyway
+        raise text.error("header numbers of at most 20 digits", line)
     nums = [int(p) for p in parts[1:]] + [0] * (10 - len(parts))
     return parts[0] == "aig", nums
 
@@ -189,7 +196,7 @@ def _parse_symbols_by_line(
             continue
         kind = line[0]
         head, sep, name = line[1:].partition(" ")
-        if kind not in counts or not sep or not head.isdigit() or not name:
+        if kind not in counts or not sep or not head.isdigit() or len(head) > _MAX_DIGITS or not name:
             raise text.error(
                 "symbol 'i<k> name', 'l<k> name', 'o<k> name', 'b<k> name', 'c<k> name' or 'c'", line
             )
@@ -233,7 +240,7 @@ def _int_rows(text: _Text, count: int, width: int, what: str) -> np.ndarray:
             if per_line.size == count and (per_line == width).all():
                 try:
                     arr = np.array(raw.split(), dtype=np.int64)
-                except ValueError:
+                except (ValueError, OverflowError):
                     arr = None
         if arr is not None and arr.size == width * count and (arr >= 0).all():
             text.pos = end

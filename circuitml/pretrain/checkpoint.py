@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitml.errors import CheckpointError
-from circuitml.fileio import atomic_write, check_format
+from circuitml.fileio import atomic_write, check_format, read_json
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -104,8 +104,10 @@ def optimizer_state_from_tensors(
     for name, value in tensors.items():
         if not name.startswith("optim."):
             continue
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
+        parts = name.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise CheckpointError(f"{file}: tensor {name!r}: expected 'optim.<param id>.<key>'")
+        state.setdefault(int(parts[1]), {})[parts[2]] = value
     for pid, scal in meta.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(scal)
     groups = meta["param_groups"]
@@ -134,8 +136,51 @@ def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
+def _is_int(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value < hi
+
+
+def check_rng_meta(meta: Any, where: str) -> None:
+    """Refuse an RNG record that :func:`restore_rng_state` could not restore (names the key)."""
+    numpy_ok = (
+        isinstance(meta, dict)
+        and isinstance(meta.get("numpy"), list)
+        and len(meta["numpy"]) == 5
+        and meta["numpy"][0] == "MT19937"
+        and isinstance(meta["numpy"][1], list)
+        and len(meta["numpy"][1]) == 624
+        and all(_is_int(k, 0, 1 << 32) for k in meta["numpy"][1])
+        and _is_int(meta["numpy"][2], 0, 625)
+        and _is_int(meta["numpy"][3], 0, 2)
+        and isinstance(meta["numpy"][4], (int, float))
+    )
+    if not numpy_ok:
+        raise CheckpointError(
+            f"{where}: key 'rng.numpy': expected [\"MT19937\", 624 uint32 keys, pos, has_gauss, cached]"
+        )
+    py = meta.get("python")
+    python_ok = (
+        isinstance(py, list)
+        and len(py) == 3
+        and _is_int(py[0], 0, 1 << 31)
+        and isinstance(py[1], list)
+        and len(py[1]) == 625
+        and all(_is_int(k, 0, 1 << 32) for k in py[1])
+        and py[1][-1] <= 624
+        and (py[2] is None or isinstance(py[2], (int, float)))
+    )
+    if not python_ok:
+        raise CheckpointError(f"{where}: key 'rng.python': expected [version, 625 uint32 words, gauss]")
+
+
+def restore_rng_state(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str = "checkpoint"
+) -> None:
+    check_rng_meta(meta, where)
+    try:
+        torch.set_rng_state(tensors["rng.torch"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{where}: tensor 'rng.torch': expected a torch RNG state ({exc})") from None
     if torch.cuda.is_available():
         states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
         if len(states) == torch.cuda.device_count():
@@ -143,7 +188,42 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) ->
     kind, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = meta["python"]
-    random.setstate((version, tuple(internal), gauss))
+    try:
+        random.setstate((version, tuple(internal), gauss))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{where}: key 'rng.python': {exc}") from None
+
+
+def check_resume_state(record: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """The ``state`` of a pretraining checkpoint, checked before ``pretrain --resume`` uses any of it.
+
+    A hand-edited or foreign checkpoint then fails in one line naming the key, not with a KeyError or an
+    IndexError halfway through restoring the run.
+    """
+    state = record.get("state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: key 'state': expected an object")
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{where}: key 'state.config': expected the run's configuration object")
+    if not _is_int(state.get("step"), 0, 1 << 62):
+        raise CheckpointError(f"{where}: key 'state.step': expected a non-negative integer")
+    opt = state.get("optimizer")
+    if not (
+        isinstance(opt, dict)
+        and isinstance(opt.get("param_groups"), list)
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])
+        and isinstance(opt.get("scalars", {}), dict)
+        and all(isinstance(v, dict) and str(k).isdigit() for k, v in opt.get("scalars", {}).items())
+    ):
+        raise CheckpointError(
+            f"{where}: key 'state.optimizer': expected param_groups and per-parameter scalars"
+        )
+    if state.get("scaler") is not None and not isinstance(state["scaler"], dict):
+        raise CheckpointError(f"{where}: key 'state.scaler': expected an object")
+    if not isinstance(state.get("wall_time_s", 0.0), (int, float)):
+        raise CheckpointError(f"{where}: key 'state.wall_time_s': expected a number")
+    check_rng_meta(state.get("rng"), where)
+    return state
 
 
 # ----------------------------------------------------------------------------- files
@@ -206,23 +286,20 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if path.suffix == ".safetensors":
         path = path.with_suffix(".json")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found") from None
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{path} (byte {exc.start}): expected UTF-8 JSON checkpoint state") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{path}:{exc.lineno}: expected complete JSON checkpoint state (truncated or corrupted: {exc.msg})"
-        ) from None
+    record = read_json(path, error=CheckpointError, what="checkpoint")
     check_format(record, path, name=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, error=CheckpointError)
     for key in ("step", "tensors", "sha256", "size", "state"):
         if key not in record:
             raise CheckpointError(f"{path}: key {key!r} missing")
-    tensor_path = path.parent / record["tensors"]
+    name = record["tensors"]
+    # the tensor file sits beside its JSON: a bare file name, never a path out of the folder
+    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+        raise CheckpointError(
+            f"{path}: key 'tensors': expected a file name beside the checkpoint, got {name!r:.60}"
+        )
+    if not isinstance(record["size"], int) or not isinstance(record["sha256"], str):
+        raise CheckpointError(f"{path}: keys 'size'/'sha256': expected an integer and a hex digest")
+    tensor_path = path.parent / name
     if not tensor_path.is_file():
         raise CheckpointError(f"{tensor_path}: tensor file of checkpoint {path.name} not found")
     size = tensor_path.stat().st_size

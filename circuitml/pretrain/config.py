@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import tomllib
 import yaml
 
 from circuitml.errors import ConfigError
+from circuitml.fileio import read_bytes
 
 __all__ = [
     "DataConfig",
@@ -280,6 +282,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _show(value: Any) -> str:
+    """A value for a one-line message: repr (escapes newlines), shortened."""
+    text = repr(_plain(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _show_key(key: Any) -> str:
+    return key if isinstance(key, str) and _KEY.fullmatch(key) else _show(key)
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check (and gently convert) ``value`` against a field's type hint; raises ConfigError."""
     origin = typing.get_origin(hint)
@@ -300,18 +312,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table/mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a table/mapping, got {_show(value)}")
         return _plain(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -320,11 +332,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {_show(value)}")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {_show(value)}")
     return value
 
 
@@ -336,7 +348,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> PretrainC
     sections: dict[str, Any] = {}
     for name, body in raw.items():
         if name not in classes:
-            raise ConfigError(f"{source}: unknown section {name!r}; expected one of {sorted(classes)}")
+            raise ConfigError(f"{source}: unknown section {_show(name)}; expected one of {sorted(classes)}")
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: [{name}]: expected a table of keys")
         cls = classes[name]
@@ -344,7 +356,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> PretrainC
         kwargs = {}
         for key, value in body.items():
             if key not in hints:
-                raise ConfigError(f"{source}: {name}.{key}: unknown key; expected one of {sorted(hints)}")
+                raise ConfigError(
+                    f"{source}: {name}.{_show_key(key)}: unknown key; expected one of {sorted(hints)}"
+                )
             kwargs[key] = _coerce(value, hints[key], f"{source}: {name}.{key}")
         sections[name] = cls(**kwargs)
     return PretrainConfig(**sections).validate(source)
@@ -359,11 +373,14 @@ def _parse_value(text: str) -> Any:
     # YAML scalars give ints, floats, bools, null and strings with the usual spelling (3e-4, true, null).
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):
         return text
     if isinstance(value, str) or value is None or isinstance(value, (bool, int, float, dict, list)):
         return value
     return text
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
@@ -371,16 +388,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"{source} {item!r}: expected key=value, e.g. optim.lr=3e-4")
+            raise ConfigError(f"{source} {_show(item)}: expected key=value, e.g. optim.lr=3e-4")
         key, text = item.split("=", 1)
         parts = [p for p in key.strip().split(".")]
-        if len(parts) < 2 or not all(parts):
-            raise ConfigError(f"{source} {item!r}: expected a dotted key section.key, e.g. optim.lr")
+        if len(parts) < 2 or not all(_KEY.fullmatch(p) for p in parts):
+            raise ConfigError(f"{source} {_show(item)}: expected a dotted key section.key, e.g. optim.lr")
         node = out
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"{source} {item!r}: {part} is not a table")
+                raise ConfigError(f"{source} {_show(item)}: {part} is not a table")
             node = child
         node[parts[-1]] = _Override(text.strip(), _parse_value(text.strip()))
     return out
@@ -394,9 +411,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         source = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+            text = read_bytes(path, error=ConfigError, what="config file").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} (byte {exc.start}): expected UTF-8 text") from None
         suffix = path.suffix.lower()
         try:
             if suffix == ".toml":
@@ -407,6 +424,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"{path}: expected a .toml, .yaml or .yml config file")
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: expected valid TOML ({exc})") from None
+        except ConfigError:
+            raise
+        except (
+            RecursionError,
+            ValueError,
+        ) as exc:  # nesting beyond the parser's stack, >4,300-digit integers
+            raise ConfigError(
+                f"{path}: expected a config of plain nesting and numbers ({type(exc).__name__})"
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""

@@ -37,6 +37,7 @@ from circuitml.moe.schedule import step_routers
 from circuitml.pretrain.checkpoint import (
     atomic_write_text,
     capture_rng_state,
+    check_resume_state,
     latest_checkpoint,
     load_checkpoint,
     optimizer_state_from_tensors,
@@ -123,7 +124,7 @@ def resume_config(out: str | Path, overrides: list[str] | None = None) -> Pretra
     if path is None:
         return None
     _, record = load_checkpoint(path)
-    raw = apply_overrides(record["state"]["config"], overrides or [])
+    raw = apply_overrides(check_resume_state(record, path)["config"], overrides or [])
     return config_from_dict(raw, f"{path}: key 'state.config'" + (" + --set" if overrides else ""))
 
 
@@ -319,7 +320,7 @@ def train(
     resume_tensors: dict[str, torch.Tensor] = {}
     if resume and (path := latest_checkpoint(ckpt_dir)) is not None:
         resume_tensors, resume_record = load_checkpoint(path)
-        saved = resume_record["state"]["config"]
+        saved = check_resume_state(resume_record, path)["config"]
         given = config_to_dict(config)
         for section in RESUME_SECTIONS:
             if saved.get(section) != given[section]:
@@ -416,7 +417,7 @@ def train(
         optimizer_state_from_tensors(optimizer, resume_tensors, st["optimizer"], str(ckpt_dir))
         if st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
-        restore_rng_state(resume_tensors, st["rng"])
+        restore_rng_state(resume_tensors, st["rng"], str(path))
         step = st["step"]
         elapsed_before = st.get("wall_time_s", 0.0)
 

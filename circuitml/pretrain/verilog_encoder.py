@@ -13,7 +13,6 @@ Two kinds:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
+from circuitml.fileio import read_json
 
 __all__ = ["BuiltinVerilogEncoder", "HFVerilogFeatures", "source_sha256"]
 
@@ -110,7 +110,9 @@ class HFVerilogFeatures:
         self.cache_dir = Path(cache_dir) / self.fingerprint[:16]
         self._model = None
         self._tokenizer = None
-        config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        config = read_json(self.path / "config.json", error=ConfigError, what="model config")
+        if not isinstance(config, dict):
+            raise ConfigError(f"{self.path / 'config.json'}: expected a JSON object")
         size = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
         if not isinstance(size, int):
             raise ConfigError(f"{self.path / 'config.json'}: expected key hidden_size (or n_embd / d_model)")
@@ -130,6 +132,9 @@ class HFVerilogFeatures:
     def _load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        from circuitml.lm import require_safetensors
+
+        require_safetensors(self.path, "model.verilog_encoder")
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
             model = AutoModel.from_pretrained(str(self.path), local_files_only=True)

@@ -243,8 +243,42 @@ def _expand_sources(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def _collect_includes(texts: dict[Path, str], include_dirs: Sequence[Path]) -> dict[str, bytes]:
-    """Files pulled in by ``include`` directives, found beside the including file or in ``include_dirs``."""
+_READMEM_RE = re.compile(r'\$readmem[hb]\s*\(\s*"([^"]+)"')
+
+
+def _confine(path: Path, directive: str, name: str, roots: Sequence[Path]) -> Path:
+    """``path`` if it lies in one of the allowed folder trees, else a one-line error naming the directive.
+
+    Yosys only sees its private folder (see :mod:`circuitml.yosys`); what a design may pull in is copied
+    there first, and only from the input's own folder tree or an ``--include`` folder, so a design cannot
+    make us read (and embed in its AIG) a file the user never handed over.
+    """
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(r) for r in roots):
+        raise CircuitFormatError(
+            path if path.is_absolute() else name,
+            f"{directive} of a file inside the design's folder tree or an --include folder",
+            got=f'{directive} "{name}"',
+        )
+    return resolved
+
+
+def _collect_readmem(texts: dict[Path, str], roots: Sequence[Path]) -> dict[tuple[int, str], bytes]:
+    """``(source index, name) → content`` of the files ``$readmemh/b`` name, checked against ``roots``."""
+    found: dict[tuple[int, str], bytes] = {}
+    for k, (path, text) in enumerate(texts.items()):
+        for name in _READMEM_RE.findall(text):
+            cand = _confine(path.parent / name, "$readmem", name, roots)
+            if cand.is_file() and not Path(name).is_absolute() and ".." not in Path(name).parts:
+                found[(k, name)] = cand.read_bytes()
+    return found
+
+
+def _collect_includes(
+    texts: dict[Path, str], include_dirs: Sequence[Path], roots: Sequence[Path] = ()
+) -> dict[str, bytes]:
+    """Files pulled in by ``include`` directives, found beside the including file or in ``include_dirs``
+    (with ``roots``: only inside those folder trees)."""
     found: dict[str, bytes] = {}
     queue = list(texts.items())
     while queue:
@@ -254,6 +288,8 @@ def _collect_includes(texts: dict[Path, str], include_dirs: Sequence[Path]) -> d
                 continue
             for base in (path.parent, *include_dirs):
                 cand = base / name
+                if roots:
+                    _confine(cand, "`include", name, roots)
                 if cand.is_file():
                     data = cand.read_bytes()
                     found[name] = data
@@ -338,8 +374,12 @@ def _prepare(paths, top, include_dirs, defines, out_dir: str) -> _Job:
         files[rel] = p.read_bytes()
         aliases[rel] = str(p)
         rel_sources.append(rel)
-    for name, data in _collect_includes(texts, [Path(d) for d in include_dirs]).items():
+    inc_dirs = [Path(d) for d in include_dirs]
+    roots = [p.parent.resolve() for p in sources] + [d.resolve() for d in inc_dirs]
+    for name, data in _collect_includes(texts, inc_dirs, roots).items():
         files[f"{base}inc/{name}"] = data
+    for (k, name), data in _collect_readmem(texts, roots).items():
+        files[f"{base}src{k}/{name}"] = data  # Yosys looks beside the reading source file
     design = ", ".join(p.name for p in sources)
     return _Job(files, aliases, rel_sources, [f"{base}inc"], defines, top, design, out_dir)
 

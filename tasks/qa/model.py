@@ -290,6 +290,9 @@ class UpcycledHFQA(_QABase):
         else:
             if config.init_from is None:
                 raise ConfigError("qa model config: init_from: expected a local checkpoint directory")
+            from circuitml.lm import require_safetensors
+
+            require_safetensors(config.init_from, "--init-from", CheckpointError)
             try:
                 self.backbone = AutoModel.from_pretrained(config.init_from, local_files_only=True)
             except (OSError, ValueError) as exc:

@@ -29,6 +29,7 @@ from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_mode
 from safetensors.torch import load_file, save_file
 
 from circuitml.errors import CheckpointError, ConfigError
+from circuitml.fileio import read_json
 
 __all__ = ["QATrainConfig", "train_qa", "evaluate_qa", "load_qa_model", "split_by_context"]
 
@@ -227,13 +228,10 @@ def load_qa_model(path: str | os.PathLike):
     """Load a saved QA model directory: returns ``(model, tokenizer, train_config)``."""
     path = Path(path)
     cfg_file = path / "config.json"
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{cfg_file}: expected a QA model directory with config.json") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_file}:{exc.lineno}: expected valid JSON") from None
-    if raw.get("format") != FORMAT:
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{cfg_file}: expected a QA model directory with config.json")
+    raw = read_json(cfg_file, error=CheckpointError, what="QA model config")
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_file}: expected format {FORMAT!r}, got {raw.get('format')!r}")
     train = dict(raw["train"])
     model_cfg = SwitchQAConfig.from_dict(train.pop("model"))
