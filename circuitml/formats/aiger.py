@@ -163,7 +163,8 @@ def _parse_symbols(text: _Text, counts: dict[str, int]) -> tuple[dict[str, dict[
         return _parse_symbols_by_line(text, counts)
     parts = [(ln[:1], *ln[1:].partition(" ")) for ln in lines if ln]
     if all(
-        k in counts and sep and head.isdigit() and nm and int(head) < counts[k] for k, head, sep, nm in parts
+        k in counts and sep and head.isdigit() and len(head) <= _MAX_DIGITS and nm and int(head) < counts[k]
+        for k, head, sep, nm in parts
     ):
         symbols: dict[str, dict[int, str]] = {k: {} for k in counts}
         for kind, head, _, name in parts:
