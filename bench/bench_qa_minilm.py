@@ -30,8 +30,15 @@ DEFAULT_DATA = (
 )
 
 
-def variants(epochs: int) -> dict[str, dict]:
-    switch = dict(router="switch", top_k=1, num_experts=4, capacity_factor=1.25, normalize_weights=False)
+def variants(epochs: int, moe_layers: list[int]) -> dict[str, dict]:
+    switch = dict(
+        router="switch",
+        top_k=1,
+        num_experts=4,
+        capacity_factor=1.25,
+        normalize_weights=False,
+        moe_layers=moe_layers,
+    )
     return {
         "dense": dict(model=dict(moe_layers=[]), epochs=epochs),
         "switch": dict(model=switch, epochs=epochs),
@@ -45,6 +52,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=["dense", "switch", "switch+eda"])
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument(
+        "--moe-layers", type=int, nargs="+", default=[1, 2, 3, 4], help="layers upcycled to Switch"
+    )
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--freeze-bottom", type=int, default=1, help="frozen embeddings + first N layers")
@@ -72,7 +82,7 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for seed in args.seeds:
         for name in args.variants:
-            spec = variants(args.epochs)[name]
+            spec = variants(args.epochs, args.moe_layers)[name]
             key = f"{name}/seed{seed}"
             if key in results:  # resume: finished runs are kept
                 continue
