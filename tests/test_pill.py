@@ -12,6 +12,7 @@ from torch_geometric.data import Batch
 from circuitml.encoders import EncoderConfig
 from circuitml.graph import aig_to_data
 from tests.test_lm import needs_minilm
+from tests.test_qa import tiny_bert_config
 from tests.test_shift import _adder, _parity
 
 transformers = pytest.importorskip("transformers")
@@ -70,15 +71,9 @@ def test_modality_adapters_route_each_token_to_its_modality() -> None:
 
 def _tiny_bert():
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    return transformers.BertModel(cfg).eval()
+    return transformers.BertModel(
+        tiny_bert_config(vocab_size=50, num_hidden_layers=2, num_attention_heads=4)
+    ).eval()
 
 
 def _graphs():

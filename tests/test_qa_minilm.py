@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from circuitml.errors import ConfigError
 from tests.test_lm import needs_minilm
-from tests.test_qa import _squad
+from tests.test_qa import _squad, tiny_bert_config
 
 WORDS = st.text(alphabet="abcdefgh,.()'", min_size=1, max_size=6)
 
@@ -79,16 +79,7 @@ def test_eda_operations_by_definition() -> None:
 
 def _tiny_bert(tmp_path):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=60,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    cfg = tiny_bert_config()
     transformers.AutoModel.from_config(cfg).save_pretrained(tmp_path / "ckpt")
     return UpcycledHFQA(SwitchQAConfig(init_from=str(tmp_path / "ckpt"), num_experts=2)).eval()
 
