@@ -26,6 +26,7 @@ from circuitml.moe.inference import (  # noqa: E402
     set_top_k,
     top_k,
 )
+from circuitml.moe.mosa import MoSAAdapter  # noqa: E402
 from circuitml.moe.parallel import AllToAll, ExpertParallelFFN  # noqa: E402
 from circuitml.moe.registry import ROUTERS, build_router, register_router, router_class
 from circuitml.moe.router import Router, RouterOutput
@@ -53,6 +54,7 @@ __all__ = [
     "MoEStack",
     "MoEConfig",
     "MoEOutput",
+    "MoSAAdapter",
     "Router",
     "RouterConfig",
     "RouterOutput",

@@ -22,7 +22,8 @@ def make_experts(kind: str) -> nn.Module:
         ex = AdapterExperts(nn.Linear(D, D), E, D, kind="lora", rank=3)
     else:
         frozen = nn.Sequential(nn.Linear(D, 5), nn.Tanh(), nn.Linear(5, D))
-        ex = AdapterExperts(frozen, E, D, kind="bottleneck", rank=3, activation="gelu")
+        adapter = "parallel" if kind == "parallel_ffn" else "bottleneck"
+        ex = AdapterExperts(frozen, E, D, kind=adapter, rank=3, activation="gelu")
     nn.init.normal_(ex.up)  # the zero init would hide the adapter path from the comparison
     return ex
 
@@ -50,7 +51,9 @@ def check_router_output(out: RouterOutput, num_tokens: int) -> None:
         torch.testing.assert_close(out.probs.sum(-1), torch.ones(num_tokens, dtype=out.probs.dtype))
 
 
-@pytest.mark.parametrize("expert_kind", ["ffn_swiglu", "ffn_relu_bias", "lora_linear", "bottleneck_ffn"])
+@pytest.mark.parametrize(
+    "expert_kind", ["ffn_swiglu", "ffn_relu_bias", "lora_linear", "bottleneck_ffn", "parallel_ffn"]
+)
 @pytest.mark.parametrize("name", ROUTER_NAMES)
 def test_router_x_experts_match_naive_loop(name: str, expert_kind: str) -> None:
     torch.manual_seed(0)

@@ -51,6 +51,23 @@ def _squad(tmp_path: Path, with_impossible: bool = True) -> Path:
     return path
 
 
+def tiny_bert_config(**overrides):
+    """A 3-layer, 32-wide BERT config without dropout (for upcycling and adapter tests)."""
+    import transformers
+
+    values = dict(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return transformers.BertConfig(**{**values, **overrides})
+
+
 # ---------------------------------------------------------------- metrics: hand-computed cases
 def test_normalization_and_exact_match() -> None:
     assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
@@ -196,16 +213,7 @@ def test_upcycled_checkpoint_equals_dense_at_init(tmp_path: Path, arch: str) -> 
             attention_dropout=0.0,
         )
     else:
-        hf_cfg = transformers.BertConfig(
-            vocab_size=60,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
+        hf_cfg = tiny_bert_config()
     torch.manual_seed(0)
     dense = transformers.AutoModel.from_config(hf_cfg).eval()
     dense.save_pretrained(tmp_path / "ckpt")

@@ -79,6 +79,52 @@ def test_mixda_starts_as_the_frozen_ffn_and_gates_sum_to_one() -> None:
     torch.testing.assert_close(routing.weights.sum(-1), torch.ones(15))
 
 
+def test_mixda_adapters_read_the_ffn_input() -> None:
+    # MixDA puts the adapters beside the FFN: y = f(x) + sum_a w_a(x) U_a act(D_a x + b_a), checked naively
+    torch.manual_seed(1)
+    ffn = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+    layer = MixDAFFN(ffn, 8, num_adapters=2, bottleneck=4)
+    ad = layer.adapters
+    with torch.no_grad():
+        ad.up.normal_()
+        ad.down_bias.normal_()
+    x = torch.randn(7, 8)
+    probs = torch.softmax(layer.gate.gate(x), dim=-1)  # the dense gate keeps all 1 + A slots
+    want = ffn(x)
+    for a in range(2):
+        delta = torch.relu(x @ ad.down[a].T + ad.down_bias[a]) @ ad.up[a].T
+        want = want + probs[:, a + 1 : a + 2] * delta
+    torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+    # an FFN whose output is constant: the layer still varies with x, only because the adapters read x
+    const = MixDAFFN(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)), 8, 2, 4)
+    with torch.no_grad():
+        const.ffn[0].weight.zero_()
+        const.adapters.up.normal_()
+    y = const(x)
+    assert (y - const.ffn(x)).abs().amax() > 1e-3 and (y[0] - y[1]).abs().amax() > 1e-3
+
+
+def test_mixda_stage0_trains_the_self_supervised_head_then_freezes_it(domains) -> None:
+    task = CircuitProbTask(ENC)
+    model = task.make_model()
+    src = _batches(domains["arith"] + domains["control"], 2)
+    fit(model, lambda m, b: task.loss(m(b), b), src, 5)
+    before = model.type_head.weight.clone()
+    snapshots = []
+    task_unsup = task.unsup_loss
+
+    def spy(m, b):  # record the head as each stage sees it
+        snapshots.append(m.type_head.weight.detach().clone())
+        return task_unsup(m, b)
+
+    task.unsup_loss = spy
+    model, curves = run_mixda(task, model, model.head, 16, src, _batches(domains["parity"], 2), steps=(6, 4))
+    assert len(curves["stage0"]) == 6 and curves["stage0"][-1] < curves["stage0"][0]
+    assert not torch.equal(snapshots[5], before)  # stage 0 moved it
+    torch.testing.assert_close(snapshots[6], snapshots[-1])  # stage 1 read a frozen, trained head
+    torch.testing.assert_close(model.type_head.weight, snapshots[-1])
+
+
 def test_mixda_stages_train_only_their_adapter(domains) -> None:
     task = CircuitProbTask(ENC)
     model = task.make_model()

@@ -39,7 +39,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None, "--eval-data", help="Evaluation file (default: held-out contexts)."
         ),
         init_from: Optional[Path] = typer.Option(
-            None, "--init-from", help="Local DistilBERT/BERT checkpoint to upcycle (default: random init)."
+            None,
+            "--init-from",
+            help="Local DistilBERT/BERT checkpoint, or a shipped LM name (all-minilm-l6-v2), to upcycle.",
         ),
         tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer directory."),
         epochs: int = typer.Option(8, help="Training epochs."),
@@ -54,6 +56,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         top_k: int = typer.Option(1, help="Experts per token."),
         seed: int = typer.Option(0, help="Random seed."),
         threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+        eda_copies: int = typer.Option(0, help="EDA-augmented copies of each training question."),
+        freeze_bottom: int = typer.Option(0, help="Upcycled models: freeze embeddings + first N layers."),
     ) -> None:
         """Train the QA model and print held-out EM/F1."""
         from circuitml.tasks.qa.model import SwitchQAConfig
@@ -81,6 +85,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             stride=stride,
             seed=seed,
             threads=threads,
+            eda_copies=eda_copies,
+            freeze_bottom=freeze_bottom,
             model=model,
         )
         with Progress(

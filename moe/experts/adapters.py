@@ -115,7 +115,10 @@ class AdapterExperts(nn.Module):
     ``kind="lora"``: expert ``e`` is ``f(x) + s B_e A_e x`` — LoRA when ``f`` is linear, a parallel
     low-rank adapter around ``f`` otherwise. ``kind="bottleneck"``: expert ``e`` is
     ``h + U_e act(D_e h)`` with ``h = f(x)`` (Houlsby adapter on the frozen output; needs ``d_in`` and
-    ``d_out`` equal only through ``f``). Since ``f`` is shared, the block computes
+    ``d_out`` equal only through ``f``). ``kind="parallel"``: expert ``e`` is ``f(x) + U_e act(D_e x)``, a
+    bottleneck adapter beside ``f`` reading its input (He et al., "Towards a Unified View of
+    Parameter-Efficient Transfer Learning", ICLR 2022; the domain adapters of MixDA). Since ``f`` is shared,
+    the block computes
 
     .. math:: y_n = (\textstyle\sum_j w_{nj})\, f(x_n) + \sum_j w_{nj}\, \Delta_{i_{nj}}(x_n)
 
@@ -126,7 +129,7 @@ class AdapterExperts(nn.Module):
             (``d_in == d_out``).
         num_experts: ``E``.
         d_in, d_out: widths of ``f``.
-        kind: ``"lora"`` or ``"bottleneck"``.
+        kind: ``"lora"``, ``"bottleneck"`` or ``"parallel"``.
         rank: LoRA rank / bottleneck width.
         alpha: LoRA scaling numerator (scale ``alpha / rank``).
         activation: bottleneck activation.
@@ -144,8 +147,10 @@ class AdapterExperts(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if kind not in ("lora", "bottleneck"):
-            raise ConfigError(f"AdapterExperts: kind: expected 'lora' or 'bottleneck', got {kind!r}")
+        if kind not in ("lora", "bottleneck", "parallel"):
+            raise ConfigError(
+                f"AdapterExperts: kind: expected 'lora', 'bottleneck' or 'parallel', got {kind!r}"
+            )
         d_out = d_in if d_out is None else d_out
         if base is None and d_in != d_out:
             raise ConfigError(f"AdapterExperts: base=None needs d_in == d_out, got {d_in} and {d_out}")
@@ -156,11 +161,12 @@ class AdapterExperts(nn.Module):
         self.num_experts, self.d_in, self.d_out = num_experts, d_in, d_out
         self.kind, self.rank = kind, rank
         self.scaling = alpha / rank if kind == "lora" else 1.0
-        first_in = d_in if kind == "lora" else d_out
+        self.reads_input = kind in ("lora", "parallel")  # the correction reads x, not f(x)
+        first_in = d_in if self.reads_input else d_out
         self.down = nn.Parameter(torch.empty(num_experts, rank, first_in))  # A_e / D_e as [E, out, in]
         self.up = nn.Parameter(torch.zeros(num_experts, d_out, rank))  # B_e / U_e, zero: start at f
-        self.down_bias = nn.Parameter(torch.zeros(num_experts, rank)) if kind == "bottleneck" else None
-        self.act = _act(activation) if kind == "bottleneck" else None
+        self.down_bias = nn.Parameter(torch.zeros(num_experts, rank)) if kind != "lora" else None
+        self.act = _act(activation) if kind != "lora" else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -175,7 +181,7 @@ class AdapterExperts(nn.Module):
 
     def delta(self, e: int, x: Tensor, h: Tensor | None = None) -> Tensor:
         """Correction of expert ``e`` for rows ``x`` (``h = f(x)`` may be passed when already computed)."""
-        src = x if self.kind == "lora" else (self.frozen(x) if h is None else h)
+        src = x if self.reads_input else (self.frozen(x) if h is None else h)
         z = F.linear(src, self.down[e], None if self.down_bias is None else self.down_bias[e])
         if self.act is not None:
             z = self.act(z)
@@ -189,10 +195,25 @@ class AdapterExperts(nn.Module):
     def forward(
         self, x: Tensor, indices: Tensor, weights: Tensor, plan: DispatchPlan | None = None
     ) -> Tensor:
+        h = self.frozen(x)
+        kept_weight = torch.where(indices >= 0, weights, torch.zeros_like(weights)).sum(dim=-1, keepdim=True)
+        return kept_weight.to(h.dtype) * h + self.mixed_delta(x, indices, weights, plan, h)
+
+    def mixed_delta(
+        self,
+        x: Tensor,
+        indices: Tensor,
+        weights: Tensor,
+        plan: DispatchPlan | None = None,
+        h: Tensor | None = None,
+    ) -> Tensor:
+        """``sum_j w_nj Delta_{i_nj}(x_n)`` alone, without the frozen path (``h = f(x)`` when already known)."""
         if plan is None:
             plan = make_plan(indices, self.num_experts)
-        h = self.frozen(x)
-        src = gather_tokens(x if self.kind == "lora" else h, plan)
+        if self.reads_input:
+            src = gather_tokens(x, plan)
+        else:
+            src = gather_tokens(self.frozen(x) if h is None else h, plan)
         z = segment_matmul(src, self.down.transpose(1, 2), plan)
         if self.down_bias is not None:
             expert_of_row = torch.repeat_interleave(
@@ -202,5 +223,4 @@ class AdapterExperts(nn.Module):
         if self.act is not None:
             z = self.act(z)
         delta = self.scaling * segment_matmul(z, self.up.transpose(1, 2), plan)
-        kept_weight = torch.where(indices >= 0, weights, torch.zeros_like(weights)).sum(dim=-1, keepdim=True)
-        return kept_weight.to(h.dtype) * h + combine_outputs(delta, weights, plan)
+        return combine_outputs(delta, weights, plan)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from circuitml.datasets.squad import SquadExample, read_squad
 from circuitml.moe.schedule import step_routers
+from circuitml.tasks.qa.augment import augment_examples
 from circuitml.tasks.qa.data import decode_answers, load_tokenizer, make_features, train_tokenizer
 from circuitml.tasks.qa.metrics import squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from circuitml.errors import CheckpointError, ConfigError
 from circuitml.fileio import read_json
+from circuitml.lm import SHIPPED_LMS, resolve_lm
 
 __all__ = ["QATrainConfig", "train_qa", "evaluate_qa", "load_qa_model", "split_by_context"]
 
@@ -55,7 +57,13 @@ class QATrainConfig:
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
+    freeze_bottom: int = (
+        0  # upcycled checkpoints: freeze the embeddings and the first N layers (0: train all)
+    )
+    eda_copies: int = 0  # EDA-augmented copies of each training question (0 = no augmentation)
+    eda_alpha: float = 0.1  # fraction of words each EDA operation changes
     seed: int = 0
+    split_seed: int | None = None  # seed of the held-out contexts (None: ``seed``); fix it to compare seeds
     threads: int | None = None
     model: SwitchQAConfig = field(default_factory=SwitchQAConfig)
 
@@ -81,15 +89,47 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _trimmed(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns every row of a batch shares (windows are right-padded): same outputs, less work."""
+    t = max(1, int(mask.sum(dim=1).max()))
+    return ids[:, :t], mask[:, :t]
+
+
 def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
+    full = feats.input_ids.shape[1]
     starts, ends = [], []
     with torch.no_grad():
         for lo in range(0, len(feats), batch_size):
-            out = model(feats.input_ids[lo : lo + batch_size], feats.attention_mask[lo : lo + batch_size])
-            starts.append(out.start_logits)
-            ends.append(out.end_logits)
+            ids, mask = _trimmed(
+                feats.input_ids[lo : lo + batch_size], feats.attention_mask[lo : lo + batch_size]
+            )
+            out = model(ids, mask)
+            pad = (0, full - ids.shape[1])
+            neg = torch.finfo(out.start_logits.dtype).min
+            starts.append(torch.nn.functional.pad(out.start_logits, pad, value=neg))
+            ends.append(torch.nn.functional.pad(out.end_logits, pad, value=neg))
     return torch.cat(starts), torch.cat(ends)
+
+
+def _freeze_bottom(model, n: int) -> None:
+    """Freeze the embeddings and the first ``n`` layers of an upcycled checkpoint (saves their backward pass)."""
+    if not isinstance(model, UpcycledHFQA):
+        raise ConfigError("qa: freeze_bottom: only an upcycled checkpoint (init_from) has pretrained layers")
+    layers = model._layers()
+    if not 0 <= n <= len(layers):
+        raise ConfigError(f"qa: freeze_bottom: expected 0..{len(layers)}, got {n}")
+    for module in [model.backbone.embeddings, *layers[:n]]:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def _resolve_init(model: SwitchQAConfig) -> SwitchQAConfig:
+    """The model config with ``init_from`` as a local folder: a shipped language model's name
+    (``all-minilm-l6-v2``, see :mod:`circuitml.lm`) resolves to its extracted folder."""
+    if model.init_from and model.init_from.lower() in SHIPPED_LMS:
+        return dataclasses.replace(model, init_from=str(resolve_lm(model.init_from)))
+    return model
 
 
 def evaluate_examples(model, tokenizer, examples, cfg: QATrainConfig, version: str) -> dict[str, float]:
@@ -116,32 +156,42 @@ def train_qa(
     if cfg.eval_data:
         train_ex, eval_ex = examples, read_squad(cfg.eval_data)[0]
     else:
-        train_ex, eval_ex = split_by_context(examples, cfg.eval_fraction, cfg.seed)
+        train_ex, eval_ex = split_by_context(
+            examples, cfg.eval_fraction, cfg.seed if cfg.split_seed is None else cfg.split_seed
+        )
     if not train_ex:
         raise ConfigError(f"{cfg.data}: no training questions left after the split")
+    # augment after the split, so no held-out context leaks into training
+    fit_ex = (
+        augment_examples(train_ex, cfg.eda_copies, cfg.eda_alpha, cfg.seed) if cfg.eda_copies else train_ex
+    )
+    model_cfg = _resolve_init(cfg.model)
 
     # tokenizer
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
-    elif cfg.model.init_from:
-        tokenizer = load_tokenizer(cfg.model.init_from)
+    elif model_cfg.init_from:
+        tokenizer = load_tokenizer(model_cfg.init_from)
     else:
         texts = [e.context for e in train_ex] + [e.question for e in train_ex]
         tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
-    feats = make_features(train_ex, tokenizer, cfg.max_length, cfg.stride)
+    feats = make_features(fit_ex, tokenizer, cfg.max_length, cfg.stride)
 
     # model
-    if not cfg.model.init_from:
-        cfg.model.vocab_size = len(tokenizer)
-        cfg.model.max_position = max(cfg.model.max_position, cfg.max_length)
-    model = build_qa_model(cfg.model)
+    if not model_cfg.init_from:
+        cfg.model.vocab_size = model_cfg.vocab_size = len(tokenizer)
+        cfg.model.max_position = model_cfg.max_position = max(cfg.model.max_position, cfg.max_length)
+    model = build_qa_model(model_cfg)
+    if cfg.freeze_bottom:
+        _freeze_bottom(model, cfg.freeze_bottom)
 
     # optimizer: AdamW, linear warmup then cosine decay
     steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
     total = max(1, steps_per_epoch * cfg.epochs)
     warmup = max(1, int(cfg.warmup_fraction * total))
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n.lower())]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n.lower()]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n.lower())]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -164,7 +214,7 @@ def train_qa(
         order = torch.randperm(len(feats), generator=gen)
         for lo in range(0, len(feats), cfg.batch_size):
             idx = order[lo : lo + cfg.batch_size]
-            o = model(feats.input_ids[idx], feats.attention_mask[idx])
+            o = model(*_trimmed(feats.input_ids[idx], feats.attention_mask[idx]))
             ce = torch.nn.functional.cross_entropy
             loss = (
                 ce(o.start_logits, feats.start_positions[idx]) + ce(o.end_logits, feats.end_positions[idx])
@@ -185,6 +235,7 @@ def train_qa(
     metrics: dict[str, Any] = {
         "version": version,
         "train_questions": len(train_ex),
+        "train_questions_augmented": len(fit_ex),
         "eval_questions": len(eval_ex),
     }
     if eval_ex:
@@ -242,6 +293,8 @@ def load_qa_model(path: str | os.PathLike):
         model = UpcycledHFQA(model_cfg, backbone_config=AutoConfig.from_pretrained(str(path / "backbone")))
     else:
         model = build_qa_model(model_cfg)
+    if cfg.freeze_bottom:
+        _freeze_bottom(model, cfg.freeze_bottom)
     try:
         state = load_file(str(path / "model.safetensors"))
     except Exception as exc:  # safetensors raises several types on truncated or corrupted files

@@ -41,6 +41,10 @@ class ShiftTask(Protocol):
         """A loss that uses no labels, for unlabeled target-domain data."""
         ...
 
+    def unsup_head(self, model: nn.Module) -> nn.Module:
+        """The head that :meth:`unsup_loss` reads the features with (trained by MixDA's stage 0)."""
+        ...
+
     def ffn_names(self, model: nn.Module) -> list[str]:
         """Dotted names of the ``[N, d] -> [N, d]`` FFN sublayers that MixDA may wrap."""
         ...

@@ -89,6 +89,9 @@ class CircuitProbTask:
         f = model.features(batch, node_type=types)
         return F.cross_entropy(model.type_head(f[masked]), batch.x[masked])
 
+    def unsup_head(self, model: nn.Module) -> nn.Module:
+        return model.type_head
+
     def ffn_names(self, model: nn.Module) -> list[str]:
         return ["ffn"]
 

@@ -3,13 +3,17 @@
 Diao et al., "Mixture-of-Domain-Adapters: Decoupling and Injecting Domain Knowledge to Pre-trained Language
 Models' Memories", ACL 2023. Each wrapped FFN sublayer computes
 
-.. math:: y = w_0(x)\\, f(x) + \\sum_{a \\ge 1} w_a(x) \bigl(f(x) + \\Delta_a(x)\bigr) = f(x) + \\sum_{a\\ge1} w_a(x) \\Delta_a(x)
+.. math:: y = w_0(x)\\, f(x) + \\sum_{a \\ge 1} w_a(x) \\bigl(f(x) + \\Delta_a(x)\\bigr) = f(x) + \\sum_{a\\ge1} w_a(x) \\Delta_a(x)
 
-with ``f`` the frozen FFN, ``Δ_a`` bottleneck adapters (the core's :class:`~circuitml.moe.AdapterExperts`) and
-``w = softmax`` of a dense router from the core's registry (top-k over all 1 + A slots). Two stages:
+with ``f`` the frozen FFN, ``Δ_a(x) = U_a act(D_a x)`` bottleneck adapters that read the FFN's *input* ``x``
+(in parallel with ``f``, the core's :class:`~circuitml.moe.AdapterExperts` of kind ``"parallel"``) and
+``w = softmax`` of a dense router from the core's registry (top-k over all 1 + A slots). Stages:
 
-1. *domain adaptation*: only the domain adapter trains, on unlabeled target-domain data (the task's label-free
-   loss), plus a knowledge-retention loss keeping the layer's output on old-domain data close to the frozen FFN's;
+0. *self-supervised head*: the task's label-free head (masked gate types for circuits, the MLM head for text)
+   trains alone on the frozen model over source data, so stage 1's loss goes through a trained head;
+1. *domain adaptation*: only the domain adapter trains, on unlabeled target-domain data with that
+   self-supervised loss (head frozen), plus a knowledge-retention loss keeping the layer's output on source data
+   close to the frozen FFN's;
 2. *task adaptation*: a task adapter, the gates and the task head train on labeled data; domain adapters frozen.
 """
 
@@ -39,7 +43,8 @@ class MixDAFFN(nn.Module):
         self.ffn = ffn
         for p in ffn.parameters():
             p.requires_grad_(False)
-        self.adapters = AdapterExperts(None, num_adapters, d_model, kind="bottleneck", rank=bottleneck)
+        # around the identity: only the corrections Δ_a(x) are taken from it (mixed_delta), f runs here once
+        self.adapters = AdapterExperts(None, num_adapters, d_model, kind="parallel", rank=bottleneck)
         # a dense gate over {FFN, adapter_1..A}: a top-k router keeping every slot, weights renormalized
         self.gate = build_router(
             "topk", d_model=d_model, num_experts=num_adapters + 1, top_k=num_adapters + 1, balance_loss=None
@@ -58,8 +63,8 @@ class MixDAFFN(nn.Module):
         w = w.scatter(1, routing.indices.clamp_min(0), routing.weights.to(flat.dtype))
         n = flat.shape[0]
         idx = torch.arange(self.num_adapters, device=flat.device).expand(n, -1)
-        # AdapterExperts around the identity returns sum_a w_a (h + Δ_a(h)); the FFN slot adds w_0 h
-        y = self.adapters(h, idx, w[:, 1:]) + w[:, :1] * h
+        # the slots' weights sum to 1, so w_0 f + sum_a w_a (f + Δ_a) = f + sum_a w_a Δ_a(x)
+        y = h + self.adapters.mixed_delta(flat, idx, w[:, 1:])
         if self.track_retention:
             self.last_retention = F.mse_loss(y, h.detach())
         return y.reshape(shape)
@@ -119,6 +124,21 @@ def _mask_adapter_grads(layers: list[MixDAFFN], keep: int) -> list[Any]:
     return handles
 
 
+def _train_unsup_head(
+    task: ShiftTask, model: nn.Module, source: Sequence[Any], steps: int, lr: float, seed: int
+) -> list[float]:
+    """Stage 0: the task's self-supervised head alone, on the frozen model (adapters still zero) over source data."""
+    head = task.unsup_head(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    curve = fit(model, task.unsup_loss, source, steps, lr=lr, params=list(head.parameters()), seed=seed)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return curve
+
+
 def run_mixda(
     task: ShiftTask,
     model: nn.Module,
@@ -131,14 +151,17 @@ def run_mixda(
     lr: float = 3e-3,
     bottleneck: int = 16,
     seed: int = 0,
+    head_steps: int | None = None,
 ) -> tuple[nn.Module, dict[str, list[float]]]:
-    """Both MixDA stages on a model already trained on ``source``; returns the adapted model and loss curves.
+    """The MixDA stages on a model already trained on ``source``; returns the adapted model and loss curves.
 
-    Stage 1 adapts the domain adapter on ``target_unlabeled`` with ``task.unsup_loss`` plus ``retention_weight``
-    times the layers' distance to the frozen FFN on ``source``; stage 2 trains the task adapter, the gates and
-    ``head`` on labeled ``source``.
+    Stage 0 trains ``task.unsup_head(model)`` for ``head_steps`` (default ``steps[0]``) on ``source`` with
+    ``task.unsup_loss``; stage 1 adapts the domain adapter on ``target_unlabeled`` with ``task.unsup_loss`` plus
+    ``retention_weight`` times the layers' distance to the frozen FFN on ``source``; stage 2 trains the task
+    adapter, the gates and ``head`` on labeled ``source``.
     """
     layers = apply_mixda(model, task.ffn_names(model), d_model, num_adapters=2, bottleneck=bottleneck)
+    curve0 = _train_unsup_head(task, model, source, steps[0] if head_steps is None else head_steps, lr, seed)
 
     def stage1_loss(m: nn.Module, pair: tuple[Any, Any]) -> Tensor:
         tgt, src = pair
@@ -169,4 +192,4 @@ def run_mixda(
     for h in hooks:
         h.remove()
     model.eval()
-    return model, {"stage1": curve1, "stage2": curve2}
+    return model, {"stage0": curve0, "stage1": curve1, "stage2": curve2}

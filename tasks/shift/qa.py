@@ -90,5 +90,8 @@ class QAShiftTask:
         hidden = model.run(batch, input_ids=ids).hidden
         return F.cross_entropy(model.lm_head(hidden[masked]), batch["input_ids"][masked])
 
+    def unsup_head(self, model: nn.Module) -> nn.Module:
+        return model.lm_head
+
     def ffn_names(self, model: nn.Module) -> list[str]:
         return [n for n, m in model.named_modules() if isinstance(m, _DenseFFN)]

@@ -1,0 +1,120 @@
+"""Robust QA from a pretrained start: dense MiniLM vs MiniLM upcycled into Switch-FFN vs Switch + EDA.
+
+Each variant fine-tunes the shipped MiniLM-L6 (``circuitml.lm``) on the SQuAD v2.0 sample with whole contexts held
+out (``split_by_context``, fraction 0.2, split seed fixed at 0 so every run sees the same held-out questions) and
+reports the official EM/F1 with the HasAns/NoAns split, next to the always-no-answer baseline. The EDA variant
+trains on the questions plus one augmented copy for half the epochs, so every variant takes the same number of
+optimizer steps.
+
+    nice -n 10 python bench/bench_qa_minilm.py --seeds 0 1 2 --out qa_minilm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from circuitml.datasets.squad import read_squad
+from circuitml.tasks.qa.model import SwitchQAConfig
+from circuitml.tasks.qa.train import QATrainConfig, split_by_context, train_qa
+
+from circuitml.fileio import atomic_write
+
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared/data/deepset-ai__haystack/test/samples/squad/small.json"
+)
+
+
+def variants(epochs: int, moe_layers: list[int]) -> dict[str, dict]:
+    switch = dict(
+        router="switch",
+        top_k=1,
+        num_experts=4,
+        capacity_factor=1.25,
+        normalize_weights=False,
+        moe_layers=moe_layers,
+    )
+    return {
+        "dense": dict(model=dict(moe_layers=[]), epochs=epochs),
+        "switch": dict(model=switch, epochs=epochs),
+        "switch+eda": dict(model=switch, epochs=max(1, epochs // 2), eda_copies=1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["dense", "switch", "switch+eda"])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument(
+        "--moe-layers", type=int, nargs="+", default=[1, 2, 3, 4], help="layers upcycled to Switch"
+    )
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--max-length", type=int, default=160)
+    ap.add_argument("--freeze-bottom", type=int, default=1, help="frozen embeddings + first N layers")
+    ap.add_argument("--stride", type=int, default=64)
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N questions (smoke runs)")
+    ap.add_argument("--out", type=Path, default=Path("qa_minilm.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    data = args.data
+    if args.limit:
+        examples, _ = read_squad(data)
+        raw = json.loads(data.read_text())
+        keep = {e.id for e in examples[: args.limit]}
+        for art in raw["data"]:
+            for para in art["paragraphs"]:
+                para["qas"] = [q for q in para["qas"] if q["id"] in keep]
+        tmp = Path(tempfile.mkdtemp()) / "subset.json"
+        tmp.write_text(json.dumps(raw))
+        data = tmp
+    examples, _ = read_squad(data)
+    train_ex, eval_ex = split_by_context(examples, 0.2, 0)
+    print(f"{len(train_ex)} training / {len(eval_ex)} held-out questions", flush=True)
+
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for seed in args.seeds:
+        for name in args.variants:
+            spec = variants(args.epochs, args.moe_layers)[name]
+            key = f"{name}/seed{seed}"
+            if key in results:  # resume: finished runs are kept
+                continue
+            model = SwitchQAConfig(init_from="all-minilm-l6-v2", **spec["model"])
+            cfg = QATrainConfig(
+                data=str(data),
+                eval_fraction=0.2,
+                max_length=args.max_length,
+                stride=args.stride,
+                lr=args.lr,
+                epochs=spec["epochs"],
+                eda_copies=spec.get("eda_copies", 0),
+                seed=seed,
+                split_seed=0,
+                freeze_bottom=args.freeze_bottom,
+                threads=1,
+                model=model,
+            )
+            t0 = time.process_time()
+            with tempfile.TemporaryDirectory() as out:
+                m = train_qa(cfg, Path(out) / "model")
+            m["cpu_seconds"] = time.process_time() - t0
+            results[key] = m
+            ev, base = m["eval"], m["eval_baseline_no_answer"]
+            print(
+                f"{key}: EM {ev['exact']:.1f} F1 {ev['f1']:.1f} HasAns F1 {ev.get('HasAns_f1', 0):.1f} "
+                f"NoAns {ev.get('NoAns_exact', 0):.1f} | no-answer F1 {base['f1']:.1f} | "
+                f"{m['steps']} steps, {m['cpu_seconds']:.0f} cpu-s",
+                flush=True,
+            )
+            atomic_write(args.out, json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
