@@ -78,6 +78,9 @@ class TrainConfig:
     test_fraction: float = 0.25
     device: str = "cpu"
     head: str = "mlp"  # "linear": a linear probe
+    test_groups: tuple[
+        str, ...
+    ] = ()  # with groups (families): hold out exactly these instead of a random share
 
     def validate(self) -> None:
         if self.head not in HEADS:
@@ -108,11 +111,14 @@ def configure_runtime(threads: int | None = None, device: str = "cpu") -> torch.
             raise ConfigError(f"--threads: expected a positive number, got {threads}")
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    dev = torch.device(device) if device else torch.device("cpu")
+    try:
+        dev = torch.device(device or "cpu")
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: expected cpu or cuda[:N], got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: expected cpu or cuda[:N], got {device!r}")
     if dev.type == "cuda":
         # cuBLAS needs a fixed workspace for deterministic matmuls
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -241,15 +247,26 @@ def split_by_key(keys: Sequence[str], test_fraction: float, seed: int) -> tuple[
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
-def split_items(
-    n: int, groups: Sequence[str] | None, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out whole items (``groups=None``: each circuit its own group) or whole groups (families)."""
+def split_items(n: int, groups: Sequence[str] | None, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole items (``groups=None``: each circuit its own group) or whole groups (families): a seeded
+    share of them, or exactly ``cfg.test_groups``."""
     if groups is None:
-        return split_groups(n, test_fraction, seed)
+        return split_groups(n, cfg.test_fraction, cfg.seed)
     if len(groups) != n:
         raise DatasetError(f"split: expected one group name per circuit ({n}), got {len(groups)}")
-    return split_by_key(groups, test_fraction, seed)
+    if cfg.test_groups:
+        missing = sorted(set(cfg.test_groups) - set(groups))
+        if missing:
+            raise ConfigError(
+                f"--test-families: {', '.join(missing)} not in the data (has {', '.join(sorted(set(groups)))})"
+            )
+        is_test = np.isin(np.asarray(groups, dtype=object), list(cfg.test_groups))
+        if is_test.all():
+            raise ConfigError(
+                "--test-families: every circuit would be held out; keep some families for training"
+            )
+        return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    return split_by_key(groups, cfg.test_fraction, cfg.seed)
 
 
 def minibatches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:

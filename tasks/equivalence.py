@@ -250,7 +250,7 @@ def run_equivalence(
     if setting == "gates":
         data: _GatePairs = prepared
         names = [str(g.name) for g in data.graphs]
-        tr, te = split_items(len(data.graphs), groups, cfg.test_fraction, cfg.seed)
+        tr, te = split_items(len(data.graphs), groups, cfg)
         enc = GraphEncoding(encoder, data.graphs, trainable, device=device, cache=cache)
 
         def logits(idx: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -277,7 +277,7 @@ def run_equivalence(
         circuit = rows[:, 3].astype(np.int64)
         n_circuits = int(circuit.max()) + 1
         names = [str(getattr(graphs[int(r[0])], "name", k)) for k, r in enumerate(rows) if r[2] == 1.0]
-        tr_c, te_c = split_items(n_circuits, groups, cfg.test_fraction, cfg.seed)
+        tr_c, te_c = split_items(n_circuits, groups, cfg)
         tr = np.flatnonzero(np.isin(circuit, tr_c))
         te = np.flatnonzero(np.isin(circuit, te_c))
         rows_of = [np.flatnonzero(circuit == c) for c in tr_c]

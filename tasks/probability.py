@@ -77,7 +77,7 @@ def run_probability(
     if graphs is None:
         graphs = build_probability_graphs(circuits, explicit_not=explicit_not)
     names = [str(getattr(g, "name", i)) for i, g in enumerate(graphs)]
-    train_ids, test_ids = split_items(len(graphs), groups, cfg.test_fraction, cfg.seed)
+    train_ids, test_ids = split_items(len(graphs), groups, cfg)
     torch.manual_seed(cfg.seed)
     head = make_head(cfg.head, encoder.out_dim, 64, 1).to(device)
     enc = GraphEncoding(encoder, graphs, trainable, device=device, cache=cache)

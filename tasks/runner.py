@@ -17,7 +17,7 @@ from pathlib import Path
 
 from circuitml.tasks.common import TaskResult, TrainConfig, load_circuits, load_families
 
-from circuitml.errors import ConfigError
+from circuitml.errors import ConfigError, DatasetError
 
 __all__ = ["TASKS", "SPLITS", "Variant", "TaskData", "prepare_task", "run_variants"]
 
@@ -49,6 +49,7 @@ class TaskData:
     circuits: list = field(default_factory=list)
     prepared: object = None  # equivalence pairs / probability graphs / QoR graphs
     groups: list[str] | None = None  # family per circuit for the families split
+    heldout: dict | None = None  # what excluding the pretraining corpus removed (tasks.heldout.unseen)
 
 
 def prepare_task(
@@ -59,9 +60,14 @@ def prepare_task(
     split: str | None = None,
     limit: int | None = None,
     explicit_not: bool = True,
+    exclude_seen: str | Path | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> TaskData:
-    """Load and prepare ``task``'s data from ``data`` (QoR labels folder, dataset or circuit folder)."""
+    """Load and prepare ``task``'s data from ``data`` (QoR labels folder, dataset or circuit folder).
+
+    ``exclude_seen``: a pretraining corpus (dataset folder); circuits whose function or name is in it are dropped
+    (QoR: the count of seen designs is recorded, and any seen design is an error).
+    """
     if task not in TASKS:
         raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
     split = split or SPLITS[task][0]
@@ -75,12 +81,29 @@ def prepare_task(
 
         out.labels = load_qor_labels(data)
         n = len(out.labels.design_ids)
+        if exclude_seen is not None:
+            from circuitml.tasks.heldout import unseen
+
+            keep, out.heldout = unseen([out.labels.aig(d) for d in range(n)], exclude_seen)
+            if keep.size < n:
+                seen = sorted(set(out.labels.design_ids) - {out.labels.design_ids[k] for k in keep})
+                raise DatasetError(
+                    f"{data}: designs {', '.join(seen)} are in the pretraining corpus {exclude_seen}"
+                )
         log(f"qor: {n} designs, {len(out.labels)} labelled (design, recipe) rows; encoding graphs")
         out.prepared = [aig_to_data(out.labels.aig(d), explicit_not=explicit_not) for d in range(n)]
         return out
     out.circuits = load_circuits(data, limit=limit)
     if split == "families":
         out.groups = load_families(data, limit=limit)
+    if exclude_seen is not None:
+        from circuitml.tasks.heldout import unseen
+
+        log(f"fingerprinting the pretraining corpus {exclude_seen} to hold its designs out")
+        keep, out.heldout = unseen(out.circuits, exclude_seen)
+        out.circuits = [out.circuits[k] for k in keep]
+        out.groups = None if out.groups is None else [out.groups[k] for k in keep]
+        log(f"kept {len(out.circuits)} circuits never seen in pretraining: {out.heldout}")
     if task == "equivalence":
         from circuitml.tasks.equivalence import prepare_equivalence
 

@@ -150,6 +150,16 @@ def evaluate(
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many circuits."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", help="Share of designs/circuits held out."),
+    test_families: Optional[str] = typer.Option(
+        None,
+        "--test-families",
+        help="With --split families: comma-separated families to hold out (all seeds).",
+    ),
+    exclude_seen: Optional[Path] = typer.Option(
+        None,
+        "--exclude-seen",
+        help="Pretraining corpus (dataset folder): drop circuits whose function or name is in it.",
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
 ) -> None:
@@ -174,6 +184,9 @@ def evaluate(
         cfg_dict = json.loads(encoder_config) if encoder_config else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--encoder-config: expected JSON, {exc.msg} at column {exc.colno}") from None
+    held = tuple(f.strip() for f in test_families.split(",") if f.strip()) if test_families else ()
+    if held and split != "families":
+        raise ConfigError("--test-families: only with --split families")
     dev = configure_runtime(threads, device)
 
     if encoder == "scratch":
@@ -190,10 +203,22 @@ def evaluate(
     elif cfg_dict is not None:
         explicit_not = bool(cfg_dict.get("explicit_not", True))
     prepared = prepare_task(
-        task, data, setting=setting, split=split, limit=limit, explicit_not=explicit_not, log=console.print
+        task,
+        data,
+        setting=setting,
+        split=split,
+        limit=limit,
+        explicit_not=explicit_not,
+        exclude_seen=exclude_seen,
+        log=console.print,
     )
     cfg = TrainConfig(
-        epochs=epochs, lr=lr, batch_size=batch_size, test_fraction=test_fraction, device=str(dev)
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        test_fraction=test_fraction,
+        device=str(dev),
+        test_groups=held,
     )
     on_terminal = console.is_terminal
     with _progress() if on_terminal else nullcontext() as bar:
@@ -205,7 +230,8 @@ def evaluate(
         "task": task, "encoder": encoder, "data": str(data), "compare": compare, "seeds": seeds, "epochs": epochs,
         "lr": lr, "batch_size": batch_size, "finetune": finetune, "head": head, "setting": setting,
         "split": prepared.split, "metric": metric, "recipe_encoder": recipe_encoder, "encoder_config": cfg_dict,
-        "test_fraction": test_fraction, "threads": threads, "device": str(dev),
+        "test_fraction": test_fraction, "test_families": list(held), "threads": threads, "device": str(dev),
+        "exclude_seen": str(exclude_seen) if exclude_seen else None, "heldout": prepared.heldout,
     }  # fmt: skip
     summary = write_report(runs, out, config=config, reference=compare or "scratch")
     for name, enc in summary["encoders"].items():
