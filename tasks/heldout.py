@@ -10,6 +10,7 @@ with probability about ``2^-256`` per output. Not caught: the same function with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -36,7 +37,13 @@ def functional_fingerprint(aig: AIG, *, num_patterns: int = PATTERNS) -> str:
 
 
 def corpus_fingerprints(corpus: str | os.PathLike) -> tuple[set[str], set[str]]:
-    """Functional fingerprints and names (record ``name``, ``id``, ``design``) of every circuit of a dataset."""
+    """Functional fingerprints and names (record ``name``, ``id``, ``design``) of every circuit of a dataset
+    (computed once per folder and process)."""
+    return _corpus_fingerprints(str(Path(corpus).resolve()))
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus_fingerprints(corpus: str) -> tuple[frozenset[str], frozenset[str]]:
     from circuitml.datasets import CircuitDataset
 
     root = Path(corpus)
@@ -45,7 +52,7 @@ def corpus_fingerprints(corpus: str | os.PathLike) -> tuple[set[str], set[str]]:
     ds = CircuitDataset(root)
     names = {str(r[k]) for r in ds.records for k in ("name", "id", "design") if r.get(k)}
     prints = {functional_fingerprint(ds.aig(i)) for i in range(len(ds))}
-    return prints, names
+    return frozenset(prints), frozenset(names)
 
 
 def unseen(

@@ -221,3 +221,31 @@ def test_evaluate_rejects_bad_runtime_options_in_one_line(tmp_path, capsys, bad)
     code = main(["evaluate", "probability", "--data", str(tmp_path), "--out", str(tmp_path), *bad])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow  # every row of the proof at 1 epoch on 8 tiny circuits
+def test_suite_writes_the_proof_tables(tmp_path) -> None:
+    from circuitml.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for s in range(8):
+        write_aiger(random_circuit(s, num_gates=30), src / f"c{s}.aig")
+    torch.manual_seed(0)
+    build_encoder({"kind": "gcn", "hidden": 16, "num_layers": 2}).save_pretrained(tmp_path / "enc")
+    out = tmp_path / "suite"
+    code = main(
+        [
+            "evaluate-suite", "--encoder", str(tmp_path / "enc"), "--circuits", str(src), "--out", str(out),
+            "--epochs", "1", "--ablation", f"a={tmp_path / 'enc'}", "--threads", "1",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = (out / "report.md").read_text()
+    for title in ("Pretrained (fine-tuned) vs scratch", "Linear probe", "Ablation"):
+        assert title in report
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert [r["table"] for r in rows] == ["finetune"] * 3 + ["probe"] * 2 + ["ablation"] * 2
+    for r in rows:
+        v = r["verdict"]
+        assert v["pretrained"]["n"] == 3 and v["difference"]["n"] == 3

@@ -243,6 +243,78 @@ def evaluate(
     console.print(f"report: {out / 'report.md'}")
 
 
+def evaluate_suite(
+    encoder: str = typer.Option(..., "--encoder", help="Pretrained encoder folder to prove."),
+    circuits: Path = typer.Option(
+        ...,
+        "--circuits",
+        help="Circuits never seen in pretraining (folder or dataset): probability, equivalence.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Where report.md, metrics.json and one folder per row go."),
+    qor: Optional[Path] = typer.Option(None, "--qor", help="QoR labels folder (circuitml data qor)."),
+    corpus: Optional[Path] = typer.Option(
+        None,
+        "--corpus",
+        help="Pretraining corpus: circuits equal in function or name to one of it are dropped.",
+    ),
+    families_encoder: Optional[str] = typer.Option(
+        None, "--families-encoder", help="Encoder pretrained without --held-out-families (the families row)."
+    ),
+    families_data: Optional[Path] = typer.Option(
+        None, "--families-data", help="Dataset with a family per circuit (circuitml data generate)."
+    ),
+    held_out_families: Optional[str] = typer.Option(
+        None,
+        "--held-out-families",
+        help="Comma-separated families held out of pretraining and of task training.",
+    ),
+    ablation: Optional[list[str]] = typer.Option(
+        None, "--ablation", help="NAME=DIR of an objective-ablation encoder (repeatable): linear-probe rows."
+    ),
+    tables: str = typer.Option("finetune,probe,ablation", "--tables", help="Which tables to run."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds 0..N-1 (at least 3)."),
+    epochs: int = typer.Option(30, "--epochs"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
+) -> None:
+    """The pretrained-vs-scratch proof: every task and held-out setting, linear probes and the objective
+    ablation, mean ± std over seeds with per-seed differences, in one report."""
+    from circuitml.tasks.common import TrainConfig, configure_runtime
+    from circuitml.tasks.suite import proof_rows, run_suite
+
+    if seeds < 3:
+        raise ConfigError(f"--seeds: expected at least 3, got {seeds}")
+    fam = None
+    if families_encoder or families_data or held_out_families:
+        if not (families_encoder and families_data and held_out_families):
+            raise ConfigError(
+                "--families-encoder, --families-data and --held-out-families: expected all three or none"
+            )
+        fam = (families_encoder, str(families_data), tuple(f.strip() for f in held_out_families.split(",")))
+    abl = {}
+    for item in ablation or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--ablation: expected NAME=DIR, got {item!r}")
+        abl[name] = path
+    wanted = {t.strip() for t in tables.split(",")}
+    if not wanted <= {"finetune", "probe", "ablation"}:
+        raise ConfigError(f"--tables: expected finetune, probe and/or ablation, got {tables!r}")
+    dev = configure_runtime(threads, device)
+    rows = proof_rows(
+        encoder, circuits=str(circuits), qor=str(qor) if qor else None, families=fam, ablation=abl,
+        corpus=str(corpus) if corpus else None,
+    )  # fmt: skip
+    rows = [r for r in rows if r.table in wanted]
+    with _progress() if console.is_terminal else nullcontext() as bar:
+        run_suite(
+            rows, out, seeds=range(seeds), cfg=TrainConfig(epochs=epochs, device=str(dev)),
+            log=lambda s: console.print(s, highlight=False), progress=_epoch_logger(bar),
+        )  # fmt: skip
+    console.print(f"report: {out / 'report.md'}")
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
+    app.command("evaluate-suite")(evaluate_suite)
     data_app.command("qor")(data_qor)
