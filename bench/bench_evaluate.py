@@ -4,8 +4,11 @@ same run on the same labels, encoder and seed; then the projected CPU time of th
 (``--compare scratch --seeds 3``, default epochs).
 
     python bench/bench_evaluate.py --labels LABELS --encoder DIR [--epochs 2] [--threads 1]
+    python bench/bench_evaluate.py --circuits DATASET --encoder DIR      # probability and equivalence
 
-Prints CPU seconds per epoch (``time.process_time``, best of ``--repeat``) of both paths and their ratio.
+Prints CPU seconds per epoch (``time.process_time``, best of ``--repeat``) of both paths and their ratio; with
+``--circuits``, the data preparation and per-epoch CPU time of probability and gate equivalence (fine-tuned, the
+dearest mode) and the projected total of ``--compare scratch --seeds 3`` at the default 30 epochs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,27 @@ def rows_path_epoch(labels, graphs, encoder, head, opt, train_rows, z, recipes, 
         opt.step()
 
 
+def circuit_tasks(circuits: str, encoder: str) -> None:
+    from circuitml.tasks.common import TrainConfig
+    from circuitml.tasks.runner import Variant, prepare_task, run_variants
+
+    for task in ("probability", "equivalence"):
+        t = time.process_time()
+        data = prepare_task(task, circuits)
+        prep = time.process_time() - t
+        per = []
+        for epochs in (1, 3):
+            t = time.process_time()
+            run_variants(data, [Variant("pretrained", encoder, "finetune")], [0], TrainConfig(epochs=epochs))
+            per.append(time.process_time() - t)
+        epoch = (per[1] - per[0]) / 2
+        total = prep + 6 * (per[0] + 29 * epoch)
+        print(
+            f"{task}: {len(data.circuits)} circuits; preparation {prep:.1f} CPU s, {epoch:.2f} CPU s/epoch; "
+            f"projected --compare scratch --seeds 3 --epochs 30: {total / 60:.1f} CPU min"
+        )
+
+
 def main() -> None:
     from circuitml.datasets.qor import load_qor_labels
     from circuitml.tasks.common import TrainConfig, configure_runtime, make_encoder
@@ -40,13 +64,18 @@ def main() -> None:
     from circuitml.graph import aig_to_data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--labels", required=True)
+    ap.add_argument("--labels")
+    ap.add_argument("--circuits", help="dataset for the probability / equivalence timing")
     ap.add_argument("--encoder", required=True)
     ap.add_argument("--epochs", type=int, default=2, help="epochs timed per path")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     configure_runtime(args.threads)
+    if args.circuits:
+        circuit_tasks(args.circuits, args.encoder)
+    if not args.labels:
+        return
     labels = load_qor_labels(args.labels)
     graphs = [aig_to_data(labels.aig(d)) for d in range(len(labels.design_ids))]
     cfg = TrainConfig(epochs=args.epochs, seed=0)
