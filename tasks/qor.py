@@ -130,21 +130,12 @@ def split_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train/test rows: whole designs held out (``designs``), or a share of the recipes on every design
     (``recipes``; the same recipes are held out on all designs)."""
-    if split == "designs":
-        present = np.unique(labels.design)
-        tr, te = split_groups(len(present), test_fraction, seed)
-        return (
-            np.flatnonzero(np.isin(labels.design, present[tr])),
-            np.flatnonzero(np.isin(labels.design, present[te])),
-        )
-    if split == "recipes":
-        present = np.unique(labels.recipe)
-        tr, te = split_groups(len(present), test_fraction, seed)
-        return (
-            np.flatnonzero(np.isin(labels.recipe, present[tr])),
-            np.flatnonzero(np.isin(labels.recipe, present[te])),
-        )
-    raise ConfigError(f"qor split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if split not in SPLITS:
+        raise ConfigError(f"qor split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    key = labels.design if split == "designs" else labels.recipe
+    present = np.unique(key)
+    tr, te = split_groups(len(present), test_fraction, seed)
+    return np.flatnonzero(np.isin(key, present[tr])), np.flatnonzero(np.isin(key, present[te]))
 
 
 def run_qor(
