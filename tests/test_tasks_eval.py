@@ -245,7 +245,7 @@ def test_suite_writes_the_proof_tables(tmp_path) -> None:
     for title in ("Pretrained (fine-tuned) vs scratch", "Linear probe", "Ablation"):
         assert title in report
     rows = json.loads((out / "metrics.json").read_text())["rows"]
-    assert [r["table"] for r in rows] == ["finetune"] * 3 + ["probe"] * 2 + ["ablation"] * 2
+    assert sorted(r["table"] for r in rows) == ["ablation"] * 2 + ["finetune"] * 3 + ["probe"] * 2
     for r in rows:
         v = r["verdict"]
         assert v["pretrained"]["n"] == 3 and v["difference"]["n"] == 3

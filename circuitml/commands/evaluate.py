@@ -272,6 +272,9 @@ def evaluate_suite(
         None, "--ablation", help="NAME=DIR of an objective-ablation encoder (repeatable): linear-probe rows."
     ),
     tables: str = typer.Option("finetune,probe,ablation", "--tables", help="Which tables to run."),
+    tasks: str = typer.Option(
+        "qor,probability,equivalence", "--tasks", help="Which tasks' rows to run (in order)."
+    ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds 0..N-1 (at least 3)."),
     epochs: int = typer.Option(30, "--epochs"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
@@ -305,7 +308,14 @@ def evaluate_suite(
         encoder, circuits=str(circuits), qor=str(qor) if qor else None, families=fam, ablation=abl,
         corpus=str(corpus) if corpus else None,
     )  # fmt: skip
-    rows = [r for r in rows if r.table in wanted]
+    from circuitml.tasks.runner import TASKS
+
+    order = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not order or not set(order) <= set(TASKS):
+        raise ConfigError(f"--tasks: expected some of {', '.join(TASKS)}, got {tasks!r}")
+    rows = sorted(
+        (r for r in rows if r.table in wanted and r.task in order), key=lambda r: order.index(r.task)
+    )
     with _progress() if console.is_terminal else nullcontext() as bar:
         run_suite(
             rows, out, seeds=range(seeds), cfg=TrainConfig(epochs=epochs, device=str(dev)),
