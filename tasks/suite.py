@@ -201,6 +201,12 @@ def run_suite(
     return {"rows": results}
 
 
+def _encoder_name(path: str) -> str:
+    """``runs/x/encoder`` → ``x/encoder``: a run's exported encoder folder is always called ``encoder``."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "encoder" else p.name
+
+
 def _fmt(s: dict) -> str:
     return f"{s['mean']:.4g} ± {s['std']:.2g}"
 
@@ -239,11 +245,11 @@ def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: Tra
             gain = f"{100 * v['gain']:+.1f} %" if v["relative"] else f"{v['gain']:+.3f}"
             target = f"{100 * v['target']:+.0f} %" if v["relative"] else f"{v['target']:+.2f}"
             lines.append(
-                f"| {r['row']} | {Path(r['encoder']).name} | {v['metric']} | {_fmt(v['pretrained'])} | "
+                f"| {r['row']} | {_encoder_name(r['encoder'])} | {v['metric']} | {_fmt(v['pretrained'])} | "
                 f"{_fmt(v['reference'])} | {_fmt(v['difference'])} | {gain} | {target} | {'yes' if v['met'] else 'no'} |"
             )
         lines.append("")
-        if table != "ablation":
+        if table != "ablation" and any(len(r["metrics"]["pretrained"]) > 1 for r in mine):
             lines += ["Other metrics (pretrained / reference):", ""]
             for r in mine:
                 shown = "; ".join(
