@@ -257,7 +257,8 @@ def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: Tra
                     for m in r["metrics"]["pretrained"]
                     if m != r["verdict"]["metric"]
                 )
-                lines.append(f"- {r['row']}: {shown}")
+                if shown:
+                    lines.append(f"- {r['row']}: {shown}")
             lines.append("")
     held = [r for r in results if r["heldout"]]
     if held:
