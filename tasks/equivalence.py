@@ -31,11 +31,13 @@ from circuitml.tasks.common import (
     TaskResult,
     TrainConfig,
     binary_metrics,
+    is_pretrained,
     make_encoder,
-    mlp,
+    make_head,
     param_groups,
+    result_label,
     seed_everything,
-    split_groups,
+    split_items,
     train_loop,
 )
 from torch import Tensor
@@ -215,25 +217,31 @@ def run_equivalence(
     prepared=None,
     encoder_config: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
+    groups: Sequence[str] | None = None,
+    cache: list | None = None,
 ) -> TaskResult:
     """Train the pair head for ``setting`` (``gates`` or ``circuits``) and evaluate on held-out circuits.
 
     ``prepared`` reuses the pairs of an earlier run (from :func:`prepare_equivalence`) so that compared encoders
-    see the same data and ABC is run once.
+    see the same data and ABC is run once. ``groups``: a name per circuit (its family) to hold out whole groups;
+    ``cache``: frozen embeddings shared between runs.
     """
     if setting not in SETTINGS:
         raise ConfigError(f"equivalence setting: expected one of {', '.join(SETTINGS)}, got {setting!r}")
     cfg.validate()
     seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
     encoder, trainable = make_encoder(encoder_source, mode, seed=cfg.seed, config=encoder_config)
+    encoder.to(device)
     explicit_not = getattr(getattr(encoder, "config", None), "explicit_not", True)
     if prepared is None:
         prepared = prepare_equivalence(circuits, setting, seed=0, explicit_not=explicit_not)
     torch.manual_seed(cfg.seed)
-    head = mlp(2 * encoder.out_dim, 64, 1)
-    pretrained = encoder_source not in (None, "scratch") and mode != "scratch"
-    groups = param_groups(head, encoder, trainable, pretrained, cfg)
+    head = make_head(cfg.head, 2 * encoder.out_dim, 64, 1).to(device)
+    opt_groups = param_groups(head, encoder, trainable, is_pretrained(encoder_source, mode), cfg)
     modules = [head, encoder] if trainable else [head]
+    # a step holds a few circuits: the gates setting scores hundreds of pairs per circuit
+    per_step = TrainConfig(**{**cfg.__dict__, "batch_size": max(1, cfg.batch_size // 16)})
 
     def pair_logit(ha: Tensor, hb: Tensor) -> Tensor:
         return head(torch.cat([ha * hb, (ha - hb).abs()], dim=-1)).squeeze(-1)
@@ -242,53 +250,58 @@ def run_equivalence(
     if setting == "gates":
         data: _GatePairs = prepared
         names = [str(g.name) for g in data.graphs]
-        tr, te = split_groups(len(data.graphs), cfg.test_fraction, cfg.seed)
-        enc = GraphEncoding(encoder, data.graphs, trainable)
+        tr, te = split_items(len(data.graphs), groups, cfg)
+        enc = GraphEncoding(encoder, data.graphs, trainable, device=device, cache=cache)
 
         def logits(idx: Sequence[int]) -> tuple[Tensor, Tensor]:
             node, _, _, offsets = enc(idx)
-            p = torch.cat([data.pairs[i] + offsets[k] for k, i in enumerate(idx)])
-            y = torch.cat([data.labels[i] for i in idx])
+            p = torch.cat([data.pairs[i].to(device) + offsets[k] for k, i in enumerate(idx)])
+            y = torch.cat([data.labels[i] for i in idx]).to(device)
             return pair_logit(node[p[:, 0]], node[p[:, 1]]), y
 
         def step(batch: np.ndarray) -> Tensor:
             out, y = logits(tr[batch])
             return bce(out, y) + 0.01 * enc.aux_loss()
 
-        per_step = TrainConfig(**{**cfg.__dict__, "batch_size": max(1, cfg.batch_size // 16)})
-        history = train_loop(groups, step, len(tr), per_step, progress=progress, modules=modules)
+        history = train_loop(opt_groups, step, len(tr), per_step, progress=progress, modules=modules)
         encoder.eval()
         head.eval()
         with torch.no_grad():
             outs = [logits([g]) for g in te]
-        score = torch.sigmoid(torch.cat([o for o, _ in outs])).numpy()
-        label = torch.cat([y for _, y in outs]).numpy()
+        score = torch.sigmoid(torch.cat([o for o, _ in outs])).cpu().numpy()
+        label = torch.cat([y for _, y in outs]).cpu().numpy()
         group = np.concatenate([np.full(len(data.labels[g]), g) for g in te])
         train_labels = torch.cat([data.labels[i] for i in tr]).numpy()
     else:
         graphs, rows = prepared
         circuit = rows[:, 3].astype(np.int64)
+        n_circuits = int(circuit.max()) + 1
         names = [str(getattr(graphs[int(r[0])], "name", k)) for k, r in enumerate(rows) if r[2] == 1.0]
-        tr_c, te_c = split_groups(int(circuit.max()) + 1, cfg.test_fraction, cfg.seed)
+        tr_c, te_c = split_items(n_circuits, groups, cfg)
         tr = np.flatnonzero(np.isin(circuit, tr_c))
         te = np.flatnonzero(np.isin(circuit, te_c))
-        enc = GraphEncoding(encoder, graphs, trainable)
+        rows_of = [np.flatnonzero(circuit == c) for c in tr_c]
+        enc = GraphEncoding(encoder, graphs, trainable, device=device, cache=cache)
+        y_all = torch.from_numpy(rows[:, 2]).float().to(device)
 
         def logits_rows(r: np.ndarray) -> Tensor:
             ids, inv = np.unique(rows[r, :2].astype(np.int64), return_inverse=True)
             _, g, _, _ = enc(ids)
-            inv = torch.from_numpy(inv.reshape(-1, 2))
+            inv = torch.from_numpy(inv.reshape(-1, 2)).to(device)
             return pair_logit(g[inv[:, 0]], g[inv[:, 1]])
 
         def step(batch: np.ndarray) -> Tensor:
-            r = tr[batch]
-            return bce(logits_rows(r), torch.from_numpy(rows[r, 2]).float()) + 0.01 * enc.aux_loss()
+            # steps over circuits: a circuit's pairs share its graph, encoded once per step
+            r = np.concatenate([rows_of[i] for i in batch])
+            return bce(logits_rows(r), y_all[r]) + 0.01 * enc.aux_loss()
 
-        history = train_loop(groups, step, len(tr), cfg, progress=progress, modules=modules)
+        # about two pairs per circuit: batch_size // 2 circuits keep the old batch of batch_size pairs
+        per_circuit = TrainConfig(**{**cfg.__dict__, "batch_size": max(1, cfg.batch_size // 2)})
+        history = train_loop(opt_groups, step, len(tr_c), per_circuit, progress=progress, modules=modules)
         encoder.eval()
         head.eval()
         with torch.no_grad():
-            score = torch.sigmoid(logits_rows(te)).numpy()
+            score = torch.sigmoid(logits_rows(te)).cpu().numpy()
         label = rows[te, 2]
         group = circuit[te]
         train_labels = rows[tr, 2]
@@ -296,9 +309,10 @@ def run_equivalence(
     majority = float(np.mean(train_labels) >= 0.5)
     baseline = binary_metrics(np.full(label.shape, majority), label)
     baseline["auc"] = 0.5
+    held_out = "circuits" if groups is None else "whole families"
     return TaskResult(
         "equivalence",
-        "scratch" if mode == "scratch" else str(encoder_source),
+        result_label(encoder_source, mode),
         mode,
         cfg.seed,
         metrics,
@@ -308,7 +322,10 @@ def run_equivalence(
         label.astype(np.float32),
         group,
         names,
-        notes=f"setting={setting}; baseline predicts the training majority class (AUC 0.5 by definition).",
+        notes=(
+            f"setting={setting}; held out: {held_out}; head: {cfg.head}; baseline predicts the training majority "
+            "class (AUC 0.5 by definition)."
+        ),
     )
 
 

@@ -18,11 +18,13 @@ from circuitml.tasks.common import (
     GraphEncoding,
     TaskResult,
     TrainConfig,
+    is_pretrained,
     make_encoder,
-    mlp,
+    make_head,
     param_groups,
+    result_label,
     seed_everything,
-    split_groups,
+    split_items,
     train_loop,
 )
 
@@ -58,19 +60,27 @@ def run_probability(
     graphs: Sequence | None = None,
     encoder_config: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
+    groups: Sequence[str] | None = None,
+    cache: list | None = None,
 ) -> TaskResult:
-    """Train a probability head on the training circuits and report MAE on the held-out ones."""
+    """Train a probability head on the training circuits and report MAE on the held-out ones.
+
+    ``groups``: a name per circuit (its family) to hold out whole groups; ``cache``: frozen embeddings shared
+    between runs.
+    """
     cfg.validate()
     seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
     encoder, trainable = make_encoder(encoder_source, mode, seed=cfg.seed, config=encoder_config)
+    encoder.to(device)
     explicit_not = getattr(getattr(encoder, "config", None), "explicit_not", True)
     if graphs is None:
         graphs = build_probability_graphs(circuits, explicit_not=explicit_not)
     names = [str(getattr(g, "name", i)) for i, g in enumerate(graphs)]
-    train_ids, test_ids = split_groups(len(graphs), cfg.test_fraction, cfg.seed)
+    train_ids, test_ids = split_items(len(graphs), groups, cfg)
     torch.manual_seed(cfg.seed)
-    head = mlp(encoder.out_dim, 64, 1)
-    enc = GraphEncoding(encoder, graphs, trainable)
+    head = make_head(cfg.head, encoder.out_dim, 64, 1).to(device)
+    enc = GraphEncoding(encoder, graphs, trainable, device=device, cache=cache)
 
     def predict(idx: Sequence[int]) -> torch.Tensor:
         node, _, _, _ = enc(idx)
@@ -79,16 +89,15 @@ def run_probability(
     def step(batch: np.ndarray) -> torch.Tensor:
         idx = train_ids[batch]
         pred = predict(idx)
-        true = torch.cat([graphs[i].prob for i in idx])
-        mask = torch.cat([_gate_mask(graphs[i]) for i in idx])
+        true = torch.cat([graphs[i].prob for i in idx]).to(device)
+        mask = torch.cat([_gate_mask(graphs[i]) for i in idx]).to(device)
         return (pred[mask] - true[mask]).abs().mean() + 0.01 * enc.aux_loss()
 
-    pretrained = encoder_source not in (None, "scratch") and mode != "scratch"
-    groups = param_groups(head, encoder, trainable, pretrained, cfg)
+    opt_groups = param_groups(head, encoder, trainable, is_pretrained(encoder_source, mode), cfg)
     per_batch = max(1, cfg.batch_size // 16)  # graphs per step: a graph holds many labelled nodes
     small = TrainConfig(**{**cfg.__dict__, "batch_size": per_batch})
     history = train_loop(
-        groups,
+        opt_groups,
         step,
         len(train_ids),
         small,
@@ -102,17 +111,17 @@ def run_probability(
     with torch.no_grad():
         for g in test_ids:
             mask = _gate_mask(graphs[g])
-            preds.append(predict([g])[mask].numpy())
+            preds.append(predict([g])[mask.to(device)].cpu().numpy())
             trues.append(graphs[g].prob[mask].numpy())
             group.append(np.full(int(mask.sum()), g))
     pred, true = np.concatenate(preds), np.concatenate(trues)
     train_mean = float(torch.cat([graphs[i].prob[_gate_mask(graphs[i])] for i in train_ids]).mean())
     metrics = {"mae": float(np.abs(pred - true).mean())}
     baseline = {"mae": float(np.abs(train_mean - true).mean())}
-    label = "scratch" if mode == "scratch" else str(encoder_source)
+    held_out = "circuits" if groups is None else "whole families"
     return TaskResult(
         "probability",
-        label,
+        result_label(encoder_source, mode),
         mode,
         cfg.seed,
         metrics,
@@ -122,5 +131,8 @@ def run_probability(
         true,
         np.concatenate(group),
         names,
-        notes="MAE over AND/NOT nodes of held-out circuits; baseline predicts the training gates' mean probability.",
+        notes=(
+            f"MAE over AND/NOT nodes of held-out {held_out}; head: {cfg.head}; baseline predicts the training gates' "
+            "mean probability."
+        ),
     )

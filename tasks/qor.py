@@ -12,6 +12,13 @@ design's statistics over its labelled recipes (the normalization the targets wer
 recipes all tie has sigma_d = 0, so it maps back to its one value whatever z is predicted). MAPE on z-scores
 divides by numbers near 0 and is meaningless — the error HOGA's authors (Deng et al., 2024) later corrected.
 The trivial baseline predicts ``z = 0`` (each design's mean) for every recipe.
+
+Two splits, OpenABC-D's two settings: ``designs`` holds out whole designs (all their recipes); ``recipes`` holds
+out a share of the recipes on every design (the head has seen each design under other recipes).
+
+Each training step takes a few designs and scores all of their training recipes from one encoding of each, so an
+epoch runs the encoder once per training design (a step over shuffled rows touched almost every design and
+re-encoded it at every step).
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from circuitml.tasks.common import (
     GraphEncoding,
     TaskResult,
     TrainConfig,
+    is_pretrained,
     make_encoder,
     mape,
     mlp,
     mse,
     param_groups,
     r2_score,
+    result_label,
     seed_everything,
     spearman,
     split_groups,
@@ -43,6 +52,7 @@ from circuitml.errors import ConfigError
 __all__ = ["RecipeEncoder", "QoRHead", "run_qor"]
 
 RECIPE_ENCODERS = ("conv", "gru", "transformer")
+SPLITS = ("designs", "recipes")
 
 
 class RecipeEncoder(nn.Module):
@@ -87,17 +97,45 @@ class RecipeEncoder(nn.Module):
 
 
 class QoRHead(nn.Module):
-    """``z_hat = MLP([g ; RecipeEncoder(recipe)])``."""
+    """``z_hat = MLP([g ; RecipeEncoder(recipe)])``; as a linear probe (``head="linear"``),
+    ``z_hat = W(r)^T g + b(r)`` with ``[W(r); b(r)] = A r`` — for each recipe a linear function of the graph
+    embedding ``g``, since an additive ``w^T g + f(r)`` is constant per design and z-scores average to 0 there."""
 
     def __init__(
-        self, graph_dim: int, recipe_dim: int = 32, hidden: int = 64, recipe_kind: str = "conv"
+        self,
+        graph_dim: int,
+        recipe_dim: int = 32,
+        hidden: int = 64,
+        recipe_kind: str = "conv",
+        head: str = "mlp",
     ) -> None:
         super().__init__()
         self.recipe = RecipeEncoder(recipe_dim, recipe_kind)
-        self.mlp = mlp(graph_dim + recipe_dim, hidden, 1)
+        self.linear = head == "linear"
+        if self.linear:
+            self.probe = nn.Linear(recipe_dim, graph_dim + 1)
+        else:
+            self.mlp = mlp(graph_dim + recipe_dim, hidden, 1)
 
     def forward(self, graph: Tensor, recipes: Tensor) -> Tensor:
-        return self.mlp(torch.cat([graph, self.recipe(recipes)], dim=-1)).squeeze(-1)
+        r = self.recipe(recipes)
+        if self.linear:
+            w = self.probe(r)
+            return (w[:, :-1] * graph).sum(-1) + w[:, -1]
+        return self.mlp(torch.cat([graph, r], dim=-1)).squeeze(-1)
+
+
+def split_rows(
+    labels: QoRLabels, split: str, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test rows: whole designs held out (``designs``), or a share of the recipes on every design
+    (``recipes``; the same recipes are held out on all designs)."""
+    if split not in SPLITS:
+        raise ConfigError(f"qor split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    key = labels.design if split == "designs" else labels.recipe
+    present = np.unique(key)
+    tr, te = split_groups(len(present), test_fraction, seed)
+    return np.flatnonzero(np.isin(key, present[tr])), np.flatnonzero(np.isin(key, present[te]))
 
 
 def run_qor(
@@ -108,51 +146,61 @@ def run_qor(
     *,
     metric: str = "ands",
     recipe_kind: str = "conv",
+    split: str = "designs",
     graphs: Sequence | None = None,
     encoder_config: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
+    cache: list | None = None,
 ) -> TaskResult:
-    """Train the QoR head on the training designs' rows; evaluate on the held-out designs."""
+    """Train the QoR head on the training rows; evaluate on the held-out designs (or recipes).
+
+    ``cache``: embeddings of a frozen encoder shared between runs (see :class:`GraphEncoding`).
+    """
     from circuitml.graph import aig_to_data
 
     cfg.validate()
     seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
     encoder, trainable = make_encoder(encoder_source, mode, seed=cfg.seed, config=encoder_config)
+    encoder.to(device)
     explicit_not = getattr(getattr(encoder, "config", None), "explicit_not", True)
     if graphs is None:
         graphs = [
             aig_to_data(labels.aig(d), explicit_not=explicit_not) for d in range(len(labels.design_ids))
         ]
-    present = np.unique(labels.design)
-    tr, te = split_groups(len(present), cfg.test_fraction, cfg.seed)
-    train_designs, test_designs = present[tr], present[te]
-    z = torch.from_numpy(labels.targets(metric))
-    recipes = torch.from_numpy(labels.recipes.astype(np.int64))
-    train_rows = np.flatnonzero(np.isin(labels.design, train_designs))
-    test_rows = np.flatnonzero(np.isin(labels.design, test_designs))
+    train_rows, test_rows = split_rows(labels, split, cfg.test_fraction, cfg.seed)
+    z = torch.from_numpy(labels.targets(metric)).to(device)
+    recipes = torch.from_numpy(labels.recipes.astype(np.int64)).to(device)
     torch.manual_seed(cfg.seed)
-    head = QoRHead(encoder.out_dim, recipe_kind=recipe_kind)
-    enc = GraphEncoding(encoder, graphs, trainable)
+    head = QoRHead(encoder.out_dim, recipe_kind=recipe_kind, head=cfg.head).to(device)
+    enc = GraphEncoding(encoder, graphs, trainable, device=device, cache=cache)
 
     def predict(rows: np.ndarray) -> Tensor:
         designs, inverse = np.unique(labels.design[rows], return_inverse=True)
         _, g, _, _ = enc(designs)  # each design of the batch is encoded once
-        return head(g[torch.from_numpy(inverse)], recipes[labels.recipe[rows]])
+        return head(g[torch.from_numpy(inverse.reshape(-1)).to(device)], recipes[labels.recipe[rows]])
+
+    # steps over designs: each step scores every training recipe of its designs from one encoding of each
+    train_designs = np.unique(labels.design[train_rows])
+    rows_of = [train_rows[labels.design[train_rows] == d] for d in train_designs]
+    recipes_per_design = max(1, round(len(train_rows) / max(len(train_designs), 1)))
+    per_step = TrainConfig(**{**cfg.__dict__, "batch_size": max(1, cfg.batch_size // recipes_per_design)})
 
     def step(batch: np.ndarray) -> Tensor:
-        rows = train_rows[batch]
+        rows = np.concatenate([rows_of[i] for i in batch])
         return torch.mean((predict(rows) - z[rows]) ** 2) + 0.01 * enc.aux_loss()
 
-    pretrained = encoder_source not in (None, "scratch") and mode != "scratch"
-    groups = param_groups(head, encoder, trainable, pretrained, cfg)
+    groups = param_groups(head, encoder, trainable, is_pretrained(encoder_source, mode), cfg)
     modules = [head, encoder] if trainable else [head]
-    history = train_loop(groups, step, len(train_rows), cfg, progress=progress, modules=modules)
+    history = train_loop(groups, step, len(train_designs), per_step, progress=progress, modules=modules)
 
     encoder.eval()
     head.eval()
     with torch.no_grad():
-        pred = torch.cat([predict(test_rows[s : s + 512]) for s in range(0, len(test_rows), 512)]).numpy()
-    true = z[test_rows].numpy()
+        pred = (
+            torch.cat([predict(test_rows[s : s + 512]) for s in range(0, len(test_rows), 512)]).cpu().numpy()
+        )
+    true = z[test_rows].cpu().numpy()
     raw_true = labels.values[metric][test_rows]
     raw_pred = labels.denormalize(pred, test_rows, metric)
     raw_base = labels.denormalize(np.zeros_like(pred), test_rows, metric)
@@ -168,10 +216,10 @@ def run_qor(
         "r2": r2_score(np.zeros_like(true), true),
         "spearman": 0.0,
     }
-    label = "scratch" if mode == "scratch" else str(encoder_source)
+    held_out = "designs" if split == "designs" else "recipes (on every design)"
     return TaskResult(
         "qor",
-        label,
+        result_label(encoder_source, mode),
         mode,
         cfg.seed,
         metrics,
@@ -182,7 +230,8 @@ def run_qor(
         labels.design[test_rows],
         list(labels.design_ids),
         notes=(
-            f"target: per-design z-scored {metric}; MSE/R2/Spearman on z-scores; MAPE (%) on de-normalized {metric} "
-            "(z*sigma_d + mu_d vs the raw count); baseline predicts z = 0 (each design's mean)."
+            f"target: per-design z-scored {metric}; held out: {held_out}; head: {cfg.head}; MSE/R2/Spearman on "
+            f"z-scores; MAPE (%) on de-normalized {metric} (z*sigma_d + mu_d vs the raw count); baseline predicts "
+            "z = 0 (each design's mean)."
         ),
     )

@@ -20,6 +20,7 @@ __all__ = ["summarize", "write_report"]
 
 # metrics where lower is better (the sign of a "gain" flips)
 LOWER_IS_BETTER = {"mse", "mape", "mae"}
+MAX_DESIGN_BARS = 30  # per_design_error.png: at most this many bars (0.5 inch each at 110 dpi)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -96,18 +97,38 @@ def _plots(runs: dict[str, list[TaskResult]], out: Path) -> list[str]:
     plt.close(fig)
     files.append("pred_vs_true.png")
 
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(first.group_names) + 3), 4))
-    width = 0.8 / len(runs)
     all_groups = sorted({int(g) for rs in runs.values() for g in np.unique(rs[0].group)})
-    for k, (name, results) in enumerate(runs.items()):
+    per = {}
+    for name, results in runs.items():
         r = results[0]
         err = np.abs(r.pred - r.true)
-        per = [float(err[r.group == g].mean()) if np.any(r.group == g) else np.nan for g in all_groups]
-        ax.bar(np.arange(len(all_groups)) + k * width, per, width, label=name)
-    ax.set_xticks(np.arange(len(all_groups)) + 0.4 - width / 2)
-    ax.set_xticklabels([first.group_names[g] for g in all_groups], rotation=45, ha="right")
+        per[name] = np.array(
+            [float(err[r.group == g].mean()) if np.any(r.group == g) else np.nan for g in all_groups]
+        )
+    # at most MAX_DESIGN_BARS designs keep their own bar (the worst by mean error over encoders); the rest are
+    # averaged into one bar, so the plot stays readable (and a few thousand pixels wide) at any number of designs
+    shown = np.arange(len(all_groups))
+    if len(all_groups) > MAX_DESIGN_BARS:
+        worst = np.argsort(
+            -np.nan_to_num(np.nanmean(np.stack(list(per.values())), 0), nan=-1.0), kind="stable"
+        )
+        shown = np.sort(worst[: MAX_DESIGN_BARS - 1])
+        rest = np.setdiff1d(np.arange(len(all_groups)), shown)
+    ticks = [first.group_names[all_groups[i]] for i in shown]
+    if len(shown) < len(all_groups):
+        ticks.append(f"mean of {len(rest)} others")
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(ticks) + 3), 4))
+    width = 0.8 / len(runs)
+    for k, name in enumerate(runs):
+        vals = list(per[name][shown])
+        if len(shown) < len(all_groups):
+            vals.append(float(np.nanmean(per[name][rest])))
+        ax.bar(np.arange(len(ticks)) + k * width, vals, width, label=name)
+    ax.set_xticks(np.arange(len(ticks)) + 0.4 - width / 2)
+    ax.set_xticklabels(ticks, rotation=45, ha="right")
     ax.set_ylabel("mean |pred - true|")
-    ax.set_title(f"{task}: error per held-out design (seed {first.seed})")
+    capped = f", {MAX_DESIGN_BARS - 1} worst of {len(all_groups)}" if len(shown) < len(all_groups) else ""
+    ax.set_title(f"{task}: error per held-out design (seed {first.seed}{capped})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "per_design_error.png", dpi=110)
@@ -117,12 +138,16 @@ def _plots(runs: dict[str, list[TaskResult]], out: Path) -> list[str]:
 
 
 def write_report(
-    runs: dict[str, list[TaskResult]], out: str | os.PathLike, *, config: dict | None = None
+    runs: dict[str, list[TaskResult]],
+    out: str | os.PathLike,
+    *,
+    config: dict | None = None,
+    reference: str | None = "scratch",
 ) -> dict:
     """Write ``metrics.json``, ``report.md`` and the plots into ``out``; returns the summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(runs)
+    summary = summarize(runs, reference=reference)
     summary["config"] = config or {}
     plots = _plots(runs, out)
     _write_text_atomic(out / "metrics.json", json.dumps(summary, indent=1))

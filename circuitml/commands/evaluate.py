@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +15,6 @@ from circuitml.errors import ConfigError
 from circuitml.fileio import load_json
 from circuitml.yosys import MAX_MEMORY_HELP
 
-TASKS = ("qor", "equivalence", "probability")
 console = Console(stderr=True)
 
 
@@ -100,6 +100,21 @@ def data_qor(
         console.print(f"[red]failed[/] {e['design']} ({e['stage']}): {e['error']}", highlight=False)
 
 
+def _epoch_logger(bar: Progress | None):
+    """Progress of each run: a bar on a terminal, one log line per epoch (every 10th on long runs) otherwise."""
+    tasks: dict[str, int] = {}
+
+    def tick(label: str, epoch: int, epochs: int, loss: float) -> None:
+        if bar is not None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=epochs, info="")
+            bar.update(tasks[label], completed=epoch, info=f"loss {loss:.4f}")
+        elif epoch == epochs or epoch == 1 or epoch % max(1, epochs // 10) == 0:
+            console.print(f"{label}: epoch {epoch}/{epochs} loss {loss:.4f}", highlight=False)
+
+    return tick
+
+
 def evaluate(
     task: str = typer.Argument(..., help="qor | equivalence | probability"),
     encoder: str = typer.Option(
@@ -109,7 +124,12 @@ def evaluate(
         ..., "--data", help="Dataset folder / circuit folder; for qor a QoR labels folder."
     ),
     out: Path = typer.Option(..., "--out", help="Where metrics.json, report.md and plots go."),
-    compare: Optional[str] = typer.Option(None, "--compare", help="'scratch': also train a fresh encoder."),
+    compare: Optional[str] = typer.Option(
+        None,
+        "--compare",
+        help="'scratch': also train the same architecture from fresh weights; 'random': also a frozen random-init "
+        "copy (the reference of a --frozen --head linear probe).",
+    ),
     seeds: int = typer.Option(1, "--seeds", help="Seeds 0..N-1 (at least 3 with --compare)."),
     epochs: int = typer.Option(30, "--epochs"),
     lr: float = typer.Option(3e-3, "--lr"),
@@ -117,7 +137,14 @@ def evaluate(
     finetune: bool = typer.Option(
         True, "--finetune/--frozen", help="Train the pretrained encoder or freeze it."
     ),
+    head: str = typer.Option("mlp", "--head", help="mlp | linear (a linear probe)."),
     setting: str = typer.Option("gates", "--setting", help="equivalence: gates | circuits."),
+    split: Optional[str] = typer.Option(
+        None,
+        "--split",
+        help="Held-out unit. qor: designs | recipes (held-out recipes on seen designs); "
+        "equivalence/probability: circuits | families.",
+    ),
     metric: str = typer.Option("ands", "--metric", help="qor: ands | depth (or area/delay when labelled)."),
     recipe_encoder: str = typer.Option("conv", "--recipe-encoder", help="qor: conv | gru | transformer."),
     encoder_config: Optional[str] = typer.Option(
@@ -127,88 +154,87 @@ def evaluate(
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many circuits."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", help="Share of designs/circuits held out."),
+    test_families: Optional[str] = typer.Option(
+        None,
+        "--test-families",
+        help="With --split families: comma-separated families to hold out (all seeds).",
+    ),
+    exclude_seen: Optional[Path] = typer.Option(
+        None,
+        "--exclude-seen",
+        help="Pretraining corpus (dataset folder): drop circuits whose function or name is in it.",
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
 ) -> None:
-    """Train a task head on an encoder and report metrics (optionally pretrained vs scratch over seeds)."""
-    from circuitml.tasks.common import TrainConfig, load_circuits
+    """Train a task head on an encoder and report metrics (optionally pretrained vs scratch over seeds).
+
+    The same seed gives the same numbers (deterministic kernels, seeded splits and sampling)."""
+    from circuitml.tasks.common import HEADS, TrainConfig, configure_runtime
     from circuitml.tasks.report import write_report
+    from circuitml.tasks.runner import TASKS, Variant, prepare_task, run_variants
 
     if task not in TASKS:
         raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
-    if compare not in (None, "scratch"):
-        raise ConfigError(f"--compare: expected 'scratch', got {compare!r}")
+    if compare not in (None, "scratch", "random"):
+        raise ConfigError(f"--compare: expected 'scratch' or 'random', got {compare!r}")
+    if head not in HEADS:
+        raise ConfigError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
     if compare and seeds < 3:
-        raise ConfigError(f"--seeds: expected at least 3 with --compare scratch, got {seeds}")
+        raise ConfigError(f"--seeds: expected at least 3 with --compare {compare}, got {seeds}")
     if compare and encoder == "scratch":
-        raise ConfigError("--compare scratch: expected a pretrained --encoder DIR to compare against")
+        raise ConfigError(f"--compare {compare}: expected a pretrained --encoder DIR to compare against")
     cfg_dict = load_json(encoder_config, "--encoder-config", error=ConfigError) if encoder_config else None
+    held = tuple(f.strip() for f in test_families.split(",") if f.strip()) if test_families else ()
+    if held and split != "families":
+        raise ConfigError("--test-families: only with --split families")
+    dev = configure_runtime(threads, device)
 
     if encoder == "scratch":
-        variants = [("scratch", "scratch", "scratch")]
+        variants = [Variant("scratch", "scratch", "scratch", head)]
     else:
-        variants = [("pretrained", encoder, "finetune" if finetune else "frozen")]
+        variants = [Variant("pretrained", encoder, "finetune" if finetune else "frozen", head)]
         if compare:
-            variants.append(("scratch", encoder, "scratch"))
+            variants.append(Variant(compare, encoder, compare, head))
+    explicit_not = True
+    if encoder != "scratch":
+        from circuitml.encoders import load_encoder
 
-    prepared = None
-    circuits = None
-    labels = None
-    if task == "qor":
-        from circuitml.datasets.qor import load_qor_labels
-
-        labels = load_qor_labels(data)
-    else:
-        circuits = load_circuits(data, limit=limit)
-        if task == "equivalence":
-            from circuitml.tasks.equivalence import prepare_equivalence
-
-            console.print(
-                f"preparing {setting} pairs for {len(circuits)} circuits (ABC runs once per circuit)"
-            )
-            prepared = prepare_equivalence(circuits, setting, seed=0)
-        else:
-            from circuitml.tasks.probability import build_probability_graphs
-
-            prepared = build_probability_graphs(circuits)
-
-    runs: dict = {}
-    with _progress() as bar:
-        for name, source, mode in variants:
-            for seed in range(seeds):
-                cfg = TrainConfig(
-                    epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, test_fraction=test_fraction
-                )
-                tid = bar.add_task(f"{task} {name} seed {seed}", total=epochs, info="")
-
-                def tick(epoch: int, loss: float, tid: int = tid) -> None:
-                    bar.update(tid, completed=epoch, info=f"loss {loss:.4f}")
-
-                if task == "qor":
-                    from circuitml.tasks.qor import run_qor
-
-                    result = run_qor(
-                        labels, source, mode, cfg, metric=metric, recipe_kind=recipe_encoder,
-                        encoder_config=cfg_dict, progress=tick,
-                    )  # fmt: skip
-                elif task == "equivalence":
-                    from circuitml.tasks.equivalence import run_equivalence
-
-                    result = run_equivalence(
-                        circuits, source, mode, cfg, setting=setting, prepared=prepared, encoder_config=cfg_dict,
-                        progress=tick,
-                    )  # fmt: skip
-                else:
-                    from circuitml.tasks.probability import run_probability
-
-                    result = run_probability(
-                        circuits, source, mode, cfg, graphs=prepared, encoder_config=cfg_dict, progress=tick
-                    )
-                runs.setdefault(name, []).append(result)
+        explicit_not = load_encoder(encoder).config.explicit_not
+    elif cfg_dict is not None:
+        explicit_not = bool(cfg_dict.get("explicit_not", True))
+    prepared = prepare_task(
+        task,
+        data,
+        setting=setting,
+        split=split,
+        limit=limit,
+        explicit_not=explicit_not,
+        exclude_seen=exclude_seen,
+        log=console.print,
+    )
+    cfg = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        test_fraction=test_fraction,
+        device=str(dev),
+        test_groups=held,
+    )
+    on_terminal = console.is_terminal
+    with _progress() if on_terminal else nullcontext() as bar:
+        runs = run_variants(
+            prepared, variants, range(seeds), cfg, encoder_config=cfg_dict, metric=metric,
+            recipe_kind=recipe_encoder, progress=_epoch_logger(bar),
+        )  # fmt: skip
     config = {
         "task": task, "encoder": encoder, "data": str(data), "compare": compare, "seeds": seeds, "epochs": epochs,
-        "lr": lr, "batch_size": batch_size, "finetune": finetune, "setting": setting, "metric": metric,
-        "recipe_encoder": recipe_encoder, "encoder_config": cfg_dict, "test_fraction": test_fraction,
+        "lr": lr, "batch_size": batch_size, "finetune": finetune, "head": head, "setting": setting,
+        "split": prepared.split, "metric": metric, "recipe_encoder": recipe_encoder, "encoder_config": cfg_dict,
+        "test_fraction": test_fraction, "test_families": list(held), "threads": threads, "device": str(dev),
+        "exclude_seen": str(exclude_seen) if exclude_seen else None, "heldout": prepared.heldout,
     }  # fmt: skip
-    summary = write_report(runs, out, config=config)
+    summary = write_report(runs, out, config=config, reference=compare or "scratch")
     for name, enc in summary["encoders"].items():
         shown = ", ".join(f"{m} {v['mean']:.4g}±{v['std']:.2g}" for m, v in enc["metrics"].items())
         console.print(f"{name}: {shown}", highlight=False)
@@ -218,6 +244,88 @@ def evaluate(
     console.print(f"report: {out / 'report.md'}")
 
 
+def evaluate_suite(
+    encoder: str = typer.Option(..., "--encoder", help="Pretrained encoder folder to prove."),
+    circuits: Path = typer.Option(
+        ...,
+        "--circuits",
+        help="Circuits never seen in pretraining (folder or dataset): probability, equivalence.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Where report.md, metrics.json and one folder per row go."),
+    qor: Optional[Path] = typer.Option(None, "--qor", help="QoR labels folder (circuitml data qor)."),
+    corpus: Optional[Path] = typer.Option(
+        None,
+        "--corpus",
+        help="Pretraining corpus: circuits equal in function or name to one of it are dropped.",
+    ),
+    families_encoder: Optional[str] = typer.Option(
+        None, "--families-encoder", help="Encoder pretrained without --held-out-families (the families row)."
+    ),
+    families_data: Optional[Path] = typer.Option(
+        None, "--families-data", help="Dataset with a family per circuit (circuitml data generate)."
+    ),
+    held_out_families: Optional[str] = typer.Option(
+        None,
+        "--held-out-families",
+        help="Comma-separated families held out of pretraining and of task training.",
+    ),
+    ablation: Optional[list[str]] = typer.Option(
+        None, "--ablation", help="NAME=DIR of an objective-ablation encoder (repeatable): linear-probe rows."
+    ),
+    tables: str = typer.Option("finetune,probe,ablation", "--tables", help="Which tables to run."),
+    tasks: str = typer.Option(
+        "qor,probability,equivalence", "--tasks", help="Which tasks' rows to run (in order)."
+    ),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds 0..N-1 (at least 3)."),
+    epochs: int = typer.Option(30, "--epochs"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
+) -> None:
+    """The pretrained-vs-scratch proof: every task and held-out setting, linear probes and the objective
+    ablation, mean ± std over seeds with per-seed differences, in one report."""
+    from circuitml.tasks.common import TrainConfig, configure_runtime
+    from circuitml.tasks.suite import proof_rows, run_suite
+
+    if seeds < 3:
+        raise ConfigError(f"--seeds: expected at least 3, got {seeds}")
+    fam = None
+    if families_encoder or families_data or held_out_families:
+        if not (families_encoder and families_data and held_out_families):
+            raise ConfigError(
+                "--families-encoder, --families-data and --held-out-families: expected all three or none"
+            )
+        fam = (families_encoder, str(families_data), tuple(f.strip() for f in held_out_families.split(",")))
+    abl = {}
+    for item in ablation or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--ablation: expected NAME=DIR, got {item!r}")
+        abl[name] = path
+    wanted = {t.strip() for t in tables.split(",")}
+    if not wanted <= {"finetune", "probe", "ablation"}:
+        raise ConfigError(f"--tables: expected finetune, probe and/or ablation, got {tables!r}")
+    dev = configure_runtime(threads, device)
+    rows = proof_rows(
+        encoder, circuits=str(circuits), qor=str(qor) if qor else None, families=fam, ablation=abl,
+        corpus=str(corpus) if corpus else None,
+    )  # fmt: skip
+    from circuitml.tasks.runner import TASKS
+
+    order = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not order or not set(order) <= set(TASKS):
+        raise ConfigError(f"--tasks: expected some of {', '.join(TASKS)}, got {tasks!r}")
+    rows = sorted(
+        (r for r in rows if r.table in wanted and r.task in order), key=lambda r: order.index(r.task)
+    )
+    with _progress() if console.is_terminal else nullcontext() as bar:
+        run_suite(
+            rows, out, seeds=range(seeds), cfg=TrainConfig(epochs=epochs, device=str(dev)),
+            log=lambda s: console.print(s, highlight=False), progress=_epoch_logger(bar),
+        )  # fmt: skip
+    console.print(f"report: {out / 'report.md'}")
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
+    app.command("evaluate-suite")(evaluate_suite)
     data_app.command("qor")(data_qor)

@@ -1,0 +1,275 @@
+"""The pretrained-vs-scratch proof (issue 11, item 6) as one run writing one report.
+
+Rows, each over the same seeds and budget for every encoder compared, per-seed differences reported:
+
+* **fine-tuned vs scratch** (MLP heads): signal probability MAE and gate-/circuit-level equivalence on circuits
+  never seen in pretraining; QoR with held-out designs and with held-out recipes on seen designs (OpenABC-D's
+  two settings); optionally one row with whole families held out from pretraining *and* from the task's training
+  split (an encoder pretrained without those families);
+* **linear probe**: the frozen pretrained encoder + a linear head against the same architecture at random
+  initialisation, frozen, + the same head;
+* **ablation**: the linear probe of every encoder of an objective ablation, against the same random reference.
+
+A row *meets its target* when the mean per-seed improvement reaches the target (probability MAE −15 %,
+equivalence F1 +5 points, QoR MSE −10 %, relative to the reference's mean) and exceeds the standard deviation of
+the per-seed differences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from circuitml.tasks.common import TrainConfig
+from circuitml.tasks.report import write_report
+from circuitml.tasks.runner import TaskData, Variant, prepare_task, run_variants
+
+from circuitml.fileio import atomic_write
+
+__all__ = ["Row", "TARGETS", "proof_rows", "run_suite"]
+
+# main metric per task, the target improvement, and whether it is relative to the reference's mean
+TARGETS = {
+    "probability": ("mae", -0.15, True),
+    "equivalence": ("f1", 0.05, False),
+    "qor": ("mse", -0.10, True),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    table: str  # "finetune" | "probe" | "ablation"
+    task: str
+    data: str
+    encoder: str
+    setting: str = "gates"
+    split: str | None = None
+    test_groups: tuple[str, ...] = ()
+    exclude_seen: str | None = None
+
+
+def proof_rows(
+    encoder: str,
+    *,
+    circuits: str,
+    qor: str | None = None,
+    families: tuple[str, str, tuple[str, ...]] | None = None,
+    ablation: dict[str, str] | None = None,
+    corpus: str | None = None,
+) -> list[Row]:
+    """The rows of the proof. ``families``: ``(encoder pretrained without them, dataset, held-out families)``;
+    ``corpus``: the pretraining corpus whose designs every circuit row drops."""
+    rows = [
+        Row(
+            "probability · unseen circuits", "finetune", "probability", circuits, encoder, exclude_seen=corpus
+        ),
+        Row("equivalence · gates", "finetune", "equivalence", circuits, encoder, exclude_seen=corpus),
+        Row(
+            "equivalence · circuits",
+            "finetune",
+            "equivalence",
+            circuits,
+            encoder,
+            "circuits",
+            exclude_seen=corpus,
+        ),
+    ]
+    if qor:
+        rows += [
+            Row(
+                "qor · held-out designs",
+                "finetune",
+                "qor",
+                qor,
+                encoder,
+                split="designs",
+                exclude_seen=corpus,
+            ),
+            Row(
+                "qor · held-out recipes",
+                "finetune",
+                "qor",
+                qor,
+                encoder,
+                split="recipes",
+                exclude_seen=corpus,
+            ),
+        ]
+    if families:
+        fam_encoder, fam_data, held = families
+        # no corpus filter: the test families are absent from this encoder's corpus as a whole, while the full
+        # corpus (of the other encoders) holds designs of them, which the filter would drop
+        rows.append(
+            Row(
+                f"probability · families {','.join(held)} held out", "finetune", "probability", fam_data,
+                fam_encoder, split="families", test_groups=held,
+            )
+        )  # fmt: skip
+    probe_tasks = [("probability", circuits, "gates", None), ("equivalence", circuits, "gates", None)]
+    if qor:
+        probe_tasks.append(("qor", qor, "gates", "designs"))
+    for task, data, setting, split in probe_tasks:
+        rows.append(Row(f"{task} · probe", "probe", task, data, encoder, setting, split, exclude_seen=corpus))
+    for name, path in (ablation or {}).items():
+        for task, data, setting, split in probe_tasks:
+            rows.append(
+                Row(f"{task} · {name}", "ablation", task, data, path, setting, split, exclude_seen=corpus)
+            )
+    return rows
+
+
+def _variants(row: Row) -> list[Variant]:
+    if row.table == "finetune":
+        return [Variant("pretrained", row.encoder, "finetune"), Variant("scratch", row.encoder, "scratch")]
+    return [
+        Variant("pretrained", row.encoder, "frozen", "linear"),
+        Variant("random", row.encoder, "random", "linear"),
+    ]
+
+
+def _verdict(task: str, summary: dict, reference: str) -> dict:
+    metric, target, relative = TARGETS[task]
+    ref = summary["encoders"][reference]["metrics"][metric]["mean"]
+    diff = summary["differences"][f"pretrained - {reference}"][metric]
+    gain = diff["mean"] / abs(ref) if relative and ref else diff["mean"]
+    better = gain <= target if target < 0 else gain >= target
+    return {
+        "metric": metric,
+        "pretrained": summary["encoders"]["pretrained"]["metrics"][metric],
+        "reference": summary["encoders"][reference]["metrics"][metric],
+        "difference": diff,
+        "gain": gain,
+        "target": target,
+        "relative": relative,
+        "beyond_spread": abs(diff["mean"]) > diff["std"],
+        "met": bool(better and abs(diff["mean"]) > diff["std"]),
+    }
+
+
+def run_suite(
+    rows: Sequence[Row],
+    out: str | os.PathLike,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    cfg: TrainConfig | None = None,
+    log: Callable[[str], None] = print,
+    progress=None,
+) -> dict:
+    """Run every row (data prepared once per (task, data, setting, split)), write per-row reports under
+    ``out/<k>_<task>/`` and the tables into ``out/report.md`` and ``out/metrics.json`` after each row."""
+    from circuitml.encoders import load_encoder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or TrainConfig()
+    prepared: dict[tuple, TaskData] = {}
+    results: list[dict] = []
+    for k, row in enumerate(rows):
+        explicit_not = load_encoder(row.encoder).config.explicit_not
+        key = (row.task, row.data, row.setting, row.split, row.exclude_seen, explicit_not)
+        if key not in prepared:
+            prepared[key] = prepare_task(
+                row.task, row.data, setting=row.setting, split=row.split, explicit_not=explicit_not,
+                exclude_seen=row.exclude_seen, log=log,
+            )  # fmt: skip
+        data = prepared[key]
+        log(f"[{k + 1}/{len(rows)}] {row.name} ({row.table}, encoder {row.encoder})")
+        runs = run_variants(
+            data, _variants(row), seeds, replace(cfg, test_groups=row.test_groups), progress=progress
+        )
+        reference = "scratch" if row.table == "finetune" else "random"
+        summary = write_report(
+            runs, out / f"{k:02d}_{row.task}", config={"row": row.__dict__}, reference=reference
+        )
+        results.append(
+            {
+                "row": row.name,
+                "table": row.table,
+                "task": row.task,
+                "encoder": row.encoder,
+                "data": row.data,
+                "heldout": data.heldout,
+                "metrics": {n: e["metrics"] for n, e in summary["encoders"].items()},
+                "verdict": _verdict(row.task, summary, reference),
+            }
+        )
+        _write_tables(results, out, seeds, cfg)
+    return {"rows": results}
+
+
+def _encoder_name(path: str) -> str:
+    """``runs/x/encoder`` → ``x/encoder``: a run's exported encoder folder is always called ``encoder``."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "encoder" else p.name
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['mean']:.4g} ± {s['std']:.2g}"
+
+
+def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: TrainConfig) -> None:
+    atomic_write(
+        out / "metrics.json",
+        json.dumps({"seeds": list(seeds), "epochs": cfg.epochs, "rows": results}, indent=1),
+    )
+    titles = {
+        "finetune": "Pretrained (fine-tuned) vs scratch, same architecture, MLP heads",
+        "probe": "Linear probe: frozen pretrained vs frozen random init, same architecture",
+        "ablation": "Ablation: linear probe of each objective set's encoder vs frozen random init",
+    }
+    lines = [
+        "# circuitml evaluation suite: pretrained vs scratch",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}; {cfg.epochs} epochs; mean ± std over seeds; difference = pretrained − "
+        "reference per seed. Targets: probability MAE −15 %, equivalence F1 +5 points, QoR MSE −10 % (relative "
+        "to the reference mean); met = target reached and |mean difference| > its std.",
+        "",
+    ]
+    for table, title in titles.items():
+        mine = [r for r in results if r["table"] == table]
+        if not mine:
+            continue
+        ref = "scratch" if table == "finetune" else "random"
+        lines += [
+            f"## {title}",
+            "",
+            f"| row | encoder | metric | pretrained | {ref} | difference | gain | target | met |",
+        ]
+        lines.append("|---" * 9 + "|")
+        for r in mine:
+            v = r["verdict"]
+            gain = f"{100 * v['gain']:+.1f} %" if v["relative"] else f"{v['gain']:+.3f}"
+            target = f"{100 * v['target']:+.0f} %" if v["relative"] else f"{v['target']:+.2f}"
+            lines.append(
+                f"| {r['row']} | {_encoder_name(r['encoder'])} | {v['metric']} | {_fmt(v['pretrained'])} | "
+                f"{_fmt(v['reference'])} | {_fmt(v['difference'])} | {gain} | {target} | {'yes' if v['met'] else 'no'} |"
+            )
+        lines.append("")
+        if table != "ablation" and any(len(r["metrics"]["pretrained"]) > 1 for r in mine):
+            lines += ["Other metrics (pretrained / reference):", ""]
+            for r in mine:
+                shown = "; ".join(
+                    f"{m} {_fmt(r['metrics']['pretrained'][m])} / {_fmt(r['metrics'][ref][m])}"
+                    for m in r["metrics"]["pretrained"]
+                    if m != r["verdict"]["metric"]
+                )
+                if shown:
+                    lines.append(f"- {r['row']}: {shown}")
+            lines.append("")
+    held = [r for r in results if r["heldout"]]
+    if held:
+        lines += ["## Held out from pretraining", ""]
+        seen = {}
+        for r in held:
+            seen[(r["data"], json.dumps(r["heldout"], sort_keys=True))] = r["heldout"]
+        for (data, _), h in seen.items():
+            lines.append(
+                f"- {data}: {h['circuits']} circuits, {h['seen_by_function']} equal in function and "
+                f"{h['seen_by_name']} in name to a circuit of {h['corpus']} (dropped), {h['kept']} kept"
+            )
+        lines.append("")
+    atomic_write(out / "report.md", "\n".join(lines))
