@@ -328,12 +328,20 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _expand_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
+def _expand_sources(
+    sources: Iterable[str | os.PathLike],
+    follow_symlinks: bool = False,
+    ignored: list[tuple[str, str]] | None = None,
+) -> list[Path]:
+    """Circuit files of ``sources``; in folders, symlinks that leave the folder are left out (their reasons go
+    to ``ignored``, naming the link, never the target) unless ``follow_symlinks``."""
+    from circuitml.datasets.build import _walk_circuit_files
+
     files: list[Path] = []
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix in CIRCUIT_SUFFIXES and f.is_file())
+            found = _walk_circuit_files(p, follow_symlinks, ignored if ignored is not None else [])
             if not found:
                 raise ConfigError(
                     f"{p}: expected circuit files ({', '.join(CIRCUIT_SUFFIXES)}) in the folder"
@@ -369,6 +377,7 @@ class GenerationReport:
     recipes_skipped: int
     seconds: float
     errors: list[dict] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def recipes_per_second(self) -> float:
@@ -388,7 +397,7 @@ def generate_qor_labels(
     from circuitml.locking import LOCK_NAME, folder_lock
 
     sources = list(sources)
-    _expand_sources(sources)
+    _expand_sources(sources, bool(options.get("follow_symlinks", False)))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: expected a folder for QoR labels, got a file")
@@ -415,6 +424,7 @@ def _generate_qor_labels(
     progress: Callable[[str, int, int], None] | None = None,
     liberty: str | os.PathLike | None = None,
     map_script: str = DEFAULT_MAP_SCRIPT,
+    follow_symlinks: bool = False,
 ) -> GenerationReport:
     """Label every design in ``sources`` (files or folders) with the AND count and depth after each recipe.
 
@@ -429,6 +439,8 @@ def _generate_qor_labels(
         progress: ``callback(design, done, total)`` after every chunk (the CLI shows a rich bar with it).
         liberty: a Liberty file; adds ``area`` and ``delay`` (ps) after ``map_script`` to every label.
         map_script: ABC commands (``;``-separated) that map the optimized AIG to the library's cells.
+        follow_symlinks: read symlinks in source folders that point outside them (default: left out,
+            listed in the report's ``ignored``).
     """
     from circuitml.formats import aiger_bytes, read_circuit
 
@@ -489,7 +501,8 @@ def _generate_qor_labels(
     meta["backend"] = backend[0]
     _write_recipes_csv(out / "recipes.csv", recipes)
 
-    files = _expand_sources(sources)
+    ignored: list[tuple[str, str]] = []
+    files = _expand_sources(sources, follow_symlinks, ignored)
     known = {d["source"]: d for d in meta["designs"]}
     new_ids = _design_ids(files)
     taken = {d["id"] for d in meta["designs"]}
@@ -606,7 +619,7 @@ def _generate_qor_labels(
         with open(out / "errors.jsonl", "a") as fh:
             for e in errors:
                 fh.write(json.dumps(e) + "\n")
-    return GenerationReport(len(designs), ran, skipped, seconds, errors)
+    return GenerationReport(len(designs), ran, skipped, seconds, errors, ignored)
 
 
 def _write_recipes_csv(path: Path, recipes: np.ndarray) -> None:

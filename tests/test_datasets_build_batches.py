@@ -176,3 +176,24 @@ def test_batched_synthesis_gives_the_same_dataset_as_one_design_per_yosys(
     for f in (single / "circuits").iterdir():
         assert (batched / "circuits" / f.name).read_bytes() == f.read_bytes()
     assert next(r for r in _manifest(batched)["records"] if r["id"] == "lt")["warnings"]
+
+
+def test_data_qor_does_not_read_symlinks_leaving_its_folder(tmp_path: Path) -> None:
+    """``data qor`` walks input folders like ``data build``: a symlink to a file outside is left out with a
+    reason naming the link, unless ``--follow-symlinks``."""
+    from circuitml.datasets.qor import generate_qor_labels
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_circuit(_circuit(1), outside / "secret.bench")
+    src = tmp_path / "designs"
+    src.mkdir()
+    write_circuit(_circuit(0), src / "inside.bench")
+    (src / "link.bench").symlink_to(outside / "secret.bench")
+
+    rep = generate_qor_labels([src], tmp_path / "labels", num_recipes=2, workers=1)
+    assert rep.designs == 1
+    assert [Path(link).name for link, _ in rep.ignored] == ["link.bench"]
+    assert "secret" not in rep.ignored[0][1]  # the reason names the link, never the target
+    rep = generate_qor_labels([src], tmp_path / "labels_all", num_recipes=2, workers=1, follow_symlinks=True)
+    assert rep.designs == 2 and rep.ignored == []

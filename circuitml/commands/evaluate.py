@@ -54,6 +54,9 @@ def data_qor(
         DEFAULT_MAP_SCRIPT, "--map-script", help="ABC commands that map each result to the --liberty cells."
     ),
     max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
+    follow_symlinks: bool = typer.Option(
+        False, "--follow-symlinks", help="Read symlinks in source folders that point outside them."
+    ),
 ) -> None:
     """Run ABC synthesis recipes on designs and record AND count and depth after each (OpenABC-D labels);
     with --liberty also the area and delay of the mapped netlist."""
@@ -91,7 +94,10 @@ def data_qor(
             progress=tick,
             liberty=liberty,
             map_script=map_script,
+            follow_symlinks=follow_symlinks,
         )
+    for link, why in rep.ignored:
+        console.print(f"[yellow]ignored[/] {link}: {why}", highlight=False, soft_wrap=True)
     console.print(
         f"{rep.recipes_run} recipe runs on {rep.designs} designs in {rep.seconds:.1f} s "
         f"({rep.recipes_per_second:.2f} recipes/s), {rep.recipes_skipped} already done; labels in {out}"
