@@ -85,6 +85,20 @@ def _local_plan(counts: Tensor) -> DispatchPlan:
     )
 
 
+def expert_shards(owner: str, num_experts: int, group: dist.ProcessGroup | None) -> tuple[int, int]:
+    """``(world_size, rank)`` of ``group`` for a layer that splits ``num_experts`` evenly over its ranks.
+
+    Raises:
+        ConfigError: torch.distributed is not initialized, or the experts do not divide over the ranks.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise ConfigError(f"{owner}: torch.distributed is not initialized (call init_process_group)")
+    world_size, rank = dist.get_world_size(group), dist.get_rank(group)
+    if num_experts % world_size:
+        raise ConfigError(f"{owner}: num_experts={num_experts} is not divisible by world size {world_size}")
+    return world_size, rank
+
+
 class ExpertParallelFFN(nn.Module):
     """FFN experts sharded across the ranks of a process group (drop-in for :class:`FFNExperts`).
 
@@ -108,17 +122,8 @@ class ExpertParallelFFN(nn.Module):
         group: dist.ProcessGroup | None = None,
     ) -> None:
         super().__init__()
-        if not dist.is_available() or not dist.is_initialized():
-            raise ConfigError(
-                "ExpertParallelFFN: torch.distributed is not initialized (call init_process_group)"
-            )
         self.group = group
-        self.world_size = dist.get_world_size(group)
-        self.rank = dist.get_rank(group)
-        if num_experts % self.world_size:
-            raise ConfigError(
-                f"ExpertParallelFFN: num_experts={num_experts} is not divisible by world size {self.world_size}"
-            )
+        self.world_size, self.rank = expert_shards("ExpertParallelFFN", num_experts, group)
         self.num_experts = num_experts
         self.num_local = num_experts // self.world_size
         self.first_expert = self.rank * self.num_local

@@ -26,10 +26,8 @@ import torch.distributed as dist
 from circuitml.moe.dispatch import combine_outputs, gather_tokens, make_plan
 from circuitml.moe.experts.ffn import FFNExperts
 from circuitml.moe.experts.segment_ffn import segment_ffn
-from circuitml.moe.parallel import AllToAll
+from circuitml.moe.parallel import AllToAll, expert_shards
 from torch import Tensor, nn
-
-from circuitml.errors import ConfigError
 
 
 def exchange_expert_rows(
@@ -143,15 +141,8 @@ class FSSDPExperts(nn.Module):
         group: dist.ProcessGroup | None = None,
     ) -> None:
         super().__init__()
-        if not dist.is_available() or not dist.is_initialized():
-            raise ConfigError("FSSDPExperts: torch.distributed is not initialized (call init_process_group)")
         self.group = group
-        self.world_size = dist.get_world_size(group)
-        self.rank = dist.get_rank(group)
-        if num_experts % self.world_size:
-            raise ConfigError(
-                f"FSSDPExperts: num_experts={num_experts} is not divisible by world size {self.world_size}"
-            )
+        self.world_size, self.rank = expert_shards("FSSDPExperts", num_experts, group)
         self.num_experts, self.d_model, self.d_hidden, self.activation = (
             num_experts,
             d_model,
