@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CIRCUITML_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Property tests run the same examples on every run (the suite's seeds are fixed); exploring new examples is a
+# separate, deliberate run: HYPOTHESIS_PROFILE=explore python -m pytest ...
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 # Tests run as two xdist workers on two cores, beside Yosys/ABC subprocesses: one intra-op thread per worker
 # avoids oversubscription, which slows small torch ops by one to two orders of magnitude.

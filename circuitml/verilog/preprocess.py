@@ -118,8 +118,11 @@ class _Preprocessor:
             self.size += len(out) + 1
             if self.size > _MAX_OUTPUT:
                 raise CircuitFormatError(file, f"preprocessed text under {_MAX_OUTPUT >> 20} MiB", line=line)
-            self.lines.append(out)
-            self.origin.append((file, line))
+            # a macro call whose arguments span lines expands to text with newlines: each piece is an output line
+            # of its own, mapped to the call's line, so ``origin`` keeps one entry per output line
+            parts = out.split("\n")
+            self.lines.extend(parts)
+            self.origin.extend([(file, line)] * len(parts))
             cur = []
 
         while i < n:
