@@ -239,3 +239,45 @@ def test_methods_run_with_the_qa_transformer() -> None:
     assert torch.isfinite(meta.predict(params, batches[0])).all()
     gate = GlobalLocalGate(frozen_copy(base), task.make_model(), 32)
     assert gate(batches[0]).preds.shape == base(batches[0]).preds.shape
+
+
+def test_new_parts_follow_the_device_of_the_model_they_wrap() -> None:
+    # "meta" stands in for a GPU: a part created on the CPU beside a model elsewhere would show up here
+    meta = torch.device("meta")
+    ffn = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)).to(meta)
+    assert {p.device for p in MixDAFFN(ffn, 8).parameters()} == {meta}
+    enc = EncoderConfig(kind="gcn", hidden=8, num_layers=1)
+    glob, local = CircuitProbModel(enc).to(meta), CircuitProbModel(enc).to(meta)
+    assert {p.device for p in GlobalLocalGate(glob, local, 8).parameters()} == {meta}
+    student = CircuitProbModel(enc).to(meta)
+    assert {p.device for p in MetaDMoE([frozen_copy(glob)], student, 8).parameters()} == {meta}
+    task = CircuitProbTask(enc, device=meta)
+    assert {p.device for p in task.make_model().parameters()} == {meta}
+    assert {b.x.device for b in _batches([aig_to_data(_parity(3))], 1, meta)} == {meta}
+
+
+@pytest.mark.parametrize("bad", [["--threads", "0"], ["--device", "tpu"], ["--device", "cuda:7"]])
+def test_shift_circuits_rejects_bad_runtime_options_before_reading_data(tmp_path, capsys, bad) -> None:
+    from circuitml.cli import main
+
+    if bad[-1] == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    code = main(
+        ["shift", "circuits", "--out", str(tmp_path / "o"), "--generated", str(tmp_path / "none"), *bad]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "--threads" in err or "--device" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # reads the shared circuits; ~10 s of CPU
+def test_shift_circuits_command_runs_with_threads_and_device(shared_data, tmp_path) -> None:
+    from circuitml.cli import main
+
+    out = tmp_path / "o"
+    args = ["shift", "circuits", "--out", str(out), "--shared", str(shared_data), "--max-ands", "400"]
+    args += ["--steps", "3", "--adapt-steps", "2", "--hidden", "8", "--layers", "1", "--encoder", "gcn"]
+    assert main([*args, "--held-out", "iscas", "--threads", "1", "--device", "cpu"]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["device"] == "cpu" and 0.0 <= saved["results"]["iscas"]["gelegn"] <= 1.0

@@ -52,9 +52,14 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         adapt_steps: int = typer.Option(60, help="Steps of each adaptation stage."),
         max_ands: int = typer.Option(20000, help="Leave out circuits larger than this."),
         seed: int = typer.Option(0, help="Random seed."),
+        threads: Optional[int] = typer.Option(
+            None, "--threads", help="CPU threads for torch (default: torch's choice)."
+        ),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     ) -> None:
         """Leave-one-family-out signal-probability MAE: all sources, MixDA, Meta-DMoE, GE/LE/GN."""
         from circuitml.errors import ConfigError
+        from circuitml.tasks.common import configure_runtime
         from circuitml.tasks.shift.circuits import (
             ShiftConfig,
             load_circuit_domains,
@@ -62,6 +67,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             run_circuit_shift,
         )
 
+        dev = configure_runtime(threads, device)  # before any data is read: a bad device fails at once
         domains = load_circuit_domains(shared, generated, max_ands=max_ands)
         if len(domains) < 2:
             raise ConfigError(
@@ -78,6 +84,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             adapt_steps=adapt_steps,
             meta_steps=adapt_steps,
             seed=seed,
+            device=str(dev),
         )
         console.print(domain_table(domains))
         results = run_circuit_shift(domains, cfg, held_out, progress=console.print)

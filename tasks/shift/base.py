@@ -17,7 +17,7 @@ import torch
 from circuitml.moe.schedule import step_routers
 from torch import Tensor, nn
 
-__all__ = ["ShiftOutput", "ShiftTask", "fit", "evaluate", "cycle", "frozen_copy"]
+__all__ = ["ShiftOutput", "ShiftTask", "fit", "evaluate", "cycle", "frozen_copy", "module_device"]
 
 
 @dataclass
@@ -97,6 +97,13 @@ def evaluate(task: ShiftTask, predict: Callable[[Any], Tensor], batches: Sequenc
         total += task.metric(preds, batch) * n
         rows += n
     return total / max(rows, 1)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s parameters (CPU for a module without any), where new parts of it must live."""
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

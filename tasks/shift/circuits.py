@@ -69,12 +69,15 @@ class CircuitProbTask:
 
     mask_rate = 0.3
 
-    def __init__(self, encoder_config: EncoderConfig, seed: int = 0) -> None:
+    def __init__(
+        self, encoder_config: EncoderConfig, seed: int = 0, device: torch.device | str = "cpu"
+    ) -> None:
         self.encoder_config = encoder_config
-        self.gen = torch.Generator().manual_seed(seed)
+        self.device = torch.device(device)
+        self.gen = torch.Generator().manual_seed(seed)  # on the CPU: masks are the same numbers on any device
 
     def make_model(self) -> CircuitProbModel:
-        return CircuitProbModel(self.encoder_config)
+        return CircuitProbModel(self.encoder_config).to(self.device)
 
     def loss(self, out: ShiftOutput, batch: Data) -> Tensor:
         return F.mse_loss(out.preds, batch.prob)
@@ -83,7 +86,7 @@ class CircuitProbTask:
         return float((preds - batch.prob).abs().mean())
 
     def unsup_loss(self, model: nn.Module, batch: Data) -> Tensor:
-        masked = torch.rand(batch.x.shape[0], generator=self.gen) < self.mask_rate
+        masked = (torch.rand(batch.x.shape[0], generator=self.gen) < self.mask_rate).to(batch.x.device)
         types = batch.x.clone()
         types[masked] = MASK_TYPE
         f = model.features(batch, node_type=types)
@@ -163,10 +166,11 @@ class ShiftConfig:
     local_k: int = 1
     lr: float = 3e-3
     seed: int = 0
+    device: str = "cpu"
 
 
-def _batches(graphs: Sequence[Data], size: int) -> list[Batch]:
-    return [Batch.from_data_list(list(graphs[i : i + size])) for i in range(0, len(graphs), size)]
+def _batches(graphs: Sequence[Data], size: int, device: torch.device | str = "cpu") -> list[Batch]:
+    return [Batch.from_data_list(list(graphs[i : i + size])).to(device) for i in range(0, len(graphs), size)]
 
 
 def run_circuit_shift(
@@ -185,7 +189,8 @@ def _held_out_row(
 ) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     enc_cfg = EncoderConfig(kind=cfg.encoder, hidden=cfg.hidden, num_layers=cfg.num_layers)
-    task = CircuitProbTask(enc_cfg, seed=cfg.seed)
+    dev = torch.device(cfg.device)
+    task = CircuitProbTask(enc_cfg, seed=cfg.seed, device=dev)
 
     def supervised(m: nn.Module, b: Batch) -> Tensor:
         return task.loss(m(b), b)
@@ -194,10 +199,10 @@ def _held_out_row(
     tgt = domains[target]
     k = min(cfg.local_k, max(len(tgt) - 1, 0))
     local, test = tgt[:k], tgt[k:]
-    test_b = _batches(test, cfg.graphs_per_batch)
-    unlabeled_b = _batches(test, cfg.graphs_per_batch)  # the target's graphs, labels never read
+    test_b = _batches(test, cfg.graphs_per_batch, dev)
+    unlabeled_b = _batches(test, cfg.graphs_per_batch, dev)  # the target's graphs, labels never read
     src_graphs = [g for d in sources for g in domains[d]]
-    src_b = _batches(src_graphs, cfg.graphs_per_batch)
+    src_b = _batches(src_graphs, cfg.graphs_per_batch, dev)
     row: dict[str, float] = {}
     t0 = time.time()
 
@@ -233,10 +238,10 @@ def _held_out_row(
     for d in sources:
         t = task.make_model()
         steps = max(1, cfg.steps // len(sources))
-        fit(t, supervised, _batches(domains[d], cfg.graphs_per_batch), steps, lr=cfg.lr, seed=cfg.seed)
+        fit(t, supervised, _batches(domains[d], cfg.graphs_per_batch, dev), steps, lr=cfg.lr, seed=cfg.seed)
         teachers.append(frozen_copy(t))
     meta = MetaDMoE(teachers, copy.deepcopy(base), cfg.hidden)
-    source_batches = [_batches(domains[d], cfg.graphs_per_batch) for d in sources]
+    source_batches = [_batches(domains[d], cfg.graphs_per_batch, dev) for d in sources]
     meta.meta_train(task, source_batches, steps=cfg.meta_steps, seed=cfg.seed)
     params = meta.adapt(unlabeled_b, steps=5)
     row["meta_dmoe"] = evaluate(task, lambda b: meta.predict(params, b), test_b)
@@ -248,9 +253,9 @@ def _held_out_row(
         gate, _ = run_gelegn(
             task,
             frozen_copy(base),
-            CircuitProbModel(lenc),
+            CircuitProbModel(lenc).to(dev),
             cfg.hidden,
-            _batches(local, cfg.graphs_per_batch),
+            _batches(local, cfg.graphs_per_batch, dev),
             steps=(cfg.adapt_steps, cfg.adapt_steps),
             lr=cfg.lr,
             seed=cfg.seed,

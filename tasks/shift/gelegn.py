@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from circuitml.moe import build_router
-from circuitml.tasks.shift.base import ShiftOutput, ShiftTask, fit
+from circuitml.tasks.shift.base import ShiftOutput, ShiftTask, fit, module_device
 from torch import Tensor, nn
 
 __all__ = ["GlobalLocalGate", "run_gelegn"]
@@ -35,6 +35,7 @@ class GlobalLocalGate(nn.Module):
             p.requires_grad_(False)
         self.local_model = local_model
         self.gate = build_router("topk", d_model=d_model, num_experts=2, top_k=2, balance_loss=None)
+        self.gate.to(module_device(local_model))
         self.last_gate: Tensor | None = None
 
     def forward(self, batch: Any) -> ShiftOutput:

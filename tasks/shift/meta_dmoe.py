@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from circuitml.tasks.shift.base import ShiftOutput, ShiftTask, cycle
+from circuitml.tasks.shift.base import ShiftOutput, ShiftTask, cycle, module_device
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -84,7 +84,7 @@ class MetaDMoE(nn.Module):
         for p in self.teachers.parameters():
             p.requires_grad_(False)
         self.student = student
-        self.aggregator = TeacherAggregator(d_model, len(teachers))
+        self.aggregator = TeacherAggregator(d_model, len(teachers)).to(module_device(student))
         self.adapt_exclude = tuple(adapt_exclude)
         self.inner_lr = inner_lr
 
@@ -139,7 +139,7 @@ class MetaDMoE(nn.Module):
         for _ in range(steps):
             d = int(torch.randint(len(domains), (1,), generator=gen))
             support, query = next(iters[d]), next(iters[d])
-            mask = torch.zeros(len(self.teachers), dtype=torch.bool)
+            mask = torch.zeros(len(self.teachers), dtype=torch.bool, device=module_device(self.student))
             if len(self.teachers) > 1:
                 mask[d] = True  # hide the pseudo-target's own expert, as the paper does
             params = dict(self.student.named_parameters())

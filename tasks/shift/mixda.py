@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from circuitml.moe import build_router
 from circuitml.moe.experts.adapters import AdapterExperts
-from circuitml.tasks.shift.base import ShiftTask, fit
+from circuitml.tasks.shift.base import ShiftTask, fit, module_device
 from torch import Tensor, nn
 
 __all__ = ["MixDAFFN", "apply_mixda", "mixda_layers", "run_mixda"]
@@ -50,6 +50,7 @@ class MixDAFFN(nn.Module):
             "topk", d_model=d_model, num_experts=num_adapters + 1, top_k=num_adapters + 1, balance_loss=None
         )
         self.num_adapters = num_adapters
+        self.to(module_device(ffn))  # the wrapped FFN may already live on a GPU
         self.last_retention: Tensor | None = None
         self.track_retention = False
 
