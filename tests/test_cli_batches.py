@@ -54,6 +54,21 @@ def test_embed_skips_bad_files_and_reports_them(tmp_path: Path, encoder_dir: Pat
     assert "no circuit could be read" in capsys.readouterr().err and not out.exists()
 
 
+def test_embed_takes_threads_and_device(tmp_path: Path, encoder_dir: Path, capsys) -> None:
+    src = tmp_path / "c0.aag"
+    write_circuit(_circuit(0), src)
+    out = tmp_path / "emb.safetensors"
+    base = ["embed", "-e", str(encoder_dir), str(src), "-o", str(out)]
+    assert main([*base, "--threads", "1", "--device", "cpu"]) == 0
+    with safe_open(str(out), "pt") as fh:
+        assert fh.get_tensor("c0/graph").shape == (8,)
+    out.unlink()
+    for bad in (["--device", "tpu"], ["--threads", "0"]):
+        assert main([*base, *bad]) == 2
+        err = capsys.readouterr().err
+        assert bad[0] in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_data_qor_on_a_missing_source_leaves_no_folder(tmp_path: Path, capsys) -> None:
     out = tmp_path / "qor"
     assert main(["data", "qor", str(tmp_path / "nothere.aig"), "--out", str(out), "--recipes", "2"]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -187,14 +188,20 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             Path("embeddings.safetensors"), "--out", "-o", help="Output safetensors file."
         ),
         strict: bool = typer.Option(False, "--strict", help="Stop at the first file that cannot be read."),
+        threads: Optional[int] = typer.Option(
+            None, "--threads", help="CPU threads for torch (default: torch's choice)."
+        ),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     ) -> None:
         """Write node and graph embeddings of circuit files to one safetensors file (keys <stem>/node, <stem>/graph).
 
         Files that cannot be read are skipped and listed at the end (--strict stops at the first)."""
         from circuitml.pretrain.embed import embed_files
+        from circuitml.tasks.common import configure_runtime
 
+        dev = configure_runtime(threads, device)
         failures: list[tuple[str, str]] = []
-        index = embed_files(encoder, files, out, strict=strict, failures=failures)
+        index = embed_files(encoder, files, out, strict=strict, failures=failures, device=dev)
         if failures:
             console.print(f"[yellow]{len(failures)} file(s) skipped:[/]")
             for src, reason in failures:

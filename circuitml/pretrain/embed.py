@@ -22,6 +22,7 @@ def embed_files(
     *,
     strict: bool = True,
     failures: list[tuple[str, str]] | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict[str, str]:
     """Embed each circuit file (any format :func:`circuitml.formats.read_circuit` reads) with the encoder
     saved in ``encoder_dir``; write ``<key>/node`` ``[N, h]`` and ``<key>/graph`` ``[h]`` tensors to ``out``.
@@ -32,6 +33,7 @@ def embed_files(
     Args:
         strict: raise on the first file that cannot be read; when False, such a file is skipped, its
             ``(path, one-line reason)`` appended to ``failures``, and the others are embedded.
+        device: where the encoder runs (the tensors written are on the CPU either way).
 
     Raises:
         CircuitmlError: a bad file (``strict``), or no file could be embedded at all.
@@ -43,7 +45,7 @@ def embed_files(
     if not files:
         raise ConfigError("embed: expected at least one circuit file")
     failures = [] if failures is None else failures
-    encoder = load_encoder(encoder_dir)
+    encoder = load_encoder(encoder_dir).to(device)
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict[str, object]] = {}
     for file in files:
