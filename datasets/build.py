@@ -205,23 +205,28 @@ def _verilog_groups(files: list[Path], top: str | None) -> list[tuple[list[Path]
 
 
 _PORTLESS_HEADER = re.compile(
-    r"\b(?:module|macromodule)\s+\w+\s*(?:#\s*\((?:[^()]|\([^()]*\))*\)\s*)?(?:\(\s*\))?\s*;"
+    r"\b(?:module|macromodule)\s+(\w+)\s*(?:#\s*\((?:[^()]|\([^()]*\))*\)\s*)?(?:\(\s*\))?\s*;"
 )
 _SIMULATION_ONLY = re.compile(r"\$finish\b|\$stop\b|\binitial\b")
 
 
 def _is_testbench(path: Path) -> bool:
-    """A file whose every module has no ports and which runs a simulation (``$finish``/``$stop``/``initial``)."""
+    """A file that runs a simulation (``$finish``/``$stop``/``initial``) from port-less top modules.
+
+    "Top" means not instantiated by another module of the same file: real testbenches often carry helper
+    modules with ports (VerilogEval's ``stimulus_gen``) that only the port-less ``tb`` instantiates.
+    """
     try:
         text = _COMMENTS.sub(" ", path.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return False
-    modules = _MODULE.findall(text)
-    return (
-        bool(modules)
-        and len(_PORTLESS_HEADER.findall(text)) == len(modules)
-        and _SIMULATION_ONLY.search(text) is not None
-    )
+    bodies = _MODULE_BODY.findall(text)
+    if not bodies or _SIMULATION_ONLY.search(text) is None:
+        return False
+    names = {name for name, _ in bodies}
+    used = {w for name, body in bodies for w in _WORD_THEN_INSTANCE.findall(body) if w in names and w != name}
+    tops = names - used
+    return bool(tops) and tops <= set(_PORTLESS_HEADER.findall(text))
 
 
 def _excluded(rel: PurePosixPath, globs: Sequence[str]) -> str | None:

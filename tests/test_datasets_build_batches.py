@@ -197,3 +197,41 @@ def test_data_qor_does_not_read_symlinks_leaving_its_folder(tmp_path: Path) -> N
     assert "secret" not in rep.ignored[0][1]  # the reason names the link, never the target
     rep = generate_qor_labels([src], tmp_path / "labels_all", num_recipes=2, workers=1, follow_symlinks=True)
     assert rep.designs == 2 and rep.ignored == []
+
+
+# VerilogEval's layout: every problem's testbench carries a stimulus generator *with ports*, instantiates the
+# reference design (same module name in every problem) and has a port-less ``tb`` top that calls $finish.
+VERILOGEVAL_TB = """`timescale 1 ps/1 ps
+module stimulus_gen (input clk, output reg a, output reg b);
+  initial begin a = 0; b = 0; repeat (4) @(posedge clk) {a, b} <= $random; #1 $finish; end
+endmodule
+module tb();
+  reg clk = 0; wire a, b, y_ref, y_dut;
+  always #5 clk = ~clk;
+  stimulus_gen stim1 (.clk(clk), .a(a), .b(b));
+  RefModule good1 (.a(a), .b(b), .y(y_ref));
+  TopModule top_module1 (.a(a), .b(b), .y(y_dut));
+endmodule
+"""
+REF = "module RefModule(input a, input b, output y);\n  assign y = a {op} b;\nendmodule\n"
+INIT_DESIGN = """module rom(input [1:0] addr, output [3:0] q);
+  reg [3:0] mem [0:3];
+  initial begin mem[0] = 1; mem[1] = 2; mem[2] = 4; mem[3] = 8; end
+  assign q = mem[addr];
+endmodule
+"""
+
+
+def test_testbenches_with_helper_modules_are_left_out_and_designs_kept(tmp_path: Path) -> None:
+    tree = {f"p/Prob00{k}_ref.sv": REF.format(op=op) for k, op in enumerate("&|^", 1)}
+    tree |= {f"p/Prob00{k}_test.sv": VERILOGEVAL_TB for k in (1, 2, 3)}
+    tree["p/rom.v"] = INIT_DESIGN  # `initial` in a module with ports is a design (memory init), not a bench
+    src = _files(tree, tmp_path / "src")
+    report = build_dataset([src], tmp_path / "ds", workers=1, progress=False)
+    assert not report.failed, report.failed
+    reasons = {Path(p).name: r for p, r in report.ignored}
+    assert sorted(n for n, r in reasons.items() if r.startswith("testbench")) == [
+        f"Prob00{k}_test.sv" for k in (1, 2, 3)
+    ]
+    ids = sorted(r["source"].rsplit("/", 1)[-1] for r in _manifest(tmp_path / "ds")["records"])
+    assert ids == ["Prob001_ref.sv", "Prob002_ref.sv", "Prob003_ref.sv", "rom.v"]
