@@ -11,9 +11,11 @@ Zhong et al., "Meta-DMoE: Adapting to Domain Shift by Meta-Distillation from Mix
   through the inner step (``create_graph=True``) into the aggregator and the student's initialization;
 * test time: the student adapts to the unlabeled target data by the same distillation steps, then predicts.
 
-The meta-gradient is second order, so the student's layers must support double backward: dense layers and GNN
-convolutions do; the core's sort-and-segment MoE dispatch is differentiable once, so a student with MoE layers is
-not supported here (teachers may have any architecture).
+The meta-gradient is second order, so the student's layers must support double backward: dense layers, GNN
+convolutions and MoE layers whose experts are GNN convolutions (``moe_gnn``'s default) do; the core's fused FFN
+experts are differentiable once, so a student with FFN-expert MoE layers is not supported here (teachers may have
+any architecture). A student's routers advance their schedules (anneals, balancing biases) once per meta-optimizer
+step (:func:`~circuitml.moe.schedule.step_routers`); test-time adaptation leaves the student module untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from circuitml.moe.schedule import step_routers
 from circuitml.tasks.shift.base import ShiftOutput, ShiftTask, cycle
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -153,6 +156,9 @@ class MetaDMoE(nn.Module):
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params_to_train, 1.0)
             opt.step()
+            step_routers(
+                self.student
+            )  # the student's router anneals count optimizer steps (teachers are frozen)
             losses.append(loss.item())
         return losses
 
