@@ -310,6 +310,10 @@ class _Layer(nn.Module):
 
 
 class _QABase(nn.Module):
+    # A LookaheadExpertCache (moe.stack) over the MoE layers' experts: with one set, read_me routing and no
+    # autograd, the Switch layers compute with the weights the cache serves.
+    expert_cache = None
+
     def moe_layers(self) -> list[MoEFFN]:
         return [m for m in self.modules() if isinstance(m, MoEFFN)]
 
@@ -321,7 +325,8 @@ class _QABase(nn.Module):
             router_input = embeddings.reshape(-1, embeddings.shape[-1])
             if attention_mask is not None:
                 router_input = router_input[attention_mask.reshape(-1).bool()]
-        run = MoEStack([m.block.router for m in layers]).start(router_input=router_input)
+        stack = MoEStack([m.block.router for m in layers])
+        run = stack.start(router_input=router_input, cache=self.expert_cache)
         for i, m in enumerate(layers):
             m.mask, m.run, m.index = attention_mask, run, i
 
