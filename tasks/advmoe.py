@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from circuitml.moe.experts.channel_conv import ChannelMoEConv2d
-from circuitml.moe.experts.conv import MoEConv2d
+from circuitml.moe.experts.conv import MoEConv2d, RoutedConv
 from circuitml.moe.router import Router
 from torch import Tensor, nn
 
@@ -115,7 +115,7 @@ class DigitCNN(nn.Module):
 
     def aux_loss(self) -> Tensor:
         return sum(
-            (m.aux_loss() for m in self.modules() if isinstance(m, (MoEConv2d, ChannelMoEConv2d))),
+            (m.aux_loss() for m in self.modules() if isinstance(m, RoutedConv)),
             self.head.bias.new_zeros(()),
         )
 

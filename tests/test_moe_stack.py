@@ -169,8 +169,8 @@ def test_set_top_k_on_an_encoder_keeps_its_saved_options_in_step() -> None:
     torch.testing.assert_close(clone(batch).node, enc(batch).node)
 
 
-@pytest.mark.parametrize("router", ["rmoe", "read_me"])
-def test_qa_transformer_routes_through_the_stack(router: str) -> None:
+def _tiny_qa(router: str):
+    """A 4-layer QA transformer with 2 Switch layers, and a batch of 2 (the second padded)."""
     from circuitml.tasks.qa.model import SwitchQAConfig, SwitchTransformerQA
 
     torch.manual_seed(0)
@@ -187,14 +187,19 @@ def test_qa_transformer_routes_through_the_stack(router: str) -> None:
         capacity_factor=None,
         normalize_weights=True,
     )
-    model = SwitchTransformerQA(cfg).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    return SwitchTransformerQA(cfg).eval(), ids, mask
+
+
+@pytest.mark.parametrize("router", ["rmoe", "read_me"])
+def test_qa_transformer_routes_through_the_stack(router: str) -> None:
+    model, ids, mask = _tiny_qa(router)
     routers = [m.block.router for m in model.moe_layers()]
     calls: list[list] = [[] for _ in routers]
     for r, store in zip(routers, calls, strict=True):
         _capture(r, store)
-    ids = torch.randint(0, 50, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
     model(ids, mask)
     if router == "rmoe":
         assert calls[1][0][0]["layer_state"] is calls[0][0][1].state
@@ -207,26 +212,7 @@ def test_qa_transformer_routes_through_the_stack(router: str) -> None:
 
 
 def test_qa_transformer_computes_its_switch_layers_through_an_expert_cache() -> None:
-    from circuitml.tasks.qa.model import SwitchQAConfig, SwitchTransformerQA
-
-    torch.manual_seed(0)
-    cfg = SwitchQAConfig(
-        vocab_size=50,
-        max_position=16,
-        d_model=16,
-        num_layers=4,
-        num_heads=2,
-        d_ff=32,
-        dropout=0.0,
-        router="read_me",
-        top_k=2,
-        capacity_factor=None,
-        normalize_weights=True,
-    )
-    model = SwitchTransformerQA(cfg).eval()
-    ids = torch.randint(0, 50, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
+    model, ids, mask = _tiny_qa("read_me")
     with torch.no_grad():
         want = model(ids, mask).start_logits
         store = ExpertStore.from_experts([m.block.experts for m in model.moe_layers()])

@@ -25,14 +25,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from circuitml.moe.dispatch import make_plan
-from circuitml.moe.registry import build_router
-from circuitml.moe.router import RouterOutput
+from circuitml.moe.experts.conv import RoutedConv
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
 
 
-class ChannelMoEConv2d(nn.Module):
+class ChannelMoEConv2d(RoutedConv):
     """One convolution whose ``out_channels`` filters form ``E`` experts; ``k`` are run per sample.
 
     Args:
@@ -65,14 +64,10 @@ class ChannelMoEConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
-        self.router = build_router(
-            router, d_model=in_channels, num_experts=num_experts, top_k=top_k, **router_options
-        )
-        self.last_routing: RouterOutput | None = None
+        self.build_router(in_channels, top_k, router, router_options)
 
     def forward(self, x: Tensor) -> Tensor:
-        routing = self.router(x.mean(dim=(2, 3)))
-        self.last_routing = routing
+        routing = self.route(x)
         idx = routing.indices
         # Place of each selected group in the output: its rank among the sample's groups in channel order
         # (a dropped slot, -1, ranks last and writes nothing).
@@ -93,9 +88,3 @@ class ChannelMoEConv2d(nn.Module):
             y = F.conv2d(x[samples], self.weight[rows], self.bias[rows], padding=self.padding)
             out = out.index_put((samples, rank[pairs]), flat_w[pairs].to(y.dtype)[:, None, None, None] * y)
         return out.reshape(b, self.out_width, h, w)
-
-    def aux_loss(self) -> Tensor:
-        """The router's weighted auxiliary losses of the last forward."""
-        if self.last_routing is None:
-            return self.weight.new_zeros(())
-        return sum(self.last_routing.aux_losses.values(), self.weight.new_zeros(()))
