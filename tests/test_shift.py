@@ -24,6 +24,7 @@ from torch import nn
 
 from circuitml.aig import AIGBuilder
 from circuitml.encoders import EncoderConfig
+from circuitml.errors import ConfigError
 from circuitml.graph import aig_to_data
 
 
@@ -179,6 +180,9 @@ def test_meta_dmoe_advances_the_students_annealing_routers_once_per_optimizer_st
     assert all(int(r.step) == 0 for t in teachers for r in routers_of(t))  # frozen teachers do not anneal
     meta.adapt(_batches(domains["parity"][:1], 1), steps=2)  # functional steps leave the module alone
     assert [int(r.step) for r in students] == [3, 3]
+    ffn = EncoderConfig(kind="moe_gnn", hidden=16, num_layers=1, options={"expert": "ffn"})
+    with pytest.raises(ConfigError, match="double backward"):
+        MetaDMoE(teachers, CircuitProbTask(ffn).make_model(), 16)
 
 
 def test_gelegn_gate_mixes_global_and_local_per_row(domains) -> None:

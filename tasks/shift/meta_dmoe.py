@@ -25,11 +25,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from circuitml.moe.experts.ffn import FFNExperts
 from circuitml.moe.schedule import step_routers
 from circuitml.tasks.shift.base import ShiftOutput, ShiftTask, cycle
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from circuitml.errors import ConfigError
 
 __all__ = ["TeacherAggregator", "MetaDMoE"]
 
@@ -83,6 +86,11 @@ class MetaDMoE(nn.Module):
         inner_lr: float = 0.05,
     ) -> None:
         super().__init__()
+        if any(isinstance(m, FFNExperts) for m in student.modules()):
+            raise ConfigError(
+                "meta_dmoe: the student has FFN-expert MoE layers, which are differentiable once; the "
+                "meta-gradient needs double backward (use convolution experts, moe_gnn expert='conv')"
+            )
         self.teachers = nn.ModuleList(teachers)
         for p in self.teachers.parameters():
             p.requires_grad_(False)
