@@ -1,6 +1,6 @@
 """Union-of-Experts on the QA transformer: multiply-adds per token against held-out quality.
 
-Every variant trains the scratch QA transformer (d=128, 4 layers, 4 heads, FFN 512, no Switch layers) with
+Every variant trains the scratch QA transformer (``--d-model`` d, 4 layers, 4 heads, FFN 4d, no Switch layers) with
 ``circuitml qa train``'s own loop (:func:`~circuitml.tasks.qa.train.train_qa`) on the SQuAD v2.0 sample, whole
 contexts held out (fraction 0.2, split seed 0 for every run, so all runs score the same questions), for the same
 number of optimizer steps. ``dense`` is the plain model; the UoE rows (``--uoe`` of ``qa train``) make every
@@ -13,7 +13,7 @@ cross-entropies over the held-out windows (label = the answer's token span, or p
 the answer), as in training. It is reported beside EM/F1 and their HasAns/NoAns split. Multiply-adds per real
 token count the transformer layers (routers included) and the span head at the held-out windows' mean length.
 
-    nice -n 15 python bench/bench_qa_uoe.py --seeds 0 1 2 --epochs 4 --out qa_uoe.json
+    nice -n 15 python bench/bench_qa_uoe.py --seeds 0 1 2 --epochs 4 --d-model 64 --out qa_uoe.json
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--stride", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("qa_uoe.json"))
@@ -81,7 +82,8 @@ def main() -> None:
             key = f"{name}/seed{seed}"
             if key in results:  # resume: finished runs are kept
                 continue
-            model = SwitchQAConfig(d_model=128, num_layers=4, num_heads=4, d_ff=512, moe_layers=[])
+            d = args.d_model
+            model = SwitchQAConfig(d_model=d, num_layers=4, num_heads=4, d_ff=4 * d, moe_layers=[])
             model.uoe = VARIANTS[name]
             cfg = QATrainConfig(
                 data=str(args.data),
