@@ -3,7 +3,10 @@
 Standard accuracy (SA) and robust accuracy (RA, PGD at eps on [0, 1] pixels) on the held-out 25 %, mean ± std
 over seeds. Every method trains the same number of epochs (AdvMoE spends two PGD attacks per batch).
 
-    python bench/bench_advmoe.py --seeds 0 1 2 --epochs 5 --train-steps 3 --lr 0.003 --batch-size 32
+    python bench/bench_advmoe.py --seeds 0 1 2 --epochs 5 --train-steps 3 --lr 0.003 --batch-size 32 --expert channels
+
+``--expert channels`` gives the MoE-CNN the paper's experts (channel groups of the dense layers, ``k/E`` of
+them per sample); ``full`` makes every expert a full-width convolution.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import statistics
 import time
 
 import torch
-from circuitml.tasks.advmoe import METHODS, AdvConfig, run_advmoe
+from circuitml.tasks.advmoe import EXPERTS, METHODS, AdvConfig, run_advmoe
 
 
 def main() -> None:
@@ -25,6 +28,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--expert", choices=EXPERTS, default="channels", help="MoE-CNN expert design")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows: dict[str, list[dict]] = {}
@@ -39,6 +43,7 @@ def main() -> None:
                     train_steps=args.train_steps,
                     lr=args.lr,
                     batch_size=args.batch_size,
+                    expert=args.expert,
                     seed=seed,
                 ),
             )

@@ -33,7 +33,7 @@ from circuitml.moe.router import Router, RouterOutput
 from circuitml.moe.systems import *  # noqa: E402,F403  (systems of the seed papers, issue 13)
 from circuitml.moe.systems import __all__ as _systems_all  # noqa: E402
 from circuitml.moe.schedule import step_routers
-from circuitml.moe.stack import LookaheadExpertCache, MoEStack, build_router_stack
+from circuitml.moe.stack import ExpertStore, LookaheadExpertCache, MoEStack, build_router_stack
 
 __all__ = [
     "ROUTERS",
@@ -50,6 +50,7 @@ __all__ = [
     "FFNExperts",
     "LoRALinear",
     "LookaheadExpertCache",
+    "ExpertStore",
     "MoEBlock",
     "MoEStack",
     "MoEConfig",

@@ -147,9 +147,12 @@ class MoEBlock(nn.Module):
     def forward(self, x: Tensor, **ctx: Any) -> MoEOutput:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
+        source = ctx.pop("expert_source", None)  # expert weights from a cache (circuitml.moe.stack)
         routing = self.router(flat, **_flatten_ctx(ctx, tuple(shape[:-1])))
         plan = make_plan(routing.indices, self.num_experts)
-        if isinstance(self.experts, FFNExperts):
+        if source is not None:
+            y = source(self.experts, flat, routing.indices, routing.weights, plan)
+        elif isinstance(self.experts, FFNExperts):
             y = self.experts(flat, routing.indices, routing.weights, plan=plan)
         else:
             y = self.experts(flat, routing.indices, routing.weights)

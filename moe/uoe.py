@@ -26,8 +26,6 @@ groups it selected (keys and values of those groups are computed for every token
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from circuitml.moe.dispatch import make_plan
@@ -146,6 +144,7 @@ class SelectiveMultiHeadAttention(nn.Module):
         d_model, num_heads: the attention shape; ``num_experts`` head groups of ``num_heads / num_experts``.
         top_k, num_groups, top_groups: the hierarchical routing of :class:`HierarchicalRouter`.
         causal: a query attends only to keys at or before its position (decoder attention).
+        dropout: dropout on the attention probabilities in training (as a dense attention's ``dropout_p``).
 
     Shapes: ``x [B, T, d]``, optional boolean ``key_padding_mask [B, T]`` (``True`` = real token) → ``[B, T, d]``.
     Build it from a dense attention with :meth:`from_qkv`.
@@ -160,9 +159,10 @@ class SelectiveMultiHeadAttention(nn.Module):
         num_groups: int = 1,
         top_groups: int = 1,
         causal: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.causal = causal
+        self.causal, self.dropout = causal, dropout
         if d_model % num_heads or num_heads % num_experts:
             raise ConfigError(
                 f"SMHA: expected num_heads | d_model and num_experts | num_heads, got d_model={d_model}, "
@@ -190,11 +190,7 @@ class SelectiveMultiHeadAttention(nn.Module):
         plan = make_plan(indices, self.num_experts)
         flat_w = weights.reshape(-1)
         w_out = self.out.weight.view(d, self.num_experts, per * self.head_dim)
-        bias = None
-        if key_padding_mask is not None:
-            bias = torch.zeros(b, t, dtype=x.dtype, device=x.device).masked_fill(
-                ~key_padding_mask.bool(), -math.inf
-            )
+        keys = None if key_padding_mask is None else key_padding_mask.bool()
         out = x.new_zeros(b * t, d)
         start = 0
         for e, count in enumerate(plan.counts_list()):
@@ -204,17 +200,41 @@ class SelectiveMultiHeadAttention(nn.Module):
             rows = plan.token_index[start : start + count]  # flat (batch, position) of the routed queries
             start += count
             heads = slice(e * per, (e + 1) * per)
-            bi, ti = rows // t, rows % t
-            qe = q[bi, heads, ti]  # [M, per, hd]
-            scores = torch.einsum("mhd,mhsd->mhs", qe, k[bi, heads]) / math.sqrt(self.head_dim)
-            if bias is not None:
-                scores = scores + bias[bi][:, None, :]
-            if self.causal:
-                future = torch.arange(t, device=x.device)[None, :] > ti[:, None]
-                scores = scores.masked_fill(future[:, None, :], -math.inf)
-            ctx = torch.einsum("mhs,mhsd->mhd", scores.softmax(-1), v[bi, heads]).reshape(count, -1)
+            ctx = self._attend(q[:, heads], k[:, heads], v[:, heads], rows, keys)
             out = out.index_add(0, rows, flat_w[pairs, None] * (ctx @ w_out[:, e].t()))
         return (out + self.out.bias).view(b, t, d)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, rows: Tensor, keys: Tensor | None) -> Tensor:
+        """Attention of the routed query ``rows`` over all keys of their sequence, with one head group's
+        ``q, k, v [B, h, T, hd]``: ``[M, h * hd]``.
+
+        The routed queries are packed per sequence into ``[B, h, width, hd]`` (``width`` = most queries any
+        sequence routed here), so only they are scored, by one fused attention call, and no per-query copy of
+        the keys is made."""
+        b, h, t, hd = q.shape
+        bi, ti = rows // t, rows % t
+        # An expert segment keeps token order (stable sort), so each sequence's queries are contiguous.
+        per_seq = torch.bincount(bi, minlength=b)
+        slot = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(per_seq, 0) - per_seq)[bi]
+        width = int(per_seq.max())
+        packed = q.new_zeros(b, width, h, hd).index_put((bi, slot), q.transpose(1, 2)[bi, ti])
+        mask = None
+        if keys is not None or self.causal:
+            real = torch.zeros(b, width, dtype=torch.bool, device=q.device).index_put(
+                (bi, slot), torch.ones_like(bi, dtype=torch.bool)
+            )
+            allowed = torch.ones(b, width, t, dtype=torch.bool, device=q.device)
+            if keys is not None:
+                allowed = allowed & keys[:, None, :]
+            if self.causal:
+                pos = torch.zeros(b, width, dtype=torch.long, device=q.device).index_put((bi, slot), ti)
+                allowed = allowed & (torch.arange(t, device=q.device)[None, None, :] <= pos[:, :, None])
+            # Packing slots attend anywhere: they are discarded, and no all-masked row puts NaN in the backward.
+            mask = (allowed | ~real[:, :, None])[:, None]
+        ctx = F.scaled_dot_product_attention(
+            packed.transpose(1, 2), k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return ctx.transpose(1, 2)[bi, slot].reshape(rows.numel(), h * hd)
 
     def flops_per_token(self, seq_len: int) -> int:
         """Multiply-adds per query token: projections, the selected groups' scores and mixing, the router."""

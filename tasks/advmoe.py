@@ -13,8 +13,11 @@ trained jointly this way. AdvMoE alternates, every iteration:
 2. expert step — fresh PGD examples against the updated model, then a step on ``psi`` only (routers fixed).
 
 Compared here, at the same number of epochs (AdvMoE takes two attacks and two half-updates per batch):
-a dense CNN + AT, the MoE-CNN (:class:`~circuitml.moe.experts.conv.MoEConv2d` layers, a router each) + AT, and
-the MoE-CNN + AdvMoE. Reported: standard accuracy (SA) and robust accuracy (RA) under PGD on held-out digits.
+a dense CNN + AT, the MoE-CNN + AT, and the MoE-CNN + AdvMoE. The MoE-CNN's experts are either the paper's
+channel subsets of the dense layer (``expert="channels"``, :class:`~circuitml.moe.experts.channel_conv.
+ChannelMoEConv2d`: same parameters as the dense CNN, ``k/E`` of its MoE layers' compute per sample) or full-width
+convolutions (``expert="full"``, :class:`~circuitml.moe.experts.conv.MoEConv2d`: ``E`` times the parameters);
+a router per MoE layer either way. Reported: standard accuracy (SA) and robust accuracy (RA) under PGD on held-out digits.
 Data: the 1,797 8×8 digits bundled with scikit-learn (no download), scaled to [0, 1], stratified 75/25 split.
 """
 
@@ -25,13 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from circuitml.moe.experts.conv import MoEConv2d
+from circuitml.moe.experts.channel_conv import ChannelMoEConv2d
+from circuitml.moe.experts.conv import MoEConv2d, RoutedConv
 from circuitml.moe.router import Router
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
 
 METHODS = ("dense_at", "moe_at", "advmoe")
+EXPERTS = ("channels", "full")
 
 
 @dataclass
@@ -43,6 +48,7 @@ class AdvConfig:
         eps: L-inf radius of the attack on [0, 1] pixels.
         train_steps, eval_steps: PGD iterations in training / evaluation (step size ``2.5 eps / steps``).
         num_experts, top_k: experts per MoE layer and experts per sample.
+        expert: ``"channels"`` (channel groups of the dense layer, the paper's) or ``"full"`` (full-width convs).
         seed: data split, initialisation, PGD random starts.
     """
 
@@ -54,6 +60,7 @@ class AdvConfig:
     eval_steps: int = 10
     num_experts: int = 4
     top_k: int = 2
+    expert: str = "full"
     seed: int = 0
 
 
@@ -72,22 +79,33 @@ def load_digits_split(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 class DigitCNN(nn.Module):
     """conv 1→16, conv 16→32, 2×2 pool, conv 32→32, global pool, linear 10; BatchNorm + ReLU after each conv.
 
-    With ``moe=True`` the last two convolutions are :class:`MoEConv2d` layers, each with its own router.
+    With ``moe=True`` the last two convolutions are MoE layers, each with its own router: channel-subset
+    experts (``expert="channels"``; a sample runs ``k/E`` of each layer's 32 filters, and the next layer reads
+    those) or full-width :class:`MoEConv2d` experts (``expert="full"``).
     """
 
-    def __init__(self, moe: bool, num_experts: int = 4, top_k: int = 2) -> None:
+    def __init__(self, moe: bool, num_experts: int = 4, top_k: int = 2, expert: str = "full") -> None:
         super().__init__()
+        if expert not in EXPERTS:
+            raise ConfigError(f"advmoe: expert: expected one of {EXPERTS}, got {expert!r}")
+        width = [16, 32, 32]  # channels each conv hands on
 
-        def conv(c_in: int, c_out: int) -> nn.Module:
-            if moe:
+        def conv(i: int, c_in: int, c_out: int) -> nn.Module:
+            if not moe:
+                return nn.Conv2d(c_in, c_out, 3, padding=1)
+            if expert == "full":
                 return MoEConv2d(c_in, c_out, num_experts=num_experts, top_k=top_k, balance_loss_weight=0.01)
-            return nn.Conv2d(c_in, c_out, 3, padding=1)
+            layer = ChannelMoEConv2d(
+                c_in, c_out, num_experts=num_experts, top_k=top_k, balance_loss_weight=0.01
+            )
+            width[i] = layer.out_width
+            return layer
 
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = conv(16, 32)
-        self.conv3 = conv(32, 32)
-        self.bn = nn.ModuleList([nn.BatchNorm2d(16), nn.BatchNorm2d(32), nn.BatchNorm2d(32)])
-        self.head = nn.Linear(32, 10)
+        self.conv2 = conv(1, 16, 32)
+        self.conv3 = conv(2, width[1], 32)
+        self.bn = nn.ModuleList(nn.BatchNorm2d(c) for c in width)
+        self.head = nn.Linear(width[2], 10)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn[0](self.conv1(x)))
@@ -97,7 +115,8 @@ class DigitCNN(nn.Module):
 
     def aux_loss(self) -> Tensor:
         return sum(
-            (m.aux_loss() for m in self.modules() if isinstance(m, MoEConv2d)), self.head.bias.new_zeros(())
+            (m.aux_loss() for m in self.modules() if isinstance(m, RoutedConv)),
+            self.head.bias.new_zeros(()),
         )
 
 
@@ -178,6 +197,6 @@ def run_advmoe(method: str, cfg: AdvConfig) -> dict[str, float]:
     """Train and evaluate one method on one seed: ``{"sa", "ra", "final_loss"}``."""
     torch.manual_seed(cfg.seed)
     x_tr, y_tr, x_te, y_te = load_digits_split(cfg.seed)
-    model = DigitCNN(moe=method != "dense_at", num_experts=cfg.num_experts, top_k=cfg.top_k)
+    model = DigitCNN(method != "dense_at", cfg.num_experts, cfg.top_k, cfg.expert)
     history = train(model, method, x_tr, y_tr, cfg)
     return {**evaluate(model, x_te, y_te, cfg), "final_loss": history[-1]}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from circuitml.moe import FFNExperts, MoEBlock, set_top_k
-from circuitml.moe.stack import LookaheadExpertCache, MoEStack, build_router_stack
+from circuitml.moe.stack import ExpertStore, LookaheadExpertCache, MoEStack, build_router_stack
 
 from circuitml.encoders import build_encoder
-from circuitml.errors import ConfigError
+from circuitml.errors import CheckpointError, ConfigError
 from tests.test_encoders_circuits import circuit_batch
 
 
@@ -76,41 +76,72 @@ def _read_me_blocks(layers: int, e: int, d: int) -> tuple[list[MoEBlock], MoESta
     return blocks, MoEStack(routers)
 
 
-def test_lookahead_cache_reads_the_plan_ahead_and_hits() -> None:
-    torch.manual_seed(0)
-    layers, e, d = 4, 8, 8
-    blocks, stack = _read_me_blocks(layers, e, d)
-    fetched: list[tuple[int, int]] = []
-
-    def fetch(layer: int, expert: int) -> torch.Tensor:
-        fetched.append((layer, expert))
-        return blocks[layer].experts.down_proj[expert].detach().clone()
-
-    x = torch.randn(6, d)  # 6 tokens x 2 slots: at most 12 <= 2 * 8 experts per layer, some unused
-    cache = LookaheadExpertCache(slots=2 * e, fetch=fetch, lookahead=1)
+def _forward(
+    blocks: list[MoEBlock], stack: MoEStack, x: torch.Tensor, cache=None
+) -> tuple[torch.Tensor, object]:
     run = stack.start(router_input=x, cache=cache)
     h = x
     for i, block in enumerate(blocks):
         out = block(h, **run.ctx(i))
         run.record(i, out.routing)
-        assert torch.equal(out.routing.indices, run.plan.layers[i].indices)
         h = h + out.out
+    return h, run
+
+
+@torch.no_grad()
+def test_lookahead_cache_feeds_the_expert_computation_and_hits(tmp_path) -> None:
+    torch.manual_seed(0)
+    layers, e, d = 4, 8, 8
+    blocks, stack = _read_me_blocks(layers, e, d)
+    x = torch.randn(6, d)  # 6 tokens x 2 slots: at most 12 <= 2 * 8 experts per layer, some unused
+    want, run = _forward(blocks, stack, x)  # every expert resident in the modules
     used = [set(run.plan.layers[i].indices.flatten().tolist()) for i in range(layers)]
-    assert cache.misses == 0 and cache.hits == sum(len(u) for u in used)
+    demands = sum(len(u) for u in used)
+
+    # Slow tier: a memory-mapped safetensors file. The modules' own expert weights are then destroyed, so
+    # equal outputs mean the computation used the weights the cache served.
+    ExpertStore.save(tmp_path / "experts.safetensors", [b.experts for b in blocks])
+    store = ExpertStore.open(tmp_path / "experts.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="bad.safetensors: expected an expert store"):
+        ExpertStore.open(tmp_path / "bad.safetensors")
+    for b in blocks:
+        for p in b.experts.parameters():
+            p.fill_(float("nan"))
+    cache = LookaheadExpertCache(slots=layers * e, fetch=store.fetch, lookahead=1)
+    got, run = _forward(blocks, stack, x, cache)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert cache.misses == 0 and cache.hits == demands == store.reads == cache.prefetches
     # Layer i+1's experts were fetched while layer i was the one computing: read ahead from the plan.
     ahead = [(at, layer) for at, layer, _ in cache.log if layer > 0]
     assert ahead and all(at == layer - 1 for at, layer in ahead)
-    assert set(fetched) == {(i, ex) for i in range(layers) for ex in used[i]}
-    torch.testing.assert_close(
-        cache.get(layers - 1, next(iter(used[-1]))), blocks[-1].experts.down_proj[next(iter(used[-1]))]
-    )
+    assert {(layer, ex) for _, layer, ex in cache.log} == {(i, ex) for i in range(layers) for ex in used[i]}
+    again, _ = _forward(blocks, stack, x, cache)  # warm: every expert already resident, nothing read
+    torch.testing.assert_close(again, want, rtol=0, atol=1e-6)
+    assert cache.hits == 2 * demands and store.reads == demands and cache.misses == 0
 
-    # The baseline without a plan fetches every expert on demand: one miss per (layer, expert).
-    demand = LookaheadExpertCache(slots=2 * e, fetch=fetch, lookahead=0)
-    for i in range(layers):
-        for ex in sorted(used[i]):
-            demand.get(i, ex)
-    assert demand.hits == 0 and demand.misses == sum(len(u) for u in used)
+    # The baseline without a plan fetches every expert on demand: every demand of a forward misses.
+    demand = LookaheadExpertCache(slots=2 * e, fetch=store.fetch, lookahead=None)
+    got, _ = _forward(blocks, stack, x, demand)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert demand.hits == 0 and demand.misses == demands and demand.prefetches == 0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("lookahead", [None, 0, 2])
+def test_expert_cache_never_exceeds_its_capacity(lookahead) -> None:
+    torch.manual_seed(1)
+    layers, e, d = 3, 8, 8
+    blocks, stack = _read_me_blocks(layers, e, d)
+    store = ExpertStore.from_experts([b.experts for b in blocks])
+    cache = LookaheadExpertCache(slots=3, fetch=store.fetch, lookahead=lookahead)
+    for seed in range(3):
+        x = torch.randn(10, d, generator=torch.Generator().manual_seed(seed))
+        want, _ = _forward(blocks, stack, x)
+        got, _ = _forward(blocks, stack, x, cache)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        assert len(cache.resident) <= 3
+    assert cache.peak == 3 and cache.misses > 0  # 3 slots hold fewer experts than a layer uses
 
 
 def test_stack_rejects_mixed_or_unshared_read_me_routers() -> None:
@@ -138,8 +169,8 @@ def test_set_top_k_on_an_encoder_keeps_its_saved_options_in_step() -> None:
     torch.testing.assert_close(clone(batch).node, enc(batch).node)
 
 
-@pytest.mark.parametrize("router", ["rmoe", "read_me"])
-def test_qa_transformer_routes_through_the_stack(router: str) -> None:
+def _tiny_qa(router: str):
+    """A 4-layer QA transformer with 2 Switch layers, and a batch of 2 (the second padded)."""
     from circuitml.tasks.qa.model import SwitchQAConfig, SwitchTransformerQA
 
     torch.manual_seed(0)
@@ -156,14 +187,19 @@ def test_qa_transformer_routes_through_the_stack(router: str) -> None:
         capacity_factor=None,
         normalize_weights=True,
     )
-    model = SwitchTransformerQA(cfg).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    return SwitchTransformerQA(cfg).eval(), ids, mask
+
+
+@pytest.mark.parametrize("router", ["rmoe", "read_me"])
+def test_qa_transformer_routes_through_the_stack(router: str) -> None:
+    model, ids, mask = _tiny_qa(router)
     routers = [m.block.router for m in model.moe_layers()]
     calls: list[list] = [[] for _ in routers]
     for r, store in zip(routers, calls, strict=True):
         _capture(r, store)
-    ids = torch.randint(0, 50, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
     model(ids, mask)
     if router == "rmoe":
         assert calls[1][0][0]["layer_state"] is calls[0][0][1].state
@@ -173,3 +209,18 @@ def test_qa_transformer_routes_through_the_stack(router: str) -> None:
         plan = routers[0].plan(emb.reshape(-1, 16)[mask.reshape(-1).bool()])
         for i, store in enumerate(calls):
             assert torch.equal(store[0][1].indices, plan.layers[i].indices)
+
+
+def test_qa_transformer_computes_its_switch_layers_through_an_expert_cache() -> None:
+    model, ids, mask = _tiny_qa("read_me")
+    with torch.no_grad():
+        want = model(ids, mask).start_logits
+        store = ExpertStore.from_experts([m.block.experts for m in model.moe_layers()])
+        for m in model.moe_layers():
+            m.block.experts.down_proj.zero_()  # the cache's copies, not these, must be used
+        model.expert_cache = LookaheadExpertCache(slots=8, fetch=store.fetch, lookahead=1)
+        got = model(ids, mask).start_logits
+    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=0, atol=1e-6)
+    assert model.expert_cache.hits > 0 and model.expert_cache.misses == 0
+    with pytest.raises(ConfigError, match="inference"):
+        model(ids, mask)  # under autograd the cached copies could not be trained

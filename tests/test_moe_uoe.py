@@ -92,3 +92,76 @@ def test_routed_blocks_equal_their_per_token_definition() -> None:
     ).view(3, 4, 8)
     torch.testing.assert_close(smha(x), want)
     assert smha.flops_per_token(4) < SelectiveMultiHeadAttention(8, 4, 4, top_k=4).flops_per_token(4)
+
+
+def _qa_config(**kw):
+    from circuitml.tasks.qa.model import SwitchQAConfig
+
+    return SwitchQAConfig(
+        vocab_size=40, max_position=12, d_model=16, num_layers=3, num_heads=4, d_ff=32, dropout=0.0, **kw
+    )
+
+
+@pytest.mark.parametrize("moe_layers", [[], [1]])
+def test_uoe_qa_model_with_every_expert_selected_equals_the_dense_qa_model(moe_layers: list[int]) -> None:
+    from circuitml.tasks.qa.model import MoEFFN, SwitchTransformerQA, decompose_to_uoe
+
+    torch.manual_seed(0)
+    dense = SwitchTransformerQA(_qa_config(moe_layers=moe_layers)).eval()
+    uoe = decompose_to_uoe(dense, attn_experts=4, attn_top_k=4, mlp_experts=4, mlp_top_k=4).eval()
+    assert all(hasattr(layer, "attn") for layer in uoe.layers)
+    assert [isinstance(layer.ffn, MoEFFN) for layer in uoe.layers] == [i in moe_layers for i in range(3)]
+    ids = torch.randint(0, 40, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    want, got = dense(ids, mask), uoe(ids, mask)
+    real = mask.bool()
+    for a, b in ((want.start_logits, got.start_logits), (want.end_logits, got.end_logits)):
+        torch.testing.assert_close(b[real], a[real], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.hidden[real], want.hidden[real], rtol=0, atol=1e-6)
+    # The zero-initialised routers still get the task gradient (k * softmax over the selected experts).
+    uoe.train()
+    uoe(ids, mask).start_logits.logsumexp(-1).sum().backward()
+    assert uoe.layers[0].attn.router.gate.weight.grad.abs().sum() > 0
+    assert uoe.layers[2].ffn.uoe.router.gate.weight.grad.abs().sum() > 0
+    # A smaller budget costs fewer multiply-adds per token.
+    half = decompose_to_uoe(dense, attn_experts=4, attn_top_k=2, mlp_experts=4, mlp_top_k=2)
+    assert half.flops_per_token(10) < dense.flops_per_token(10) < uoe.flops_per_token(10)
+
+
+def test_uoe_qa_options_are_checked_and_parsed() -> None:
+    from circuitml.tasks.qa.model import SwitchTransformerQA, parse_uoe
+
+    assert parse_uoe("attn=2/4,mlp=4/8,groups=1/2") == {
+        "attn_top_k": 2,
+        "attn_experts": 4,
+        "mlp_top_k": 4,
+        "mlp_experts": 8,
+        "mlp_top_groups": 1,
+        "mlp_groups": 2,
+    }
+    with pytest.raises(ConfigError, match="expected attn=K/E"):
+        parse_uoe("attn=2")
+    with pytest.raises(ConfigError, match="unknown key 'heads'"):
+        SwitchTransformerQA(_qa_config(uoe={"heads": 2}))
+    with pytest.raises(ConfigError, match="scratch backbone"):
+        _qa_config(uoe={}, init_from="somewhere").resolved_uoe()
+
+
+@pytest.mark.slow
+def test_qa_cli_trains_and_reloads_a_uoe_model(tmp_path) -> None:
+    from circuitml.tasks.qa.model import SwitchTransformerQA
+    from circuitml.tasks.qa.train import load_qa_model
+
+    from cli import main
+    from tests.test_qa import _squad
+
+    data, out = _squad(tmp_path), tmp_path / "model"
+    args = ["qa", "train", "--data", str(data), "--eval-data", str(data), "--out", str(out), "--epochs", "2"]
+    args += ["--d-model", "32", "--layers", "2", "--max-length", "48", "--stride", "8", "--threads", "1"]
+    assert main([*args, "--uoe", "attn=1/1,mlp=2/4"]) == 0
+    model, _, cfg = load_qa_model(out)
+    assert isinstance(model, SwitchTransformerQA) and cfg.model.uoe["mlp_top_k"] == 2
+    assert model.layers[1].ffn.uoe.router.top_k == 2 and model.layers[0].attn.num_experts == 1
+    assert main(["qa", "eval", "--model", str(out), "--data", str(data)]) == 0
+    assert main([*args, "--uoe", "attn=3/2"]) == 2  # top_k above the experts: one line, exit 2

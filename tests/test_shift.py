@@ -24,6 +24,7 @@ from torch import nn
 
 from circuitml.aig import AIGBuilder
 from circuitml.encoders import EncoderConfig
+from circuitml.errors import ConfigError
 from circuitml.graph import aig_to_data
 
 
@@ -158,6 +159,30 @@ def test_meta_dmoe_meta_training_reaches_the_aggregator_and_adaptation_moves_the
     assert moved and not any(n.startswith("head") for n in moved)  # the head is not adapted
     preds = meta.predict(params, _batches(domains["parity"], 4)[0])
     assert preds.shape[0] == sum(g.num_nodes for g in domains["parity"]) and torch.isfinite(preds).all()
+
+
+def test_meta_dmoe_advances_the_students_annealing_routers_once_per_optimizer_step(domains) -> None:
+    from circuitml.moe.inference import routers_of
+
+    enc = EncoderConfig(
+        kind="moe_gnn",
+        hidden=16,
+        num_layers=2,
+        options={"router": "evomoe", "num_experts": 4, "top_k": 1, "router_options": {"anneal_steps": 2}},
+    )
+    task = CircuitProbTask(enc)
+    teachers = [frozen_copy(task.make_model()) for _ in range(2)]
+    meta = MetaDMoE(teachers, task.make_model(), 16)
+    src = [_batches(domains[n][:2], 1) for n in ("arith", "control")]
+    meta.meta_train(task, src, steps=3)
+    students = routers_of(meta.student)
+    assert len(students) == 2 and [int(r.step) for r in students] == [3, 3]  # 3 meta-optimizer steps
+    assert all(int(r.step) == 0 for t in teachers for r in routers_of(t))  # frozen teachers do not anneal
+    meta.adapt(_batches(domains["parity"][:1], 1), steps=2)  # functional steps leave the module alone
+    assert [int(r.step) for r in students] == [3, 3]
+    ffn = EncoderConfig(kind="moe_gnn", hidden=16, num_layers=1, options={"expert": "ffn"})
+    with pytest.raises(ConfigError, match="double backward"):
+        MetaDMoE(teachers, CircuitProbTask(ffn).make_model(), 16)
 
 
 def test_gelegn_gate_mixes_global_and_local_per_row(domains) -> None:

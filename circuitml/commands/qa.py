@@ -58,9 +58,15 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
         eda_copies: int = typer.Option(0, help="EDA-augmented copies of each training question."),
         freeze_bottom: int = typer.Option(0, help="Upcycled models: freeze embeddings + first N layers."),
+        uoe: Optional[str] = typer.Option(
+            None,
+            "--uoe",
+            help="Union-of-Experts layers instead of Switch ones (scratch model), e.g. 'attn=2/4,mlp=4/8': "
+            "head-group and MLP experts kept per token / experts.",
+        ),
     ) -> None:
         """Train the QA model and print held-out EM/F1."""
-        from circuitml.tasks.qa.model import SwitchQAConfig
+        from circuitml.tasks.qa.model import SwitchQAConfig, parse_uoe
         from circuitml.tasks.qa.train import QATrainConfig, train_qa
 
         model = SwitchQAConfig(
@@ -73,6 +79,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             top_k=top_k,
             init_from=str(init_from) if init_from else None,
             normalize_weights=init_from is not None,
+            uoe=parse_uoe(uoe) if uoe is not None else None,
         )
         cfg = QATrainConfig(
             data=str(data),

@@ -25,7 +25,29 @@ from circuitml.moe.router import RouterOutput
 from torch import Tensor, nn
 
 
-class MoEConv2d(nn.Module):
+class RoutedConv(nn.Module):
+    """What the MoE convolutions share: a router reading a sample's pooled input, and its last routing."""
+
+    def build_router(self, in_channels: int, top_k: int, router: str, options: dict) -> None:
+        """Build the router last in ``__init__`` (after the weights: the random init keeps its order)."""
+        self.router = build_router(
+            router, d_model=in_channels, num_experts=self.num_experts, top_k=top_k, **options
+        )
+        self.last_routing: RouterOutput | None = None
+
+    def route(self, x: Tensor) -> RouterOutput:
+        """Route each sample of ``x [B, C, H, W]`` by its globally pooled features."""
+        self.last_routing = self.router(x.mean(dim=(2, 3)))
+        return self.last_routing
+
+    def aux_loss(self) -> Tensor:
+        """The router's weighted auxiliary losses of the last forward."""
+        if self.last_routing is None:
+            return self.weight.new_zeros(())
+        return sum(self.last_routing.aux_losses.values(), self.weight.new_zeros(()))
+
+
+class MoEConv2d(RoutedConv):
     """``E`` 2-D convolutions (same shape) with a per-layer router choosing ``k`` of them per sample.
 
     Args:
@@ -56,14 +78,10 @@ class MoEConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_experts, out_channels))
         for e in range(num_experts):
             nn.init.kaiming_uniform_(self.weight[e], a=math.sqrt(5))
-        self.router = build_router(
-            router, d_model=in_channels, num_experts=num_experts, top_k=top_k, **router_options
-        )
-        self.last_routing: RouterOutput | None = None
+        self.build_router(in_channels, top_k, router, router_options)
 
     def forward(self, x: Tensor) -> Tensor:
-        routing = self.router(x.mean(dim=(2, 3)))
-        self.last_routing = routing
+        routing = self.route(x)
         plan = make_plan(routing.indices, self.num_experts)
         out = x.new_zeros(x.shape[0], self.weight.shape[1], x.shape[2], x.shape[3])
         start = 0
@@ -77,9 +95,3 @@ class MoEConv2d(nn.Module):
             y = F.conv2d(x[samples], self.weight[e], self.bias[e], padding=self.padding)
             out = out.index_add(0, samples, flat_w[pairs].to(y.dtype)[:, None, None, None] * y)
         return out
-
-    def aux_loss(self) -> Tensor:
-        """The router's weighted auxiliary losses of the last forward."""
-        if self.last_routing is None:
-            return self.weight.new_zeros(())
-        return sum(self.last_routing.aux_losses.values(), self.weight.new_zeros(()))

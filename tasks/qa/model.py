@@ -16,6 +16,10 @@ Two backbones share one contract, ``forward(input_ids, attention_mask) -> QAOutp
 The MoE layers are the core's :class:`~circuitml.moe.MoEBlock` used as-is; padding tokens are not routed. Their
 routers form a :class:`~circuitml.moe.stack.MoEStack` (RMoE's state goes from one MoE layer to the next; Read-ME
 plans every MoE layer once, from the token embeddings of the scratch model).
+
+With ``uoe`` set (scratch backbone), every attention is a Union-of-Experts selective multi-head attention and
+every dense FFN a union of MLP experts (:mod:`circuitml.moe.uoe`, Yang et al. 2025); :func:`decompose_to_uoe`
+turns a trained dense model into it exactly (all experts selected = the dense model) before routing.
 """
 
 from __future__ import annotations
@@ -31,11 +35,31 @@ from circuitml.moe.block import MoEBlock
 from circuitml.moe.experts.ffn import FFNExperts
 from circuitml.moe.router import Router
 from circuitml.moe.stack import MoEStack, StackRun, build_router_stack
+from circuitml.moe.uoe import SelectiveMultiHeadAttention, UnionOfMLPExperts
 from torch import Tensor, nn
 
 from circuitml.errors import CheckpointError, ConfigError
 
-__all__ = ["SwitchQAConfig", "QAOutput", "MoEFFN", "SwitchTransformerQA", "UpcycledHFQA", "build_qa_model"]
+__all__ = [
+    "SwitchQAConfig",
+    "QAOutput",
+    "MoEFFN",
+    "SwitchTransformerQA",
+    "UpcycledHFQA",
+    "build_qa_model",
+    "decompose_to_uoe",
+    "parse_uoe",
+]
+
+# Union-of-Experts options (``SwitchQAConfig.uoe``) and their defaults: every expert selected.
+UOE_DEFAULTS = {
+    "attn_experts": 4,
+    "attn_top_k": 4,
+    "mlp_experts": 8,
+    "mlp_top_k": 8,
+    "mlp_groups": 1,
+    "mlp_top_groups": 1,
+}
 
 
 @dataclass
@@ -55,6 +79,10 @@ class SwitchQAConfig:
         balance_loss_weight, z_loss_weight: router auxiliary loss weights.
         normalize_weights: renormalize kept router weights to 1 (needed for exact upcycling).
         init_from: local directory of a DistilBERT/BERT checkpoint to upcycle, or ``None`` for the scratch model.
+        uoe: Union-of-Experts layers (scratch backbone), ``None`` for dense ones: a dict of :data:`UOE_DEFAULTS`'
+            keys — head-group experts of every attention and how many a token keeps (``attn_experts``,
+            ``attn_top_k``), hidden-unit experts of every dense FFN, kept per token, in ``mlp_top_groups`` of
+            ``mlp_groups`` groups. With ``uoe`` and no ``moe_layers`` no layer is a Switch layer.
     """
 
     vocab_size: int = 8000
@@ -73,6 +101,7 @@ class SwitchQAConfig:
     z_loss_weight: float = 0.001
     normalize_weights: bool = False
     init_from: str | None = None
+    uoe: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +125,39 @@ class SwitchQAConfig:
                     f"qa model config: moe_layers: expected indices in 0..{num_layers - 1}, got {bad}"
                 )
             return sorted(set(self.moe_layers))
+        if self.uoe is not None:
+            return []
         return list(range(1, num_layers - 1)) if num_layers > 2 else list(range(num_layers))
+
+    def resolved_uoe(self) -> dict[str, int] | None:
+        """The UoE options with defaults filled in (``None`` without UoE)."""
+        if self.uoe is None:
+            return None
+        unknown = sorted(set(self.uoe) - set(UOE_DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"qa model config: uoe: unknown key {unknown[0]!r} (expected one of {sorted(UOE_DEFAULTS)})"
+            )
+        if self.init_from:
+            raise ConfigError("qa model config: uoe: applies to the scratch backbone only, not init_from")
+        return {**UOE_DEFAULTS, **{k: int(v) for k, v in self.uoe.items()}}
+
+
+def parse_uoe(spec: str) -> dict[str, int]:
+    """``"attn=2/4,mlp=4/8,groups=1/2"`` → UoE options: attention keeps 2 of 4 head groups, the MLP 4 of 8
+    experts in 1 of 2 expert groups (each part optional)."""
+    names = {"attn": ("attn_top_k", "attn_experts"), "mlp": ("mlp_top_k", "mlp_experts")}
+    names["groups"] = ("mlp_top_groups", "mlp_groups")
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, _, value = part.partition("=")
+        kept, _, total = value.partition("/")
+        if key not in names or not kept.isdigit() or not total.isdigit():
+            raise ConfigError(
+                f"--uoe: {part!r}: expected attn=K/E, mlp=K/E or groups=K/G (e.g. 'attn=2/4,mlp=4/8')"
+            )
+        out.update(zip(names[key], (int(kept), int(total)), strict=True))
+    return out
 
 
 @dataclass
@@ -166,14 +227,37 @@ class _DenseFFN(nn.Module):
         return self.dropout(self.lin2(F.gelu(self.lin1(x))))
 
 
+class _UoEFFN(nn.Module):
+    """A dense FFN decomposed into routed hidden-unit experts; only the real tokens are routed."""
+
+    def __init__(self, uoe: UnionOfMLPExperts, dropout: float) -> None:
+        super().__init__()
+        self.uoe = uoe
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if attention_mask is None:
+            return self.dropout(self.uoe(flat).view(x.shape))
+        keep = attention_mask.reshape(-1).bool().nonzero().squeeze(1)
+        y = torch.zeros_like(flat).index_put((keep,), self.uoe(flat[keep]))
+        return self.dropout(y.view(x.shape))
+
+
 class _Layer(nn.Module):
     """Post-LN transformer layer (BERT/DistilBERT order): attention, add & norm, FFN, add & norm."""
 
     def __init__(self, cfg: SwitchQAConfig, router: Router | None) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        uoe = cfg.resolved_uoe()
+        if uoe is None:
+            self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+            self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        else:
+            self.attn = SelectiveMultiHeadAttention(
+                cfg.d_model, cfg.num_heads, uoe["attn_experts"], uoe["attn_top_k"], dropout=cfg.dropout
+            )
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -181,21 +265,55 @@ class _Layer(nn.Module):
         if router is not None:
             experts = FFNExperts(cfg.num_experts, cfg.d_model, cfg.d_ff, activation="gelu", bias=True)
             self.ffn: nn.Module = MoEFFN(MoEBlock(router, experts), cfg.dropout)
+        elif uoe is not None:
+            mlp = UnionOfMLPExperts(
+                cfg.d_model,
+                cfg.d_ff,
+                uoe["mlp_experts"],
+                uoe["mlp_top_k"],
+                uoe["mlp_groups"],
+                uoe["mlp_top_groups"],
+            )
+            self.ffn = _UoEFFN(mlp, cfg.dropout)
         else:
             self.ffn = _DenseFFN(cfg.d_model, cfg.d_ff, cfg.dropout)
 
-    def forward(self, x: Tensor, attn_bias: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_bias: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0
-        )
-        a = a.transpose(1, 2).reshape(b, t, d)
-        x = self.norm1(x + self.dropout(self.out(a)))
-        return self.norm2(x + self.ffn(x))
+        if hasattr(self, "attn"):
+            a = self.attn(x, attention_mask)
+        else:
+            q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0
+            )
+            a = self.out(a.transpose(1, 2).reshape(b, t, d))
+        x = self.norm1(x + self.dropout(a))
+        f = self.ffn(x, attention_mask) if isinstance(self.ffn, _UoEFFN) else self.ffn(x)
+        return self.norm2(x + f)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Multiply-adds per token of the attention and FFN sublayers (routers included)."""
+        d = self.norm1.normalized_shape[0]
+        if hasattr(self, "attn"):
+            attn = self.attn.flops_per_token(seq_len)
+        else:
+            attn = 4 * d * d + 2 * seq_len * d  # q, k, v and output projections; scores and mixing
+        if isinstance(self.ffn, _UoEFFN):
+            ffn = self.ffn.uoe.flops_per_token()
+        elif isinstance(self.ffn, MoEFFN):
+            experts = self.ffn.block.experts
+            ffn = self.ffn.block.router.top_k * 2 * d * experts.d_hidden + d * experts.num_experts
+        else:
+            ffn = 2 * d * self.ffn.lin1.out_features
+        return attn + ffn
 
 
 class _QABase(nn.Module):
+    # A LookaheadExpertCache (moe.stack) over the MoE layers' experts: with one set, read_me routing and no
+    # autograd, the Switch layers compute with the weights the cache serves.
+    expert_cache = None
+
     def moe_layers(self) -> list[MoEFFN]:
         return [m for m in self.modules() if isinstance(m, MoEFFN)]
 
@@ -207,7 +325,8 @@ class _QABase(nn.Module):
             router_input = embeddings.reshape(-1, embeddings.shape[-1])
             if attention_mask is not None:
                 router_input = router_input[attention_mask.reshape(-1).bool()]
-        run = MoEStack([m.block.router for m in layers]).start(router_input=router_input)
+        stack = MoEStack([m.block.router for m in layers])
+        run = stack.start(router_input=router_input, cache=self.expert_cache)
         for i, m in enumerate(layers):
             m.mask, m.run, m.index = attention_mask, run, i
 
@@ -263,9 +382,13 @@ class SwitchTransformerQA(_QABase):
             bias = bias.masked_fill(attention_mask[:, None, None, :] == 0, -math.inf)
         self._set_mask(attention_mask, x)
         for layer in self.layers:
-            x = layer(x, bias)
+            x = layer(x, bias, attention_mask)
         start, end = self.qa_outputs(x).unbind(-1)
         return self._collect(start, end, attention_mask, x)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Multiply-adds per real token of the transformer layers and the span head, at ``seq_len`` tokens."""
+        return sum(layer.flops_per_token(seq_len) for layer in self.layers) + 2 * self.config.d_model
 
 
 class UpcycledHFQA(_QABase):
@@ -363,3 +486,33 @@ class _Identity(nn.Module):
 def build_qa_model(config: SwitchQAConfig) -> _QABase:
     """The scratch model, or the upcycled checkpoint when ``config.init_from`` is set."""
     return UpcycledHFQA(config) if config.init_from else SwitchTransformerQA(config)
+
+
+def decompose_to_uoe(model: SwitchTransformerQA, **uoe: int) -> SwitchTransformerQA:
+    """The Union-of-Experts model with ``model``'s weights: every attention split into head-group experts and
+    every dense FFN into hidden-unit experts, exactly (routers start at zero, so with every expert selected it
+    computes ``model``'s function); its Switch layers and everything else are copied as they are."""
+    if not isinstance(model, SwitchTransformerQA) or model.config.uoe is not None:
+        raise ConfigError("decompose_to_uoe: expected a dense scratch QA model (SwitchTransformerQA, no uoe)")
+    config = dataclasses.replace(
+        model.config, uoe=dict(uoe), moe_layers=model.config.resolved_moe_layers(model.config.num_layers)
+    )
+    new = SwitchTransformerQA(config)
+    new.load_state_dict(model.state_dict(), strict=False)  # embeddings, norms, Switch layers, span head
+    opts = config.resolved_uoe()
+    for dense, layer in zip(model.layers, new.layers, strict=True):
+        attn = SelectiveMultiHeadAttention.from_qkv(
+            dense.qkv, dense.out, config.num_heads, opts["attn_experts"], opts["attn_top_k"]
+        )
+        layer.attn.load_state_dict(attn.state_dict())
+        if isinstance(layer.ffn, _UoEFFN):
+            mlp = UnionOfMLPExperts.from_linear(
+                dense.ffn.lin1,
+                dense.ffn.lin2,
+                opts["mlp_experts"],
+                opts["mlp_top_k"],
+                num_groups=opts["mlp_groups"],
+                top_groups=opts["mlp_top_groups"],
+            )
+            layer.ffn.uoe.load_state_dict(mlp.state_dict())
+    return new

@@ -11,9 +11,11 @@ Zhong et al., "Meta-DMoE: Adapting to Domain Shift by Meta-Distillation from Mix
   through the inner step (``create_graph=True``) into the aggregator and the student's initialization;
 * test time: the student adapts to the unlabeled target data by the same distillation steps, then predicts.
 
-The meta-gradient is second order, so the student's layers must support double backward: dense layers and GNN
-convolutions do; the core's sort-and-segment MoE dispatch is differentiable once, so a student with MoE layers is
-not supported here (teachers may have any architecture).
+The meta-gradient is second order, so the student's layers must support double backward: dense layers, GNN
+convolutions and MoE layers whose experts are GNN convolutions (``moe_gnn``'s default) do; the core's fused FFN
+experts are differentiable once, so a student with FFN-expert MoE layers is not supported here (teachers may have
+any architecture). A student's routers advance their schedules (anneals, balancing biases) once per meta-optimizer
+step (:func:`~circuitml.moe.schedule.step_routers`); test-time adaptation leaves the student module untouched.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from circuitml.moe.experts.ffn import FFNExperts
+from circuitml.moe.schedule import step_routers
 from circuitml.tasks.shift.base import ShiftOutput, ShiftTask, cycle, module_device
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from circuitml.errors import ConfigError
 
 __all__ = ["TeacherAggregator", "MetaDMoE"]
 
@@ -80,6 +86,11 @@ class MetaDMoE(nn.Module):
         inner_lr: float = 0.05,
     ) -> None:
         super().__init__()
+        if any(isinstance(m, FFNExperts) for m in student.modules()):
+            raise ConfigError(
+                "meta_dmoe: the student has FFN-expert MoE layers, which are differentiable once; the "
+                "meta-gradient needs double backward (use convolution experts, moe_gnn expert='conv')"
+            )
         self.teachers = nn.ModuleList(teachers)
         for p in self.teachers.parameters():
             p.requires_grad_(False)
@@ -153,6 +164,9 @@ class MetaDMoE(nn.Module):
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params_to_train, 1.0)
             opt.step()
+            step_routers(
+                self.student
+            )  # the student's router anneals count optimizer steps (teachers are frozen)
             losses.append(loss.item())
         return losses
 
