@@ -283,8 +283,8 @@ def compare_fusions(
             results = old
         elif log is not None:
             log(f"{path}: other settings; starting over")
-    for fusion in fusions:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: an interrupted comparison still has every fusion at the first seeds
+        for fusion in fusions:
             key = f"{fusion}/{seed}"
             if key in results["runs"]:
                 continue
