@@ -80,16 +80,21 @@ def _graphs():
     return Batch.from_data_list([aig_to_data(_adder(3)), aig_to_data(_parity(5))])
 
 
-def _scorer(bert, fusion):
+def _scorer(bert, fusion, fuse_from=0):
     from circuitml.tasks.pill.model import TextCircuitScorer
 
     return TextCircuitScorer(
-        bert, EncoderConfig(kind="gcn", hidden=16, num_layers=2), fusion, bottleneck=4, num_tokens=3
+        bert,
+        EncoderConfig(kind="gcn", hidden=16, num_layers=2),
+        fusion,
+        bottleneck=4,
+        num_tokens=3,
+        fuse_from=fuse_from,
     )
 
 
-def _check_gate_closed_is_identity(bert, ids, mask) -> None:
-    scorer = _scorer(bert, "pill")
+def _check_gate_closed_is_identity(bert, ids, mask, fuse_from=0) -> None:
+    scorer = _scorer(bert, "pill", fuse_from)
     with torch.no_grad():
         want = bert(input_ids=ids, attention_mask=mask).last_hidden_state
         extra = scorer.circuit(_graphs())
@@ -103,12 +108,13 @@ def _check_gate_closed_is_identity(bert, ids, mask) -> None:
     assert (opened[:, : ids.shape[1]][keep] - want[keep]).abs().amax() > 1e-3
 
 
-def test_pill_gate_at_init_leaves_the_language_model_unchanged() -> None:
+@pytest.mark.parametrize("fuse_from", [0, 1])
+def test_pill_gate_at_init_leaves_the_language_model_unchanged(fuse_from) -> None:
     bert = _tiny_bert()
     ids = torch.randint(1, 50, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0
-    _check_gate_closed_is_identity(bert, ids, mask)
+    _check_gate_closed_is_identity(bert, ids, mask, fuse_from)
 
 
 @needs_minilm
