@@ -103,3 +103,32 @@ def test_random_bytes_raise_only_format_errors(data) -> None:
             parse_aiger(header + data, file="r.aig")
         except CircuitFormatError:
             pass
+
+
+_symbol_line = st.one_of(
+    st.tuples(
+        st.sampled_from("ilobcxI "),
+        st.text("0129x", min_size=0, max_size=3),
+        st.sampled_from([" ", "  ", "", "\t"]),
+        st.text("ab \r\t\x7f", max_size=4),
+    ).map(lambda t: "".join(t)),
+    st.sampled_from(["", "\r", "\r\r"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_symbol_line, max_size=8), st.booleans())
+def test_fast_symbol_path_agrees_with_the_line_reader(lines, trailing_newline) -> None:
+    from circuitml.formats.aiger import _parse_symbols, _parse_symbols_by_line, _Text
+
+    body = ("\n".join(lines) + ("\n" if trailing_newline else "")).encode()
+    counts = {"i": 3, "l": 1, "o": 2, "b": 0, "c": 1}
+
+    def run(reader):
+        text = _Text(body, "t.aag")
+        try:
+            return reader(text, counts)
+        except CircuitFormatError as exc:
+            return ("error", str(exc))
+
+    assert run(_parse_symbols) == run(_parse_symbols_by_line)

@@ -150,25 +150,29 @@ def _encode_varints(values: np.ndarray) -> bytes:
 
 
 _COMMENT_LINE = re.compile(rb"^c\r?$", re.MULTILINE)
+_SYMBOL_LINE = re.compile(rf"^([ilobc])(\d{{1,{_MAX_DIGITS}}}) ([^\n]*[^\r\n])\r*$", re.MULTILINE | re.ASCII)
+_BLANK_LINE = re.compile(r"^\r*$", re.MULTILINE)
 
 
 def _parse_symbols(text: _Text, counts: dict[str, int]) -> tuple[dict[str, dict[int, str]], list[str]]:
-    """Symbol table and comments. Well-formed tables take one split and one comprehension; anything else goes
+    """Symbol table and comments. Well-formed tables take two regex scans and one light loop; anything else goes
     through the line-by-line reader, which names the offending line."""
     mark = _COMMENT_LINE.search(text.data, text.pos)
     body = text.data[text.pos : mark.start() if mark else len(text.data)]
     try:
-        lines = [ln.rstrip("\r") for ln in body.decode("ascii").split("\n")]
+        body_text = body.decode("ascii")
     except UnicodeDecodeError:
         return _parse_symbols_by_line(text, counts)
-    parts = [(ln[:1], *ln[1:].partition(" ")) for ln in lines if ln]
-    if all(
-        k in counts and sep and head.isdigit() and len(head) <= _MAX_DIGITS and nm and int(head) < counts[k]
-        for k, head, sep, nm in parts
-    ):
-        symbols: dict[str, dict[int, str]] = {k: {} for k in counts}
-        for kind, head, _, name in parts:
-            symbols[kind][int(head)] = name
+    # Well-formed when every non-blank line is a symbol line: the regex does the per-line work in C.
+    found = _SYMBOL_LINE.findall(body_text)
+    blank = len(_BLANK_LINE.findall(body_text))
+    symbols: dict[str, dict[int, str]] = {k: {} for k in counts}
+    if len(found) == body_text.count("\n") + 1 - blank:
+        for kind, head, name in found:
+            idx = int(head)
+            if idx >= counts[kind]:
+                return _parse_symbols_by_line(text, counts)
+            symbols[kind][idx] = name
         comments: list[str] = []
         if mark:
             comments = text.data[mark.end() + 1 :].decode("utf-8", errors="replace").split("\n")
@@ -326,6 +330,8 @@ def parse_aiger(data: bytes, file: str | os.PathLike | None = None, name: str | 
 
     def names(kind: str, n: int) -> list[str]:
         table = symbols[kind]
+        if len(table) == n and list(table) == list(range(n)):  # the usual complete table, in order
+            return list(table.values())
         return [table.get(k, "") for k in range(n)]
 
     has_names = any(symbols.values())
