@@ -15,8 +15,8 @@ runs a ``k/E`` slice of every MoE layer (the paper's inference saving). With the
 — every channel keeps its place, so the next layer reads the same filter's map in the same channel whatever the
 routing. (The authors' code instead stacks the selected channels into ``k C_out / E``; with one router per layer,
 as here, that hands the next layer a different filter's map in a channel from one sample to the next, and on
-``load_digits`` it reached 0.61 (AT) and 0.71 (AdvMoE) standard accuracy against 0.99 for the dense CNN.) Scaling by the router
-weight gives the router its task gradient. Samples are sorted by expert
+``load_digits`` it reached 0.61 (AT) and 0.71 (AdvMoE) standard accuracy against 0.99 for the dense CNN.)
+Scaling by the router weight gives the router its task gradient. Samples are sorted by expert
 (:func:`~circuitml.moe.dispatch.make_plan`) and each group convolves only its own samples.
 """
 
