@@ -109,8 +109,12 @@ class ExpertStore:
             keys = set(handle.keys())
         except Exception as exc:  # safetensors raises several types on missing or corrupted files
             raise CheckpointError(f"{path}: expected an expert store (safetensors) ({exc})") from None
-        layers = {int(k.split(".")[1]) for k in keys if k.startswith("layers.")}
-        if not keys or layers != set(range(len(layers))):
+        parts = [k.split(".") for k in keys]
+        layers = {int(p[1]) for p in parts if len(p) == 3 and p[0] == "layers" and p[1].isdigit()}
+        named = all(
+            len(p) == 3 and p[0] == "layers" and p[1].isdigit() and p[2] in EXPERT_TENSORS for p in parts
+        )
+        if not keys or not named or layers != set(range(len(layers))):
             raise CheckpointError(f"{path}: expected tensors layers.0..N.<name> written by ExpertStore.save")
 
         def read(layer: int, name: str, expert: int) -> Tensor | None:

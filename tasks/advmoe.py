@@ -80,32 +80,26 @@ class DigitCNN(nn.Module):
     """conv 1→16, conv 16→32, 2×2 pool, conv 32→32, global pool, linear 10; BatchNorm + ReLU after each conv.
 
     With ``moe=True`` the last two convolutions are MoE layers, each with its own router: channel-subset
-    experts (``expert="channels"``; a sample runs ``k/E`` of each layer's 32 filters, and the next layer reads
-    those) or full-width :class:`MoEConv2d` experts (``expert="full"``).
+    experts (``expert="channels"``; a sample runs ``k/E`` of each layer's 32 filters, the others output zero)
+    or full-width :class:`MoEConv2d` experts (``expert="full"``).
     """
 
     def __init__(self, moe: bool, num_experts: int = 4, top_k: int = 2, expert: str = "full") -> None:
         super().__init__()
         if expert not in EXPERTS:
             raise ConfigError(f"advmoe: expert: expected one of {EXPERTS}, got {expert!r}")
-        width = [16, 32, 32]  # channels each conv hands on
 
-        def conv(i: int, c_in: int, c_out: int) -> nn.Module:
+        def conv(c_in: int, c_out: int) -> nn.Module:
             if not moe:
                 return nn.Conv2d(c_in, c_out, 3, padding=1)
-            if expert == "full":
-                return MoEConv2d(c_in, c_out, num_experts=num_experts, top_k=top_k, balance_loss_weight=0.01)
-            layer = ChannelMoEConv2d(
-                c_in, c_out, num_experts=num_experts, top_k=top_k, balance_loss_weight=0.01
-            )
-            width[i] = layer.out_width
-            return layer
+            kind = MoEConv2d if expert == "full" else ChannelMoEConv2d
+            return kind(c_in, c_out, num_experts=num_experts, top_k=top_k, balance_loss_weight=0.01)
 
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = conv(1, 16, 32)
-        self.conv3 = conv(2, width[1], 32)
-        self.bn = nn.ModuleList(nn.BatchNorm2d(c) for c in width)
-        self.head = nn.Linear(width[2], 10)
+        self.conv2 = conv(16, 32)
+        self.conv3 = conv(32, 32)
+        self.bn = nn.ModuleList([nn.BatchNorm2d(16), nn.BatchNorm2d(32), nn.BatchNorm2d(32)])
+        self.head = nn.Linear(32, 10)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn[0](self.conv1(x)))

@@ -9,11 +9,14 @@ runs a ``k/E`` slice of every MoE layer (the paper's inference saving). With the
 :math:`e_1 < \dots < e_k` with weights :math:`w_{e}` gives
 
 .. math::
-    y(x) = \big\Vert_{j=1}^{k}\; w_{e_j}\, \big(W^{[g_{e_j}]} * x + b^{[g_{e_j}]}\big)
+    y^{[g_e]}(x) = w_e\, \big(W^{[g_e]} * x + b^{[g_e]}\big) \ \text{for a selected } e, \qquad
+    y^{[g_e]}(x) = 0 \ \text{otherwise}
 
-— the selected groups' feature maps stacked in channel order, ``k C_out / E`` channels (the next layer reads
-that many, as in the authors' code, which keeps the selected channels and drops the others). Scaling by the
-router weight gives the router its task gradient. Samples are sorted by expert
+— every channel keeps its place, so the next layer reads the same filter's map in the same channel whatever the
+routing. (The authors' code instead stacks the selected channels into ``k C_out / E``; with one router per layer,
+as here, that hands the next layer a different filter's map in a channel from one sample to the next, and on
+``load_digits`` it reached 0.61 (AT) and 0.71 (AdvMoE) standard accuracy against 0.99 for the dense CNN.)
+Scaling by the router weight gives the router its task gradient. Samples are sorted by expert
 (:func:`~circuitml.moe.dispatch.make_plan`) and each group convolves only its own samples.
 """
 
@@ -39,7 +42,7 @@ class ChannelMoEConv2d(RoutedConv):
         num_experts, top_k: ``E`` channel groups (``E`` must divide ``out_channels``) and ``k`` per sample.
         router: registered router name; ``router_options`` are its further config fields.
 
-    Shapes: ``x [B, C_in, H, W]`` → ``[B, k * C_out / E, H, W]`` (:attr:`out_width` channels).
+    Shapes: ``x [B, C_in, H, W]`` → ``[B, C_out, H, W]``, the unselected groups' channels zero.
     """
 
     def __init__(
@@ -60,7 +63,6 @@ class ChannelMoEConv2d(RoutedConv):
             )
         self.num_experts, self.top_k, self.padding = num_experts, top_k, padding
         self.group = out_channels // num_experts
-        self.out_width = top_k * self.group
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
@@ -68,14 +70,9 @@ class ChannelMoEConv2d(RoutedConv):
 
     def forward(self, x: Tensor) -> Tensor:
         routing = self.route(x)
-        idx = routing.indices
-        # Place of each selected group in the output: its rank among the sample's groups in channel order
-        # (a dropped slot, -1, ranks last and writes nothing).
-        key = torch.where(idx >= 0, idx, self.num_experts)
-        rank = key.argsort(dim=-1).argsort(dim=-1).reshape(-1)
-        plan = make_plan(idx, self.num_experts)
+        plan = make_plan(routing.indices, self.num_experts)
         b, _, h, w = x.shape
-        out = x.new_zeros(b, self.top_k, self.group, h, w)
+        out = x.new_zeros(b, self.num_experts, self.group, h, w)
         flat_w = routing.weights.reshape(-1)
         start = 0
         for e, count in enumerate(plan.counts_list()):
@@ -86,5 +83,6 @@ class ChannelMoEConv2d(RoutedConv):
             start += count
             rows = slice(e * self.group, (e + 1) * self.group)
             y = F.conv2d(x[samples], self.weight[rows], self.bias[rows], padding=self.padding)
-            out = out.index_put((samples, rank[pairs]), flat_w[pairs].to(y.dtype)[:, None, None, None] * y)
-        return out.reshape(b, self.out_width, h, w)
+            group = torch.full_like(samples, e)
+            out = out.index_put((samples, group), flat_w[pairs].to(y.dtype)[:, None, None, None] * y)
+        return out.reshape(b, self.num_experts * self.group, h, w)
