@@ -164,16 +164,27 @@ def compress_saved_model(
     calib: int = 256,
     epochs: int = 30,
     measure: bool = True,
+    before: dict[str, float] | None = None,
+    rows_per_lane: int = 8,
 ) -> dict[str, Any]:
-    """Compress a saved model's experts to ``out`` and measure it before and after; returns the report."""
+    """Compress a saved model's experts to ``out`` and measure it before and after; returns the report.
+
+    ``before``: the dense model's scores when already measured (a sweep measures them once).
+    """
     from circuitml.moe.systems.qmoe import compress_model, save_qmoe
 
     saved = load_saved_model(model_dir, data, calib, epochs)
     model = saved.model.eval()
     params, dense_bytes = dense_expert_bytes(model)
-    before = saved.evaluate(model) if measure else {}
+    if before is None:
+        before = saved.evaluate(model) if measure else {}
     experts = compress_model(
-        model, lambda: saved.calibrate(model), bits=bits, zeros=zeros, use_hessian=use_hessian
+        model,
+        lambda: saved.calibrate(model),
+        bits=bits,
+        zeros=zeros,
+        rows_per_lane=rows_per_lane,
+        use_hessian=use_hessian,
     )
     method = "gptq" if use_hessian else "rtn"
     info = {"model": str(model_dir), "bits": bits, "zeros": zeros, "method": method, **saved.info}
