@@ -399,7 +399,7 @@ class QMoEExperts(nn.Module):
     """Drop-in for :class:`FFNExperts` running from :class:`CompressedMatrix` weights.
 
     Each forward decodes only the experts its tokens are routed to, dequantizes them and runs them with the
-    fused segment FFN. Biases (few parameters) are kept uncompressed in fp32. ``bits_per_param()`` is the
+    fused segment FFN. Biases (few parameters) are kept in fp16, like the scales. ``bits_per_param()`` is the
     compressed size (streams, lane offsets, scales, code lengths, biases) per expert parameter.
     """
 
@@ -426,7 +426,7 @@ class QMoEExperts(nn.Module):
         )
 
     def nbytes(self) -> int:
-        return self.gate_up.nbytes() + self.down.nbytes() + sum(4 * b.numel() for b in self.biases())
+        return self.gate_up.nbytes() + self.down.nbytes() + sum(b.numel() * b.element_size() for b in self.biases())
 
     def to_device(self, device: str | torch.device) -> QMoEExperts:
         """Keep the compressed experts on ``device`` so they are decoded there (the CUDA path)."""
@@ -527,7 +527,7 @@ def compress_experts(
             torch.stack(syms), torch.stack(scales), rows_per_lane, BITS[bits]
         )
     biases = [
-        None if b is None else b.detach().float().clone() for b in (experts.gate_up_bias, experts.down_bias)
+        None if b is None else b.detach().half().clone() for b in (experts.gate_up_bias, experts.down_bias)
     ]
     return QMoEExperts(parts["gate_up_proj"], parts["down_proj"], experts.activation, *biases)
 
@@ -593,7 +593,7 @@ _FIELDS = ("stream", "lane_start", "scale", "lengths")
 
 def save_qmoe(experts: dict[str, QMoEExperts], path: str | Path, info: dict | None = None) -> None:
     """Write compressed experts (by module name) to one safetensors file (uint8 streams, int32 offsets, fp16
-    scales, fp32 biases); ``info`` is kept in the header (e.g. how the experts were made)."""
+    scales, fp16 biases); ``info`` is kept in the header (e.g. how the experts were made)."""
     tensors, layers = {}, []
     for i, (name, q) in enumerate(experts.items()):
         mats = {}
