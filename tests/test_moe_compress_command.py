@@ -115,3 +115,12 @@ def test_compress_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert main(["moe", "compress", str(tmp_path / "nope"), "--out", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "nope: expected a model directory" in err and "Traceback" not in err
+    assert main(["moe", "compress", str(tmp_path), "--out", str(tmp_path / "x"), "--bits", "3"]) == 2
+    assert "--bits: expected one of ternary, 2, got '3'" in capsys.readouterr().err
+    assert (
+        main(
+            ["moe", "compress", str(tmp_path), "--out", str(tmp_path / "x"), "--bits", "2", "--zeros", "0.9"]
+        )
+        == 2
+    )
+    assert "--zeros: expected a fraction in [0, 1) with --bits ternary" in capsys.readouterr().err

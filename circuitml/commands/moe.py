@@ -171,8 +171,14 @@ def compress_saved_model(
 
     ``before``: the dense model's scores when already measured (a sweep measures them once).
     """
-    from circuitml.moe.systems.qmoe import compress_model, save_qmoe
+    from circuitml.moe.systems.qmoe import BITS, compress_model, save_qmoe
 
+    if bits not in BITS:  # checked before the (slow) load and first measurement
+        raise ConfigError(f"moe compress: --bits: expected one of {', '.join(BITS)}, got {bits!r}")
+    if zeros is not None and (bits != "ternary" or not 0.0 <= zeros < 1.0):
+        raise ConfigError(
+            f"moe compress: --zeros: expected a fraction in [0, 1) with --bits ternary, got {zeros}"
+        )
     saved = load_saved_model(model_dir, data, calib, epochs)
     model = saved.model.eval()
     params, dense_bytes = dense_expert_bytes(model)
