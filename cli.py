@@ -72,7 +72,7 @@ data_app = typer.Typer(help="Generate, build and inspect circuit datasets.", no_
 app.add_typer(data_app, name="data")
 
 # Modules under circuitml/commands/, each with register(app, data_app).
-COMMAND_MODULES: list[str] = ["data", "qa", "pretrain", "evaluate", "verilog", "shift", "sim", "pill"]
+COMMAND_MODULES: list[str] = ["data", "qa", "pretrain", "evaluate", "verilog", "shift", "sim", "pill", "moe"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"circuitml.commands.{_name}").register(app, data_app)

@@ -2,11 +2,13 @@
 decode-and-matmul throughput of the compressed experts against the dense ones.
 
 Models (``moe_tasks``): a character-level MoE language model on the SQuAD sample (bits/char) and an MoE GNN
-for ISCAS'85 signal probability (MAE). After training, every MoE layer's experts are quantized to ternary
-GPTQ-style from calibration inputs (training batches), and, as the reference, by plain rounding to the same
-grid (RTN); both are entropy-coded in the QMoE format. Throughput: one MoE layer's experts on ``--tokens``
-routed tokens, compressed (decode the routed experts + matmul) vs dense ``FFNExperts``, best of
-``--repeats`` CPU-time measurements (``time.process_time``), interleaved.
+for ISCAS'85 signal probability (MAE). After training, every MoE layer's experts are quantized GPTQ-style from
+calibration inputs (training batches), and, as the reference, by plain rounding to the same grid (RTN), to
+each setting of ``--settings``: ``ternary`` (QMoE's min-max grid), ``ternary@p`` (the dead-zone grid with a
+``p``-quantile zero threshold per row) and ``2`` (GPTQ 2-bit); all are entropy-coded in the QMoE format.
+Throughput: one MoE layer's experts on ``--tokens`` routed tokens, compressed (decode the routed experts +
+matmul) vs dense ``FFNExperts``, best of ``--repeats`` CPU-time measurements (``time.process_time``),
+interleaved.
 
     python bench/bench_moe_qmoe.py
     python bench/bench_moe_qmoe.py --quick
@@ -30,29 +32,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import moe_tasks as T  # noqa: E402
 
 
-def _bench_throughput(model, q_model, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+def _bench_throughput(model, q_models: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Best CPU time of the first MoE layer's experts, dense and each compressed variant, interleaved."""
     dense_block = next(m for m in model.modules() if isinstance(m, MoEBlock))
-    q_block = next(m for m in q_model.modules() if isinstance(m, MoEBlock))
+    variants = {"dense": dense_block.experts}
+    for tag, q_model in q_models.items():
+        variants[tag] = next(m for m in q_model.modules() if isinstance(m, MoEBlock)).experts
     with torch.no_grad():
         r = dense_block.router(x)
-    best = {"dense": float("inf"), "qmoe": float("inf")}
+    best = dict.fromkeys(variants, float("inf"))
     with torch.no_grad():
         for _ in range(repeats):
-            for name, experts in (("dense", dense_block.experts), ("qmoe", q_block.experts)):
+            for name, experts in variants.items():
                 t0 = time.process_time()
                 experts(x, r.indices, r.weights)
                 best[name] = min(best[name], time.process_time() - t0)
-    return best["dense"], best["qmoe"]
+    return best
 
 
-def _compress(model, calib_run, use_hessian: bool, tmp: Path, tag: str):
+def parse_setting(text: str) -> tuple[str, float | None]:
+    """``ternary`` / ``ternary@0.9`` / ``2`` -> (bits, zeros)."""
+    bits, _, zeros = text.partition("@")
+    return bits, float(zeros) if zeros else None
+
+
+def _compress(model, calib_run, setting: str, use_hessian: bool, tmp: Path, tag: str):
     q_model = copy.deepcopy(model)
-    experts = compress_model(q_model, calib_run(q_model), use_hessian=use_hessian)
+    bits, zeros = parse_setting(setting)
+    experts = compress_model(q_model, calib_run(q_model), bits=bits, zeros=zeros, use_hessian=use_hessian)
     path = tmp / f"{tag}.qmoe.safetensors"
     save_qmoe(experts, path)
-    n = sum(q.num_params() for q in experts)
-    bits = sum(q.bits_per_param() * q.num_params() for q in experts) / n
-    return q_model, bits, path.stat().st_size, n
+    n = sum(q.num_params() for q in experts.values())
+    bits_pp = sum(q.bits_per_param() * q.num_params() for q in experts.values()) / n
+    all_syms = [m.symbols(torch.arange(m.shape[0])) for q in experts.values() for m in (q.gate_up, q.down)]
+    zero = sum(int((s == 0).sum()) for s in all_syms) / sum(s.numel() for s in all_syms)
+    return q_model, bits_pp, path.stat().st_size, n, zero
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--task", choices=["text", "circuit", "both"], default="both")
+    p.add_argument(
+        "--settings",
+        default="ternary,ternary@0.85,ternary@0.9,ternary@0.93,2",
+        help="comma-separated: ternary (min-max grid), ternary@P (dead zone at the P-quantile), 2 (2-bit)",
+    )
+    p.add_argument("--throughput", default="ternary@0.9,2", help="settings whose decode+matmul is timed")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -104,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 (
                     "dense fp32",
                     32.0,
+                    0.0,
                     sum(
                         p.numel() * 4
                         for b in model.modules()
@@ -114,24 +135,35 @@ def main(argv: list[str] | None = None) -> None:
                 )
             ]
             q_models = {}
-            for tag, use_h in (("qmoe-gptq", True), ("qmoe-rtn", False)):
-                t0 = time.perf_counter()
-                q_model, bits, size, n = _compress(model, calib_run, use_h, Path(tmp), f"{task}-{tag}")
-                q_models[tag] = q_model
-                rows.append((f"{tag} ({time.perf_counter() - t0:.0f} s)", bits, size, evaluate(q_model)))
+            timed = args.throughput.split(",")
+            for setting in args.settings.split(","):
+                for method, use_h in (("gptq", True), ("rtn", False)):
+                    t0 = time.process_time()
+                    q_model, bits, size, n, zero = _compress(
+                        model, calib_run, setting, use_h, Path(tmp), f"{task}-{setting}-{method}"
+                    )
+                    if use_h and setting in timed:
+                        q_models[setting] = q_model
+                    name = f"{setting} {method} ({time.process_time() - t0:.0f} s)"
+                    rows.append((name, bits, zero, size, evaluate(q_model)))
             x = torch.randn(args.tokens, args.d_model)
-            dense_t, q_t = _bench_throughput(model, q_models["qmoe-gptq"], x, args.repeats)
+            best = _bench_throughput(model, q_models, x, args.repeats)
             print(
                 f"{task}: layers={args.layers} E={args.experts} d={args.d_model} h={args.hidden} steps={args.steps} "
                 f"seed={args.seed}; expert params {n:,}"
             )
-            print(f"  {'experts':<24} {'bits/param':>10} {'bytes':>11} {metric:>10} {'change':>8}")
-            for name, bits, size, q in rows:
-                print(f"  {name:<24} {bits:>10.3f} {size:>11,} {q:>10.4f} {q - base:>+8.4f}")
             print(
-                f"  one layer, {args.tokens} tokens: dense {1e3 * dense_t:.1f} ms, decode+matmul {1e3 * q_t:.1f} ms "
-                f"(x{q_t / dense_t:.1f} CPU time; {args.tokens / q_t:,.0f} vs {args.tokens / dense_t:,.0f} tokens/s)"
+                f"  {'experts':<28} {'bits/param':>10} {'zeros':>6} {'bytes':>11} {metric:>10} {'change':>8}"
             )
+            for name, bits, zero, size, q in rows:
+                print(f"  {name:<28} {bits:>10.3f} {zero:>6.3f} {size:>11,} {q:>10.4f} {q - base:>+8.4f}")
+            dense_t = best.pop("dense")
+            for tag, q_t in best.items():
+                print(
+                    f"  one layer, {args.tokens} tokens, {tag}: dense {1e3 * dense_t:.1f} ms, decode+matmul "
+                    f"{1e3 * q_t:.1f} ms (x{q_t / dense_t:.1f} CPU time; {args.tokens / q_t:,.0f} vs "
+                    f"{args.tokens / dense_t:,.0f} tokens/s)"
+                )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-r"""QMoE: data-dependent ternary quantization of experts and a sub-1-bit entropy-coded format run directly.
+r"""QMoE: data-dependent ternary or 2-bit quantization of experts and an entropy-coded format run directly.
 
 QMoE (Frantar & Alistarh 2023, "QMoE: Practical Sub-1-Bit Compression of Trillion-Parameter Models",
 MLSys 2024). Each expert matrix ``W [out, in]`` is quantized GPTQ-style (Frantar et al. 2023, ICLR) from the
@@ -7,15 +7,30 @@ upper Cholesky factor :math:`U` of :math:`H^{-1}`, columns are quantized left to
 is spread over the columns not yet quantized,
 
 .. math::
-    q_i = \mathrm{quant}(w_i), \qquad W_{:, j>i} \mathrel{-}= \frac{w_i - q_i}{U_{ii}}\, U_{i, j>i},
+    q_i = \mathrm{quant}(w_i), \qquad W_{:, j>i} \mathrel{-}= \frac{w_i - q_i}{U_{ii}}\, U_{i, j>i}.
 
-on a per-row ternary min-max grid :math:`\{c - s, c, c + s\}` (``c`` the row's midrange, ``s`` half its
-range). Most weights land on the middle symbol, so the ternary stream is highly compressible; QMoE codes it
-with a dictionary of variable-length symbol runs. Here the stream is cut into zero-runs ``(run, sign)``
-(runs of ``>= R`` zeros emit escape tokens, a lane ends with an end-of-lane token) and the tokens are
-Huffman-coded with a length-limited canonical code. The stream is split into independent lanes (groups of
-rows of one expert) so the decoder advances all lanes at once — one table lookup per token and lane, a loop
-over token steps, never over weights — and only the lanes of the experts a batch routes to are decoded.
+Grids are zero-centred per row, :math:`q = \alpha\, s` with an integer symbol :math:`s`, so a zero weight
+is exactly zero and one fp16 scale per row is stored:
+
+* **ternary** (QMoE's 1.5-bit grid), :math:`s \in \{-1, 0, 1\}`. ``zeros=None``: the paper's min-max grid,
+  :math:`\alpha = \max_j |w_j|`, a weight is zero when :math:`|w| < \alpha / 2`. ``zeros=p``: a dead-zone
+  grid whose threshold :math:`\tau` is the row's ``p``-quantile of :math:`|w|` and whose level
+  :math:`\alpha = \mathrm{mean}\{|w| : |w| > \tau\}` is the least-squares level of the weights kept
+  (plain rounding zeroes :math:`|w| \le \tau`); GPTQ zeroes a ``p`` fraction of each row, block by block,
+  by least saliency (SparseGPT's adaptive mask) and compensates them in the remaining columns. ``p`` sets
+  the rate: the symbols' entropy is about :math:`H(p, \frac{1-p}{2}, \frac{1-p}{2})`, 0.76 bit at
+  ``p = 0.85``.
+* **2-bit** (GPTQ's 4-level asymmetric min-max grid with an integer zero point ``z``):
+  :math:`\alpha = (\max(w, 0) - \min(w, 0)) / 3`, :math:`s \in \{-z, \dots, 3 - z\}`.
+
+The symbol stream is cut into zero-runs: a nonzero symbol ``v`` after ``r`` zeros is one token
+:math:`2M (r \bmod R) + \mathrm{idx}(v)` (``M`` the largest ``|s|``: 1 ternary, 3 2-bit) preceded by
+:math:`\lfloor r / R \rfloor` escape tokens; a lane ends with an end token. QMoE codes its ternary stream with
+a fixed dictionary of variable-length symbol runs; here the tokens are Huffman-coded with a length-limited
+canonical code (within 0.05 bit of the symbols' entropy in the tests). The stream is split into independent
+lanes (groups of rows of one expert) so the decoder advances all lanes at once — one table lookup per token
+and lane, a loop over token steps, never over weights — and only the lanes of the experts a batch routes to
+are decoded.
 """
 
 from __future__ import annotations
@@ -28,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from circuitml.moe.block import MoEBlock
 from circuitml.moe.experts.ffn import FFNExperts, apply_activation
 from circuitml.moe.systems.fssdp import run_materialized
 from safetensors import SafetensorError, safe_open
@@ -39,42 +53,106 @@ from circuitml.errors import CheckpointError, ConfigError
 from circuitml.fileio import atomic_write, check_format
 
 RUN_LIMIT = 64  # R: longest zero run in one token; longer runs use escape tokens
-ESCAPE, END = 2 * RUN_LIMIT, 2 * RUN_LIMIT + 1
-ALPHABET = 2 * RUN_LIMIT + 2
 MAX_CODE_BITS = 16
 FORMAT = "circuitml-qmoe"
+BITS = {"ternary": 1, "2": 3}  # quantization mode -> M, the largest |symbol|
+
+
+def alphabet_size(levels: int) -> int:
+    """Tokens of the run-length code for symbols in ``[-levels, levels]``: runs x values, escape, end."""
+    return 2 * levels * RUN_LIMIT + 2
+
+
+def _escape_end(levels: int) -> tuple[int, int]:
+    return 2 * levels * RUN_LIMIT, 2 * levels * RUN_LIMIT + 1
 
 
 # ---------------------------------------------------------------------------------------------- quantization
-def ternary_grid(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row min-max ternary grid: centre ``c`` and step ``s`` (levels ``c - s, c, c + s``)."""
-    lo, hi = w.min(dim=1).values, w.max(dim=1).values
-    return (lo + hi) / 2, ((hi - lo) / 2).clamp_min(1e-12)
+@dataclass
+class Grid:
+    """Per-row zero-centred grid: value ``scale * s``, ``s`` an integer in ``[lo, hi]``.
+
+    ``threshold`` (in units of ``scale``) is the dead zone: ``|w| / scale <= threshold`` quantizes to 0 and
+    each step above it to the next level (``0.5`` is round-to-nearest). ``zeros`` (dead-zone grids): the
+    fraction of each row that GPTQ sets to zero, chosen in each block by saliency (see :func:`gptq`).
+    """
+
+    scale: Tensor  # [rows], float64 holding fp16 values (the grid as it is stored)
+    threshold: Tensor  # [rows]
+    lo: Tensor  # [rows]
+    hi: Tensor  # [rows]
+    zeros: float | None = None
+
+    def symbols(self, col: Tensor) -> Tensor:
+        """Symbols of one column (one weight per row)."""
+        mag = torch.floor(col.abs() / self.scale + 1 - self.threshold).clamp_min(0)
+        return torch.minimum(torch.maximum(torch.sign(col) * mag, self.lo), self.hi)
 
 
-def gptq_ternary(
-    w: Tensor, hessian: Tensor | None, block: int = 128, damp: float = 0.01
-) -> tuple[Tensor, Tensor, Tensor]:
-    """GPTQ quantization of ``w [out, in]`` to ternary symbols ``[out, in]`` (int8 in {-1, 0, 1}).
+def make_grid(w: Tensor, bits: str = "ternary", zeros: float | None = None) -> Grid:
+    """The grid of every row of ``w [out, in]`` (see the module docstring)."""
+    if bits not in BITS:
+        raise ConfigError(f"qmoe: bits: expected one of {sorted(BITS)}, got {bits!r}")
+    w = w.double()
+    rows = w.shape[0]
+    half = torch.full((rows,), 0.5, dtype=torch.float64)
+    if bits == "2":
+        if zeros is not None:
+            raise ConfigError("qmoe: zeros (the dead-zone grid) applies to bits='ternary' only")
+        lo, hi = w.min(dim=1).values.clamp_max(0), w.max(dim=1).values.clamp_min(0)
+        scale = _fp16((hi - lo) / 3)
+        z = torch.round(-lo / scale).clamp(0, 3)
+        return Grid(scale, half, -z, 3 - z)
+    a = w.abs()
+    if zeros is None:
+        return Grid(
+            _fp16(a.max(dim=1).values),
+            half,
+            -torch.ones(rows, dtype=w.dtype),
+            torch.ones(rows, dtype=w.dtype),
+        )
+    if not 0.0 <= zeros < 1.0:
+        raise ConfigError(f"qmoe: zeros: expected a fraction in [0, 1), got {zeros}")
+    tau = torch.quantile(a, zeros, dim=1)
+    kept = a > tau[:, None]
+    level = torch.where(kept, a, 0).sum(1) / kept.sum(1).clamp_min(1)
+    scale = _fp16(torch.where(kept.any(1), level, a.max(dim=1).values))
+    ones = torch.ones(rows, dtype=w.dtype)
+    return Grid(scale, (tau / scale).clamp_max(1.0), -ones, ones, zeros)
 
-    ``hessian`` is ``X^T X`` of the calibration inputs ``[in, in]`` (``None``: plain rounding). Returns
-    ``(symbols, centre[out], step[out])``; the dequantized matrix is ``centre[:, None] + step[:, None] * symbols``.
-    The loop runs over input columns (GPTQ's order), vectorized over rows.
+
+def _fp16(x: Tensor) -> Tensor:
+    return x.clamp_min(1e-7).half().double()
+
+
+def gptq(
+    w: Tensor, hessian: Tensor | None, grid: Grid, block: int = 32, damp: float = 0.01
+) -> tuple[Tensor, Tensor]:
+    """GPTQ quantization of ``w [out, in]`` on ``grid``: integer symbols ``[out, in]`` (int8) and the row
+    scales ``[out]`` (fp16 values).
+
+    ``hessian`` is ``X^T X`` of the calibration inputs ``[in, in]`` (``None``: plain rounding to the grid). The
+    loop runs over input columns (GPTQ's order) in lazy blocks, vectorized over rows.
+
+    With a dead-zone grid (``grid.zeros = p``) and a Hessian, the zeros are not a fixed threshold on the
+    original weights (compensation grows the later columns, so far fewer than ``p`` would stay zero): as in
+    SparseGPT's adaptive mask (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately
+    Pruned in One-Shot", ICML 2023), at the start of each block the ``p`` fraction of each row's block
+    weights with the least OBS saliency :math:`w_j^2 / U_{jj}^2` (on the weights already compensated) is
+    zeroed and the rest go to the nearest nonzero level (blocks of 32 columns measured better than 128).
+
+    With a Hessian, each row's scale is then refit to the symbols by least squares on the calibration
+    inputs, :math:`\alpha = s H w^\top / s H s^\top` (the output error is quadratic in the one scale).
     """
     w = w.detach().double().clone()
-    centre, step = ternary_grid(w)
-    centre, step = centre.half().double(), step.half().double()  # the grid as it is stored (fp16)
     cols = w.shape[1]
-
-    def quant(col: Tensor) -> Tensor:
-        return torch.clamp(torch.round((col - centre) / step), -1, 1)
-
     if hessian is None:
-        return quant(w.t()).t().to(torch.int8), centre.float(), step.float()
+        return grid.symbols(w.t()).t().to(torch.int8), grid.scale
+    w0 = w.clone()
     h = hessian.detach().double().clone()
     dead = torch.diagonal(h) == 0  # inputs never seen: their columns need no error compensation
     h[dead, dead] = 1.0
-    w[:, dead] = centre[:, None].expand_as(w)[:, dead]
+    w[:, dead] = 0.0
     h += damp * torch.diagonal(h).mean() * torch.eye(cols, dtype=h.dtype)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     symbols = torch.zeros_like(w)
@@ -82,14 +160,34 @@ def gptq_ternary(
         i2 = min(i1 + block, cols)
         w1, u1 = w[:, i1:i2].clone(), u[i1:i2, i1:i2]
         err1 = torch.zeros_like(w1)
+        mask = None if grid.zeros is None else _least_salient(w1, torch.diagonal(u1), grid.zeros)
         for i in range(i2 - i1):
-            q = quant(w1[:, i])
+            q = grid.symbols(w1[:, i]) if mask is None else _nonzero_level(w1[:, i], grid) * ~mask[:, i]
             symbols[:, i1 + i] = q
-            err = (w1[:, i] - (centre + step * q)) / u1[i, i]
+            err = (w1[:, i] - grid.scale * q) / u1[i, i]
             w1[:, i:] -= err[:, None] * u1[i, i:][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ u[i1:i2, i2:]
-    return symbols.to(torch.int8), centre.float(), step.float()
+    sh = symbols @ h
+    fit = (sh * w0).sum(1) / (sh * symbols).sum(1).clamp_min(1e-30)
+    scale = torch.where((symbols != 0).any(1) & (fit > 0), _fp16(fit), grid.scale)
+    return symbols.to(torch.int8), scale
+
+
+def _least_salient(w: Tensor, d: Tensor, fraction: float) -> Tensor:
+    """Mask of the ``fraction`` of each row of ``w [rows, cols]`` with the smallest ``w^2 / d^2``."""
+    k = int(round(fraction * w.shape[1]))
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    if k:
+        mask.scatter_(1, torch.topk(w.square() / d.square(), k, dim=1, largest=False).indices, True)
+    return mask
+
+
+def _nonzero_level(col: Tensor, grid: Grid) -> Tensor:
+    """The nearest nonzero symbol of each weight of ``col`` (a weight the mask keeps is never zeroed)."""
+    mag = torch.floor(col.abs() / grid.scale + 0.5).clamp_min(1)
+    sign = torch.where(col < 0, -1.0, 1.0).to(col.dtype)
+    return torch.minimum(torch.maximum(sign * mag, grid.lo), grid.hi)
 
 
 # ------------------------------------------------------------------------------------------------- the code
@@ -97,7 +195,7 @@ def huffman_lengths(freq: np.ndarray, max_bits: int = MAX_CODE_BITS) -> np.ndarr
     """Code lengths of a Huffman code for ``freq`` (0 for unused symbols), limited to ``max_bits``.
 
     Lengths are limited by flattening the distribution (raising rare counts) until the longest fits; a loop
-    over the alphabet (130 symbols), not over the data.
+    over the alphabet (a few hundred symbols), not over the data.
     """
     freq = freq.astype(np.float64)
     used = np.nonzero(freq)[0]
@@ -135,33 +233,38 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     return codes
 
 
-def tokenize(symbols: Tensor) -> tuple[Tensor, Tensor]:
-    """Tokens of every lane of ``symbols [lanes, lane_len]`` (ternary) and the token count per lane.
+def tokenize(symbols: Tensor, levels: int = 1) -> tuple[Tensor, Tensor]:
+    """Tokens of every lane of ``symbols [lanes, lane_len]`` (values in ``[-levels, levels]``) and the token
+    count per lane.
 
-    A nonzero after ``r`` zeros is ``2 (r mod R) + [sign > 0]`` preceded by ``r // R`` ``ESCAPE`` tokens; each
-    lane ends with ``END`` (the rest of the lane is zero).
+    A nonzero ``v`` after ``r`` zeros is ``2 M (r mod R) + idx(v)`` (``idx`` numbers ``-M..-1, 1..M`` as
+    ``0..2M-1``) preceded by ``r // R`` escape tokens; each lane ends with the end token (the rest is zero).
     """
+    escape, end = _escape_end(levels)
     lanes, lane_len = symbols.shape
-    marked = torch.cat([symbols.long(), torch.full((lanes, 1), 2)], dim=1)  # 2 marks the lane's end
+    if symbols.numel() and int(symbols.abs().max()) > levels:
+        raise ConfigError(f"qmoe: a symbol is outside [-{levels}, {levels}]")
+    marked = torch.cat([symbols.long(), torch.full((lanes, 1), levels + 1)], dim=1)  # M+1 marks the end
     lane, pos = torch.nonzero(marked, as_tuple=True)
     prev = torch.cat([torch.tensor([-1]), pos[:-1]])
     first = torch.cat([torch.tensor([True]), lane[1:] != lane[:-1]])
     run = pos - torch.where(first, torch.full_like(prev, -1), prev) - 1
     value = marked[lane, pos]
-    is_end = value == 2
+    is_end = value == levels + 1
     escapes = torch.where(is_end, 0, run // RUN_LIMIT)
-    token = torch.where(is_end, END, 2 * (run % RUN_LIMIT) + (value > 0).long())
+    idx = torch.where(value < 0, value + levels, value + levels - 1)
+    token = torch.where(is_end, end, 2 * levels * (run % RUN_LIMIT) + idx)
     # Each event emits its escapes then its token: interleave with one repeat_interleave.
     per_event = escapes + 1
-    tokens = torch.full((int(per_event.sum()),), ESCAPE, dtype=torch.long)
+    tokens = torch.full((int(per_event.sum()),), escape, dtype=torch.long)
     tokens[torch.cumsum(per_event, 0) - 1] = token
     counts = torch.zeros(lanes, dtype=torch.long).index_add_(0, lane, per_event)
     return tokens, counts
 
 
-def encode(symbols: Tensor, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def encode(symbols: Tensor, lengths: np.ndarray, levels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Bitstream (uint8) of ``symbols [lanes, lane_len]`` and each lane's starting bit (int64 ``[lanes + 1]``)."""
-    tokens, counts = tokenize(symbols)
+    tokens, counts = tokenize(symbols, levels)
     codes = canonical_codes(lengths)
     tok = tokens.numpy()
     tok_len, tok_code = lengths[tok], codes[tok]
@@ -189,18 +292,24 @@ def decode_table(lengths: np.ndarray) -> tuple[Tensor, Tensor]:
 
 
 def decode(
-    stream: Tensor, lane_start: Tensor, lanes: Tensor, lane_len: int, table: tuple[Tensor, Tensor]
+    stream: Tensor,
+    lane_start: Tensor,
+    lanes: Tensor,
+    lane_len: int,
+    table: tuple[Tensor, Tensor],
+    levels: int = 1,
 ) -> Tensor:
-    """Ternary symbols ``[len(lanes), lane_len]`` (int8) of the selected ``lanes``; all lanes step together."""
+    """Symbols ``[len(lanes), lane_len]`` (int8) of the selected ``lanes``; all lanes step together."""
+    escape, end = _escape_end(levels)
     dev = stream.device
     sym_table, len_table = table[0].to(dev), table[1].to(dev)
+    values = torch.cat([torch.arange(-levels, 0), torch.arange(1, levels + 1)]).to(dev, torch.int8)
     padded = torch.cat([stream.long(), stream.new_zeros(4).long()])
     lanes = lanes.to(dev)
     bitpos = lane_start.long().index_select(0, lanes)
     col = torch.zeros(lanes.numel(), dtype=torch.long, device=dev)
-    out = torch.zeros(
-        lanes.numel(), lane_len + 1, dtype=torch.int8, device=dev
-    )  # last column: finished lanes
+    # the last column collects the writes of escape and end tokens
+    out = torch.zeros(lanes.numel(), lane_len + 1, dtype=torch.int8, device=dev)
     active = torch.arange(lanes.numel(), device=dev)
     while active.numel():
         pos = bitpos[active]
@@ -210,32 +319,31 @@ def decode(
         token, length = sym_table[peek], len_table[peek]
         bitpos[active] = pos + length
         c = col[active]
-        is_value = token < ESCAPE
-        c = c + torch.where(token == ESCAPE, RUN_LIMIT, token >> 1)
-        out[active, torch.where(is_value, c, lane_len)] = torch.where(is_value, (token & 1) * 2 - 1, 0).to(
-            torch.int8
-        )
+        is_value = token < escape
+        c = c + torch.where(token == escape, RUN_LIMIT, token // (2 * levels))
+        v = values[torch.where(is_value, token % (2 * levels), 0)]
+        out[active, torch.where(is_value, c, lane_len)] = torch.where(is_value, v, 0).to(torch.int8)
         col[active] = c + is_value.long()
-        active = active[token != END]
+        active = active[token != end]
     return out[:, :lane_len]
 
 
 # ------------------------------------------------------------------------------------------ compressed experts
 @dataclass
 class CompressedMatrix:
-    """One stacked expert matrix ``[E, out, in]`` in the entropy-coded ternary format."""
+    """One stacked expert matrix ``[E, out, in]`` in the entropy-coded format (``weight = scale * symbol``)."""
 
     shape: tuple[int, int, int]
     rows_per_lane: int
+    levels: int  # M: symbols lie in [-M, M]
     stream: Tensor  # uint8
     lane_start: Tensor  # int32 [lanes + 1], bit offsets
-    centre: Tensor  # fp16 [E, out]
-    step: Tensor  # fp16 [E, out]
-    lengths: Tensor  # uint8 [ALPHABET]
+    scale: Tensor  # fp16 [E, out]
+    lengths: Tensor  # uint8 [alphabet]
 
     @classmethod
     def from_symbols(
-        cls, symbols: Tensor, centre: Tensor, step: Tensor, rows_per_lane: int
+        cls, symbols: Tensor, scale: Tensor, rows_per_lane: int, levels: int = 1
     ) -> CompressedMatrix:
         e, out, inp = symbols.shape
         if out % rows_per_lane:
@@ -243,16 +351,18 @@ class CompressedMatrix:
                 f"qmoe: rows_per_lane={rows_per_lane} does not divide the {out} rows of a matrix"
             )
         lanes = symbols.reshape(e * out // rows_per_lane, rows_per_lane * inp)
-        tokens, _ = tokenize(lanes)
-        lengths = huffman_lengths(np.bincount(tokens.numpy(), minlength=ALPHABET))
-        stream, lane_start = encode(lanes, lengths)
+        tokens, _ = tokenize(lanes, levels)
+        lengths = huffman_lengths(np.bincount(tokens.numpy(), minlength=alphabet_size(levels)))
+        stream, lane_start = encode(lanes, lengths, levels)
+        if lane_start[-1] >= 2**31:
+            raise ConfigError(f"qmoe: a matrix of {e}x{out}x{inp} codes to more than 2^31 bits; split it")
         return cls(
             (e, out, inp),
             rows_per_lane,
+            levels,
             torch.from_numpy(stream),
-            torch.from_numpy(lane_start.astype(np.int32)),  # bit offsets; < 2^31 per matrix
-            centre.half(),
-            step.half(),
+            torch.from_numpy(lane_start.astype(np.int32)),
+            scale.half(),
             torch.from_numpy(lengths.astype(np.uint8)),
         )
 
@@ -262,54 +372,69 @@ class CompressedMatrix:
         return self._table
 
     def symbols(self, experts: Tensor) -> Tensor:
-        """Decoded ternary symbols ``[len(experts), out, in]`` of the given experts only."""
+        """Decoded symbols ``[len(experts), out, in]`` of the given experts only."""
         e, out, inp = self.shape
         per = out // self.rows_per_lane
         experts = experts.to(self.stream.device)
         lanes = (experts[:, None] * per + torch.arange(per, device=experts.device)).reshape(-1)
-        sym = decode(self.stream, self.lane_start, lanes, self.rows_per_lane * inp, self.table())
+        sym = decode(self.stream, self.lane_start, lanes, self.rows_per_lane * inp, self.table(), self.levels)
         return sym.reshape(experts.numel(), out, inp)
 
     def to(self, device: str | torch.device) -> CompressedMatrix:
-        """A copy whose stream, offsets and grids live on ``device`` (a GPU decodes there; untested here)."""
-        moved = {f: getattr(self, f).to(device) for f in ("stream", "lane_start", "centre", "step")}
-        return CompressedMatrix(self.shape, self.rows_per_lane, lengths=self.lengths, **moved)
+        """A copy whose stream, offsets and scales live on ``device`` (a GPU decodes there; untested here)."""
+        moved = {f: getattr(self, f).to(device) for f in ("stream", "lane_start", "scale")}
+        return CompressedMatrix(self.shape, self.rows_per_lane, self.levels, lengths=self.lengths, **moved)
 
     def dequantize(self, experts: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         experts = experts.to(self.stream.device)
-        s = self.symbols(experts).to(dtype)
-        return self.centre[experts].to(dtype)[..., None] + self.step[experts].to(dtype)[..., None] * s
+        return self.scale[experts].to(dtype)[..., None] * self.symbols(experts).to(dtype)
 
     def nbytes(self) -> int:
         return sum(
-            t.numel() * t.element_size()
-            for t in (self.stream, self.lane_start, self.centre, self.step, self.lengths)
+            t.numel() * t.element_size() for t in (self.stream, self.lane_start, self.scale, self.lengths)
         )
 
 
 class QMoEExperts(nn.Module):
-    """Drop-in for :class:`FFNExperts` running from :class:`CompressedMatrix` weights (bias-free experts).
+    """Drop-in for :class:`FFNExperts` running from :class:`CompressedMatrix` weights.
 
     Each forward decodes only the experts its tokens are routed to, dequantizes them and runs them with the
-    fused segment FFN. ``bits_per_param()`` is the compressed size (streams, lane offsets, grids, code) per
-    expert parameter.
+    fused segment FFN. Biases (few parameters) are kept in fp16, like the scales. ``bits_per_param()`` is the
+    compressed size (streams, lane offsets, scales, code lengths, biases) per expert parameter.
     """
 
-    def __init__(self, gate_up: CompressedMatrix, down: CompressedMatrix, activation: str) -> None:
+    def __init__(
+        self,
+        gate_up: CompressedMatrix,
+        down: CompressedMatrix,
+        activation: str,
+        gate_up_bias: Tensor | None = None,
+        down_bias: Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.gate_up, self.down, self.activation = gate_up, down, activation
         self.num_experts = gate_up.shape[0]
+        self.register_buffer("gate_up_bias", gate_up_bias)
+        self.register_buffer("down_bias", down_bias)
+
+    def biases(self) -> list[Tensor]:
+        return [b for b in (self.gate_up_bias, self.down_bias) if b is not None]
 
     def num_params(self) -> int:
-        return math.prod(self.gate_up.shape) + math.prod(self.down.shape)
+        return (
+            math.prod(self.gate_up.shape) + math.prod(self.down.shape) + sum(b.numel() for b in self.biases())
+        )
+
+    def nbytes(self) -> int:
+        return self.gate_up.nbytes() + self.down.nbytes() + sum(b.numel() * b.element_size() for b in self.biases())
 
     def to_device(self, device: str | torch.device) -> QMoEExperts:
         """Keep the compressed experts on ``device`` so they are decoded there (the CUDA path)."""
         self.gate_up, self.down = self.gate_up.to(device), self.down.to(device)
-        return self
+        return self.to(device)
 
     def bits_per_param(self) -> float:
-        return 8 * (self.gate_up.nbytes() + self.down.nbytes()) / self.num_params()
+        return 8 * self.nbytes() / self.num_params()
 
     def forward(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         used = torch.unique(indices[indices >= 0])
@@ -319,69 +444,26 @@ class QMoEExperts(nn.Module):
             "gate_up_proj": self.gate_up.dequantize(used, x.dtype).to(x.device),
             "down_proj": self.down.dequantize(used, x.dtype).to(x.device),
         }
+        for name in ("gate_up_bias", "down_bias"):
+            b = getattr(self, name)
+            if b is not None:
+                w[name] = b[used.to(b.device)].to(x.device, x.dtype)
         return run_materialized(x, indices, weights, used, w, self.activation)
 
 
 # --------------------------------------------------------------------------------------------- calibration
-def _expert_hessians(block: MoEBlock, inputs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """``X^T X`` per expert of the inputs routed to it, for the up and the down matrix, and token counts."""
-    experts: FFNExperts = block.experts
-    e, h = experts.num_experts, experts.d_hidden
-    d = experts.d_model
-    h_up = torch.zeros(e, d, d, dtype=torch.float64)
-    h_down = torch.zeros(e, h, h, dtype=torch.float64)
-    seen = torch.zeros(e, dtype=torch.long)
-    with torch.no_grad():
-        for x in inputs:
-            flat = x.reshape(-1, d)
-            idx = block.router(flat).indices
-            for k in range(e):  # a loop over experts; the tokens of each are one matmul
-                rows = flat[(idx == k).any(dim=1)].double()
-                if rows.shape[0] == 0:
-                    continue
-                seen[k] += rows.shape[0]
-                h_up[k] += rows.t() @ rows
-                hid = apply_activation(rows @ experts.gate_up_proj[k].double().t(), experts.activation)
-                h_down[k] += hid.t() @ hid
-    return h_up, h_down, seen
-
-
-def compress_block(
-    block: MoEBlock, inputs: list[Tensor], rows_per_lane: int = 8, use_hessian: bool = True
-) -> QMoEExperts:
-    """Quantize the FFN experts of ``block`` (GPTQ-ternary from the calibration ``inputs`` that reach the block)
-    and replace them by :class:`QMoEExperts`; returns the new experts module."""
-    experts = block.experts
-    if not isinstance(experts, FFNExperts) or experts.gate_up_bias is not None:
-        raise ConfigError("qmoe: expected a block of bias-free FFNExperts")
-    h_up, h_down, seen = _expert_hessians(block, inputs)
-    parts = {}
-    for name, hess in (("gate_up_proj", h_up), ("down_proj", h_down)):
-        weight = getattr(experts, name)
-        syms, centres, steps = [], [], []
-        for k in range(experts.num_experts):
-            s, c, st = gptq_ternary(weight[k], hess[k] if use_hessian and seen[k] > 0 else None)
-            syms.append(s)
-            centres.append(c)
-            steps.append(st)
-        parts[name] = CompressedMatrix.from_symbols(
-            torch.stack(syms), torch.stack(centres), torch.stack(steps), rows_per_lane
-        )
-    q = QMoEExperts(parts["gate_up_proj"], parts["down_proj"], experts.activation)
-    block.experts = q
-    return q
-
-
-def capture_block_inputs(model: nn.Module, run) -> dict[MoEBlock, list[Tensor]]:
-    """Inputs of every :class:`MoEBlock` of ``model`` while ``run()`` calls it (calibration data)."""
-    seen: dict[MoEBlock, list[Tensor]] = {}
+def capture_expert_inputs(model: nn.Module, run) -> dict[str, list[tuple[Tensor, Tensor]]]:
+    """``(tokens, routed expert indices)`` of every :class:`FFNExperts` of ``model`` (by module name) while
+    ``run()`` calls the model: exactly the rows each expert receives, after routing and capacity drops."""
+    seen: dict[str, list[tuple[Tensor, Tensor]]] = {}
     hooks = []
-    for m in model.modules():
-        if isinstance(m, MoEBlock):
-            seen[m] = []
+    for name, m in model.named_modules():
+        if isinstance(m, FFNExperts):
+            seen[name] = []
             hooks.append(
                 m.register_forward_pre_hook(
-                    lambda mod, args, kw: seen[mod].append(args[0].detach()), with_kwargs=True
+                    lambda mod, args, kw, key=name: seen[key].append((args[0].detach(), args[1].detach())),
+                    with_kwargs=True,
                 )
             )
     try:
@@ -393,65 +475,173 @@ def capture_block_inputs(model: nn.Module, run) -> dict[MoEBlock, list[Tensor]]:
     return seen
 
 
-def compress_model(
-    model: nn.Module, run, rows_per_lane: int = 8, use_hessian: bool = True
-) -> list[QMoEExperts]:
-    """Compress every MoE block of ``model`` from calibration inputs captured while ``run()`` executes.
+def _expert_hessians(
+    experts: FFNExperts, inputs: list[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``X^T X`` per expert of the rows routed to it, for the up and the down matrix, and row counts."""
+    e, h, d = experts.num_experts, experts.d_hidden, experts.d_model
+    h_up = torch.zeros(e, d, d, dtype=torch.float64)
+    h_down = torch.zeros(e, h, h, dtype=torch.float64)
+    seen = torch.zeros(e, dtype=torch.long)
+    with torch.no_grad():
+        for x, idx in inputs:
+            flat = x.reshape(-1, d)
+            for k in range(e):  # a loop over experts; the rows of each are one matmul
+                rows = flat[(idx.reshape(flat.shape[0], -1) == k).any(dim=1)].double()
+                if rows.shape[0] == 0:
+                    continue
+                seen[k] += rows.shape[0]
+                h_up[k] += rows.t() @ rows
+                pre = rows @ experts.gate_up_proj[k].double().t()
+                if experts.gate_up_bias is not None:
+                    pre = pre + experts.gate_up_bias[k].double()
+                hid = apply_activation(pre, experts.activation)
+                h_down[k] += hid.t() @ hid
+    return h_up, h_down, seen
 
-    Blocks are compressed first to last, each calibrated on the inputs it sees with the blocks before it
-    already compressed (GPTQ's sequential order).
+
+def compress_experts(
+    experts: FFNExperts,
+    inputs: list[tuple[Tensor, Tensor]],
+    bits: str = "ternary",
+    zeros: float | None = None,
+    rows_per_lane: int = 8,
+    use_hessian: bool = True,
+) -> QMoEExperts:
+    """Quantize ``experts`` (GPTQ from the calibration ``inputs`` that reached them, or plain rounding with
+    ``use_hessian=False``) to ``bits`` (``"ternary"`` or ``"2"``) and code them: the compressed module."""
+    if not isinstance(experts, FFNExperts):
+        raise ConfigError(f"qmoe: expected FFNExperts, got {type(experts).__name__}")
+    h_up, h_down, seen = _expert_hessians(experts, inputs)
+    parts = {}
+    for name, hess in (("gate_up_proj", h_up), ("down_proj", h_down)):
+        weight = getattr(experts, name).detach()
+        syms, scales = [], []
+        for k in range(experts.num_experts):
+            sym, scale = gptq(
+                weight[k], hess[k] if use_hessian and seen[k] > 0 else None, make_grid(weight[k], bits, zeros)
+            )
+            syms.append(sym)
+            scales.append(scale)
+        parts[name] = CompressedMatrix.from_symbols(
+            torch.stack(syms), torch.stack(scales), rows_per_lane, BITS[bits]
+        )
+    biases = [
+        None if b is None else b.detach().half().clone() for b in (experts.gate_up_bias, experts.down_bias)
+    ]
+    return QMoEExperts(parts["gate_up_proj"], parts["down_proj"], experts.activation, *biases)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+
+
+def compress_model(
+    model: nn.Module,
+    run,
+    bits: str = "ternary",
+    zeros: float | None = None,
+    rows_per_lane: int = 8,
+    use_hessian: bool = True,
+) -> dict[str, QMoEExperts]:
+    """Compress every :class:`FFNExperts` of ``model`` in place from calibration inputs captured while
+    ``run()`` executes; returns the compressed modules by name.
+
+    Layers are compressed first to last, each calibrated on the inputs it sees with the layers before it
+    already compressed (GPTQ's sequential order). The model is calibrated in eval mode (no dropout) and
+    left in eval mode.
     """
-    out = []
-    blocks = [m for m in model.modules() if isinstance(m, MoEBlock) and isinstance(m.experts, FFNExperts)]
-    for block in blocks:
-        inputs = capture_block_inputs(model, run)[block]
-        out.append(compress_block(block, inputs, rows_per_lane, use_hessian))
+    model.eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, FFNExperts)]
+    if not names:
+        raise ConfigError(f"qmoe: {type(model).__name__} has no FFNExperts to compress")
+    out = {}
+    for name in names:
+        inputs = capture_expert_inputs(model, run)[name]
+        q = compress_experts(model.get_submodule(name), inputs, bits, zeros, rows_per_lane, use_hessian)
+        _replace(model, name, q)
+        out[name] = q
     return out
 
 
-# --------------------------------------------------------------------------------------------------- the file
-def save_qmoe(experts: list[QMoEExperts], path: str | Path) -> None:
-    """Write compressed experts to one safetensors file (uint8 streams, int32 offsets, fp16 grids)."""
-    tensors, meta = {}, []
-    for i, q in enumerate(experts):
-        for name in ("gate_up", "down"):
-            m: CompressedMatrix = getattr(q, name)
-            for field in ("stream", "lane_start", "centre", "step", "lengths"):
-                tensors[f"{i}.{name}.{field}"] = getattr(m, field).contiguous()
-            meta.append(
-                {"layer": i, "matrix": name, "shape": list(m.shape), "rows_per_lane": m.rows_per_lane}
+def apply_qmoe(model: nn.Module, experts: dict[str, QMoEExperts], where: object = "qmoe") -> nn.Module:
+    """Put compressed ``experts`` (from :func:`load_qmoe`) in place of ``model``'s FFNExperts of the same names
+    and shapes; the dense expert tensors are released."""
+    for name, q in experts.items():
+        try:
+            dense = model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"{where}: experts {name!r}: the model has no such module") from None
+        want = (
+            (dense.num_experts, dense.gate_up_proj.shape[1], dense.d_model)
+            if isinstance(dense, FFNExperts)
+            else None
+        )
+        if want != q.gate_up.shape or (dense.gate_up_bias is None) != (q.gate_up_bias is None):
+            raise CheckpointError(
+                f"{where}: experts {name!r}: expected FFNExperts of shape {q.gate_up.shape} "
+                f"(bias={q.gate_up_bias is not None}), the model has {type(dense).__name__} {want}"
             )
-    header = {
-        "format": FORMAT,
-        "version": 1,
-        "activations": [q.activation for q in experts],
-        "matrices": meta,
-    }
+        _replace(model, name, q)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------- the file
+_FIELDS = ("stream", "lane_start", "scale", "lengths")
+
+
+def save_qmoe(experts: dict[str, QMoEExperts], path: str | Path, info: dict | None = None) -> None:
+    """Write compressed experts (by module name) to one safetensors file (uint8 streams, int32 offsets, fp16
+    scales, fp16 biases); ``info`` is kept in the header (e.g. how the experts were made)."""
+    tensors, layers = {}, []
+    for i, (name, q) in enumerate(experts.items()):
+        mats = {}
+        for part in ("gate_up", "down"):
+            m: CompressedMatrix = getattr(q, part)
+            for field in _FIELDS:
+                tensors[f"{i}.{part}.{field}"] = getattr(m, field).contiguous()
+            mats[part] = {"shape": list(m.shape), "rows_per_lane": m.rows_per_lane, "levels": m.levels}
+        for bias in ("gate_up_bias", "down_bias"):
+            if getattr(q, bias) is not None:
+                tensors[f"{i}.{bias}"] = getattr(q, bias).contiguous()
+        layers.append({"name": name, "activation": q.activation, **mats})
+    header = {"format": FORMAT, "version": 2, "layers": layers, "info": info or {}}
     atomic_write(path, save(tensors, metadata={"qmoe": json.dumps(header)}))
 
 
-def load_qmoe(path: str | Path) -> list[QMoEExperts]:
-    """Read what :func:`save_qmoe` wrote."""
-    path = Path(path)
+def read_qmoe_header(path: str | Path) -> dict:
+    """The JSON header of a file written by :func:`save_qmoe`."""
     try:
         with safe_open(str(path), "pt") as fh:
             header = json.loads((fh.metadata() or {}).get("qmoe", "null"))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise CheckpointError(f"{path}: expected a qmoe safetensors file ({exc})") from exc
+    return check_format(header, path, name=FORMAT, version=2, error=CheckpointError)
+
+
+def load_qmoe(path: str | Path) -> dict[str, QMoEExperts]:
+    """Read what :func:`save_qmoe` wrote: the compressed experts by module name."""
+    path = Path(path)
+    header = read_qmoe_header(path)
+    try:
         tensors = load(path.read_bytes())
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: expected a qmoe safetensors file ({exc})") from exc
-    check_format(header, path, name=FORMAT, version=1, error=CheckpointError)
-    mats: dict[tuple[int, str], CompressedMatrix] = {}
-    for m in header["matrices"]:
-        key = f"{m['layer']}.{m['matrix']}"
-        try:
-            mats[(m["layer"], m["matrix"])] = CompressedMatrix(
-                tuple(m["shape"]),
-                m["rows_per_lane"],
-                *(tensors[f"{key}.{f}"] for f in ("stream", "lane_start", "centre", "step", "lengths")),
-            )
-        except KeyError as exc:
-            raise CheckpointError(f"{path}: missing tensor {exc.args[0]!r}") from exc
-    return [
-        QMoEExperts(mats[(i, "gate_up")], mats[(i, "down")], act)
-        for i, act in enumerate(header["activations"])
-    ]
+    out = {}
+    try:
+        for i, layer in enumerate(header["layers"]):
+            mats = [
+                CompressedMatrix(
+                    tuple(layer[part]["shape"]),
+                    layer[part]["rows_per_lane"],
+                    layer[part]["levels"],
+                    *(tensors[f"{i}.{part}.{f}"] for f in _FIELDS),
+                )
+                for part in ("gate_up", "down")
+            ]
+            biases = [tensors.get(f"{i}.{b}") for b in ("gate_up_bias", "down_bias")]
+            out[layer["name"]] = QMoEExperts(*mats, layer["activation"], *biases)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: missing {exc.args[0]!r}") from exc
+    return out
