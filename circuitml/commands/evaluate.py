@@ -170,6 +170,22 @@ def evaluate(
         "--exclude-seen",
         help="Pretraining corpus (dataset folder): drop circuits whose function or name is in it.",
     ),
+    encoder_lr: float = typer.Option(
+        3e-4, "--encoder-lr", help="Learning rate of a fine-tuned pretrained encoder (scratch uses --lr)."
+    ),
+    probe_epochs: int = typer.Option(
+        0,
+        "--probe-epochs",
+        help="LP-FT: epochs training only the head before the pretrained encoder unfreezes.",
+    ),
+    freeze_layers: int = typer.Option(
+        0, "--freeze-layers", help="Keep the pretrained encoder's type embedding and first N blocks frozen."
+    ),
+    validation: bool = typer.Option(
+        False,
+        "--validation",
+        help="Report on a validation share of the training designs (pick settings here).",
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
 ) -> None:
@@ -226,7 +242,12 @@ def evaluate(
         test_fraction=test_fraction,
         device=str(dev),
         test_groups=held,
+        encoder_lr=encoder_lr,
+        probe_epochs=probe_epochs,
+        freeze_layers=freeze_layers,
+        validation=validation,
     )
+    cfg.validate()
     on_terminal = console.is_terminal
     with _progress() if on_terminal else nullcontext() as bar:
         runs = run_variants(
@@ -239,6 +260,8 @@ def evaluate(
         "split": prepared.split, "metric": metric, "recipe_encoder": recipe_encoder, "encoder_config": cfg_dict,
         "test_fraction": test_fraction, "test_families": list(held), "threads": threads, "device": str(dev),
         "exclude_seen": str(exclude_seen) if exclude_seen else None, "heldout": prepared.heldout,
+        "encoder_lr": encoder_lr, "probe_epochs": probe_epochs, "freeze_layers": freeze_layers,
+        "validation": validation,
     }  # fmt: skip
     summary = write_report(runs, out, config=config, reference=compare or "scratch")
     for name, enc in summary["encoders"].items():
@@ -284,6 +307,22 @@ def evaluate_suite(
     ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds 0..N-1 (at least 3)."),
     epochs: int = typer.Option(30, "--epochs"),
+    encoder_lr: float = typer.Option(
+        3e-4, "--encoder-lr", help="Learning rate of a fine-tuned pretrained encoder (scratch uses --lr)."
+    ),
+    probe_epochs: int = typer.Option(
+        0,
+        "--probe-epochs",
+        help="LP-FT: epochs training only the head before the pretrained encoder unfreezes.",
+    ),
+    freeze_layers: int = typer.Option(
+        0, "--freeze-layers", help="Keep the pretrained encoder's type embedding and first N blocks frozen."
+    ),
+    validation: bool = typer.Option(
+        False,
+        "--validation",
+        help="Report on a validation share of the training designs (pick settings here).",
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
 ) -> None:
@@ -311,6 +350,11 @@ def evaluate_suite(
     if not wanted <= {"finetune", "probe", "ablation"}:
         raise ConfigError(f"--tables: expected finetune, probe and/or ablation, got {tables!r}")
     dev = configure_runtime(threads, device)
+    cfg = TrainConfig(
+        epochs=epochs, device=str(dev), encoder_lr=encoder_lr, probe_epochs=probe_epochs,
+        freeze_layers=freeze_layers, validation=validation,
+    )  # fmt: skip
+    cfg.validate()
     rows = proof_rows(
         encoder, circuits=str(circuits), qor=str(qor) if qor else None, families=fam, ablation=abl,
         corpus=str(corpus) if corpus else None,
@@ -325,7 +369,7 @@ def evaluate_suite(
     )
     with _progress() if console.is_terminal else nullcontext() as bar:
         run_suite(
-            rows, out, seeds=range(seeds), cfg=TrainConfig(epochs=epochs, device=str(dev)),
+            rows, out, seeds=range(seeds), cfg=cfg,
             log=lambda s: console.print(s, highlight=False), progress=_epoch_logger(bar),
         )  # fmt: skip
     console.print(f"report: {out / 'report.md'}")
