@@ -124,3 +124,16 @@ def test_similar_probability_pairs_stay_in_their_graph_and_close_in_probability(
     uniform = sample_pairs(batch, 3, 2.0, gen)
     close = (prob[pairs[0]] - prob[pairs[1]]).abs().mean()
     assert close < 0.25 * (prob[uniform[0]] - prob[uniform[1]]).abs().mean()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--probe-epochs", "30"], ["--encoder-lr", "0"], ["--freeze-layers", "-1"], ["--probe-epochs", "-2"]],
+)
+def test_evaluate_rejects_impossible_finetuning_options_in_one_line(tmp_path, capsys, bad) -> None:
+    from circuitml.cli import main
+
+    code = main(["evaluate", "probability", "--data", str(tmp_path), "--out", str(tmp_path), *bad])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert bad[0].lstrip("-").replace("-", "_") in err

@@ -225,16 +225,6 @@ def evaluate(
         explicit_not = load_encoder(encoder).config.explicit_not
     elif cfg_dict is not None:
         explicit_not = bool(cfg_dict.get("explicit_not", True))
-    prepared = prepare_task(
-        task,
-        data,
-        setting=setting,
-        split=split,
-        limit=limit,
-        explicit_not=explicit_not,
-        exclude_seen=exclude_seen,
-        log=console.print,
-    )
     cfg = TrainConfig(
         epochs=epochs,
         lr=lr,
@@ -248,6 +238,16 @@ def evaluate(
         validation=validation,
     )
     cfg.validate()
+    prepared = prepare_task(
+        task,
+        data,
+        setting=setting,
+        split=split,
+        limit=limit,
+        explicit_not=explicit_not,
+        exclude_seen=exclude_seen,
+        log=console.print,
+    )
     on_terminal = console.is_terminal
     with _progress() if on_terminal else nullcontext() as bar:
         runs = run_variants(
