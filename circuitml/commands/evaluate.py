@@ -121,6 +121,21 @@ def _epoch_logger(bar: Progress | None):
     return tick
 
 
+# fine-tuning practice shared by evaluate and evaluate-suite (tasks.common.TrainConfig)
+ENCODER_LR = typer.Option(
+    3e-4, "--encoder-lr", help="Learning rate of a fine-tuned pretrained encoder (scratch uses --lr)."
+)
+PROBE_EPOCHS = typer.Option(
+    0, "--probe-epochs", help="LP-FT: epochs training only the head before the pretrained encoder unfreezes."
+)
+FREEZE_LAYERS = typer.Option(
+    0, "--freeze-layers", help="Keep the pretrained encoder's type embedding and first N blocks frozen."
+)
+VALIDATION = typer.Option(
+    False, "--validation", help="Report on a validation share of the training designs (pick settings here)."
+)
+
+
 def evaluate(
     task: str = typer.Argument(..., help="qor | equivalence | probability"),
     encoder: str = typer.Option(
@@ -170,22 +185,10 @@ def evaluate(
         "--exclude-seen",
         help="Pretraining corpus (dataset folder): drop circuits whose function or name is in it.",
     ),
-    encoder_lr: float = typer.Option(
-        3e-4, "--encoder-lr", help="Learning rate of a fine-tuned pretrained encoder (scratch uses --lr)."
-    ),
-    probe_epochs: int = typer.Option(
-        0,
-        "--probe-epochs",
-        help="LP-FT: epochs training only the head before the pretrained encoder unfreezes.",
-    ),
-    freeze_layers: int = typer.Option(
-        0, "--freeze-layers", help="Keep the pretrained encoder's type embedding and first N blocks frozen."
-    ),
-    validation: bool = typer.Option(
-        False,
-        "--validation",
-        help="Report on a validation share of the training designs (pick settings here).",
-    ),
+    encoder_lr: float = ENCODER_LR,
+    probe_epochs: int = PROBE_EPOCHS,
+    freeze_layers: int = FREEZE_LAYERS,
+    validation: bool = VALIDATION,
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
 ) -> None:
@@ -307,22 +310,10 @@ def evaluate_suite(
     ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds 0..N-1 (at least 3)."),
     epochs: int = typer.Option(30, "--epochs"),
-    encoder_lr: float = typer.Option(
-        3e-4, "--encoder-lr", help="Learning rate of a fine-tuned pretrained encoder (scratch uses --lr)."
-    ),
-    probe_epochs: int = typer.Option(
-        0,
-        "--probe-epochs",
-        help="LP-FT: epochs training only the head before the pretrained encoder unfreezes.",
-    ),
-    freeze_layers: int = typer.Option(
-        0, "--freeze-layers", help="Keep the pretrained encoder's type embedding and first N blocks frozen."
-    ),
-    validation: bool = typer.Option(
-        False,
-        "--validation",
-        help="Report on a validation share of the training designs (pick settings here).",
-    ),
+    encoder_lr: float = ENCODER_LR,
+    probe_epochs: int = PROBE_EPOCHS,
+    freeze_layers: int = FREEZE_LAYERS,
+    validation: bool = VALIDATION,
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
 ) -> None:
