@@ -14,6 +14,19 @@ Encoder modes (the comparison MGVGA, Wu et al. ICLR 2025, Sec. 5, reports for it
 Heads (``head``): ``mlp`` (two hidden layers) or ``linear`` — a linear probe (Alain & Bengio, "Understanding
 intermediate layers using linear classifier probes", ICLR workshop 2017), which only reads what the frozen
 embedding already makes linearly available.
+
+Fine-tuning practice (``TrainConfig``; applied to the pretrained encoder only, since each one protects pretrained
+weights and a scratch encoder has none to protect — scratch trains every weight at ``lr`` for every epoch):
+
+* ``encoder_lr`` — a smaller learning rate for the pretrained encoder than for the head (discriminative
+  fine-tuning, Howard & Ruder, "Universal Language Model Fine-tuning for Text Classification", ACL 2018);
+* ``probe_epochs`` — LP-FT (Kumar et al., "Fine-Tuning can Distort Pretrained Features and Underperform
+  Out-of-Distribution", ICLR 2022): the first epochs train the head on the frozen encoder, then both train, so a
+  random head's large early gradients do not overwrite the pretrained features;
+* ``freeze_layers`` — the type embedding and the first N message-passing blocks stay frozen.
+
+``validation=True`` holds the test split out entirely and reports on a validation share of the training
+groups: settings are chosen there, never on the test split.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ __all__ = [
     "split_groups",
     "split_by_key",
     "split_items",
+    "validation_split",
     "minibatches",
     "train_loop",
     "mse",
@@ -82,6 +96,9 @@ class TrainConfig:
     test_groups: tuple[
         str, ...
     ] = ()  # with groups (families): hold out exactly these instead of a random share
+    probe_epochs: int = 0  # LP-FT: epochs that train only the head before the pretrained encoder unfreezes
+    freeze_layers: int = 0  # pretrained encoder: type embedding + this many first blocks stay frozen
+    validation: bool = False  # report on a validation share of the training groups; the test split is unused
 
     def validate(self) -> None:
         if self.head not in HEADS:
@@ -92,6 +109,15 @@ class TrainConfig:
             )
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"train config: test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0 <= self.probe_epochs < self.epochs:
+            raise ConfigError(
+                f"train config: probe_epochs must be in [0, epochs) = [0, {self.epochs}), got {self.probe_epochs}"
+            )
+        if self.freeze_layers < 0 or self.encoder_lr <= 0:
+            raise ConfigError(
+                f"train config: freeze_layers must be >= 0 and encoder_lr > 0, got {self.freeze_layers}, "
+                f"{self.encoder_lr}"
+            )
 
 
 def seed_everything(seed: int) -> None:
@@ -248,9 +274,33 @@ def split_by_key(keys: Sequence[str], test_fraction: float, seed: int) -> tuple[
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
+def validation_split(
+    keys: np.ndarray, train: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation indices inside ``train`` (indices of items whose group is ``keys[i]``): a seeded share of
+    the training groups is held out as validation (the test groups are not used at all)."""
+    names = np.unique(keys[train])
+    if names.size < 2:
+        raise DatasetError(
+            f"validation split: expected at least 2 training groups to hold some out, got {names.size}"
+        )
+    _, val = split_groups(names.size, test_fraction, seed + 7919)  # another draw than the test split's
+    is_val = np.isin(keys[train], names[val])
+    return train[~is_val], train[is_val]
+
+
 def split_items(n: int, groups: Sequence[str] | None, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Hold out whole items (``groups=None``: each circuit its own group) or whole groups (families): a seeded
-    share of them, or exactly ``cfg.test_groups``."""
+    share of them, or exactly ``cfg.test_groups``; with ``cfg.validation``, a share of the training groups
+    instead (:func:`validation_split`)."""
+    train, test = _split_items(n, groups, cfg)
+    if not cfg.validation:
+        return train, test
+    keys = np.arange(n) if groups is None else np.asarray(groups, dtype=object)
+    return validation_split(keys, train, cfg.test_fraction, cfg.seed)
+
+
+def _split_items(n: int, groups: Sequence[str] | None, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     if groups is None:
         return split_groups(n, cfg.test_fraction, cfg.seed)
     if len(groups) != n:
@@ -288,12 +338,17 @@ def train_loop(
 ) -> list[float]:
     """Adam over ``params`` (param groups) for ``cfg.epochs`` epochs; ``step(indices)`` returns the loss of a batch.
 
+    A group with ``"frozen_epochs": k`` gets no gradients during the first ``k`` epochs (LP-FT's probe phase).
     Returns the mean training loss of each epoch; ``progress(epoch, loss)`` is called after each.
     """
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     history = []
     for epoch in range(cfg.epochs):
+        for group in opt.param_groups:
+            if group.get("frozen_epochs", 0):
+                for p in group["params"]:
+                    p.requires_grad_(epoch >= group["frozen_epochs"])
         for m in modules:
             m.train()
         total, count = 0.0, 0
@@ -503,12 +558,34 @@ def result_label(source, mode: str) -> str:
 def param_groups(
     head: nn.Module, encoder: nn.Module, trainable: bool, pretrained: bool, cfg: TrainConfig
 ) -> list[dict]:
+    """The head at ``cfg.lr``; a trainable encoder at ``cfg.lr`` (scratch) or, pretrained, at ``cfg.encoder_lr``
+    with ``cfg.freeze_layers`` bottom blocks frozen and ``cfg.probe_epochs`` of head-only training first."""
     groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": cfg.lr}]
-    if trainable:
-        groups.append(
-            {
-                "params": [p for p in encoder.parameters() if p.requires_grad],
-                "lr": cfg.encoder_lr if pretrained else cfg.lr,
-            }
-        )
+    if not trainable:
+        return groups
+    if not pretrained:
+        groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": cfg.lr})
+        return groups
+    frozen = {id(p) for p in _bottom_parameters(encoder, cfg.freeze_layers)}
+    for p in encoder.parameters():
+        if id(p) in frozen:
+            p.requires_grad_(False)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    groups.append({"params": params, "lr": cfg.encoder_lr, "frozen_epochs": cfg.probe_epochs})
     return groups
+
+
+def _bottom_parameters(encoder: nn.Module, num_layers: int) -> list[nn.Parameter]:
+    """The type embedding and the first ``num_layers`` message-passing blocks of ``encoder``."""
+    if num_layers == 0:
+        return []
+    layers = getattr(encoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or num_layers > len(layers):
+        have = len(layers) if isinstance(layers, nn.ModuleList) else "no"
+        raise ConfigError(
+            f"--freeze-layers {num_layers}: the encoder ({type(encoder).__name__}) has {have} blocks to freeze"
+        )
+    params = list(encoder.type_embedding.parameters())
+    for layer in layers[:num_layers]:
+        params.extend(layer.parameters())
+    return params

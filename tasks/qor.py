@@ -44,12 +44,13 @@ from circuitml.tasks.common import (
     spearman,
     split_groups,
     train_loop,
+    validation_split,
 )
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
 
-__all__ = ["RecipeEncoder", "QoRHead", "run_qor"]
+__all__ = ["RecipeEncoder", "QoRHead", "recipe_means", "run_qor"]
 
 RECIPE_ENCODERS = ("conv", "gru", "transformer")
 SPLITS = ("designs", "recipes")
@@ -126,16 +127,29 @@ class QoRHead(nn.Module):
 
 
 def split_rows(
-    labels: QoRLabels, split: str, test_fraction: float, seed: int
+    labels: QoRLabels, split: str, test_fraction: float, seed: int, *, validation: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train/test rows: whole designs held out (``designs``), or a share of the recipes on every design
-    (``recipes``; the same recipes are held out on all designs)."""
+    (``recipes``; the same recipes are held out on all designs); with ``validation``, train/validation rows
+    inside the training side."""
     if split not in SPLITS:
         raise ConfigError(f"qor split: expected one of {', '.join(SPLITS)}, got {split!r}")
     key = labels.design if split == "designs" else labels.recipe
     present = np.unique(key)
     tr, te = split_groups(len(present), test_fraction, seed)
-    return np.flatnonzero(np.isin(key, present[tr])), np.flatnonzero(np.isin(key, present[te]))
+    train, test = np.flatnonzero(np.isin(key, present[tr])), np.flatnonzero(np.isin(key, present[te]))
+    if validation:
+        return validation_split(key, train, test_fraction, seed)
+    return train, test
+
+
+def recipe_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``float [num_recipes]`` mean target of each recipe over ``rows`` (0 for a recipe absent from them): the
+    prediction of a model that ignores the design."""
+    n = int(labels.recipe.max()) + 1
+    total = np.bincount(labels.recipe[rows], weights=z[rows], minlength=n)
+    count = np.bincount(labels.recipe[rows], minlength=n)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
 def run_qor(
@@ -168,7 +182,7 @@ def run_qor(
         graphs = [
             aig_to_data(labels.aig(d), explicit_not=explicit_not) for d in range(len(labels.design_ids))
         ]
-    train_rows, test_rows = split_rows(labels, split, cfg.test_fraction, cfg.seed)
+    train_rows, test_rows = split_rows(labels, split, cfg.test_fraction, cfg.seed, validation=cfg.validation)
     z = torch.from_numpy(labels.targets(metric)).to(device)
     recipes = torch.from_numpy(labels.recipes.astype(np.int64)).to(device)
     torch.manual_seed(cfg.seed)
@@ -212,6 +226,10 @@ def run_qor(
     }
     baseline = {
         "mse": mse(np.zeros_like(true), true),
+        # no graph at all: each recipe's mean z over the training rows (what the recipe alone tells)
+        "mse_recipe_mean": mse(
+            recipe_means(labels, z.cpu().numpy(), train_rows)[labels.recipe[test_rows]], true
+        ),
         "mape": mape(raw_base, raw_true),
         "r2": r2_score(np.zeros_like(true), true),
         "spearman": 0.0,
@@ -232,6 +250,7 @@ def run_qor(
         notes=(
             f"target: per-design z-scored {metric}; held out: {held_out}; head: {cfg.head}; MSE/R2/Spearman on "
             f"z-scores; MAPE (%) on de-normalized {metric} (z*sigma_d + mu_d vs the raw count); baseline predicts "
-            "z = 0 (each design's mean)."
+            "z = 0 (each design's mean); baseline mse_recipe_mean predicts each recipe's mean z over the training rows "
+            "(no graph)."
         ),
     )

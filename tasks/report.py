@@ -161,6 +161,9 @@ def write_report(
         lines.append(f"| {name} | {mode} | {len(enc['seeds'])} | " + " | ".join(cells) + " |")
     base = next(iter(summary["encoders"].values()))["baseline"]
     lines.append("| trivial baseline | - | - | " + " | ".join(_fmt(base[m]) for m in metrics) + " |")
+    extra = [m for m in base if m not in metrics]
+    if extra:
+        lines += ["", "Other baselines: " + "; ".join(f"{m} {_fmt(base[m])}" for m in extra) + "."]
     if summary["differences"]:
         lines += ["", "Per-seed difference (same seeds, same budget), mean ± std over seeds:", ""]
         lines += ["| comparison | " + " | ".join(metrics) + " |", "|---" * (1 + len(metrics)) + "|"]

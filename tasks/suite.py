@@ -194,6 +194,7 @@ def run_suite(
                 "data": row.data,
                 "heldout": data.heldout,
                 "metrics": {n: e["metrics"] for n, e in summary["encoders"].items()},
+                "baseline": next(iter(summary["encoders"].values()))["baseline"],
                 "verdict": _verdict(row.task, summary, reference),
             }
         )
@@ -212,9 +213,10 @@ def _fmt(s: dict) -> str:
 
 
 def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: TrainConfig) -> None:
+    finetune = {k: getattr(cfg, k) for k in ("encoder_lr", "probe_epochs", "freeze_layers", "validation")}
     atomic_write(
         out / "metrics.json",
-        json.dumps({"seeds": list(seeds), "epochs": cfg.epochs, "rows": results}, indent=1),
+        json.dumps({"seeds": list(seeds), "epochs": cfg.epochs, **finetune, "rows": results}, indent=1),
     )
     titles = {
         "finetune": "Pretrained (fine-tuned) vs scratch, same architecture, MLP heads",
@@ -228,7 +230,15 @@ def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: Tra
         "reference per seed. Targets: probability MAE −15 %, equivalence F1 +5 points, QoR MSE −10 % (relative "
         "to the reference mean); met = target reached and |mean difference| > its std.",
         "",
+        f"Fine-tuning: pretrained encoder at lr {cfg.encoder_lr:g} (head and scratch encoders at {cfg.lr:g}), "
+        f"{cfg.probe_epochs} head-only epochs first (LP-FT), {cfg.freeze_layers} bottom blocks frozen.",
+        "",
     ]
+    if cfg.validation:
+        lines += [
+            "**Validation split**: scores on a share of the training designs; the test split was not used.",
+            "",
+        ]
     for table, title in titles.items():
         mine = [r for r in results if r["table"] == table]
         if not mine:
@@ -257,6 +267,8 @@ def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: Tra
                     for m in r["metrics"]["pretrained"]
                     if m != r["verdict"]["metric"]
                 )
+                base = "; ".join(f"{m} {_fmt(v)}" for m, v in r.get("baseline", {}).items())
+                shown = "; ".join(x for x in (shown, f"trivial baselines: {base}" if base else "") if x)
                 if shown:
                     lines.append(f"- {r['row']}: {shown}")
             lines.append("")

@@ -121,6 +121,21 @@ def _epoch_logger(bar: Progress | None):
     return tick
 
 
+# fine-tuning practice shared by evaluate and evaluate-suite (tasks.common.TrainConfig)
+ENCODER_LR = typer.Option(
+    3e-4, "--encoder-lr", help="Learning rate of a fine-tuned pretrained encoder (scratch uses --lr)."
+)
+PROBE_EPOCHS = typer.Option(
+    0, "--probe-epochs", help="LP-FT: epochs training only the head before the pretrained encoder unfreezes."
+)
+FREEZE_LAYERS = typer.Option(
+    0, "--freeze-layers", help="Keep the pretrained encoder's type embedding and first N blocks frozen."
+)
+VALIDATION = typer.Option(
+    False, "--validation", help="Report on a validation share of the training designs (pick settings here)."
+)
+
+
 def evaluate(
     task: str = typer.Argument(..., help="qor | equivalence | probability"),
     encoder: str = typer.Option(
@@ -170,6 +185,10 @@ def evaluate(
         "--exclude-seen",
         help="Pretraining corpus (dataset folder): drop circuits whose function or name is in it.",
     ),
+    encoder_lr: float = ENCODER_LR,
+    probe_epochs: int = PROBE_EPOCHS,
+    freeze_layers: int = FREEZE_LAYERS,
+    validation: bool = VALIDATION,
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
 ) -> None:
@@ -209,6 +228,19 @@ def evaluate(
         explicit_not = load_encoder(encoder).config.explicit_not
     elif cfg_dict is not None:
         explicit_not = bool(cfg_dict.get("explicit_not", True))
+    cfg = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        test_fraction=test_fraction,
+        device=str(dev),
+        test_groups=held,
+        encoder_lr=encoder_lr,
+        probe_epochs=probe_epochs,
+        freeze_layers=freeze_layers,
+        validation=validation,
+    )
+    cfg.validate()
     prepared = prepare_task(
         task,
         data,
@@ -218,14 +250,6 @@ def evaluate(
         explicit_not=explicit_not,
         exclude_seen=exclude_seen,
         log=console.print,
-    )
-    cfg = TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        test_fraction=test_fraction,
-        device=str(dev),
-        test_groups=held,
     )
     on_terminal = console.is_terminal
     with _progress() if on_terminal else nullcontext() as bar:
@@ -239,6 +263,8 @@ def evaluate(
         "split": prepared.split, "metric": metric, "recipe_encoder": recipe_encoder, "encoder_config": cfg_dict,
         "test_fraction": test_fraction, "test_families": list(held), "threads": threads, "device": str(dev),
         "exclude_seen": str(exclude_seen) if exclude_seen else None, "heldout": prepared.heldout,
+        "encoder_lr": encoder_lr, "probe_epochs": probe_epochs, "freeze_layers": freeze_layers,
+        "validation": validation,
     }  # fmt: skip
     summary = write_report(runs, out, config=config, reference=compare or "scratch")
     for name, enc in summary["encoders"].items():
@@ -284,6 +310,10 @@ def evaluate_suite(
     ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds 0..N-1 (at least 3)."),
     epochs: int = typer.Option(30, "--epochs"),
+    encoder_lr: float = ENCODER_LR,
+    probe_epochs: int = PROBE_EPOCHS,
+    freeze_layers: int = FREEZE_LAYERS,
+    validation: bool = VALIDATION,
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
 ) -> None:
@@ -311,6 +341,11 @@ def evaluate_suite(
     if not wanted <= {"finetune", "probe", "ablation"}:
         raise ConfigError(f"--tables: expected finetune, probe and/or ablation, got {tables!r}")
     dev = configure_runtime(threads, device)
+    cfg = TrainConfig(
+        epochs=epochs, device=str(dev), encoder_lr=encoder_lr, probe_epochs=probe_epochs,
+        freeze_layers=freeze_layers, validation=validation,
+    )  # fmt: skip
+    cfg.validate()
     rows = proof_rows(
         encoder, circuits=str(circuits), qor=str(qor) if qor else None, families=fam, ablation=abl,
         corpus=str(corpus) if corpus else None,
@@ -325,7 +360,7 @@ def evaluate_suite(
     )
     with _progress() if console.is_terminal else nullcontext() as bar:
         run_suite(
-            rows, out, seeds=range(seeds), cfg=TrainConfig(epochs=epochs, device=str(dev)),
+            rows, out, seeds=range(seeds), cfg=cfg,
             log=lambda s: console.print(s, highlight=False), progress=_epoch_logger(bar),
         )  # fmt: skip
     console.print(f"report: {out / 'report.md'}")

@@ -120,11 +120,18 @@ class FuncRecConfig:
 
 @dataclass
 class FuncSimConfig:
-    """Functional similarity (DeepGate2): embedding distance regresses signature Hamming distance."""
+    """Functional similarity (DeepGate2): embedding distance regresses signature Hamming distance.
+
+    ``sampling``: ``uniform`` pairs within a graph, or ``prob``: pairs of similar signal probability (at most
+    ``window`` of the graph's gates apart in probability order), whose distance a trivial predictor cannot read
+    off the two probabilities.
+    """
 
     enabled: bool = False
     weight: float = 1.0
     pairs_per_node: float = 1.0
+    sampling: str = "uniform"
+    window: float = 0.05
 
 
 @dataclass
@@ -245,6 +252,8 @@ class PretrainConfig:
             ("funcrec.mask_ratio", 0.0 < self.funcrec.mask_ratio <= 1.0, "a fraction in (0, 1]"),
             ("funcrec.decoder_layers", self.funcrec.decoder_layers >= 1, "an integer >= 1"),
             ("funcsim.pairs_per_node", self.funcsim.pairs_per_node > 0, "a positive number"),
+            ("funcsim.sampling", self.funcsim.sampling in ("uniform", "prob"), "'uniform' or 'prob'"),
+            ("funcsim.window", 0.0 < self.funcsim.window <= 1.0, "a fraction in (0, 1]"),
             ("contrast.temperature", self.contrast.temperature > 0, "a positive number"),
             (
                 "mgm.enabled/vga.enabled/funcrec.enabled/funcsim.enabled/contrast.enabled",

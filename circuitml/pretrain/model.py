@@ -87,7 +87,9 @@ class MGVGAModel(nn.Module):
             else None
         )
         self.funcsim = (
-            FunctionalSimilarityHead(hidden, config.funcsim.pairs_per_node)
+            FunctionalSimilarityHead(
+                hidden, config.funcsim.pairs_per_node, config.funcsim.sampling, config.funcsim.window
+            )
             if config.funcsim.enabled
             else None
         )
