@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--expert", choices=EXPERTS, default="channels", help="MoE-CNN expert design")
+    ap.add_argument("--expert", choices=EXPERTS, default="full", help="MoE-CNN expert design")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows: dict[str, list[dict]] = {}
