@@ -225,3 +225,18 @@ def test_top1_unit_weight_is_dense_at_init_and_the_router_learns_from_the_task(t
         UpcycledHFQA(
             SwitchQAConfig(init_from=str(tmp_path / "bert"), router="topk", top_k=2, unit_weight=True)
         )
+
+
+def test_length_grouped_batches_cover_every_window_once_with_less_padding() -> None:
+    from circuitml.tasks.qa.train import _length_grouped_batches
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 256, (1000,), generator=gen)
+    batches = _length_grouped_batches(lengths, 8, gen)
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000)) and max(len(b) for b in batches) == 8
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    shuffled = torch.randperm(1000, generator=gen).split(8)
+    assert padded < 0.8 * sum(int(lengths[b].max()) * len(b) for b in shuffled)
+    # reproducible from the generator's seed
+    one, two = (_length_grouped_batches(lengths, 8, torch.Generator().manual_seed(1)) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))

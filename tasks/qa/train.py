@@ -128,6 +128,22 @@ def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(starts), torch.cat(ends)
 
 
+def _length_grouped_batches(
+    lengths: torch.Tensor, batch_size: int, gen: torch.Generator
+) -> list[torch.Tensor]:
+    """Shuffled batches of windows of similar length: a random order, sorted by length within pools of 16
+    batches, then the batches shuffled. Trimmed batches then carry little padding (windows of a long context
+    are full, a short context's one window is not), at the same randomness of batch contents per pool."""
+    order = torch.randperm(len(lengths), generator=gen)
+    pool = 16 * batch_size
+    batches = []
+    for lo in range(0, len(order), pool):
+        chunk = order[lo : lo + pool]
+        chunk = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
+        batches += list(chunk.split(batch_size))
+    return [batches[k] for k in torch.randperm(len(batches), generator=gen).tolist()]
+
+
 def _freeze_bottom(model, n: int) -> None:
     """Freeze the embeddings and the first ``n`` layers of an upcycled checkpoint (saves their backward pass)."""
     if not isinstance(model, UpcycledHFQA):
@@ -248,13 +264,12 @@ def train_qa(
 
     # loop
     gen = torch.Generator().manual_seed(cfg.seed)
+    lengths = feats.attention_mask.sum(dim=1)
     losses: list[float] = []
     step = 0
     for _epoch in range(cfg.epochs):
         model.train()
-        order = torch.randperm(len(feats), generator=gen)
-        for lo in range(0, len(feats), cfg.batch_size):
-            idx = order[lo : lo + cfg.batch_size]
+        for idx in _length_grouped_batches(lengths, cfg.batch_size, gen):
             ids, mask = _trimmed(feats.input_ids[idx], feats.attention_mask[idx])
             o = model(ids.to(dev), mask.to(dev))
             ce = torch.nn.functional.cross_entropy
