@@ -90,6 +90,9 @@ class QAFeatures:
     example_index: Tensor  # [F] index into the examples list
     context_mask: Tensor  # [F, T] True on context tokens
     offsets: np.ndarray  # [F, T, 2] character offsets into the example's context
+    token_type_ids: Tensor | None = (
+        None  # [F, T] BERT segment ids (0: question, 1: context), when the tokenizer has them
+    )
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -143,6 +146,9 @@ def make_features(
         example_index=torch.from_numpy(sample),
         context_mask=torch.from_numpy(context),
         offsets=offsets,
+        token_type_ids=torch.tensor(enc["token_type_ids"], dtype=torch.long)
+        if "token_type_ids" in enc
+        else None,
     )
 
 

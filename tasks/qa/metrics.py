@@ -114,9 +114,11 @@ def best_null_threshold(
     gain = [0.0]
     for s, e in zip(span_f1, empty_f1, strict=True):
         gain.append(gain[-1] + s - e)
-    best = max(range(len(gain)), key=lambda m: (gain[m], -m))
-    score = 100.0 * (sum(empty_f1) + rest + gain[best]) / n
     margins = [null_margin[q] for q in ids]
+    # a threshold separates two margins only where they differ: tied questions are answered together
+    cuts = [m for m in range(len(gain)) if m in (0, len(margins)) or margins[m - 1] < margins[m]]
+    best = max(cuts, key=lambda m: (gain[m], -m))
+    score = 100.0 * (sum(empty_f1) + rest + gain[best]) / n
     if best == 0:
         threshold = margins[0] - 1.0
     elif best == len(margins):

@@ -365,9 +365,14 @@ class UpcycledHFQA(_QABase):
                 f"{self.config.init_from}: unrecognized transformer layer {type(layer).__name__}"
             )
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> QAOutput:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> QAOutput:
         self._set_mask(attention_mask)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # segment ids for BERT-like backbones (DistilBERT has no segment embeddings)
+        segments = token_type_ids is not None and getattr(self.backbone.config, "type_vocab_size", 0) > 1
+        extra = {"token_type_ids": token_type_ids} if segments else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         start, end = self.qa_outputs(hidden).unbind(-1)
         return self._collect(start, end, attention_mask, hidden)
 

@@ -110,18 +110,24 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _run(model, feats, idx) -> Any:
+    """The model on windows ``idx``, trimmed, on its device; a BERT backbone also gets the segment ids."""
+    dev = _device(model)
+    ids, mask = _trimmed(feats.input_ids[idx], feats.attention_mask[idx])
+    extra = {}
+    if isinstance(model, UpcycledHFQA) and feats.token_type_ids is not None:
+        extra["token_type_ids"] = feats.token_type_ids[idx][:, : ids.shape[1]].to(dev)
+    return model(ids.to(dev), mask.to(dev), **extra)
+
+
 def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
-    dev = _device(model)
     full = feats.input_ids.shape[1]
     starts, ends = [], []
     with torch.no_grad():
         for lo in range(0, len(feats), batch_size):
-            ids, mask = _trimmed(
-                feats.input_ids[lo : lo + batch_size], feats.attention_mask[lo : lo + batch_size]
-            )
-            out = model(ids.to(dev), mask.to(dev))
-            pad = (0, full - ids.shape[1])
+            out = _run(model, feats, slice(lo, lo + batch_size))
+            pad = (0, full - out.start_logits.shape[1])
             neg = torch.finfo(out.start_logits.dtype).min
             starts.append(torch.nn.functional.pad(out.start_logits, pad, value=neg).cpu())
             ends.append(torch.nn.functional.pad(out.end_logits, pad, value=neg).cpu())
@@ -270,8 +276,7 @@ def train_qa(
     for _epoch in range(cfg.epochs):
         model.train()
         for idx in _length_grouped_batches(lengths, cfg.batch_size, gen):
-            ids, mask = _trimmed(feats.input_ids[idx], feats.attention_mask[idx])
-            o = model(ids.to(dev), mask.to(dev))
+            o = _run(model, feats, idx)
             ce = torch.nn.functional.cross_entropy
             loss = (
                 ce(o.start_logits, feats.start_positions[idx].to(dev))

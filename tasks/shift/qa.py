@@ -57,6 +57,8 @@ def qa_batches(feats: QAFeatures, batch_size: int) -> list[dict[str, Tensor]]:
                 "context_mask": feats.context_mask[sl],
             }
         )
+        if feats.token_type_ids is not None:
+            out[-1]["token_type_ids"] = feats.token_type_ids[sl]
     return out
 
 
@@ -73,6 +75,8 @@ class QAShiftModel(nn.Module):
 
     def run(self, batch: dict[str, Tensor], input_ids: Tensor | None = None):
         ids = batch["input_ids"] if input_ids is None else input_ids
+        if isinstance(self.qa, UpcycledHFQA):
+            return self.qa(ids, batch["attention_mask"], batch.get("token_type_ids"))
         return self.qa(ids, batch["attention_mask"])
 
     def forward(self, batch: dict[str, Tensor]) -> ShiftOutput:
