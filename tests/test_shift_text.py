@@ -85,7 +85,10 @@ def test_minilm_shift_model_folds_the_ffn_and_mixda_starts_as_it(minilm_task) ->
     dense, _ = load_lm("all-minilm-l6-v2")
     b = batches[0]
     with torch.no_grad():
-        want = dense(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        segments = b["token_type_ids"]  # question 0, context 1, as BERT reads a pair
+        want = dense(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=segments
+        ).last_hidden_state
         got = model.run(b).hidden
     keep = b["attention_mask"].bool()
     torch.testing.assert_close(got[keep], want[keep], rtol=1e-4, atol=1e-4)  # folding changed nothing
