@@ -14,7 +14,7 @@ from circuitml.tasks.common import configure_runtime
 from circuitml.tasks.qa.data import SpanPredictions
 from circuitml.tasks.qa.metrics import best_null_threshold, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA
-from circuitml.tasks.qa.train import QATrainConfig, evaluate_qa, train_qa
+from circuitml.tasks.qa.train import QATrainConfig, evaluate_qa, split_by_context, train_qa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -76,9 +76,6 @@ def test_threshold_is_tuned_on_training_contexts_stored_and_used(tmp_path: Path)
     # `qa eval` decodes with the stored threshold: scoring the training file again gives the same F1 per split
     heldout = tmp_path / "heldout.json"
     obj = json.loads(data.read_text())
-    eval_ids = set()
-    from circuitml.tasks.qa.train import split_by_context
-
     _, ev = split_by_context(read_squad(data)[0], 0.34, 0)
     eval_ids = {e.id for e in ev}
     for para in obj["data"][0]["paragraphs"]:
