@@ -20,10 +20,22 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
 
-__all__ = ["SHIPPED_LMS", "ShippedLM", "lm_cache_root", "load_lm", "resolve_lm"]
+__all__ = [
+    "SHIPPED_LMS",
+    "MaskedLMHead",
+    "ShippedLM",
+    "lm_cache_root",
+    "load_lm",
+    "mask_tokens",
+    "resolve_lm",
+]
 
 
 @dataclass(frozen=True)
@@ -194,3 +206,50 @@ def load_lm(name_or_path: str | Path, *, device: str = "cpu"):
             f"language model {name_or_path}: cannot load model/tokenizer from {path} ({first})"
         ) from None
     return model.to(device).eval(), tokenizer
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's masked-language-model head on a pretrained encoder that ships without one.
+
+    Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding", NAACL 2019
+    (sec. 3.1, Task #1): ``p(w | h) = softmax(E · LN(gelu(W h + b)) + c)`` over the vocabulary, with ``E`` the
+    encoder's own word embeddings (the decoder tied to the input embeddings, as in BERT).
+
+    The MiniLM wheel (``all-minilm-l6-v2``) holds only the encoder (``BertModel``, no ``cls.predictions.*``), so the
+    transform ``W, b, LN`` and the output bias ``c`` start fresh and must be trained (MixDA's stage 0 does, on the
+    frozen model); the tied ``E`` is read from the encoder at every call and is never a parameter of this head.
+    """
+
+    def __init__(self, embeddings: Any, hidden_size: int, layer_norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(embeddings.weight.shape[0]))
+        self._embeddings = [embeddings]  # a list: the tied matrix stays the encoder's, not a second parameter
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        h = self.norm(torch.nn.functional.gelu(self.dense(hidden)))
+        return h @ self._embeddings[0].weight.t() + self.bias
+
+
+def mask_tokens(
+    input_ids: Tensor,
+    maskable: Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    rate: float = 0.15,
+    generator: Any = None,
+) -> tuple[Tensor, Tensor]:
+    """BERT's masking: ``rate`` of the ``maskable`` tokens are chosen; of those 80 % become ``[MASK]``, 10 % a
+    random token, 10 % stay. Returns ``(masked input ids, chosen [B, T] bool)``; at least one token per call is
+    chosen when any is maskable, so the loss is always defined."""
+    draw = torch.rand(input_ids.shape, generator=generator)
+    chosen = maskable & (draw < rate)
+    if not chosen.any() and maskable.any():
+        first = maskable.reshape(-1).nonzero()[0]
+        chosen = chosen.reshape(-1).index_fill(0, first, True).reshape(chosen.shape)
+    kind = torch.rand(input_ids.shape, generator=generator)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    out = torch.where(chosen & (kind < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    out = torch.where(chosen & (kind >= 0.8) & (kind < 0.9), random_ids, out)
+    return out, chosen

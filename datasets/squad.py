@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitml.errors import DatasetError
-from circuitml.fileio import read_json
+from circuitml.fileio import load_json, read_bytes
 
 __all__ = ["SquadExample", "SquadAnswer", "read_squad", "parse_squad", "squad_version"]
 
@@ -134,5 +134,8 @@ def read_squad(path: str | os.PathLike, check_offsets: bool = True) -> tuple[lis
         DatasetError: invalid JSON (with line and column) or a structural problem (with the JSON path).
     """
     path = Path(path)
-    obj = read_json(path, error=DatasetError, what="SQuAD JSON file")
+    raw = read_bytes(path, error=DatasetError, what="SQuAD JSON file")
+    # editors on Windows (and some annotation tools) start UTF-8 files with a byte-order mark
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    obj = load_json(raw, path, error=DatasetError)
     return parse_squad(obj, file=str(path), check_offsets=check_offsets), squad_version(obj)

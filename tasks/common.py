@@ -129,6 +129,9 @@ def seed_everything(seed: int) -> None:
 def configure_runtime(threads: int | None = None, device: str = "cpu") -> torch.device:
     """Thread count and device of a task run, and deterministic kernels so that a seed gives the same numbers.
 
+    ``device`` is ``cpu``, ``cuda[:N]`` or ``auto`` (cuda when available); cuda asked on a machine without it is
+    a :class:`ConfigError`, never a silent fall-back to the CPU.
+
     With more than one intra-op thread, CPU scatter-adds (the GNN aggregations) sum in an order that depends on
     thread timing: ``evaluate equivalence`` gave accuracy 0.7157 and 0.7269 on two runs of one seed.
     ``torch.use_deterministic_algorithms`` makes those kernels order-fixed (same numbers at any thread count).
@@ -138,12 +141,14 @@ def configure_runtime(threads: int | None = None, device: str = "cpu") -> torch.
             raise ConfigError(f"--threads: expected a positive number, got {threads}")
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device or "cpu")
     except RuntimeError:
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: expected cpu or cuda[:N], got {device!r}")
+        raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
     if dev.type == "cuda":

@@ -269,6 +269,8 @@ def test_training_loss_falls_and_cli_round_trip(tmp_path: Path) -> None:
             "8",
             "--threads",
             "1",
+            "--val-fraction",  # memorization: train on every context, null threshold 0
+            "0",
         ]
     )
     assert code == 0

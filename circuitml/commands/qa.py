@@ -56,6 +56,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         top_k: int = typer.Option(1, help="Experts per token."),
         seed: int = typer.Option(0, help="Random seed."),
         threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (cuda when available)."),
+        val_fraction: float = typer.Option(
+            0.1, help="SQuAD v2.0: training contexts held out to tune the null threshold on."
+        ),
+        null_threshold: Optional[float] = typer.Option(
+            None, help="Fixed null threshold (default: tuned on the validation contexts)."
+        ),
         eda_copies: int = typer.Option(0, help="EDA-augmented copies of each training question."),
         freeze_bottom: int = typer.Option(0, help="Upcycled models: freeze embeddings + first N layers."),
         uoe: Optional[str] = typer.Option(
@@ -78,7 +85,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             router=router,
             top_k=top_k,
             init_from=str(init_from) if init_from else None,
-            normalize_weights=init_from is not None,
+            # upcycling starts from the dense model: top-k >= 2 renormalizes, top-1 uses p / stopgrad(p) so the
+            # router keeps its task gradient; no token is dropped, as none skips the FFN in the dense model
+            normalize_weights=init_from is not None and top_k > 1,
+            unit_weight=init_from is not None and top_k == 1,
+            capacity_factor=None if init_from is not None else 1.25,
             uoe=parse_uoe(uoe) if uoe is not None else None,
         )
         cfg = QATrainConfig(
@@ -92,6 +103,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             stride=stride,
             seed=seed,
             threads=threads,
+            device=device,
+            val_fraction=val_fraction,
+            null_threshold=null_threshold,
             eda_copies=eda_copies,
             freeze_bottom=freeze_bottom,
             model=model,
@@ -114,6 +128,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             console.print(_table(f"held-out ({metrics['eval_questions']} questions)", metrics["eval"]))
             base = metrics["eval_baseline_no_answer"]
             console.print(f"always-no-answer baseline: EM {base['exact']:.2f}  F1 {base['f1']:.2f}")
+        if metrics.get("val_questions"):
+            console.print(
+                f"null threshold {metrics['null_threshold']:.3f} "
+                f"(tuned on {metrics['val_questions']} validation questions from training contexts)"
+            )
         console.print(f"model written to {out} ({metrics['steps']} steps, {metrics['wall_seconds']:.0f} s)")
 
     @qa_app.command("eval")

@@ -1,4 +1,5 @@
-"""``circuitml shift circuits``: held-out-family error of the domain-shift methods on circuits."""
+"""``circuitml shift circuits`` / ``shift text``: held-out-domain error of the domain-shift methods on circuits
+(held-out family) and on QA text with MiniLM (held-out article)."""
 
 from __future__ import annotations
 
@@ -91,4 +92,66 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         table = results_markdown(results)
         atomic_write(out / "results.json", json.dumps({"config": cfg.__dict__, "results": results}, indent=2))
         atomic_write(out / "results.md", "Signal-probability MAE on the held-out family\n\n" + table + "\n")
+        console.print(table)
+
+    @shift_app.command("text")
+    def text(
+        data: Path = typer.Option(
+            ..., "--data", help="SQuAD-format file; its articles (titles) are the domains."
+        ),
+        out: Path = typer.Option(..., "--out", help="Directory for results.json and results.md."),
+        held_out: Optional[list[str]] = typer.Option(
+            None, "--held-out", help="Article titles to hold out (default: each)."
+        ),
+        lm: str = typer.Option("all-minilm-l6-v2", "--lm", help="Shipped LM name or local BERT folder."),
+        steps: int = typer.Option(150, help="Fine-tuning steps on the source articles."),
+        adapt_steps: int = typer.Option(60, help="Steps of each MixDA stage."),
+        max_length: int = typer.Option(192, help="Tokens per window."),
+        seeds: list[int] = typer.Option([0], "--seed", help="Random seeds (repeat for mean ± std)."),
+        threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    ) -> None:
+        """Span error rate on a held-out article: no-answer, all sources, MixDA (MLM domain adapter), MixDA
+        without stage 1."""
+        from circuitml.datasets.squad import read_squad
+        from circuitml.errors import ConfigError
+        from circuitml.fileio import read_json
+        from circuitml.tasks.common import configure_runtime
+        from circuitml.tasks.shift.qa import TextShiftConfig, run_text_shift, text_results_markdown
+
+        configure_runtime(threads, "cpu")
+        examples, _ = read_squad(data)
+        titles = sorted({e.title for e in examples})
+        if len(titles) < 2:
+            raise ConfigError(f"{data}: shift text: expected at least two articles (titles), found {titles}")
+        for name in held_out or []:
+            if name not in titles:
+                raise ConfigError(f"shift text: --held-out {name!r}: expected one of {titles}")
+        settings = {
+            "data": str(data),
+            "lm": lm,
+            "steps": steps,
+            "adapt_steps": adapt_steps,
+            "max_length": max_length,
+        }
+        results: dict[str, dict[str, dict]] = {}
+        if (out / "results.json").is_file():  # resume: finished (article, seed) runs are kept
+            done = read_json(out / "results.json", error=ConfigError, what="shift text results")
+            if done.get("settings") != settings:
+                raise ConfigError(f"{out / 'results.json'}: written with other settings; use another --out")
+            results = done["results"]
+        for target in held_out or titles:
+            for seed in seeds:
+                if str(seed) in results.get(target, {}):
+                    continue
+                cfg = TextShiftConfig(
+                    lm=lm, steps=steps, adapt_steps=adapt_steps, max_length=max_length, seed=seed
+                )
+                results.setdefault(target, {})[str(seed)] = run_text_shift(
+                    examples, target, cfg, progress=console.print
+                )
+                body = {"settings": settings, "results": results}
+                atomic_write(out / "results.json", json.dumps(body, indent=2))
+        results = {t: {str(k): results[t][str(k)] for k in seeds} for t in held_out or titles}
+        table = text_results_markdown(results)
+        atomic_write(out / "results.md", "Span error rate on the held-out article\n\n" + table + "\n")
         console.print(table)

@@ -21,7 +21,15 @@ from torch import Tensor
 
 from circuitml.errors import CheckpointError, ConfigError
 
-__all__ = ["train_tokenizer", "load_tokenizer", "QAFeatures", "make_features", "decode_answers"]
+__all__ = [
+    "train_tokenizer",
+    "load_tokenizer",
+    "QAFeatures",
+    "make_features",
+    "SpanPredictions",
+    "predict_spans",
+    "decode_answers",
+]
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -82,6 +90,9 @@ class QAFeatures:
     example_index: Tensor  # [F] index into the examples list
     context_mask: Tensor  # [F, T] True on context tokens
     offsets: np.ndarray  # [F, T, 2] character offsets into the example's context
+    token_type_ids: Tensor | None = (
+        None  # [F, T] BERT segment ids (0: question, 1: context), when the tokenizer has them
+    )
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -135,27 +146,45 @@ def make_features(
         example_index=torch.from_numpy(sample),
         context_mask=torch.from_numpy(context),
         offsets=offsets,
+        token_type_ids=torch.tensor(enc["token_type_ids"], dtype=torch.long)
+        if "token_type_ids" in enc
+        else None,
     )
 
 
+@dataclass
+class SpanPredictions:
+    """Per example: the best span's text and ``null_margin`` = (smallest null score over the example's windows)
+    minus (best span score), ``+inf`` when no window has a valid span. SQuAD v2.0 answers "" when the margin
+    exceeds the null threshold."""
+
+    ids: list[str]
+    texts: list[str]
+    null_margin: Tensor  # [n_examples]
+
+    def answers(self, null_threshold: float = 0.0, allow_impossible: bool = True) -> dict[str, str]:
+        empty = ~torch.isfinite(self.null_margin) & (self.null_margin > 0)
+        if allow_impossible:
+            empty = empty | (self.null_margin > null_threshold)
+        return {q: "" if e else t for q, t, e in zip(self.ids, self.texts, empty.tolist(), strict=True)}
+
+
 @torch.no_grad()
-def decode_answers(
+def predict_spans(
     examples: Sequence[SquadExample],
     features: QAFeatures,
     start_logits: Tensor,
     end_logits: Tensor,
     max_answer_length: int = 30,
-    allow_impossible: bool = True,
-    null_threshold: float = 0.0,
     chunk: int = 64,
-) -> dict[str, str]:
-    """Best answer text per example id.
+) -> SpanPredictions:
+    """Best span and null margin per example.
 
     Every window scores all spans ``i <= j < i + max_answer_length`` inside the context in one ``[F, T, T]`` tensor
-    op (chunked over windows); an example takes its best-scoring window span. With ``allow_impossible`` (SQuAD v2.0),
-    the answer is "" when the smallest null score ``start[0] + end[0]`` over its windows exceeds the best span score
-    by more than ``null_threshold``.
+    op (chunked over windows); an example takes its best-scoring window span and the smallest null score
+    ``start[0] + end[0]`` over its windows.
     """
+    start_logits, end_logits = start_logits.cpu(), end_logits.cpu()
     f, t = start_logits.shape
     best_score = torch.full((f,), -float("inf"))
     best_i = torch.zeros(f, dtype=torch.long)
@@ -184,17 +213,32 @@ def decode_answers(
     chosen = torch.full((n_ex,), -1, dtype=torch.long)
     win = torch.arange(f)
     chosen.scatter_reduce_(0, ex[is_best], win[is_best], reduce="amax", include_self=True)
+    found = torch.isfinite(ex_best) & (chosen >= 0)
+    margin = torch.where(found, ex_null - ex_best, torch.tensor(float("inf")))
 
-    answers: dict[str, str] = {}
+    texts: list[str] = []
     for k, example in enumerate(examples):
         w = int(chosen[k])
-        if w < 0 or not torch.isfinite(ex_best[k]):
-            answers[example.id] = ""
-            continue
-        if allow_impossible and float(ex_null[k]) > float(ex_best[k]) + null_threshold:
-            answers[example.id] = ""
+        if not bool(found[k]):
+            texts.append("")
             continue
         a = int(features.offsets[w, int(best_i[w]), 0])
         b = int(features.offsets[w, int(best_j[w]), 1])
-        answers[example.id] = example.context[a:b]
-    return answers
+        texts.append(example.context[a:b])
+    return SpanPredictions([e.id for e in examples], texts, margin)
+
+
+def decode_answers(
+    examples: Sequence[SquadExample],
+    features: QAFeatures,
+    start_logits: Tensor,
+    end_logits: Tensor,
+    max_answer_length: int = 30,
+    allow_impossible: bool = True,
+    null_threshold: float = 0.0,
+    chunk: int = 64,
+) -> dict[str, str]:
+    """Best answer text per example id (see :func:`predict_spans`); with ``allow_impossible`` (SQuAD v2.0) the
+    answer is "" when the null score exceeds the best span score by more than ``null_threshold``."""
+    spans = predict_spans(examples, features, start_logits, end_logits, max_answer_length, chunk)
+    return spans.answers(null_threshold, allow_impossible)

@@ -9,11 +9,12 @@ predicting "" scores EM = F1 = 1 and anything else 0.
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
 from collections.abc import Mapping
 
-__all__ = ["normalize_answer", "exact_match", "f1_score", "squad_scores"]
+__all__ = ["normalize_answer", "exact_match", "f1_score", "squad_scores", "best_null_threshold"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -80,3 +81,48 @@ def squad_scores(predictions: Mapping[str, str], golds: Mapping[str, list[str]])
         out.update(NoAns_exact=100.0 * sum(em_no) / len(em_no), NoAns_f1=100.0 * sum(em_no) / len(em_no))
         out["NoAns_total"] = float(len(em_no))
     return out
+
+
+def best_null_threshold(
+    predictions: Mapping[str, str], null_margin: Mapping[str, float], golds: Mapping[str, list[str]]
+) -> tuple[float, float]:
+    """The null-score threshold that maximizes F1, as the SQuAD v2.0 evaluation script's ``best_f1_thresh``.
+
+    A question is answered "" when its ``null_margin`` (null score minus best span score) exceeds the threshold,
+    else with its span in ``predictions``. Sorting the margins makes every candidate threshold one prefix of the
+    questions answered with their span, so all thresholds are scored with one cumulative sum. Returns
+    ``(threshold, F1 in percent)``; the threshold lies halfway between the two margins it separates.
+
+    Args:
+        predictions: question id -> best span text (never "", whatever the margin).
+        null_margin: question id -> null score minus best span score (``inf``: no span at all).
+        golds: question id -> gold answer texts (empty list for unanswerable).
+    """
+    ids = [q for q in golds if math.isfinite(null_margin.get(q, math.inf))]
+    n = len(golds)
+    no_answer_total = sum(1.0 for q in golds if not [a for a in golds[q] if normalize_answer(a)])
+    if not ids or not n:
+        return 0.0, 100.0 * no_answer_total / max(n, 1)
+    ids.sort(key=lambda q: null_margin[q])
+    span_f1, empty_f1 = [], []
+    for q in ids:
+        refs = [a for a in golds[q] if normalize_answer(a)] or [""]
+        span_f1.append(max(f1_score(predictions.get(q, ""), a) for a in refs))
+        empty_f1.append(float(refs == [""]))
+    # answering the first m (smallest margin) with spans and the rest with "": score(m) for m = 0..len(ids)
+    rest = no_answer_total - sum(empty_f1)  # questions without any span are "" at every threshold
+    gain = [0.0]
+    for s, e in zip(span_f1, empty_f1, strict=True):
+        gain.append(gain[-1] + s - e)
+    margins = [null_margin[q] for q in ids]
+    # a threshold separates two margins only where they differ: tied questions are answered together
+    cuts = [m for m in range(len(gain)) if m in (0, len(margins)) or margins[m - 1] < margins[m]]
+    best = max(cuts, key=lambda m: (gain[m], -m))
+    score = 100.0 * (sum(empty_f1) + rest + gain[best]) / n
+    if best == 0:
+        threshold = margins[0] - 1.0
+    elif best == len(margins):
+        threshold = margins[-1] + 1.0
+    else:
+        threshold = (margins[best - 1] + margins[best]) / 2
+    return float(threshold), float(score)

@@ -77,7 +77,10 @@ class SwitchQAConfig:
         top_k: experts per token.
         capacity_factor: expert capacity factor, ``None`` for dropless.
         balance_loss_weight, z_loss_weight: router auxiliary loss weights.
-        normalize_weights: renormalize kept router weights to 1 (needed for exact upcycling).
+        normalize_weights: renormalize kept router weights to 1 (exact upcycling with top-k, k >= 2; with top-1
+            it makes every weight 1, so the router gets no gradient from the task).
+        unit_weight: top-1 routing: combine with ``p / stopgrad(p)`` instead of ``p`` — the value 1 (an
+            upcycled model is the dense one at init) with the gradient of ``log p`` (the router still learns).
         init_from: local directory of a DistilBERT/BERT checkpoint to upcycle, or ``None`` for the scratch model.
         uoe: Union-of-Experts layers (scratch backbone), ``None`` for dense ones: a dict of :data:`UOE_DEFAULTS`'
             keys — head-group experts of every attention and how many a token keeps (``attn_experts``,
@@ -100,6 +103,7 @@ class SwitchQAConfig:
     balance_loss_weight: float = 0.01
     z_loss_weight: float = 0.001
     normalize_weights: bool = False
+    unit_weight: bool = False
     init_from: str | None = None
     uoe: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -170,6 +174,10 @@ class QAOutput:
 
 
 def _routers(cfg: SwitchQAConfig, d_model: int, num_layers: int) -> list[Router]:
+    if cfg.unit_weight and cfg.top_k != 1:
+        raise ConfigError(
+            f"qa model config: unit_weight: expected top_k 1 (it scales one expert), got {cfg.top_k}"
+        )
     options: dict[str, Any] = {
         "capacity_factor": cfg.capacity_factor,
         "balance_loss_weight": cfg.balance_loss_weight,
@@ -188,9 +196,10 @@ class MoEFFN(nn.Module):
     balancing loss. The block's auxiliary loss and per-expert counts of the last call are kept on the module.
     """
 
-    def __init__(self, block: MoEBlock, dropout: float = 0.0) -> None:
+    def __init__(self, block: MoEBlock, dropout: float = 0.0, unit_weight: bool = False) -> None:
         super().__init__()
         self.block = block
+        self.unit_weight = unit_weight
         self.dropout = nn.Dropout(dropout)
         self.mask: Tensor | None = None  # set by the owning model before each forward
         self.last_aux: Tensor | None = None
@@ -203,17 +212,25 @@ class MoEFFN(nn.Module):
         if self.mask is None:
             flat = x.reshape(-1, x.shape[-1])
             out = self.block(flat, **ctx)
-            y = out.out.reshape(x.shape)
+            y = self._unit(out).reshape(x.shape)
         else:
             keep = self.mask.reshape(-1).bool()
             flat = x.reshape(-1, x.shape[-1])
             out = self.block(flat[keep], **ctx)
-            y = torch.zeros_like(flat).index_put((keep.nonzero().squeeze(1),), out.out).reshape(x.shape)
+            res = self._unit(out)
+            y = torch.zeros_like(flat).index_put((keep.nonzero().squeeze(1),), res).reshape(x.shape)
         if self.run is not None:
             self.run.record(self.index, out.routing)
         self.last_aux = out.aux_loss
         self.last_counts = out.stats.tokens_per_expert if out.stats is not None else None
         return self.dropout(y)
+
+    def _unit(self, out: Any) -> Tensor:
+        """``w f(x)`` → ``(w / stopgrad(w)) f(x)`` for top-1 (dropped tokens, w = 0, stay 0)."""
+        if not self.unit_weight or out.routing is None:
+            return out.out
+        w = out.routing.weights.sum(dim=-1, keepdim=True).detach()
+        return out.out / torch.where(w > 0, w, torch.ones_like(w))
 
 
 class _DenseFFN(nn.Module):
@@ -264,7 +281,7 @@ class _Layer(nn.Module):
         self.attn_dropout = cfg.dropout
         if router is not None:
             experts = FFNExperts(cfg.num_experts, cfg.d_model, cfg.d_ff, activation="gelu", bias=True)
-            self.ffn: nn.Module = MoEFFN(MoEBlock(router, experts), cfg.dropout)
+            self.ffn: nn.Module = MoEFFN(MoEBlock(router, experts), cfg.dropout, cfg.unit_weight)
         elif uoe is not None:
             mlp = UnionOfMLPExperts(
                 cfg.d_model,
@@ -454,7 +471,7 @@ class UpcycledHFQA(_QABase):
             experts.gate_up_bias.copy_(lin1.bias.expand(cfg.num_experts, h))
             experts.down_proj.copy_(lin2.weight.expand(cfg.num_experts, d, h))
             experts.down_bias.copy_(lin2.bias.expand(cfg.num_experts, d))
-        return MoEFFN(MoEBlock(router, experts), dropout)
+        return MoEFFN(MoEBlock(router, experts), dropout, cfg.unit_weight)
 
     def _upcycle(self, layer: nn.Module, hf: Any, router: Router) -> None:
         act = getattr(hf, "activation", None) or getattr(hf, "hidden_act", "gelu")
@@ -471,9 +488,14 @@ class UpcycledHFQA(_QABase):
                 f"{self.config.init_from}: unrecognized transformer layer {type(layer).__name__}"
             )
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> QAOutput:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> QAOutput:
         self._set_mask(attention_mask)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # segment ids for BERT-like backbones (DistilBERT has no segment embeddings)
+        segments = token_type_ids is not None and getattr(self.backbone.config, "type_vocab_size", 0) > 1
+        extra = {"token_type_ids": token_type_ids} if segments else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         start, end = self.qa_outputs(hidden).unbind(-1)
         return self._collect(start, end, attention_mask, hidden)
 

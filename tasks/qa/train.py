@@ -23,9 +23,16 @@ import numpy as np
 import torch
 from circuitml.datasets.squad import SquadExample, read_squad
 from circuitml.moe.schedule import step_routers
+from circuitml.tasks.common import configure_runtime
 from circuitml.tasks.qa.augment import augment_examples
-from circuitml.tasks.qa.data import decode_answers, load_tokenizer, make_features, train_tokenizer
-from circuitml.tasks.qa.metrics import squad_scores
+from circuitml.tasks.qa.data import (
+    SpanPredictions,
+    load_tokenizer,
+    make_features,
+    predict_spans,
+    train_tokenizer,
+)
+from circuitml.tasks.qa.metrics import best_null_threshold, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
 from safetensors.torch import load_file, save_file
 
@@ -64,7 +71,11 @@ class QATrainConfig:
     eda_alpha: float = 0.1  # fraction of words each EDA operation changes
     seed: int = 0
     split_seed: int | None = None  # seed of the held-out contexts (None: ``seed``); fix it to compare seeds
+    # SQuAD v2.0: contexts carved from the training split to tune the null threshold on (0: keep null_threshold)
+    val_fraction: float = 0.1
+    null_threshold: float | None = None  # answer "" when null - best span > this; None: tuned, else 0
     threads: int | None = None
+    device: str = "cpu"  # cpu, cuda[:N] or auto
     model: SwitchQAConfig = field(default_factory=SwitchQAConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,21 +106,48 @@ def _trimmed(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch
     return ids[:, :t], mask[:, :t]
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _run(model, feats, idx) -> Any:
+    """The model on windows ``idx``, trimmed, on its device; a BERT backbone also gets the segment ids."""
+    dev = _device(model)
+    ids, mask = _trimmed(feats.input_ids[idx], feats.attention_mask[idx])
+    extra = {}
+    if isinstance(model, UpcycledHFQA) and feats.token_type_ids is not None:
+        extra["token_type_ids"] = feats.token_type_ids[idx][:, : ids.shape[1]].to(dev)
+    return model(ids.to(dev), mask.to(dev), **extra)
+
+
 def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     full = feats.input_ids.shape[1]
     starts, ends = [], []
     with torch.no_grad():
         for lo in range(0, len(feats), batch_size):
-            ids, mask = _trimmed(
-                feats.input_ids[lo : lo + batch_size], feats.attention_mask[lo : lo + batch_size]
-            )
-            out = model(ids, mask)
-            pad = (0, full - ids.shape[1])
+            out = _run(model, feats, slice(lo, lo + batch_size))
+            pad = (0, full - out.start_logits.shape[1])
             neg = torch.finfo(out.start_logits.dtype).min
-            starts.append(torch.nn.functional.pad(out.start_logits, pad, value=neg))
-            ends.append(torch.nn.functional.pad(out.end_logits, pad, value=neg))
+            starts.append(torch.nn.functional.pad(out.start_logits, pad, value=neg).cpu())
+            ends.append(torch.nn.functional.pad(out.end_logits, pad, value=neg).cpu())
     return torch.cat(starts), torch.cat(ends)
+
+
+def _length_grouped_batches(
+    lengths: torch.Tensor, batch_size: int, gen: torch.Generator
+) -> list[torch.Tensor]:
+    """Shuffled batches of windows of similar length: a random order, sorted by length within pools of 16
+    batches, then the batches shuffled. Trimmed batches then carry little padding (windows of a long context
+    are full, a short context's one window is not), at the same randomness of batch contents per pool."""
+    order = torch.randperm(len(lengths), generator=gen)
+    pool = 16 * batch_size
+    batches = []
+    for lo in range(0, len(order), pool):
+        chunk = order[lo : lo + pool]
+        chunk = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
+        batches += list(chunk.split(batch_size))
+    return [batches[k] for k in torch.randperm(len(batches), generator=gen).tolist()]
 
 
 def _freeze_bottom(model, n: int) -> None:
@@ -132,22 +170,40 @@ def _resolve_init(model: SwitchQAConfig) -> SwitchQAConfig:
     return model
 
 
-def evaluate_examples(model, tokenizer, examples, cfg: QATrainConfig, version: str) -> dict[str, float]:
+def predict_examples(model, tokenizer, examples, cfg: QATrainConfig) -> SpanPredictions:
     feats = make_features(examples, tokenizer, cfg.max_length, cfg.stride)
     start, end = _predict(model, feats, cfg.batch_size)
-    preds = decode_answers(
-        examples, feats, start, end, cfg.max_answer_length, allow_impossible=version == "v2.0"
-    )
-    golds = {e.id: [a.text for a in e.answers] for e in examples}
-    return squad_scores(preds, golds)
+    return predict_spans(examples, feats, start, end, cfg.max_answer_length)
+
+
+def _golds(examples: list[SquadExample]) -> dict[str, list[str]]:
+    return {e.id: [a.text for a in e.answers] for e in examples}
+
+
+def evaluate_examples(
+    model, tokenizer, examples, cfg: QATrainConfig, version: str, null_threshold: float | None = None
+) -> dict[str, float]:
+    """Official EM/F1 with the HasAns/NoAns split, at ``null_threshold`` (default: the config's, else 0)."""
+    spans = predict_examples(model, tokenizer, examples, cfg)
+    if null_threshold is None:
+        null_threshold = cfg.null_threshold if cfg.null_threshold is not None else 0.0
+    preds = spans.answers(null_threshold, allow_impossible=version == "v2.0")
+    return squad_scores(preds, _golds(examples))
+
+
+def tune_null_threshold(model, tokenizer, examples, cfg: QATrainConfig) -> tuple[float, float]:
+    """The null threshold maximizing F1 on ``examples`` (the standard SQuAD v2.0 practice, on validation
+    questions the model did not train on); returns ``(threshold, F1 there)``."""
+    spans = predict_examples(model, tokenizer, examples, cfg)
+    margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
+    return best_null_threshold(dict(zip(spans.ids, spans.texts, strict=True)), margins, _golds(examples))
 
 
 def train_qa(
     cfg: QATrainConfig, out: str | os.PathLike, on_step: Callable[[int, int, float], None] | None = None
 ) -> dict[str, Any]:
     """Train on ``cfg.data``, evaluate on the held-out split, save to ``out``; returns the metrics."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    dev = configure_runtime(cfg.threads, cfg.device)
     _seed_everything(cfg.seed)
     t0 = time.time()
 
@@ -159,6 +215,12 @@ def train_qa(
         train_ex, eval_ex = split_by_context(
             examples, cfg.eval_fraction, cfg.seed if cfg.split_seed is None else cfg.split_seed
         )
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    val_ex: list[SquadExample] = []
+    if version == "v2.0" and cfg.null_threshold is None and cfg.val_fraction > 0:
+        if not 0 < cfg.val_fraction < 1:
+            raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
+        train_ex, val_ex = split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
     if not train_ex:
         raise ConfigError(f"{cfg.data}: no training questions left after the split")
     # augment after the split, so no held-out context leaks into training
@@ -184,6 +246,7 @@ def train_qa(
     model = build_qa_model(model_cfg)
     if cfg.freeze_bottom:
         _freeze_bottom(model, cfg.freeze_bottom)
+    model.to(dev)
 
     # optimizer: AdamW, linear warmup then cosine decay
     steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
@@ -207,17 +270,17 @@ def train_qa(
 
     # loop
     gen = torch.Generator().manual_seed(cfg.seed)
+    lengths = feats.attention_mask.sum(dim=1)
     losses: list[float] = []
     step = 0
     for _epoch in range(cfg.epochs):
         model.train()
-        order = torch.randperm(len(feats), generator=gen)
-        for lo in range(0, len(feats), cfg.batch_size):
-            idx = order[lo : lo + cfg.batch_size]
-            o = model(*_trimmed(feats.input_ids[idx], feats.attention_mask[idx]))
+        for idx in _length_grouped_batches(lengths, cfg.batch_size, gen):
+            o = _run(model, feats, idx)
             ce = torch.nn.functional.cross_entropy
             loss = (
-                ce(o.start_logits, feats.start_positions[idx]) + ce(o.end_logits, feats.end_positions[idx])
+                ce(o.start_logits, feats.start_positions[idx].to(dev))
+                + ce(o.end_logits, feats.end_positions[idx].to(dev))
             ) / 2
             total_loss = loss + o.aux_loss
             opt.zero_grad(set_to_none=True)
@@ -236,10 +299,16 @@ def train_qa(
         "version": version,
         "train_questions": len(train_ex),
         "train_questions_augmented": len(fit_ex),
+        "val_questions": len(val_ex),
         "eval_questions": len(eval_ex),
     }
+    if val_ex:
+        cfg.null_threshold, metrics["val_f1"] = tune_null_threshold(model, tokenizer, val_ex, cfg)
+    metrics["null_threshold"] = cfg.null_threshold
     if eval_ex:
         metrics["eval"] = evaluate_examples(model, tokenizer, eval_ex, cfg, version)
+        if version == "v2.0" and cfg.null_threshold:
+            metrics["eval_threshold_0"] = evaluate_examples(model, tokenizer, eval_ex, cfg, version, 0.0)
         no_answer = {e.id: "" for e in eval_ex}
         metrics["eval_baseline_no_answer"] = squad_scores(
             no_answer, {e.id: [a.text for a in e.answers] for e in eval_ex}
@@ -260,7 +329,7 @@ def save_qa_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         if isinstance(model, UpcycledHFQA):

