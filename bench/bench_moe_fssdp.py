@@ -10,6 +10,9 @@ It prints ms/step, the ratio to DDP, and the expert parameters each rank keeps b
 
     python bench/bench_moe_fssdp.py                       # W=2 gloo on CPU
     python bench/bench_moe_fssdp.py --quick
+    # where FSSDP's design pays: W=4, many experts, skewed routing, many tokens per rank (EP's owner of the hot
+    # experts computes nearly every token; FSSDP gathers the few hot experts and each rank computes its own)
+    python bench/bench_moe_fssdp.py --world 4 --experts 32 --d-model 128 --hidden 256 --tokens 4096 --skew 3
     python bench/bench_moe_fssdp.py --device cuda --world 2   # NCCL (untested here: no GPU on this machine)
 """
 

@@ -46,7 +46,6 @@ def qa_dir(tmp_path_factory) -> Path:
     return tmp / "model"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("bits,extra", [("2", []), ("ternary", ["--zeros", "0.8"])])
 def test_compress_a_qa_model_and_run_it_compressed(qa_dir: Path, tmp_path: Path, bits: str, extra) -> None:
     from cli import main
@@ -77,7 +76,6 @@ def test_compress_a_qa_model_and_run_it_compressed(qa_dir: Path, tmp_path: Path,
     assert sum(isinstance(m, QMoEExperts) for m in model.modules()) == 1
 
 
-@pytest.mark.slow
 def test_compress_a_moe_gnn_encoder(tmp_path: Path) -> None:
     from circuitml.aig import AIGBuilder
     from circuitml.commands.moe import compress_saved_model

@@ -196,6 +196,16 @@ def test_each_fusion_trains_end_to_end_and_reports_held_out_scores(tiny_resource
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
 
 
+def test_a_fusion_blind_to_the_circuit_scores_chance_at_choosing_it(tiny_resources) -> None:
+    from circuitml.tasks.pill.train import PillTrainConfig, choice_hit, train_pill
+
+    assert choice_hit(torch.tensor([2.0, 1.0, 0.0])) == 1.0 and choice_hit(torch.tensor([0.0, 1.0])) == 0.0
+    assert choice_hit(torch.tensor([1.0, 1.0, 0.0, 1.0])) == pytest.approx(1 / 3)
+    cfg = PillTrainConfig(fusion="text", steps=1, batch=4, bottleneck=4, fuse_from=1, choices=3)
+    scores = train_pill(tiny_resources, cfg)["scores"]
+    assert all(s["choose_circuit"] == pytest.approx(1 / 3) for s in scores.values())
+
+
 def test_pill_and_concat_have_matched_trainable_parameters(tiny_resources) -> None:
     from circuitml.tasks.pill.model import trainable_parameters
     from circuitml.tasks.pill.train import PillTrainConfig, build_model

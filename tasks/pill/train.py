@@ -8,7 +8,8 @@ alone). A training step then runs only the fused top layers with their adapters,
 Training: binary matching (BCE) on one positive and one hard negative per sampled training design. Evaluation,
 on items drawn with a fixed seed so every fusion and seed sees the same ones: matching accuracy (logit > 0), and
 multiple choice among ``choices`` same-family candidates, picking the circuit for a description or the
-description for a circuit (argmax of the scores).
+description for a circuit (argmax of the scores; a tie counts as a uniform random pick among the tied, so a
+fusion blind to one side scores chance, not the right answer's fixed position).
 """
 
 from __future__ import annotations
@@ -164,6 +165,13 @@ def _score(
     return model.score_states(states[idx, :length], m[:, :length], circuits)
 
 
+def choice_hit(scores: Tensor) -> float:
+    """Expected accuracy of picking the best of ``scores`` (the right answer first), ties broken at random."""
+    best = scores.max()
+    tied = (scores >= best - 1e-6 * max(1.0, float(best.abs()))).nonzero().flatten().tolist()
+    return 1.0 / len(tied) if 0 in tied else 0.0
+
+
 def build_model(res: PillResources, cfg: PillTrainConfig) -> TextCircuitScorer:
     return TextCircuitScorer(
         res.bert,
@@ -193,7 +201,7 @@ def evaluate(
     for texts, circuits in choice_items(designs, cfg.choices, rng, fallback=res.designs):
         cand = [(texts[0], c) for c in circuits] if len(texts) == 1 else [(t, circuits[0]) for t in texts]
         key = "choose_circuit" if len(texts) == 1 else "choose_text"
-        hits[key].append(float(int(_score(model, res, cfg, cand).argmax()) == 0))
+        hits[key].append(choice_hit(_score(model, res, cfg, cand)))
     for key, h in hits.items():
         out[key] = sum(h) / len(h) if h else float("nan")
         out[f"{key}_items"] = len(h)
