@@ -426,7 +426,11 @@ class QMoEExperts(nn.Module):
         )
 
     def nbytes(self) -> int:
-        return self.gate_up.nbytes() + self.down.nbytes() + sum(b.numel() * b.element_size() for b in self.biases())
+        return (
+            self.gate_up.nbytes()
+            + self.down.nbytes()
+            + sum(b.numel() * b.element_size() for b in self.biases())
+        )
 
     def to_device(self, device: str | torch.device) -> QMoEExperts:
         """Keep the compressed experts on ``device`` so they are decoded there (the CUDA path)."""
