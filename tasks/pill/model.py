@@ -1,11 +1,12 @@
 """PILL on a frozen BERT-layout language model (the shipped MiniLM-L6) with circuit tokens from a circuitml encoder.
 
 Zhang et al., "PILL: Plug Into LLM with Adapter Expert and Attention Gate", arXiv:2311.02126, 2023. Every layer of
-the frozen LM gets the core's :class:`~circuitml.moe.pill.ModalityAdapterExperts` on its FFN output (text tokens to
-the text expert, circuit tokens to the circuit expert) and a :class:`~circuitml.moe.pill.ModalityAttentionGate`
-(text queries see circuit keys only through the gate, closed at start). Circuit tokens: the node embeddings of a
-frozen circuitml encoder, mean-pooled into ``k`` tokens by logic level (level buckets from inputs to outputs) and
-projected to the LM's width.
+the frozen LM from ``fuse_from`` on gets the core's :class:`~circuitml.moe.pill.ModalityAdapterExperts` on its FFN
+output (text tokens to the text expert, circuit tokens to the circuit expert) and a
+:class:`~circuitml.moe.pill.ModalityAttentionGate` (text queries see circuit keys only through the gate, closed at
+start); the layers below run the unchanged LM on the text alone. Circuit tokens: the node embeddings of a frozen
+circuitml encoder, mean-pooled into ``k`` tokens by logic level (level buckets from inputs to outputs, each with the
+log of its node count) and projected to the LM's width.
 
 Fusions compared (same frozen LM, adapters and head; the circuit projection where circuit tokens are used):
 
