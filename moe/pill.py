@@ -13,8 +13,10 @@ Zhang et al., "PILL: Plug Into LLM with Adapter Expert and Attention Gate", arXi
             + g_j\, \mathrm{softmax}(q_i K_{\text{other}}^\top / \sqrt{d})\, V_{\text{other}},
 
   so at initialization the text tokens compute exactly what the unchanged model computes; tokens of the other
-  modality attend every token with one softmax. (PILL's "improved adapter" is not reproduced: the abstract does
-  not specify it; the experts here are standard bottleneck adapters.)
+  modality attend every token with one softmax.
+* The improved adapter: ``adapter="glu"`` makes each expert PILL's GLU adapter, ``U (silu(G h) * D h)`` without
+  biases (the authors' ``GLUAdapter``, github.com/DsaltYfish/PILL); ``"bottleneck"`` is the standard
+  ``U act(D h + b)``.
 """
 
 from __future__ import annotations
@@ -25,21 +27,32 @@ import torch
 from circuitml.moe.experts.adapters import AdapterExperts
 from torch import Tensor, nn
 
+from circuitml.errors import ConfigError
+
 __all__ = ["ModalityAdapterExperts", "ModalityAttentionGate", "gated_modality_attention"]
 
 
 class ModalityAdapterExperts(nn.Module):
-    """One bottleneck adapter per modality, each token routed to its modality's adapter.
+    """One adapter (bottleneck or PILL's GLU adapter) per modality, each token routed to its modality's adapter.
 
     Shapes: ``h [..., d]``, ``modality [...]`` (long, ``0 <= m < num_modalities``) ``-> [..., d]``.
     """
 
     def __init__(
-        self, d_model: int, num_modalities: int = 2, bottleneck: int = 16, activation: str = "gelu"
+        self,
+        d_model: int,
+        num_modalities: int = 2,
+        bottleneck: int = 16,
+        activation: str = "gelu",
+        adapter: str = "bottleneck",
     ) -> None:
         super().__init__()
+        if adapter not in ("bottleneck", "glu"):
+            raise ConfigError(
+                f"ModalityAdapterExperts: adapter: expected 'bottleneck' or 'glu', got {adapter!r}"
+            )
         self.experts = AdapterExperts(
-            None, num_modalities, d_model, kind="bottleneck", rank=bottleneck, activation=activation
+            None, num_modalities, d_model, kind=adapter, rank=bottleneck, activation=activation
         )
 
     def forward(self, h: Tensor, modality: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from circuitml.moe.pill import ModalityAdapterExperts, gated_modality_attention
 from torch_geometric.data import Batch
 
 from circuitml.encoders import EncoderConfig
+from circuitml.errors import ConfigError
 from circuitml.graph import aig_to_data
 from tests.test_lm import needs_minilm
 from tests.test_qa import tiny_bert_config
@@ -140,3 +141,26 @@ def test_every_fusion_trains_only_its_own_parameters(fusion) -> None:
         assert scorer.circuit.proj.weight.grad is not None
     if fusion == "pill":
         assert all(g.alpha.grad is not None for g in scorer.lm.gates)
+
+
+def test_glu_adapter_experts_equal_the_authors_glu_adapter_per_modality() -> None:
+    # PILL's improved adapter (GLUAdapter in github.com/DsaltYfish/PILL): up(silu(gate(x)) * down(x)), no biases
+    torch.manual_seed(0)
+    layer = ModalityAdapterExperts(8, num_modalities=2, bottleneck=3, adapter="glu")
+    ex = layer.experts
+    with torch.no_grad():
+        ex.up.normal_()  # zero at init (identity); give it values so the check can fail
+    h = torch.randn(2, 5, 8)
+    modality = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 0, 0, 1]])
+    want = torch.empty_like(h)
+    for m in (0, 1):
+        x = h[modality == m]
+        z = torch.nn.functional.silu(x @ ex.gate[m].T) * (x @ ex.down[m].T)
+        want[modality == m] = x + z @ ex.up[m].T
+    torch.testing.assert_close(layer(h, modality), want)
+    for m in (0, 1):
+        torch.testing.assert_close(ex.expert(m, h[modality == m]), want[modality == m])
+    assert ex.down_bias is None and ex.act is None
+    assert sum(p.numel() for p in layer.parameters()) == 3 * 2 * 3 * 8
+    with pytest.raises(ConfigError, match="adapter"):
+        ModalityAdapterExperts(8, adapter="lora")

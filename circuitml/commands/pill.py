@@ -53,6 +53,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     bottleneck_opt = typer.Option(16, help="PILL's adapter width per expert (concat/text get twice it).")
     tokens_opt = typer.Option(8, help="Circuit tokens per design (level buckets).")
     fuse_opt = typer.Option(3, help="First LM layer with adapters; the layers below are cached.")
+    adapter_opt = typer.Option(
+        "bottleneck", help="Adapter kind: bottleneck, or glu (PILL's improved adapter)."
+    )
     choices_opt = typer.Option(4, help="Candidates per multiple-choice item.")
     encoder_opt = typer.Option(
         "deepgcn32-allobj-corpus", help="Frozen circuit encoder (folder or shipped name)."
@@ -92,6 +95,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         fuse_from: int = fuse_opt,
         choices: int = choices_opt,
         seed: int = typer.Option(0, help="Random seed."),
+        adapter: str = adapter_opt,
         encoder: str = encoder_opt,
         lm: str = lm_opt,
         out: Path | None = typer.Option(None, "--out", help="Write the run's result JSON here."),
@@ -100,7 +104,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from circuitml.fileio import atomic_write
         from circuitml.tasks.pill.train import PillTrainConfig, train_pill
 
-        cfg = PillTrainConfig(fusion, steps, batch, lr, bottleneck, num_tokens, fuse_from, choices, seed)
+        cfg = PillTrainConfig(
+            fusion, steps, batch, lr, bottleneck, num_tokens, fuse_from, choices, seed, adapter
+        )
         cfg.check()
         result = train_pill(_resources(data, encoder, lm), cfg, log=console.print)
         console.print(f"trainable parameters: {result['trainable_parameters']}")
@@ -127,6 +133,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         num_tokens: int = tokens_opt,
         fuse_from: int = fuse_opt,
         choices: int = choices_opt,
+        adapter: str = adapter_opt,
         encoder: str = encoder_opt,
         lm: str = lm_opt,
     ) -> None:
@@ -134,7 +141,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from circuitml.fileio import atomic_write
         from circuitml.tasks.pill.train import PillTrainConfig, compare_fusions, results_table
 
-        base = PillTrainConfig("pill", steps, batch, lr, bottleneck, num_tokens, fuse_from, choices, 0)
+        base = PillTrainConfig(
+            "pill", steps, batch, lr, bottleneck, num_tokens, fuse_from, choices, 0, adapter
+        )
         for f in fusions:
             PillTrainConfig(**{**base.__dict__, "fusion": f}).check()
         results = compare_fusions(_resources(data, encoder, lm), out, base, fusions, seeds, log=console.print)

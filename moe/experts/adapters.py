@@ -115,7 +115,9 @@ class AdapterExperts(nn.Module):
     ``kind="lora"``: expert ``e`` is ``f(x) + s B_e A_e x`` — LoRA when ``f`` is linear, a parallel
     low-rank adapter around ``f`` otherwise. ``kind="bottleneck"``: expert ``e`` is
     ``h + U_e act(D_e h)`` with ``h = f(x)`` (Houlsby adapter on the frozen output; needs ``d_in`` and
-    ``d_out`` equal only through ``f``). ``kind="parallel"``: expert ``e`` is ``f(x) + U_e act(D_e x)``, a
+    ``d_out`` equal only through ``f``). ``kind="glu"``: expert ``e`` is ``h + U_e (silu(G_e h) * D_e h)``,
+    PILL's improved adapter (a SwiGLU bottleneck without biases; Zhang et al., "PILL: Plug Into LLM with Adapter
+    Expert and Attention Gate", arXiv:2311.02126, 2023). ``kind="parallel"``: expert ``e`` is ``f(x) + U_e act(D_e x)``, a
     bottleneck adapter beside ``f`` reading its input (He et al., "Towards a Unified View of
     Parameter-Efficient Transfer Learning", ICLR 2022; the domain adapters of MixDA). Since ``f`` is shared,
     the block computes
@@ -129,7 +131,7 @@ class AdapterExperts(nn.Module):
             (``d_in == d_out``).
         num_experts: ``E``.
         d_in, d_out: widths of ``f``.
-        kind: ``"lora"``, ``"bottleneck"`` or ``"parallel"``.
+        kind: ``"lora"``, ``"bottleneck"``, ``"glu"`` or ``"parallel"``.
         rank: LoRA rank / bottleneck width.
         alpha: LoRA scaling numerator (scale ``alpha / rank``).
         activation: bottleneck activation.
@@ -147,9 +149,9 @@ class AdapterExperts(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if kind not in ("lora", "bottleneck", "parallel"):
+        if kind not in ("lora", "bottleneck", "glu", "parallel"):
             raise ConfigError(
-                f"AdapterExperts: kind: expected 'lora', 'bottleneck' or 'parallel', got {kind!r}"
+                f"AdapterExperts: kind: expected 'lora', 'bottleneck', 'glu' or 'parallel', got {kind!r}"
             )
         d_out = d_in if d_out is None else d_out
         if base is None and d_in != d_out:
@@ -165,13 +167,19 @@ class AdapterExperts(nn.Module):
         first_in = d_in if self.reads_input else d_out
         self.down = nn.Parameter(torch.empty(num_experts, rank, first_in))  # A_e / D_e as [E, out, in]
         self.up = nn.Parameter(torch.zeros(num_experts, d_out, rank))  # B_e / U_e, zero: start at f
-        self.down_bias = nn.Parameter(torch.zeros(num_experts, rank)) if kind != "lora" else None
-        self.act = _act(activation) if kind != "lora" else None
+        # glu: the gate projection G_e; like PILL's GLUAdapter it has no biases and no other activation
+        self.gate = nn.Parameter(torch.empty(num_experts, rank, first_in)) if kind == "glu" else None
+        self.down_bias = (
+            nn.Parameter(torch.zeros(num_experts, rank)) if kind in ("bottleneck", "parallel") else None
+        )
+        self.act = _act(activation) if kind in ("bottleneck", "parallel") else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.down.shape[-1])
         nn.init.uniform_(self.down, -bound, bound)
+        if self.gate is not None:
+            nn.init.uniform_(self.gate, -bound, bound)
         nn.init.zeros_(self.up)
         if self.down_bias is not None:
             nn.init.zeros_(self.down_bias)
@@ -185,6 +193,8 @@ class AdapterExperts(nn.Module):
         z = F.linear(src, self.down[e], None if self.down_bias is None else self.down_bias[e])
         if self.act is not None:
             z = self.act(z)
+        if self.gate is not None:
+            z = F.silu(F.linear(src, self.gate[e])) * z
         return self.scaling * F.linear(z, self.up[e])
 
     def expert(self, e: int, x: Tensor) -> Tensor:
@@ -222,5 +232,7 @@ class AdapterExperts(nn.Module):
             z = z + self.down_bias.index_select(0, expert_of_row)
         if self.act is not None:
             z = self.act(z)
+        if self.gate is not None:
+            z = F.silu(segment_matmul(src, self.gate.transpose(1, 2), plan)) * z
         delta = self.scaling * segment_matmul(z, self.up.transpose(1, 2), plan)
         return combine_outputs(delta, weights, plan)

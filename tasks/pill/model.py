@@ -49,13 +49,19 @@ class PILLBert(nn.Module):
         bert: a ``BertModel`` (frozen here, kept in eval mode).
         fusion: ``"pill"`` (gated attention, per-modality adapters) or ``"concat"`` (plain attention, one adapter).
         bottleneck: adapter width.
+        adapter: ``"bottleneck"`` or ``"glu"`` (PILL's improved adapter, see :mod:`circuitml.moe.pill`).
         fuse_from: the first layer that gets adapters (and sees the second modality). The layers below run the
             unchanged LM on the text alone, so their output depends on nothing trainable and
             :meth:`frozen_states` can be computed once per text and cached.
     """
 
     def __init__(
-        self, bert: nn.Module, fusion: str = "pill", bottleneck: int = 16, fuse_from: int = 0
+        self,
+        bert: nn.Module,
+        fusion: str = "pill",
+        bottleneck: int = 16,
+        fuse_from: int = 0,
+        adapter: str = "bottleneck",
     ) -> None:
         super().__init__()
         if fusion not in ("pill", "concat"):
@@ -72,7 +78,7 @@ class PILLBert(nn.Module):
         experts = 2 if fusion == "pill" else 1
         fused = n_layers - fuse_from
         self.adapters = nn.ModuleList(
-            ModalityAdapterExperts(self.d_model, experts, bottleneck) for _ in range(fused)
+            ModalityAdapterExperts(self.d_model, experts, bottleneck, adapter=adapter) for _ in range(fused)
         )
         self.gates = (
             nn.ModuleList(ModalityAttentionGate(self.num_heads) for _ in range(fused))
@@ -184,6 +190,7 @@ class TextCircuitScorer(nn.Module):
         bottleneck: int = 16,
         num_tokens: int = 8,
         fuse_from: int = 0,
+        adapter: str = "bottleneck",
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -191,7 +198,9 @@ class TextCircuitScorer(nn.Module):
         self.fusion = fusion
         d = bert.config.hidden_size
         self.lm = (
-            PILLBert(bert, "concat" if fusion in ("concat", "text") else "pill", bottleneck, fuse_from)
+            PILLBert(
+                bert, "concat" if fusion in ("concat", "text") else "pill", bottleneck, fuse_from, adapter
+            )
             if fusion != "circuit"
             else None
         )

@@ -50,6 +50,7 @@ class PillTrainConfig:
     fuse_from: int = 3
     choices: int = 4
     seed: int = 0
+    adapter: str = "bottleneck"  # or "glu", PILL's improved adapter (for every fusion that has adapters)
 
     def check(self) -> None:
         if self.fusion not in FUSIONS:
@@ -57,6 +58,8 @@ class PillTrainConfig:
         for name in ("steps", "batch", "bottleneck", "num_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"pill: {name}: expected a positive number, got {getattr(self, name)}")
+        if self.adapter not in ("bottleneck", "glu"):
+            raise ConfigError(f"pill: adapter {self.adapter!r}: expected 'bottleneck' or 'glu'")
         if self.choices < 2:
             raise ConfigError(f"pill: choices: expected at least 2, got {self.choices}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -180,6 +183,7 @@ def build_model(res: PillResources, cfg: PillTrainConfig) -> TextCircuitScorer:
         bottleneck=fusion_bottleneck(cfg.fusion, cfg.bottleneck),
         num_tokens=cfg.num_tokens,
         fuse_from=cfg.fuse_from,
+        adapter=cfg.adapter,
     )
 
 
