@@ -242,14 +242,16 @@ def mask_tokens(
 ) -> tuple[Tensor, Tensor]:
     """BERT's masking: ``rate`` of the ``maskable`` tokens are chosen; of those 80 % become ``[MASK]``, 10 % a
     random token, 10 % stay. Returns ``(masked input ids, chosen [B, T] bool)``; at least one token per call is
-    chosen when any is maskable, so the loss is always defined."""
-    draw = torch.rand(input_ids.shape, generator=generator)
+    chosen when any is maskable, so the loss is always defined. The draws come from ``generator`` on the CPU (the
+    same masks on any device) and move to the device of ``input_ids``."""
+    dev = input_ids.device
+    draw = torch.rand(input_ids.shape, generator=generator).to(dev)
     chosen = maskable & (draw < rate)
     if not chosen.any() and maskable.any():
         first = maskable.reshape(-1).nonzero()[0]
         chosen = chosen.reshape(-1).index_fill(0, first, True).reshape(chosen.shape)
-    kind = torch.rand(input_ids.shape, generator=generator)
-    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    kind = torch.rand(input_ids.shape, generator=generator).to(dev)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator).to(dev)
     out = torch.where(chosen & (kind < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
     out = torch.where(chosen & (kind >= 0.8) & (kind < 0.9), random_ids, out)
     return out, chosen

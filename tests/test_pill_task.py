@@ -262,6 +262,9 @@ def test_pill_command_errors_are_one_line(tmp_path, capfd) -> None:
         ["pill", "train", str(tmp_path), "--fusion", "late"],
         ["pill", "table", str(tmp_path / "nope.json")],
         ["pill", "data", str(tmp_path / "d"), "--variants", "1"],
+        ["pill", "train", str(tmp_path), "--device", "tpu"],
+        ["pill", "compare", str(tmp_path), "--out", str(tmp_path / "o"), "--threads", "0"],
+        ["pill", "train", str(tmp_path), "--adapter", "lora"],
     ):
         code = cli.main(argv)
         err = capfd.readouterr().err

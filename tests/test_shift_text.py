@@ -148,3 +148,13 @@ def test_shift_text_cli_names_the_articles_on_a_bad_held_out(tmp_path, shared_da
     err = capsys.readouterr().err
     assert code == 2 and "'Vikings': expected one of ['Computational_complexity_theory', 'Normans']" in err
     assert "Traceback" not in err and not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("bad", [["--device", "tpu"], ["--threads", "0"]])
+def test_shift_text_rejects_bad_runtime_options_before_reading_data(tmp_path, capsys, bad) -> None:
+    from cli import main
+
+    code = main(["shift", "text", "--data", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"), *bad])
+    err = capsys.readouterr().err
+    assert code == 2 and bad[0] in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

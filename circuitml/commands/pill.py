@@ -14,18 +14,17 @@ console = Console()
 _FUSIONS_HELP = "pill, concat, text or circuit."
 
 
-def _resources(data: Path, encoder: str, lm: str):
-    import torch
-
+def _resources(data: Path, encoder: str, lm: str, threads: int | None = 1, device: str = "cpu"):
     from circuitml.encoders import load_encoder
     from circuitml.lm import load_lm
+    from circuitml.tasks.common import configure_runtime
     from circuitml.tasks.pill.data import load_pill_designs
     from circuitml.tasks.pill.train import PillResources
 
-    torch.set_num_threads(1)
+    dev = configure_runtime(threads, device)
     load_pill_designs(data)  # a bad data folder fails before the models load
     bert, tokenizer = load_lm(lm)
-    return PillResources(data, bert, tokenizer, load_encoder(encoder), encoder_name=encoder)
+    return PillResources(data, bert, tokenizer, load_encoder(encoder), encoder_name=encoder, device=dev)
 
 
 def _table(results: dict) -> Table:
@@ -57,6 +56,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         "bottleneck", help="Adapter kind: bottleneck, or glu (PILL's improved adapter)."
     )
     choices_opt = typer.Option(4, help="Candidates per multiple-choice item.")
+    threads_opt = typer.Option(1, "--threads", help="CPU threads for torch.")
+    device_opt = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto.")
     encoder_opt = typer.Option(
         "deepgcn32-allobj-corpus", help="Frozen circuit encoder (folder or shipped name)."
     )
@@ -96,6 +97,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         choices: int = choices_opt,
         seed: int = typer.Option(0, help="Random seed."),
         adapter: str = adapter_opt,
+        threads: int = threads_opt,
+        device: str = device_opt,
         encoder: str = encoder_opt,
         lm: str = lm_opt,
         out: Path | None = typer.Option(None, "--out", help="Write the run's result JSON here."),
@@ -108,7 +111,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             fusion, steps, batch, lr, bottleneck, num_tokens, fuse_from, choices, seed, adapter
         )
         cfg.check()
-        result = train_pill(_resources(data, encoder, lm), cfg, log=console.print)
+        result = train_pill(_resources(data, encoder, lm, threads, device), cfg, log=console.print)
         console.print(f"trainable parameters: {result['trainable_parameters']}")
         for split, s in result["scores"].items():
             console.print(
@@ -134,6 +137,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         fuse_from: int = fuse_opt,
         choices: int = choices_opt,
         adapter: str = adapter_opt,
+        threads: int = threads_opt,
+        device: str = device_opt,
         encoder: str = encoder_opt,
         lm: str = lm_opt,
     ) -> None:
@@ -146,7 +151,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         )
         for f in fusions:
             PillTrainConfig(**{**base.__dict__, "fusion": f}).check()
-        results = compare_fusions(_resources(data, encoder, lm), out, base, fusions, seeds, log=console.print)
+        res = _resources(data, encoder, lm, threads, device)
+        results = compare_fusions(res, out, base, fusions, seeds, log=console.print)
         rows = results_table(results)
         md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         md += ["| " + " | ".join(r) + " |" for r in rows[1:]]

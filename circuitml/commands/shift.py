@@ -109,6 +109,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         max_length: int = typer.Option(192, help="Tokens per window."),
         seeds: list[int] = typer.Option([0], "--seed", help="Random seeds (repeat for mean ± std)."),
         threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto."),
     ) -> None:
         """Span error rate on a held-out article: no-answer, all sources, MixDA (MLM domain adapter), MixDA
         without stage 1."""
@@ -118,7 +119,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from circuitml.tasks.common import configure_runtime
         from circuitml.tasks.shift.qa import TextShiftConfig, run_text_shift, text_results_markdown
 
-        configure_runtime(threads, "cpu")
+        dev = configure_runtime(threads, device)  # before any data is read: a bad device fails at once
         examples, _ = read_squad(data)
         titles = sorted({e.title for e in examples})
         if len(titles) < 2:
@@ -144,7 +145,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 if str(seed) in results.get(target, {}):
                     continue
                 cfg = TextShiftConfig(
-                    lm=lm, steps=steps, adapt_steps=adapt_steps, max_length=max_length, seed=seed
+                    lm=lm,
+                    steps=steps,
+                    adapt_steps=adapt_steps,
+                    max_length=max_length,
+                    seed=seed,
+                    device=str(dev),
                 )
                 results.setdefault(target, {})[str(seed)] = run_text_shift(
                     examples, target, cfg, progress=console.print

@@ -83,9 +83,12 @@ class PillResources:
         tokenizer: Any,
         encoder: torch.nn.Module,
         encoder_name: str | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.root = Path(root)
-        self.bert, self.tokenizer, self.encoder = bert.eval(), tokenizer, encoder.eval()
+        self.device = torch.device(device)
+        self.bert, self.tokenizer = bert.eval().to(self.device), tokenizer
+        self.encoder = encoder.eval().to(self.device)
         self.encoder_name = encoder_name
         self.designs = load_pill_designs(root)
         if not self.designs:
@@ -126,8 +129,8 @@ class PillResources:
         feats: dict[str, Tensor] = {}
         for start in range(0, len(ids), 16):
             chunk = ids[start : start + 16]
-            pooled = pooler.pool(Batch.from_data_list([ds.graph(pos[i]) for i in chunk]))
-            feats.update({i: pooled[j].contiguous() for j, i in enumerate(chunk)})
+            pooled = pooler.pool(Batch.from_data_list([ds.graph(pos[i]) for i in chunk]).to(self.device))
+            feats.update({i: pooled[j].cpu().contiguous() for j, i in enumerate(chunk)})  # cached on the CPU
         if path is not None:
             atomic_write(path, st_save(feats))
         self._circuits[num_tokens] = feats
@@ -138,8 +141,8 @@ class PillResources:
         if fuse_from in self._texts:
             return self._texts[fuse_from]
         texts = sorted({t for d in self.designs for t in d.descriptions})
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-        lm = PILLBert(self.bert, "concat", 1, fuse_from)
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        lm = PILLBert(self.bert, "concat", 1, fuse_from).to(self.device)
         states = torch.cat(
             [
                 lm.frozen_states(enc["input_ids"][i : i + 64], enc["attention_mask"][i : i + 64])
@@ -158,11 +161,13 @@ def _score(
 ) -> Tensor:
     """Scores ``[len(pairs)]`` of ``(description, design)`` pairs from the cached frozen features."""
     feats = res.circuit_features(cfg.num_tokens)
-    circuits = torch.stack([feats[d.id] for _, d in pairs]) if model.circuit is not None else None
+    circuits = (
+        torch.stack([feats[d.id] for _, d in pairs]).to(res.device) if model.circuit is not None else None
+    )
     if model.lm is None:
         return model.score_states(None, None, circuits)
     rows, states, mask = res.text_states(cfg.fuse_from)
-    idx = torch.tensor([rows[t] for t, _ in pairs])
+    idx = torch.tensor([rows[t] for t, _ in pairs], device=states.device)
     m = mask[idx]
     length = int(m.sum(1).max())  # trim the padding no text of this batch needs
     return model.score_states(states[idx, :length], m[:, :length], circuits)
@@ -184,7 +189,7 @@ def build_model(res: PillResources, cfg: PillTrainConfig) -> TextCircuitScorer:
         num_tokens=cfg.num_tokens,
         fuse_from=cfg.fuse_from,
         adapter=cfg.adapter,
-    )
+    ).to(res.device)
 
 
 @torch.no_grad()
@@ -198,14 +203,14 @@ def evaluate(
     pairs = matching_pairs(designs, rng, fallback=res.designs)
     scores = torch.cat(
         [_score(model, res, cfg, [(t, d) for t, d, _ in pairs[i : i + 64]]) for i in range(0, len(pairs), 64)]
-    )
+    ).cpu()
     labels = torch.tensor([y for _, _, y in pairs], dtype=torch.bool)
     out = {"match": float(((scores > 0) == labels).float().mean()), "pairs": len(pairs)}
     hits: dict[str, list[float]] = {"choose_circuit": [], "choose_text": []}
     for texts, circuits in choice_items(designs, cfg.choices, rng, fallback=res.designs):
         cand = [(texts[0], c) for c in circuits] if len(texts) == 1 else [(t, circuits[0]) for t in texts]
         key = "choose_circuit" if len(texts) == 1 else "choose_text"
-        hits[key].append(choice_hit(_score(model, res, cfg, cand)))
+        hits[key].append(choice_hit(_score(model, res, cfg, cand).cpu()))
     for key, h in hits.items():
         out[key] = sum(h) / len(h) if h else float("nan")
         out[f"{key}_items"] = len(h)
@@ -241,7 +246,7 @@ def train_pill(
         model.train()
         batch = rng.sample(train, min(cfg.batch, len(train)))
         pairs = matching_pairs(batch, rng, fallback=train)
-        target = torch.tensor([float(y) for _, _, y in pairs])
+        target = torch.tensor([float(y) for _, _, y in pairs], device=res.device)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
             _score(model, res, cfg, [(t, d) for t, d, _ in pairs]), target
         )

@@ -44,7 +44,9 @@ __all__ = [
 MASK_TOKEN_ID = 4  # [MASK] in the tokenizers trained by circuitml.tasks.qa.data
 
 
-def qa_batches(feats: QAFeatures, batch_size: int) -> list[dict[str, Tensor]]:
+def qa_batches(
+    feats: QAFeatures, batch_size: int, device: torch.device | str = "cpu"
+) -> list[dict[str, Tensor]]:
     out = []
     for lo in range(0, len(feats), batch_size):
         sl = slice(lo, lo + batch_size)
@@ -59,6 +61,7 @@ def qa_batches(feats: QAFeatures, batch_size: int) -> list[dict[str, Tensor]]:
         )
         if feats.token_type_ids is not None:
             out[-1]["token_type_ids"] = feats.token_type_ids[sl]
+        out[-1] = {k: v.to(device) for k, v in out[-1].items()}
     return out
 
 
@@ -203,11 +206,12 @@ class TextShiftConfig:
     adapt_lr: float = 1e-3
     bottleneck: int = 16
     seed: int = 0
+    device: str = "cpu"
 
 
 def _null_preds(batch: dict[str, Tensor]) -> Tensor:
     """Always "no answer": the [CLS] position wins start and end in every window."""
-    full = torch.zeros(*batch["attention_mask"].shape, 2)
+    full = torch.zeros(*batch["attention_mask"].shape, 2, device=batch["attention_mask"].device)
     full[:, 0] = 1.0
     return full[batch["attention_mask"].bool()]
 
@@ -235,14 +239,15 @@ def run_text_shift(
     torch.manual_seed(cfg.seed)
     task = QAShiftTask(lm=cfg.lm, seed=cfg.seed)
     tok = AutoTokenizer.from_pretrained(str(resolve_lm(cfg.lm)), local_files_only=True)
-    src_b = qa_batches(make_features(source, tok, cfg.max_length, cfg.stride), cfg.batch_size)
+    dev = torch.device(cfg.device)
+    src_b = qa_batches(make_features(source, tok, cfg.max_length, cfg.stride), cfg.batch_size, dev)
     # the target's windows: their text is stage 1's unlabeled data, their labels only score the methods
-    tgt_b = qa_batches(make_features(held, tok, cfg.max_length, cfg.stride), cfg.batch_size)
+    tgt_b = qa_batches(make_features(held, tok, cfg.max_length, cfg.stride), cfg.batch_size, dev)
     row: dict[str, float] = {"test_questions": float(len(held)), "source_questions": float(len(source))}
     t0 = time.time()
     row["no_answer"] = evaluate(task, _null_preds, tgt_b)
 
-    base = task.make_model()
+    base = task.make_model().to(dev)
     params = [p for n, p in base.named_parameters() if not n.startswith("lm_head.")]
     fit(base, lambda m, b: task.loss(m(b), b), src_b, cfg.steps, lr=cfg.lr, params=params, seed=cfg.seed)
     base.eval()
