@@ -491,6 +491,27 @@ def make_targets(workdir: Path) -> list[Target]:
 
     targets.append(Target("checkpoint", [ck_seed], run_checkpoint, str(ck_dir), 0.5))
 
+    # --- QMoE compressed experts (what `circuitml moe eval --experts` reads), loaded and run on a few tokens
+    from circuitml.moe import build_moe
+    from circuitml.moe.systems.qmoe import apply_qmoe, compress_model, load_qmoe, save_qmoe
+
+    torch.manual_seed(0)
+    moe_model = build_moe(d_model=16, num_experts=2, d_hidden=16, top_k=1)
+    calib = torch.randn(40, 16)
+    qmoe_path = workdir / "qmoe" / "experts.safetensors"
+    qmoe_path.parent.mkdir(parents=True, exist_ok=True)
+    save_qmoe(compress_model(moe_model, lambda: moe_model(calib)), qmoe_path)
+    qmoe_seed = qmoe_path.read_bytes()
+
+    def run_qmoe(data: bytes) -> Any:
+        qmoe_path.write_bytes(data)
+        twin = build_moe(d_model=16, num_experts=2, d_hidden=16, top_k=1)
+        apply_qmoe(twin, load_qmoe(qmoe_path), where=qmoe_path)  # as `moe eval` does
+        with torch.no_grad():
+            return twin(calib[:4])
+
+    targets.append(Target("qmoe-experts", [qmoe_seed], run_qmoe, "experts.safetensors", 0.5))
+
     # --- OpenABC-D
     recipes = generate_recipes(4, seed=0)
     csv_seed = "synth_id,recipe_abc,synthID2Vec\n" + "".join(

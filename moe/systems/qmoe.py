@@ -311,16 +311,28 @@ def decode(
     # the last column collects the writes of escape and end tokens
     out = torch.zeros(lanes.numel(), lane_len + 1, dtype=torch.int8, device=dev)
     active = torch.arange(lanes.numel(), device=dev)
+    limit = lane_start.long().index_select(0, lanes + 1)  # a lane's bits end where the next lane's start
     while active.numel():
         pos = bitpos[active]
+        if bool((pos >= limit[active]).any()):
+            # a well-formed lane ends with its end token inside its bits; a damaged one must not run on
+            raise CheckpointError("qmoe: a compressed lane runs past its bits (damaged stream)")
         byte = pos >> 3
         window = (padded[byte] << 16) | (padded[byte + 1] << 8) | padded[byte + 2]
         peek = (window >> (8 - (pos & 7))) & 0xFFFF
         token, length = sym_table[peek], len_table[peek]
+        if bool((length == 0).any()):
+            raise CheckpointError(
+                "qmoe: a compressed lane holds a bit pattern of no code word (damaged stream)"
+            )
         bitpos[active] = pos + length
         c = col[active]
         is_value = token < escape
         c = c + torch.where(token == escape, RUN_LIMIT, token // (2 * levels))
+        if bool(((c >= lane_len) & is_value).any()):
+            raise CheckpointError(
+                "qmoe: a compressed lane decodes to more symbols than it holds (damaged stream)"
+            )
         v = values[torch.where(is_value, token % (2 * levels), 0)]
         out[active, torch.where(is_value, c, lane_len)] = torch.where(is_value, v, 0).to(torch.int8)
         col[active] = c + is_value.long()
@@ -587,6 +599,16 @@ def apply_qmoe(model: nn.Module, experts: dict[str, QMoEExperts], where: object 
                 f"{where}: experts {name!r}: expected FFNExperts of shape {q.gate_up.shape} "
                 f"(bias={q.gate_up_bias is not None}), the model has {type(dense).__name__} {want}"
             )
+        want_down = tuple(dense.down_proj.shape)
+        if want_down != q.down.shape or (dense.down_bias is None) != (q.down_bias is None):
+            raise CheckpointError(
+                f"{where}: experts {name!r}: down projection of shape {q.down.shape} "
+                f"(bias={q.down_bias is not None}), the model's is {want_down}"
+            )
+        if q.activation != dense.activation:
+            raise CheckpointError(
+                f"{where}: experts {name!r}: activation {q.activation!r}, the model's is {dense.activation!r}"
+            )
         _replace(model, name, q)
     return model
 
@@ -624,8 +646,12 @@ def read_qmoe_header(path: str | Path) -> dict:
     return check_format(header, path, name=FORMAT, version=2, error=CheckpointError)
 
 
-def load_qmoe(path: str | Path) -> dict[str, QMoEExperts]:
-    """Read what :func:`save_qmoe` wrote: the compressed experts by module name."""
+def load_qmoe(path: str | Path, verify: bool = True) -> dict[str, QMoEExperts]:
+    """Read what :func:`save_qmoe` wrote: the compressed experts by module name.
+
+    Every header field is checked against the tensors before use; with ``verify`` every lane is decoded once, so a
+    damaged stream is a :class:`CheckpointError` naming the file here rather than at the first forward.
+    """
     path = Path(path)
     header = read_qmoe_header(path)
     try:
@@ -633,19 +659,77 @@ def load_qmoe(path: str | Path) -> dict[str, QMoEExperts]:
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: expected a qmoe safetensors file ({exc})") from exc
     out = {}
+    layers = header.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise CheckpointError(f"{path}: 'layers': expected a non-empty list")
     try:
-        for i, layer in enumerate(header["layers"]):
-            mats = [
-                CompressedMatrix(
-                    tuple(layer[part]["shape"]),
-                    layer[part]["rows_per_lane"],
-                    layer[part]["levels"],
-                    *(tensors[f"{i}.{part}.{f}"] for f in _FIELDS),
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, dict) or not isinstance(layer.get("name"), str):
+                raise CheckpointError(f"{path}: layers[{i}]: expected an object with a 'name' string")
+            if layer.get("activation") not in _ACTIVATIONS:
+                raise CheckpointError(
+                    f"{path}: layers[{i}]: activation: expected one of {', '.join(_ACTIVATIONS)}"
                 )
-                for part in ("gate_up", "down")
-            ]
+            mats = [_checked_matrix(path, i, part, layer.get(part), tensors) for part in ("gate_up", "down")]
             biases = [tensors.get(f"{i}.{b}") for b in ("gate_up_bias", "down_bias")]
-            out[layer["name"]] = QMoEExperts(*mats, layer["activation"], *biases)
+            for b, m in zip(biases, mats, strict=True):
+                if b is not None and (b.dtype != torch.float16 or tuple(b.shape) != m.shape[:2]):
+                    raise CheckpointError(
+                        f"{path}: layers[{i}]: a bias is not fp16 of shape {list(m.shape[:2])}"
+                    )
+            experts = QMoEExperts(*mats, layer["activation"], *biases)
+            if verify:
+                for m in mats:  # decode every lane once, so a damaged stream fails here, naming the file
+                    try:
+                        m.symbols(torch.arange(m.shape[0]))
+                    except CheckpointError as exc:
+                        raise CheckpointError(f"{path}: layers[{i}]: {exc}") from None
+            out[layer["name"]] = experts
     except KeyError as exc:
         raise CheckpointError(f"{path}: missing {exc.args[0]!r}") from exc
     return out
+
+
+_ACTIVATIONS = ("gelu", "relu", "silu", "swiglu", "geglu")
+_MAX_QMOE_ELEMENTS = 1 << 30  # expert parameters of one matrix; bounds every allocation the decoder makes
+
+
+def _checked_matrix(
+    path: Path, i: int, part: str, meta: object, tensors: dict[str, Tensor]
+) -> CompressedMatrix:
+    """A :class:`CompressedMatrix` from header ``meta`` and its tensors, every field checked against the others
+    before anything is allocated from them."""
+    where = f"{path}: layers[{i}].{part}"
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: expected an object with shape, rows_per_lane and levels")
+    shape, rpl, levels = meta.get("shape"), meta.get("rows_per_lane"), meta.get("levels")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(type(v) is int and 0 < v <= _MAX_QMOE_ELEMENTS for v in shape)
+        and math.prod(shape) <= _MAX_QMOE_ELEMENTS
+    ):
+        raise CheckpointError(f"{where}: shape: expected 3 positive integers, at most 2^30 elements")
+    if type(rpl) is not int or rpl < 1 or shape[1] % rpl:
+        raise CheckpointError(f"{where}: rows_per_lane: expected a positive divisor of {shape[1]}")
+    if type(levels) is not int or not 1 <= levels <= 7:
+        raise CheckpointError(f"{where}: levels: expected an integer 1..7")
+    stream, lane_start, scale, lengths = (tensors[f"{i}.{part}.{f}"] for f in _FIELDS)
+    lanes = shape[0] * shape[1] // rpl
+    if stream.dtype != torch.uint8 or stream.dim() != 1:
+        raise CheckpointError(f"{where}: stream: expected 1-D uint8")
+    if lane_start.dtype != torch.int32 or tuple(lane_start.shape) != (lanes + 1,):
+        raise CheckpointError(f"{where}: lane_start: expected int32 of length {lanes + 1}")
+    ls = lane_start.long()
+    if int(ls[0]) != 0 or bool((ls[1:] < ls[:-1]).any()) or int(ls[-1]) > 8 * stream.numel():
+        raise CheckpointError(f"{where}: lane_start: expected bit offsets rising from 0 within the stream")
+    if scale.dtype != torch.float16 or tuple(scale.shape) != tuple(shape[:2]):
+        raise CheckpointError(f"{where}: scale: expected fp16 of shape {shape[:2]}")
+    if lengths.dtype != torch.uint8 or tuple(lengths.shape) != (alphabet_size(levels),):
+        raise CheckpointError(f"{where}: lengths: expected uint8 of length {alphabet_size(levels)}")
+    ln = lengths.long()
+    if bool((ln > MAX_CODE_BITS).any()) or float((2.0 ** -ln[ln > 0].double()).sum()) > 1.0:
+        raise CheckpointError(
+            f"{where}: lengths: expected the code lengths of a prefix code, at most 16 bits"
+        )
+    return CompressedMatrix(tuple(shape), rpl, levels, stream, lane_start, scale, lengths)
