@@ -313,26 +313,21 @@ def decode(
     active = torch.arange(lanes.numel(), device=dev)
     limit = lane_start.long().index_select(0, lanes + 1)  # a lane's bits end where the next lane's start
     while active.numel():
+        # Reading at pos is safe before it is checked: the last step left pos below its limit (at most 8 x the
+        # stream's bytes) plus one code word of at most 16 bits, which the 4 padding bytes cover.
         pos = bitpos[active]
-        if bool((pos >= limit[active]).any()):
-            # a well-formed lane ends with its end token inside its bits; a damaged one must not run on
-            raise CheckpointError("qmoe: a compressed lane runs past its bits (damaged stream)")
         byte = pos >> 3
         window = (padded[byte] << 16) | (padded[byte + 1] << 8) | padded[byte + 2]
         peek = (window >> (8 - (pos & 7))) & 0xFFFF
         token, length = sym_table[peek], len_table[peek]
-        if bool((length == 0).any()):
-            raise CheckpointError(
-                "qmoe: a compressed lane holds a bit pattern of no code word (damaged stream)"
-            )
-        bitpos[active] = pos + length
         c = col[active]
         is_value = token < escape
         c = c + torch.where(token == escape, RUN_LIMIT, token // (2 * levels))
-        if bool(((c >= lane_len) & is_value).any()):
-            raise CheckpointError(
-                "qmoe: a compressed lane decodes to more symbols than it holds (damaged stream)"
-            )
+        # one check (one device sync) per step: a well-formed lane ends with its end token inside its bits, reads
+        # only code words, and never decodes more symbols than it holds
+        if bool(((pos >= limit[active]) | (length == 0) | ((c >= lane_len) & is_value)).any()):
+            raise CheckpointError("qmoe: a compressed lane is damaged (it runs past its bits or symbols)")
+        bitpos[active] = pos + length
         v = values[torch.where(is_value, token % (2 * levels), 0)]
         out[active, torch.where(is_value, c, lane_len)] = torch.where(is_value, v, 0).to(torch.int8)
         col[active] = c + is_value.long()
