@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 from circuitml.datasets.squad import SquadAnswer, SquadExample
-from circuitml.tasks.qa.augment import augment_examples, eda_words
+from circuitml.tasks.qa.augment import SynonymTable, augment_examples, eda_words
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA
 from circuitml.tasks.qa.train import QATrainConfig, _freeze_bottom, _predict, _resolve_init, train_qa
 from hypothesis import given, settings
@@ -37,7 +37,11 @@ def test_eda_keeps_every_answer_span(before, answer, after, cut, seed) -> None:
     ex = SquadExample(
         "q", "t", ctx, "what is the thing here ?", [SquadAnswer(text, start), SquadAnswer(inner, start)]
     )
-    for aug in augment_examples([ex], copies=3, alpha=0.3, seed=seed)[1:]:
+    table = SynonymTable({"abc": ["xyz"], "fed": ["qq", "rr"], "bad": ["Good"]})
+    for aug in [
+        *augment_examples([ex], copies=3, alpha=0.3, seed=seed)[1:],
+        *augment_examples([ex], copies=3, alpha=0.3, seed=seed, synonyms=table)[1:],
+    ]:
         assert [a.text for a in aug.answers] == [text, inner]
         for a in aug.answers:
             assert aug.context[a.start : a.start + len(a.text)] == a.text
@@ -72,9 +76,58 @@ def test_eda_operations_by_definition() -> None:
         out = eda_words(words, "delete", 0.5, rng, locked)
         assert "c" in out and "d" in out and out.index("c") + 1 == out.index("d")
     with pytest.raises(ConfigError, match="operation"):
+        eda_words(words, "paraphrase", 0.1, rng)
+    with pytest.raises(ConfigError, match="synonym table"):
         eda_words(words, "synonym", 0.1, rng)
     with pytest.raises(ConfigError, match="alpha"):
         augment_examples([], alpha=1.5)
+
+
+def test_synonym_replacement_by_definition() -> None:
+    table = SynonymTable({"fox": ["wolf"], "river": ["stream", "creek"], "lazy": ["idle"]})
+    words = "The Fox, saw the river near a lazy dog".split()
+    rng = random.Random(1)
+    for _ in range(20):
+        out = eda_words(words, "synonym", 0.2, rng, synonyms=table)  # n = round(0.2 * 9) = 2 replacements
+        changed = [(a, b) for a, b in zip(words, out, strict=True) if a != b]
+        assert len(changed) == 2
+        for before, after in changed:
+            core = before.strip(",").lower()
+            assert after.strip(",").lower() in table[core]
+            assert after[0].isupper() == before[0].isupper() and after.endswith(",") == before.endswith(",")
+    locked = [w in ("river", "lazy") for w in words]
+    assert eda_words(words, "synonym", 0.5, rng, locked, table) == ["The", "Wolf,", *words[2:]]
+    # insertion with a table inserts a synonym of a word of the text
+    inserted = eda_words("fox river".split(), "insert", 0.5, random.Random(0), synonyms=table)
+    assert len(inserted) == 3 and set(inserted) - {"fox", "river"} <= {"wolf", "stream", "creek"}
+
+
+def test_synonym_table_from_embeddings_equals_brute_force() -> None:
+    gen = torch.Generator().manual_seed(0)
+    vocab = {
+        w: i for i, w in enumerate("alpha alphas beta gamma delta the epsilon ##ing zeta eta theta".split())
+    }
+    emb = torch.randn(len(vocab), 8, generator=gen)
+    table = SynonymTable.from_embeddings(vocab, emb, ["Alpha", "beta", "the", "unknown"], k=3, min_cosine=0.0)
+    unit = torch.nn.functional.normalize(emb, dim=1)
+    for word in ("alpha", "beta"):
+        ranked = sorted(
+            (t for t in vocab if t.isalpha() and t != "the" and t[:4] != word[:4]),
+            key=lambda t: -float(unit[vocab[word]] @ unit[vocab[t]]),
+        )
+        want = [t for t in ranked if float(unit[vocab[word]] @ unit[vocab[t]]) >= 0.0][:3]
+        assert list(table[word]) == want
+    assert table["the"] == () and table["unknown"] == ()  # stop words and unknown words get none
+
+
+def test_eda_synonyms_need_a_pretrained_model_and_eda(tmp_path) -> None:
+    data = _squad(tmp_path)
+    cfg = QATrainConfig(data=str(data), eda_copies=1, eda_synonyms=True, epochs=1)
+    with pytest.raises(ConfigError, match="word embeddings"):
+        train_qa(cfg, tmp_path / "m")
+    with pytest.raises(ConfigError, match="eda_copies"):
+        train_qa(QATrainConfig(data=str(data), eda_synonyms=True, epochs=1), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def _tiny_bert(tmp_path):
@@ -161,3 +214,128 @@ def test_minilm_switch_eda_trains_end_to_end(tmp_path) -> None:
     assert (metrics["train_questions"], metrics["val_questions"]) == (6, 2)
     assert metrics["train_questions_augmented"] == 12 and metrics["steps"] >= 3
     assert {"HasAns_f1", "NoAns_exact"} <= set(metrics["eval"])
+
+
+# ---------------------------------------------------------------- span head: DrQA's bilinear term, sentence prior
+SENT_WORDS = st.text(alphabet="abcXY. !?\n'", min_size=0, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=SENT_WORDS)
+def test_sentence_spans_cover_every_character_in_order(text) -> None:
+    from circuitml.tasks.qa.sentence_prior import sentence_spans
+
+    spans = sentence_spans(text)
+    assert spans and all(a < b or (a, b) == (0, len(text)) for a, b in spans)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
+    covered = {i for a, b in spans for i in range(a, b)}
+    assert all(i in covered for i, c in enumerate(text) if not c.isspace())
+
+
+def test_sentence_spans_split_at_sentence_ends() -> None:
+    from circuitml.tasks.qa.sentence_prior import sentence_spans
+
+    text = 'Rollo came in 911. He was a Viking! "Why?" Nobody knows. It was e.g. fine'
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "Rollo came in 911.",
+        "He was a Viking!",
+        '"Why?"',
+        "Nobody knows.",
+        "It was e.g. fine",
+    ]
+
+
+class _BagEncoder:
+    """A stand-in sentence encoder: normalised letter counts (deterministic, easy to recompute)."""
+
+    def encode(self, texts):
+        rows = [[t.lower().count(c) + 0.1 for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts]
+        return torch.nn.functional.normalize(torch.tensor(rows), dim=1)
+
+
+def test_sentence_prior_equals_a_naive_per_token_computation(tmp_path) -> None:
+    from circuitml.tasks.qa.data import make_features, train_tokenizer
+    from circuitml.tasks.qa.sentence_prior import sentence_prior, sentence_spans
+
+    context = "Rollo was a Viking. He ruled Normandy from 911. The Normans spoke French. Paris is far."
+    examples = [
+        SquadExample("q1", "t", context, "Who ruled Normandy?", [SquadAnswer("Rollo", 0)]),
+        SquadExample("q2", "t", context, "What language did they speak?", [], True),
+    ]
+    tok = train_tokenizer([context, *(e.question for e in examples)], vocab_size=120, min_frequency=1)
+    feats = make_features(examples, tok, max_length=24, stride=8)  # several windows per example
+    enc = _BagEncoder()
+    got = sentence_prior(examples, feats, enc)
+    for f in range(len(feats)):
+        e = examples[int(feats.example_index[f])]
+        sents = [(a, b) for a, b in sentence_spans(e.context)]
+        q = enc.encode([e.question])[0]
+        cos = [float(enc.encode([e.context[a:b].strip()])[0] @ q) for a, b in sents]
+        for i in range(feats.input_ids.shape[1]):
+            want_rel = 0.0
+            if feats.context_mask[f, i]:
+                start = int(feats.offsets[f, i, 0])
+                j = max(k for k, (a, _) in enumerate(sents) if a <= start)
+                want_rel = cos[j] - max(cos)
+            assert got[f, i, 0].item() == pytest.approx(want_rel, abs=1e-6)
+            assert got[f, i, 1].item() == pytest.approx(max(cos) if i == 0 else 0.0, abs=1e-6)
+
+
+def test_bilinear_head_and_sentence_prior_start_as_the_linear_head_and_learn(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    transformers.AutoModel.from_config(tiny_bert_config()).save_pretrained(tmp_path / "ckpt")
+    torch.manual_seed(0)
+    plain = UpcycledHFQA(SwitchQAConfig(init_from=str(tmp_path / "ckpt"), moe_layers=[])).eval()
+    torch.manual_seed(0)
+    rich = UpcycledHFQA(
+        SwitchQAConfig(
+            init_from=str(tmp_path / "ckpt"), moe_layers=[], span_head="bilinear", sentence_prior=True
+        )
+    ).eval()
+    ids = torch.randint(5, 60, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    qmask = torch.zeros(3, 12, dtype=torch.bool)
+    qmask[:, 1:4] = True
+    prior = torch.randn(3, 12, 2)
+    want = plain(ids, mask)
+    got = rich(ids, mask, question_mask=qmask, prior=prior)
+    torch.testing.assert_close(got.start_logits, want.start_logits)
+    torch.testing.assert_close(got.end_logits, want.end_logits)
+    (got.start_logits[:, 5].sum() - got.end_logits[:, 7].sum()).backward()
+    assert rich.qa_bilinear.weight.grad.abs().sum() > 0 and rich.qa_prior.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="question mask"):
+        rich(ids, mask, prior=prior)
+    with pytest.raises(ConfigError, match="sentence prior"):
+        rich(ids, mask, question_mask=qmask)
+
+
+def test_bilinear_head_and_prior_refuse_the_scratch_model() -> None:
+    from circuitml.tasks.qa.model import build_qa_model
+
+    for opts in ({"span_head": "bilinear"}, {"sentence_prior": True}):
+        with pytest.raises(ConfigError, match="pretrained checkpoint"):
+            build_qa_model(SwitchQAConfig(vocab_size=50, **opts))
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_minilm_bilinear_prior_model_round_trips_through_qa_eval(tmp_path) -> None:
+    from circuitml.tasks.qa.train import evaluate_qa
+
+    data = _squad(tmp_path)
+    cfg = QATrainConfig(
+        data=str(data),
+        eval_data=str(data),
+        max_length=48,
+        stride=16,
+        batch_size=4,
+        epochs=1,
+        lr=1e-3,
+        freeze_bottom=5,
+        null_threshold=0.0,
+        model=SwitchQAConfig(
+            init_from="all-minilm-l6-v2", moe_layers=[], span_head="bilinear", sentence_prior=True
+        ),
+    )
+    metrics = train_qa(cfg, tmp_path / "model")
+    assert evaluate_qa(tmp_path / "model", data) == metrics["eval"]

@@ -64,6 +64,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None, help="Fixed null threshold (default: tuned on the validation contexts)."
         ),
         eda_copies: int = typer.Option(0, help="EDA-augmented copies of each training question."),
+        eda_synonyms: Optional[bool] = typer.Option(
+            None,
+            "--eda-synonyms/--no-eda-synonyms",
+            help="EDA synonym replacement, synonyms from the pretrained model's word embeddings "
+            "(default: on with --init-from).",
+        ),
         freeze_bottom: int = typer.Option(0, help="Upcycled models: freeze embeddings + first N layers."),
         uoe: Optional[str] = typer.Option(
             None,
@@ -107,6 +113,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             val_fraction=val_fraction,
             null_threshold=null_threshold,
             eda_copies=eda_copies,
+            eda_synonyms=eda_synonyms,
             freeze_bottom=freeze_bottom,
             model=model,
         )

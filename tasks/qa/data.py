@@ -93,6 +93,16 @@ class QAFeatures:
     token_type_ids: Tensor | None = (
         None  # [F, T] BERT segment ids (0: question, 1: context), when the tokenizer has them
     )
+    prior: Tensor | None = (
+        None  # [F, T, 2] sentence-prior features (tasks.qa.sentence_prior), when the model uses them
+    )
+
+    @property
+    def question_mask(self) -> Tensor:
+        """``[F, T]`` True on the question's tokens: real tokens outside the context, [CLS] excluded."""
+        mask = self.attention_mask.bool() & ~self.context_mask
+        mask[:, 0] = False
+        return mask
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

@@ -82,6 +82,12 @@ class SwitchQAConfig:
         unit_weight: top-1 routing: combine with ``p / stopgrad(p)`` instead of ``p`` — the value 1 (an
             upcycled model is the dense one at init) with the gradient of ``log p`` (the router still learns).
         init_from: local directory of a DistilBERT/BERT checkpoint to upcycle, or ``None`` for the scratch model.
+        span_head: ``"linear"`` (BERT's: ``start_i = w_s·h_i + b_s``) or ``"bilinear"``, which adds DrQA's
+            question-conditioned term ``h_i^T W_s q`` with ``q`` the mean of the question's token states (Chen et
+            al., "Reading Wikipedia to Answer Open-Domain Questions", ACL 2017); ``W`` starts at zero, so the
+            head starts as the linear one. Upcycled checkpoints only.
+        sentence_prior: add a learned map of :mod:`~circuitml.tasks.qa.sentence_prior` features (the frozen
+            checkpoint's question–sentence similarity) to the span logits; upcycled checkpoints only.
         uoe: Union-of-Experts layers (scratch backbone), ``None`` for dense ones: a dict of :data:`UOE_DEFAULTS`'
             keys — head-group experts of every attention and how many a token keeps (``attn_experts``,
             ``attn_top_k``), hidden-unit experts of every dense FFN, kept per token, in ``mlp_top_groups`` of
@@ -105,6 +111,8 @@ class SwitchQAConfig:
     normalize_weights: bool = False
     unit_weight: bool = False
     init_from: str | None = None
+    span_head: str = "linear"
+    sentence_prior: bool = False
     uoe: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -367,6 +375,10 @@ class SwitchTransformerQA(_QABase):
         super().__init__()
         if config.d_model % config.num_heads:
             raise ConfigError("qa model config: d_model must be a multiple of num_heads")
+        if config.span_head != "linear" or config.sentence_prior:
+            raise ConfigError(
+                "qa model config: span_head 'bilinear' and sentence_prior need a pretrained checkpoint (init_from)"
+            )
         self.config = config
         self.tok = nn.Embedding(config.vocab_size, config.d_model)
         self.pos = nn.Embedding(config.max_position, config.d_model)
@@ -449,6 +461,19 @@ class UpcycledHFQA(_QABase):
         self.qa_outputs = nn.Linear(hf.hidden_size, 2)
         nn.init.normal_(self.qa_outputs.weight, std=0.02)
         nn.init.zeros_(self.qa_outputs.bias)
+        if config.span_head not in ("linear", "bilinear"):
+            raise ConfigError(
+                f"qa model config: span_head: expected 'linear' or 'bilinear', got {config.span_head!r}"
+            )
+        # zero-initialised extras: the head starts as BERT's linear one
+        self.qa_bilinear = None
+        if config.span_head == "bilinear":
+            self.qa_bilinear = nn.Linear(hf.hidden_size, 2 * hf.hidden_size, bias=False)
+            nn.init.zeros_(self.qa_bilinear.weight)
+        self.qa_prior = None
+        if config.sentence_prior:
+            self.qa_prior = nn.Linear(2, 2, bias=False)
+            nn.init.zeros_(self.qa_prior.weight)
 
     def _layers(self) -> list[nn.Module]:
         bb = self.backbone
@@ -489,14 +514,33 @@ class UpcycledHFQA(_QABase):
             )
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        question_mask: Tensor | None = None,
+        prior: Tensor | None = None,
     ) -> QAOutput:
+        """Span logits; ``question_mask`` ``[B, T]`` (the question's tokens) is needed by the bilinear head and
+        ``prior`` ``[B, T, 2]`` by the sentence prior."""
         self._set_mask(attention_mask)
         # segment ids for BERT-like backbones (DistilBERT has no segment embeddings)
         segments = token_type_ids is not None and getattr(self.backbone.config, "type_vocab_size", 0) > 1
         extra = {"token_type_ids": token_type_ids} if segments else {}
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        start, end = self.qa_outputs(hidden).unbind(-1)
+        logits = self.qa_outputs(hidden)
+        if self.qa_bilinear is not None:
+            if question_mask is None:
+                raise ConfigError("qa: the bilinear span head needs the question mask of each window")
+            qm = question_mask.to(hidden.dtype)[..., None]
+            q = (hidden * qm).sum(1) / qm.sum(1).clamp(min=1)
+            u = self.qa_bilinear(q).view(q.shape[0], 2, -1)  # W_s q and W_e q
+            logits = logits + torch.einsum("bth,bkh->btk", hidden, u)
+        if self.qa_prior is not None:
+            if prior is None:
+                raise ConfigError("qa: the model was trained with the sentence prior; pass its features")
+            logits = logits + self.qa_prior(prior.to(hidden.dtype))
+        start, end = logits.unbind(-1)
         return self._collect(start, end, attention_mask, hidden)
 
 

@@ -7,6 +7,7 @@ and, for upcycled checkpoints, ``backbone/config.json`` — no pickle anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -24,8 +25,9 @@ import torch
 from circuitml.datasets.squad import SquadExample, read_squad
 from circuitml.moe.schedule import step_routers
 from circuitml.tasks.common import configure_runtime
-from circuitml.tasks.qa.augment import augment_examples
+from circuitml.tasks.qa.augment import SynonymTable, augment_examples
 from circuitml.tasks.qa.data import (
+    QAFeatures,
     SpanPredictions,
     load_tokenizer,
     make_features,
@@ -34,6 +36,7 @@ from circuitml.tasks.qa.data import (
 )
 from circuitml.tasks.qa.metrics import best_null_threshold, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
+from circuitml.tasks.qa.sentence_prior import SentenceEncoder, sentence_prior
 from safetensors.torch import load_file, save_file
 
 from circuitml.errors import CheckpointError, ConfigError
@@ -69,6 +72,8 @@ class QATrainConfig:
     )
     eda_copies: int = 0  # EDA-augmented copies of each training question (0 = no augmentation)
     eda_alpha: float = 0.1  # fraction of words each EDA operation changes
+    # EDA's synonym replacement, synonyms from the pretrained model's word embeddings; None: when init_from is set
+    eda_synonyms: bool | None = None
     seed: int = 0
     split_seed: int | None = None  # seed of the held-out contexts (None: ``seed``); fix it to compare seeds
     # SQuAD v2.0: contexts carved from the training split to tune the null threshold on (0: keep null_threshold)
@@ -111,13 +116,35 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 def _run(model, feats, idx) -> Any:
-    """The model on windows ``idx``, trimmed, on its device; a BERT backbone also gets the segment ids."""
+    """The model on windows ``idx``, trimmed, on its device; a BERT backbone also gets the segment ids, and the
+    question mask and sentence prior when its span head uses them."""
     dev = _device(model)
     ids, mask = _trimmed(feats.input_ids[idx], feats.attention_mask[idx])
+    t = ids.shape[1]
     extra = {}
-    if isinstance(model, UpcycledHFQA) and feats.token_type_ids is not None:
-        extra["token_type_ids"] = feats.token_type_ids[idx][:, : ids.shape[1]].to(dev)
+    if isinstance(model, UpcycledHFQA):
+        if feats.token_type_ids is not None:
+            extra["token_type_ids"] = feats.token_type_ids[idx][:, :t].to(dev)
+        if model.qa_bilinear is not None:
+            extra["question_mask"] = feats.question_mask[idx][:, :t].to(dev)
+        if model.qa_prior is not None:
+            extra["prior"] = feats.prior[idx][:, :t].to(dev) if feats.prior is not None else None
     return model(ids.to(dev), mask.to(dev), **extra)
+
+
+@functools.lru_cache(maxsize=2)
+def _sentence_encoder(path: str) -> SentenceEncoder:
+    return SentenceEncoder.load(path)
+
+
+def _features(model, tokenizer, examples, cfg: QATrainConfig) -> QAFeatures:
+    """Windows of ``examples``, with the sentence prior when the model uses it (from the frozen checkpoint the
+    model was upcycled from, never from the model being trained)."""
+    feats = make_features(examples, tokenizer, cfg.max_length, cfg.stride)
+    if getattr(model, "qa_prior", None) is not None:
+        init = _resolve_init(cfg.model).init_from
+        feats.prior = sentence_prior(examples, feats, _sentence_encoder(str(init)))
+    return feats
 
 
 def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,8 +197,27 @@ def _resolve_init(model: SwitchQAConfig) -> SwitchQAConfig:
     return model
 
 
+def _synonym_table(
+    model, tokenizer, examples: list[SquadExample], wanted: bool | None
+) -> SynonymTable | None:
+    """EDA's synonyms for the words of ``examples``, from the pretrained model's input word embeddings
+    (``wanted=None``: when there is a pretrained model; ``True`` without one is an error)."""
+    if not isinstance(model, UpcycledHFQA):
+        if wanted:
+            raise ConfigError(
+                "qa: eda_synonyms: synonyms come from a pretrained model's word embeddings; "
+                "set init_from, or turn synonym replacement off"
+            )
+        return None
+    if wanted is False:
+        return None
+    words = {w.strip(".,;:!?()[]\"'") for e in examples for w in (e.question + " " + e.context).split()}
+    weights = model.backbone.get_input_embeddings().weight.detach()
+    return SynonymTable.from_embeddings(tokenizer.get_vocab(), weights, sorted(words))
+
+
 def predict_examples(model, tokenizer, examples, cfg: QATrainConfig) -> SpanPredictions:
-    feats = make_features(examples, tokenizer, cfg.max_length, cfg.stride)
+    feats = _features(model, tokenizer, examples, cfg)
     start, end = _predict(model, feats, cfg.batch_size)
     return predict_spans(examples, feats, start, end, cfg.max_answer_length)
 
@@ -223,10 +269,6 @@ def train_qa(
         train_ex, val_ex = split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
     if not train_ex:
         raise ConfigError(f"{cfg.data}: no training questions left after the split")
-    # augment after the split, so no held-out context leaks into training
-    fit_ex = (
-        augment_examples(train_ex, cfg.eda_copies, cfg.eda_alpha, cfg.seed) if cfg.eda_copies else train_ex
-    )
     model_cfg = _resolve_init(cfg.model)
 
     # tokenizer
@@ -237,13 +279,21 @@ def train_qa(
     else:
         texts = [e.context for e in train_ex] + [e.question for e in train_ex]
         tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
-    feats = make_features(fit_ex, tokenizer, cfg.max_length, cfg.stride)
 
     # model
     if not model_cfg.init_from:
         cfg.model.vocab_size = model_cfg.vocab_size = len(tokenizer)
         cfg.model.max_position = model_cfg.max_position = max(cfg.model.max_position, cfg.max_length)
     model = build_qa_model(model_cfg)
+
+    # augment after the split, so no held-out context leaks into training
+    fit_ex = train_ex
+    if cfg.eda_copies:
+        synonyms = _synonym_table(model, tokenizer, train_ex, cfg.eda_synonyms)
+        fit_ex = augment_examples(train_ex, cfg.eda_copies, cfg.eda_alpha, cfg.seed, synonyms)
+    elif cfg.eda_synonyms:
+        raise ConfigError("qa: eda_synonyms: synonym replacement is an EDA operation; set eda_copies > 0")
+    feats = _features(model, tokenizer, fit_ex, cfg)
     if cfg.freeze_bottom:
         _freeze_bottom(model, cfg.freeze_bottom)
     model.to(dev)
