@@ -71,6 +71,15 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             "(default: on with --init-from).",
         ),
         freeze_bottom: int = typer.Option(0, help="Upcycled models: freeze embeddings + first N layers."),
+        span_head: str = typer.Option(
+            "linear",
+            help="Upcycled models: 'linear' (BERT) or 'bilinear' (DrQA's question-conditioned term).",
+        ),
+        sentence_prior: bool = typer.Option(
+            False,
+            "--sentence-prior/--no-sentence-prior",
+            help="Upcycled models: add the frozen checkpoint's question-sentence similarity to the span logits.",
+        ),
         uoe: Optional[str] = typer.Option(
             None,
             "--uoe",
@@ -91,6 +100,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             router=router,
             top_k=top_k,
             init_from=str(init_from) if init_from else None,
+            span_head=span_head,
+            sentence_prior=sentence_prior,
             # upcycling starts from the dense model: top-k >= 2 renormalizes, top-1 uses p / stopgrad(p) so the
             # router keeps its task gradient; no token is dropped, as none skips the FFN in the dense model
             normalize_weights=init_from is not None and top_k > 1,
