@@ -136,8 +136,26 @@ def test_text_shift_runs_every_method() -> None:
     row = run_text_shift(ex, "b", cfg)
     for m in ("no_answer", "all_sources", "mixda", "mixda_no_stage1"):
         assert 0.0 <= row[m] <= 1.0
+        # every window holds its answer: the answer-window error is the error
+        assert row[f"{m}_answerable"] == pytest.approx(row[m])
     assert row["no_answer"] == 1.0  # every window holds its answer, so [CLS] is always wrong
     assert row["test_questions"] == 3 and "stage1_loss_first" in row
+
+
+def test_answer_window_error_counts_only_windows_with_an_answer() -> None:
+    from circuitml.tasks.shift.qa import QAShiftTask, _null_preds, answer_window_error
+
+    task = QAShiftTask(lm="unused")
+    mask = torch.ones(4, 5, dtype=torch.long)
+    batch = {"attention_mask": mask, "start": torch.tensor([0, 2, 0, 3]), "end": torch.tensor([0, 2, 0, 4])}
+    preds = torch.zeros(4, 5, 2)
+    preds[:, 2, :] = 1.0  # every window predicts the span (2, 2): right for window 1 only
+    flat = preds[mask.bool()]
+    assert answer_window_error(task, lambda b: flat, [batch]) == pytest.approx(0.5)
+    assert (
+        answer_window_error(task, _null_preds, [batch]) == 1.0
+    )  # [CLS] is wrong wherever there is an answer
+    assert task.metric(_null_preds(batch), batch) == pytest.approx(0.5)  # ... and right on the other windows
 
 
 def test_shift_text_cli_names_the_articles_on_a_bad_held_out(tmp_path, shared_data, capsys) -> None:

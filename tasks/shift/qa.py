@@ -165,11 +165,14 @@ class QAShiftTask:
         start, end = self._window_logits(out.preds, batch)
         return (F.cross_entropy(start, batch["start"]) + F.cross_entropy(end, batch["end"])) / 2
 
+    def hits(self, preds: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Per window: whether the argmax start and end are both the labelled ones (an exact token-span match)."""
+        start, end = self._window_logits(preds, batch)
+        return (start.argmax(-1) == batch["start"]) & (end.argmax(-1) == batch["end"])
+
     def metric(self, preds: Tensor, batch: dict[str, Tensor]) -> float:
         """Span error rate: 1 - exact token-span match per window (a proxy for EM without re-decoding text)."""
-        start, end = self._window_logits(preds, batch)
-        hit = (start.argmax(-1) == batch["start"]) & (end.argmax(-1) == batch["end"])
-        return float(1.0 - hit.float().mean())
+        return float(1.0 - self.hits(preds, batch).float().mean())
 
     def unsup_loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         """Masked-language modelling on the context tokens (labels are never read)."""
@@ -216,6 +219,17 @@ def _null_preds(batch: dict[str, Tensor]) -> Tensor:
     return full[batch["attention_mask"].bool()]
 
 
+def answer_window_error(task: QAShiftTask, predict: Callable[[Any], Tensor], batches: Sequence[Any]) -> float:
+    """Span error rate over the windows that hold an answer only (always-no-answer scores 1 here): the
+    windows without one are most of SQuAD v2.0's, and a model that never answers scores well on them."""
+    hit, total = 0, 0
+    for batch in batches:
+        has = batch["start"] > 0
+        hit += int((task.hits(predict(batch), batch) & has).sum())
+        total += int(has.sum())
+    return 1.0 - hit / max(total, 1)
+
+
 def run_text_shift(
     examples: Sequence[SquadExample],
     target: str,
@@ -246,12 +260,14 @@ def run_text_shift(
     row: dict[str, float] = {"test_questions": float(len(held)), "source_questions": float(len(source))}
     t0 = time.time()
     row["no_answer"] = evaluate(task, _null_preds, tgt_b)
+    row["no_answer_answerable"] = answer_window_error(task, _null_preds, tgt_b)
 
     base = task.make_model().to(dev)
     params = [p for n, p in base.named_parameters() if not n.startswith("lm_head.")]
     fit(base, lambda m, b: task.loss(m(b), b), src_b, cfg.steps, lr=cfg.lr, params=params, seed=cfg.seed)
     base.eval()
     row["all_sources"] = evaluate(task, lambda b: base(b).preds, tgt_b)
+    row["all_sources_answerable"] = answer_window_error(task, lambda b: base(b).preds, tgt_b)
     say(f"{target}: all sources {row['all_sources']:.4f}")
 
     d = base.qa.backbone.config.hidden_size
@@ -270,6 +286,7 @@ def run_text_shift(
             seed=cfg.seed,
         )
         row[name] = evaluate(task, lambda b, m=mix: m(b).preds, tgt_b)
+        row[f"{name}_answerable"] = answer_window_error(task, lambda b, m=mix: m(b).preds, tgt_b)
         if curves["stage1"]:
             k = max(1, len(curves["stage1"]) // 5)
             row["stage1_loss_first"] = sum(curves["stage1"][:k]) / k
@@ -280,18 +297,23 @@ def run_text_shift(
 
 
 TEXT_METHODS = ["no_answer", "all_sources", "mixda", "mixda_no_stage1"]
+# each method's span error on every window, then on the windows that hold an answer
+TEXT_COLUMNS = TEXT_METHODS + [f"{m}_answerable" for m in TEXT_METHODS]
 
 
 def text_results_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """``{held-out article: {seed: row}}`` as a table of mean ± std (population std over the seeds)."""
     lines = [
-        "| held-out article | test questions | seeds | " + " | ".join(TEXT_METHODS) + " |",
-        "|---|---|---|" + "---|" * len(TEXT_METHODS),
+        "| held-out article | test questions | seeds | " + " | ".join(TEXT_COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(TEXT_COLUMNS),
     ]
     for target, by_seed in results.items():
         rows = list(by_seed.values())
         cells = []
-        for m in TEXT_METHODS:
+        for m in TEXT_COLUMNS:
+            if any(m not in r for r in rows):  # results written before the column existed
+                cells.append("—")
+                continue
             v = torch.tensor([r[m] for r in rows], dtype=torch.float64)
             cells.append(f"{float(v.mean()):.4f} ± {float(v.std(unbiased=False)):.4f}")
         n = int(rows[0]["test_questions"])
