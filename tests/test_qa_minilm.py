@@ -248,6 +248,8 @@ def test_sentence_spans_split_at_sentence_ends() -> None:
 class _BagEncoder:
     """A stand-in sentence encoder: normalised letter counts (deterministic, easy to recompute)."""
 
+    scale = 7.0
+
     def encode(self, texts):
         rows = [[t.lower().count(c) + 0.1 for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts]
         return torch.nn.functional.normalize(torch.tensor(rows), dim=1)
@@ -265,7 +267,7 @@ def test_sentence_prior_equals_a_naive_per_token_computation(tmp_path) -> None:
     tok = train_tokenizer([context, *(e.question for e in examples)], vocab_size=120, min_frequency=1)
     feats = make_features(examples, tok, max_length=24, stride=8)  # several windows per example
     enc = _BagEncoder()
-    got = sentence_prior(examples, feats, enc)
+    got = sentence_prior(examples, feats, enc) / enc.scale
     for f in range(len(feats)):
         e = examples[int(feats.example_index[f])]
         sents = [(a, b) for a, b in sentence_spans(e.context)]
@@ -281,7 +283,7 @@ def test_sentence_prior_equals_a_naive_per_token_computation(tmp_path) -> None:
             assert got[f, i, 1].item() == pytest.approx(max(cos) if i == 0 else 0.0, abs=1e-6)
 
 
-def test_bilinear_head_and_sentence_prior_start_as_the_linear_head_and_learn(tmp_path) -> None:
+def test_bilinear_head_and_sentence_prior_start_as_linear_head_plus_sentence_log_prob(tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
     transformers.AutoModel.from_config(tiny_bert_config()).save_pretrained(tmp_path / "ckpt")
     torch.manual_seed(0)
@@ -299,8 +301,9 @@ def test_bilinear_head_and_sentence_prior_start_as_the_linear_head_and_learn(tmp
     prior = torch.randn(3, 12, 2)
     want = plain(ids, mask)
     got = rich(ids, mask, question_mask=qmask, prior=prior)
-    torch.testing.assert_close(got.start_logits, want.start_logits)
-    torch.testing.assert_close(got.end_logits, want.end_logits)
+    # at init: the linear head plus half the sentence log-probability on start and on end
+    torch.testing.assert_close(got.start_logits, want.start_logits + 0.5 * prior[..., 0])
+    torch.testing.assert_close(got.end_logits, want.end_logits + 0.5 * prior[..., 0])
     (got.start_logits[:, 5].sum() - got.end_logits[:, 7].sum()).backward()
     assert rich.qa_bilinear.weight.grad.abs().sum() > 0 and rich.qa_prior.weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="question mask"):

@@ -47,6 +47,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         epochs: int = typer.Option(8, help="Training epochs."),
         batch_size: int = typer.Option(16, help="Windows per batch."),
         lr: float = typer.Option(5e-4, help="Peak learning rate."),
+        head_lr: Optional[float] = typer.Option(
+            None, help="Peak learning rate of the span head (default: --lr)."
+        ),
         max_length: int = typer.Option(256, help="Tokens per window."),
         stride: int = typer.Option(96, help="Overlap between windows of a long context."),
         d_model: int = typer.Option(128, help="Width of the scratch transformer."),
@@ -116,6 +119,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            head_lr=head_lr,
             max_length=max_length,
             stride=stride,
             seed=seed,

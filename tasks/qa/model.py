@@ -87,7 +87,8 @@ class SwitchQAConfig:
             al., "Reading Wikipedia to Answer Open-Domain Questions", ACL 2017); ``W`` starts at zero, so the
             head starts as the linear one. Upcycled checkpoints only.
         sentence_prior: add a learned map of :mod:`~circuitml.tasks.qa.sentence_prior` features (the frozen
-            checkpoint's question–sentence similarity) to the span logits; upcycled checkpoints only.
+            checkpoint's question–sentence similarity) to the span logits, starting as ``log p(sentence |
+            question)`` added to each span's score; upcycled checkpoints only.
         uoe: Union-of-Experts layers (scratch backbone), ``None`` for dense ones: a dict of :data:`UOE_DEFAULTS`'
             keys — head-group experts of every attention and how many a token keeps (``attn_experts``,
             ``attn_top_k``), hidden-unit experts of every dense FFN, kept per token, in ``mlp_top_groups`` of
@@ -465,15 +466,17 @@ class UpcycledHFQA(_QABase):
             raise ConfigError(
                 f"qa model config: span_head: expected 'linear' or 'bilinear', got {config.span_head!r}"
             )
-        # zero-initialised extras: the head starts as BERT's linear one
+        # the bilinear term starts at zero: the head starts as BERT's linear one
         self.qa_bilinear = None
         if config.span_head == "bilinear":
             self.qa_bilinear = nn.Linear(hf.hidden_size, 2 * hf.hidden_size, bias=False)
             nn.init.zeros_(self.qa_bilinear.weight)
         self.qa_prior = None
         if config.sentence_prior:
+            # start and end each get half the sentence log-probability; the [CLS] feature starts unused
             self.qa_prior = nn.Linear(2, 2, bias=False)
-            nn.init.zeros_(self.qa_prior.weight)
+            with torch.no_grad():
+                self.qa_prior.weight.copy_(torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
 
     def _layers(self) -> list[nn.Module]:
         bb = self.backbone

@@ -7,15 +7,18 @@ mean-pooled, normalised sentence embedding of Sentence-BERT (Reimers and Gurevyc
 Embeddings using Siamese BERT-Networks", EMNLP 2019), which ``all-MiniLM-L6-v2`` was trained for — so a reader
 fine-tuned on a few hundred questions starts with a question-dependent signal it would otherwise have to learn.
 
-For question ``q`` and the sentences ``s_1..s_m`` of its context, with ``c_j = cos(e(q), e(s_j))``, every window
-token gets two features:
+For question ``q`` and the sentences ``s_1..s_m`` of its context, with ``c_j = cos(e(q), e(s_j))`` and ``τ`` the
+scale the encoder was trained with (``all-MiniLM-L6-v2``: Sentence-BERT's multiple-negatives ranking loss at
+scale 20, so ``τ c_j`` are the logits of its own softmax over candidates), every window token gets two features:
 
-* ``c_{j(i)} - max_j c_j`` on a context token ``i`` of sentence ``j(i)`` (0 in the best-matching sentence, below
-  0 elsewhere; 0 off the context);
-* ``max_j c_j`` on the [CLS] position (how well the question matches the context at all), 0 elsewhere.
+* ``τ (c_{j(i)} - max_j c_j)`` on a context token ``i`` of sentence ``j(i)`` — the log-probability of its sentence
+  under the encoder, up to a constant: 0 in the best-matching sentence, below 0 elsewhere; 0 off the context;
+* ``τ max_j c_j`` on the [CLS] position (how well the question matches the context at all), 0 elsewhere.
 
 The reader adds a learned linear map of them to its start/end logits (:class:`~circuitml.tasks.qa.model.UpcycledHFQA`
-with ``sentence_prior``); the map starts at zero, so the reader starts as without it.
+with ``sentence_prior``). The map starts as half the sentence log-probability on each of start and end, so a
+span's score starts as the reader's plus ``log p(sentence | question)`` (a product of the two experts), and the
+[CLS] feature starts unused.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 class SentenceEncoder:
     """A frozen sentence encoder: mean-pooled last hidden states over real tokens, L2-normalised (Sentence-BERT's
     pooling, the one ``all-MiniLM-L6-v2`` is trained with). Embeddings are cached by text."""
+
+    scale = 20.0  # the logit scale of all-MiniLM-L6-v2's training loss (sentence-transformers' default)
 
     def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -89,7 +94,7 @@ def sentence_prior(examples: Sequence[SquadExample], features, encoder: Sentence
     q_emb = encoder.encode([e.question.strip() for e in examples])
     # cosine of every sentence with its own question, then relative to the best sentence of that context
     owner = np.repeat(np.arange(len(examples)), [len(sp) for sp in spans])
-    cos = (sent_emb * q_emb[torch.from_numpy(owner)]).sum(1).numpy()
+    cos = encoder.scale * (sent_emb * q_emb[torch.from_numpy(owner)]).sum(1).numpy()
     first = np.concatenate([[0], np.cumsum([len(sp) for sp in spans])])
     best = np.maximum.reduceat(cos, first[:-1]) if len(cos) else np.zeros(0)
     out = np.zeros((n_feat, t, 2), dtype=np.float32)

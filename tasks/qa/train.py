@@ -65,6 +65,7 @@ class QATrainConfig:
     batch_size: int = 16
     epochs: int = 8
     lr: float = 5e-4
+    head_lr: float | None = None  # the span head's (qa_*) learning rate; None: lr
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     freeze_bottom: int = (
@@ -189,6 +190,28 @@ def _freeze_bottom(model, n: int) -> None:
             p.requires_grad_(False)
 
 
+def _param_groups(model, cfg: QATrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; the span head (``qa_*``) at ``head_lr`` when set. Adam moves a
+    weight by about its learning rate per step, so a head that starts at zero or random needs a larger one than
+    the pretrained body to move in a few hundred steps."""
+    head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr
+    if head_lr <= 0:
+        raise ConfigError(f"qa: head_lr: expected a positive learning rate, got {head_lr}")
+    groups: dict[tuple[bool, bool], list] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            key = (n.startswith("qa_"), p.ndim >= 2 and "norm" not in n.lower())
+            groups.setdefault(key, []).append(p)
+    return [
+        {
+            "params": params,
+            "lr": head_lr if head else cfg.lr,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+        }
+        for (head, decay), params in sorted(groups.items())
+    ]
+
+
 def _resolve_init(model: SwitchQAConfig) -> SwitchQAConfig:
     """The model config with ``init_from`` as a local folder: a shipped language model's name
     (``all-minilm-l6-v2``, see :mod:`circuitml.lm`) resolves to its extracted folder."""
@@ -302,13 +325,7 @@ def train_qa(
     steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
     total = max(1, steps_per_epoch * cfg.epochs)
     warmup = max(1, int(cfg.warmup_fraction * total))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n.lower()]
-    no_decay = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n.lower())]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: (
