@@ -40,6 +40,8 @@ class SquadExample:
     question: str
     answers: list[SquadAnswer] = field(default_factory=list)
     is_impossible: bool = False
+    # v2.0: the span a crowdworker wrote an unanswerable question around ("plausible_answers"); never an answer
+    plausible_answers: list[SquadAnswer] = field(default_factory=list)
 
 
 def _expect(cond: bool, file: str, path: str, expected: str, got: Any = None) -> None:
@@ -83,35 +85,49 @@ def parse_squad(obj: Any, file: str = "<json>", check_offsets: bool = True) -> l
                 raw_answers = qa.get("answers", [])
                 _expect(isinstance(raw_answers, list), file, f"{qp}.answers", "a list", raw_answers)
                 answers = []
+                plausible = []
+                if impossible and "plausible_answers" in qa:
+                    raw = qa["plausible_answers"]
+                    _expect(isinstance(raw, list), file, f"{qp}.plausible_answers", "a list", raw)
+                    plausible = [
+                        _answer(ans, context, file, f"{qp}.plausible_answers[{k}]", check_offsets)
+                        for k, ans in enumerate(raw)
+                    ]
                 if not impossible:
-                    for k, ans in enumerate(raw_answers):
-                        xp = f"{qp}.answers[{k}]"
-                        _expect(isinstance(ans, dict), file, xp, "an answer object", ans)
-                        text, start = ans.get("text"), ans.get("answer_start")
-                        _expect(isinstance(text, str), file, f"{xp}.text", "a string", text)
-                        _expect(
-                            isinstance(start, int)
-                            and not isinstance(start, bool)
-                            and 0 <= start <= len(context),
-                            file,
-                            f"{xp}.answer_start",
-                            f"an offset in 0..{len(context)}",
-                            start,
-                        )
-                        if check_offsets:
-                            _expect(
-                                context[start : start + len(text)] == text,
-                                file,
-                                f"{xp}",
-                                "answer text at answer_start in the context",
-                                context[start : start + len(text)],
-                            )
-                        answers.append(SquadAnswer(text, start))
+                    answers = [
+                        _answer(ans, context, file, f"{qp}.answers[{k}]", check_offsets)
+                        for k, ans in enumerate(raw_answers)
+                    ]
                     _expect(
                         bool(answers), file, f"{qp}.answers", "at least one answer (or is_impossible: true)"
                     )
-                examples.append(SquadExample(str(qid), str(title), context, question, answers, impossible))
+                examples.append(
+                    SquadExample(str(qid), str(title), context, question, answers, impossible, plausible)
+                )
     return examples
+
+
+def _answer(ans: Any, context: str, file: str, xp: str, check_offsets: bool) -> SquadAnswer:
+    """One answer object at JSON path ``xp``, checked: text, an offset inside the context, the text there."""
+    _expect(isinstance(ans, dict), file, xp, "an answer object", ans)
+    text, start = ans.get("text"), ans.get("answer_start")
+    _expect(isinstance(text, str), file, f"{xp}.text", "a string", text)
+    _expect(
+        isinstance(start, int) and not isinstance(start, bool) and 0 <= start <= len(context),
+        file,
+        f"{xp}.answer_start",
+        f"an offset in 0..{len(context)}",
+        start,
+    )
+    if check_offsets:
+        _expect(
+            context[start : start + len(text)] == text,
+            file,
+            f"{xp}",
+            "answer text at answer_start in the context",
+            context[start : start + len(text)],
+        )
+    return SquadAnswer(text, start)
 
 
 def squad_version(obj: Any) -> str:

@@ -315,7 +315,7 @@ def test_bilinear_head_and_sentence_prior_start_as_linear_head_plus_sentence_log
 def test_bilinear_head_and_prior_refuse_the_scratch_model() -> None:
     from circuitml.tasks.qa.model import build_qa_model
 
-    for opts in ({"span_head": "bilinear"}, {"sentence_prior": True}):
+    for opts in ({"span_head": "bilinear"}, {"sentence_prior": True}, {"independent_span": 1.0}):
         with pytest.raises(ConfigError, match="pretrained checkpoint"):
             build_qa_model(SwitchQAConfig(vocab_size=50, **opts))
 
@@ -342,3 +342,69 @@ def test_minilm_bilinear_prior_model_round_trips_through_qa_eval(tmp_path) -> No
     )
     metrics = train_qa(cfg, tmp_path / "model")
     assert evaluate_qa(tmp_path / "model", data) == metrics["eval"]
+
+
+# ---------------------------------------------------------------- Read + Verify: the independent span loss
+def _plausible_examples() -> list[SquadExample]:
+    ctx = "Rollo was a Viking leader. He ruled Normandy from 911 until his death near Rouen."
+    return [
+        SquadExample("a", "t", ctx, "Who ruled Normandy?", [SquadAnswer("Rollo", 0)]),
+        SquadExample("b", "t", ctx, "Who ruled Paris?", [], True, [SquadAnswer("Rouen", ctx.index("Rouen"))]),
+        SquadExample("c", "t", ctx, "Why?", [], True),
+    ]
+
+
+def test_plausible_span_labels_point_at_the_plausible_answer() -> None:
+    from circuitml.tasks.qa.data import make_features, train_tokenizer
+
+    ex = _plausible_examples()
+    tok = train_tokenizer([ex[0].context, *(e.question for e in ex)], vocab_size=120, min_frequency=1)
+    feats = make_features(ex, tok, max_length=20, stride=6)  # the context spans several windows
+    for f in range(len(feats)):
+        e = ex[int(feats.example_index[f])]
+        s, t = int(feats.plausible_start[f]), int(feats.plausible_end[f])
+        if e.answers:  # an answerable question: the plausible labels are its answer labels
+            assert (s, t) == (int(feats.start_positions[f]), int(feats.end_positions[f]))
+        elif s:  # an unanswerable question: never a main label, the plausible span where the window holds it
+            assert int(feats.start_positions[f]) == 0
+            a, b = int(feats.offsets[f, s, 0]), int(feats.offsets[f, t, 1])
+            assert e.context[a:b] == e.plausible_answers[0].text
+        assert not (e.id == "c" and s)
+    assert any(int(feats.plausible_start[f]) for f in range(len(feats)) if int(feats.example_index[f]) == 1)
+
+
+def test_eda_keeps_plausible_answers_valid() -> None:
+    for aug in augment_examples(_plausible_examples(), copies=5, alpha=0.4, seed=1)[3:]:
+        for a in aug.plausible_answers:
+            assert aug.context[a.start : a.start + len(a.text)] == a.text
+        assert aug.is_impossible == (not aug.answers)
+
+
+def test_independent_span_loss_equals_a_per_window_reference(tmp_path) -> None:
+    from circuitml.tasks.qa.data import QAFeatures
+    from circuitml.tasks.qa.train import _independent_span_loss
+
+    transformers = pytest.importorskip("transformers")
+    transformers.AutoModel.from_config(tiny_bert_config()).save_pretrained(tmp_path / "ckpt")
+    model = UpcycledHFQA(
+        SwitchQAConfig(init_from=str(tmp_path / "ckpt"), moe_layers=[], independent_span=0.5)
+    ).eval()
+    ids = torch.randint(5, 60, (4, 10))
+    mask = torch.ones(4, 10, dtype=torch.long)
+    mask[2, 7:] = 0
+    ps, pe = torch.tensor([3, 0, 2, 5]), torch.tensor([4, 0, 6, 5])
+    feats = QAFeatures(ids, mask, ps * 0, pe * 0, torch.arange(4), mask.bool(), None, None, ps, pe)
+    out = model(ids, mask)
+    got = _independent_span_loss(model, out, feats, torch.arange(4), torch.device("cpu"))
+    terms = []
+    for w in (0, 2, 3):  # window 1 holds no span
+        logits = model.qa_independent(out.hidden[w])  # [T, 2]
+        valid = mask[w].bool().clone()
+        valid[0] = False  # no-answer is not an option
+        for k, target in ((0, ps[w]), (1, pe[w])):
+            z = logits[valid, k]
+            terms.append(torch.logsumexp(z, 0) - logits[target, k])
+    want = torch.stack(terms).view(3, 2).mean(0).sum() / 2
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ConfigError, match="independent_span"):
+        UpcycledHFQA(SwitchQAConfig(init_from=str(tmp_path / "ckpt"), independent_span=-1.0))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from circuitml.datasets.squad import read_squad
+from circuitml.datasets.squad import SquadAnswer, read_squad
 from circuitml.tasks.common import configure_runtime
 from circuitml.tasks.qa.data import SpanPredictions
 from circuitml.tasks.qa.metrics import best_null_threshold, squad_scores
@@ -18,7 +18,7 @@ from circuitml.tasks.qa.train import QATrainConfig, evaluate_qa, split_by_contex
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from circuitml.errors import ConfigError
+from circuitml.errors import ConfigError, DatasetError
 from tests.test_qa import FACTS, _squad, tiny_bert_config
 
 TINY = dict(d_model=32, num_layers=3, num_heads=2, d_ff=64, num_experts=2, dropout=0.0)
@@ -145,6 +145,12 @@ def test_reader_accepts_official_v11_and_v20_layouts(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(obj).encode())
     ex, version = read_squad(path)
     assert version == "v2.0" and [e.answers for e in ex][1] == [] and ex[1].is_impossible
+    assert ex[1].plausible_answers == [SquadAnswer("Alice", 0)] and ex[0].plausible_answers == []
+    # a plausible answer is checked like an answer, and the error names its JSON path
+    obj["data"][0]["paragraphs"][0]["qas"][1]["plausible_answers"][0]["answer_start"] = 5
+    path.write_text(json.dumps(obj))
+    with pytest.raises(DatasetError, match=r"qas\[1\]\.plausible_answers\[0\]: expected answer text at"):
+        read_squad(path)
 
 
 def test_v11_file_trains_without_a_null_answer(tmp_path: Path) -> None:

@@ -78,6 +78,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             "linear",
             help="Upcycled models: 'linear' (BERT) or 'bilinear' (DrQA's question-conditioned term).",
         ),
+        independent_span: float = typer.Option(
+            0.0,
+            help="Upcycled models: weight of Read+Verify's independent span loss (plausible answers too); 0: off.",
+        ),
         sentence_prior: bool = typer.Option(
             False,
             "--sentence-prior/--no-sentence-prior",
@@ -105,6 +109,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             init_from=str(init_from) if init_from else None,
             span_head=span_head,
             sentence_prior=sentence_prior,
+            independent_span=independent_span,
             # upcycling starts from the dense model: top-k >= 2 renormalizes, top-1 uses p / stopgrad(p) so the
             # router keeps its task gradient; no token is dropped, as none skips the FFN in the dense model
             normalize_weights=init_from is not None and top_k > 1,

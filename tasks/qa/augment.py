@@ -19,7 +19,7 @@ another word of the same text instead of a synonym (with a table, RI inserts a s
 
 For QA the question gets the operation directly; the context gets it only on words outside every gold answer,
 and the answers' character offsets are recomputed, so ``context[start:start + len(text)] == text`` still holds.
-Unanswerable questions stay unanswerable.
+Unanswerable questions stay unanswerable, and their plausible answers (SQuAD v2.0) stay valid spans too.
 """
 
 from __future__ import annotations
@@ -174,9 +174,10 @@ def _augment_context(
     example: SquadExample, op: str, alpha: float, rng: random.Random, synonyms: SynonymTable | None
 ) -> SquadExample:
     text = example.context
-    # the union of the gold answers' character intervals: each merged interval is one locked unit
+    # the union of the gold (and plausible) answers' character intervals: each merged interval is one locked unit
+    spans = [*example.answers, *example.plausible_answers]
     units: list[list[int]] = []
-    for a, b in sorted((s.start, s.start + len(s.text)) for s in example.answers):
+    for a, b in sorted((s.start, s.start + len(s.text)) for s in spans):
         if units and a <= units[-1][1]:
             units[-1][1] = max(units[-1][1], b)
         else:
@@ -204,11 +205,23 @@ def _augment_context(
         pieces.append(w)
         pos += len(w) + 1
     context = " ".join(pieces)
-    answers = []
-    for s in example.answers:
-        u = max(u for u, _ in units if u <= s.start)
-        answers.append(SquadAnswer(s.text, moved[u] + s.start - u))
-    return SquadExample(example.id, example.title, context, example.question, answers, example.is_impossible)
+
+    def remap(answers: list[SquadAnswer]) -> list[SquadAnswer]:
+        out = []
+        for s in answers:
+            u = max(u for u, _ in units if u <= s.start)
+            out.append(SquadAnswer(s.text, moved[u] + s.start - u))
+        return out
+
+    return SquadExample(
+        example.id,
+        example.title,
+        context,
+        example.question,
+        remap(example.answers),
+        example.is_impossible,
+        remap(example.plausible_answers),
+    )
 
 
 def augment_example(
@@ -225,7 +238,13 @@ def augment_example(
     question = " ".join(eda_words(example.question.split(), q_op, alpha, rng, synonyms=synonyms))
     ctx = _augment_context(example, c_op, alpha, rng, synonyms)
     return SquadExample(
-        f"{example.id}{suffix}", example.title, ctx.context, question, ctx.answers, example.is_impossible
+        f"{example.id}{suffix}",
+        example.title,
+        ctx.context,
+        question,
+        ctx.answers,
+        example.is_impossible,
+        ctx.plausible_answers,
     )
 
 

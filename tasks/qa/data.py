@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from circuitml.datasets.squad import SquadExample
+from circuitml.datasets.squad import SquadAnswer, SquadExample
 from torch import Tensor
 
 from circuitml.errors import CheckpointError, ConfigError
@@ -93,6 +93,9 @@ class QAFeatures:
     token_type_ids: Tensor | None = (
         None  # [F, T] BERT segment ids (0: question, 1: context), when the tokenizer has them
     )
+    # [F] the span of the answer or, for an unanswerable question, of its plausible answer (0: none in the window)
+    plausible_start: Tensor | None = None
+    plausible_end: Tensor | None = None
     prior: Tensor | None = (
         None  # [F, T, 2] sentence-prior features (tasks.qa.sentence_prior), when the model uses them
     )
@@ -129,13 +132,37 @@ def make_features(
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(n, max_length, 2)
     seq_ids = np.array([[s if s is not None else -1 for s in enc.sequence_ids(i)] for i in range(n)])
     context = seq_ids == 1
+    starts, ends = _span_labels([e.answers for e in examples], sample, offsets, context)
+    # plausible answers of unanswerable questions; an answerable question's own answer otherwise
+    p_starts, p_ends = _span_labels(
+        [e.answers or e.plausible_answers for e in examples], sample, offsets, context
+    )
+    return QAFeatures(
+        input_ids=torch.tensor(enc["input_ids"], dtype=torch.long),
+        attention_mask=torch.tensor(enc["attention_mask"], dtype=torch.long),
+        start_positions=torch.from_numpy(starts),
+        end_positions=torch.from_numpy(ends),
+        example_index=torch.from_numpy(sample),
+        context_mask=torch.from_numpy(context),
+        offsets=offsets,
+        token_type_ids=torch.tensor(enc["token_type_ids"], dtype=torch.long)
+        if "token_type_ids" in enc
+        else None,
+        plausible_start=torch.from_numpy(p_starts),
+        plausible_end=torch.from_numpy(p_ends),
+    )
+
+
+def _span_labels(
+    answers: Sequence[Sequence[SquadAnswer]], sample: np.ndarray, offsets: np.ndarray, context: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token start/end of each window's span (the example's first answer), 0 ([CLS]) where the window does not
+    hold the whole span. Vectorized over windows."""
+    n, max_length = context.shape
     starts = np.zeros(n, dtype=np.int64)
     ends = np.zeros(n, dtype=np.int64)
-    # Span labels: vectorized over windows; a window containing the whole answer gets its token span.
-    ans_start = np.array([e.answers[0].start if e.answers else -1 for e in examples], dtype=np.int64)[sample]
-    ans_end = np.array(
-        [e.answers[0].start + len(e.answers[0].text) if e.answers else -1 for e in examples], dtype=np.int64
-    )[sample]
+    ans_start = np.array([a[0].start if a else -1 for a in answers], dtype=np.int64)[sample]
+    ans_end = np.array([a[0].start + len(a[0].text) if a else -1 for a in answers], dtype=np.int64)[sample]
     tok_start, tok_end = offsets[..., 0], offsets[..., 1]
     big = np.iinfo(np.int64).max
     ctx_first = np.where(context, tok_start, big).min(axis=1)
@@ -148,18 +175,7 @@ def make_features(
     e_idx = max_length - 1 - np.argmax(e_ok[:, ::-1], axis=1)
     starts[inside] = s_idx[inside]
     ends[inside] = e_idx[inside]
-    return QAFeatures(
-        input_ids=torch.tensor(enc["input_ids"], dtype=torch.long),
-        attention_mask=torch.tensor(enc["attention_mask"], dtype=torch.long),
-        start_positions=torch.from_numpy(starts),
-        end_positions=torch.from_numpy(ends),
-        example_index=torch.from_numpy(sample),
-        context_mask=torch.from_numpy(context),
-        offsets=offsets,
-        token_type_ids=torch.tensor(enc["token_type_ids"], dtype=torch.long)
-        if "token_type_ids" in enc
-        else None,
-    )
+    return starts, ends
 
 
 @dataclass

@@ -89,6 +89,10 @@ class SwitchQAConfig:
         sentence_prior: add a learned map of :mod:`~circuitml.tasks.qa.sentence_prior` features (the frozen
             checkpoint's question–sentence similarity) to the span logits, starting as ``log p(sentence |
             question)`` added to each span's score; upcycled checkpoints only.
+        independent_span: weight of Read + Verify's independent span loss (Hu et al., "Read + Verify: Machine
+            Reading Comprehension with Unanswerable Questions", AAAI 2019): a second span head, trained on the
+            answers and on the *plausible* answers of unanswerable questions with the no-answer option masked
+            out, so the shared encoder learns extraction from every question; 0 = off. Upcycled checkpoints only.
         uoe: Union-of-Experts layers (scratch backbone), ``None`` for dense ones: a dict of :data:`UOE_DEFAULTS`'
             keys — head-group experts of every attention and how many a token keeps (``attn_experts``,
             ``attn_top_k``), hidden-unit experts of every dense FFN, kept per token, in ``mlp_top_groups`` of
@@ -114,6 +118,7 @@ class SwitchQAConfig:
     init_from: str | None = None
     span_head: str = "linear"
     sentence_prior: bool = False
+    independent_span: float = 0.0
     uoe: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -376,9 +381,10 @@ class SwitchTransformerQA(_QABase):
         super().__init__()
         if config.d_model % config.num_heads:
             raise ConfigError("qa model config: d_model must be a multiple of num_heads")
-        if config.span_head != "linear" or config.sentence_prior:
+        if config.span_head != "linear" or config.sentence_prior or config.independent_span:
             raise ConfigError(
-                "qa model config: span_head 'bilinear' and sentence_prior need a pretrained checkpoint (init_from)"
+                "qa model config: span_head 'bilinear', sentence_prior and independent_span need a pretrained "
+                "checkpoint (init_from)"
             )
         self.config = config
         self.tok = nn.Embedding(config.vocab_size, config.d_model)
@@ -471,6 +477,15 @@ class UpcycledHFQA(_QABase):
         if config.span_head == "bilinear":
             self.qa_bilinear = nn.Linear(hf.hidden_size, 2 * hf.hidden_size, bias=False)
             nn.init.zeros_(self.qa_bilinear.weight)
+        self.qa_independent = None
+        if config.independent_span < 0:
+            raise ConfigError(
+                f"qa model config: independent_span: expected a weight >= 0, got {config.independent_span}"
+            )
+        if config.independent_span:
+            self.qa_independent = nn.Linear(hf.hidden_size, 2)
+            nn.init.normal_(self.qa_independent.weight, std=0.02)
+            nn.init.zeros_(self.qa_independent.bias)
         self.qa_prior = None
         if config.sentence_prior:
             # start and end each get half the sentence log-probability; the [CLS] feature starts unused

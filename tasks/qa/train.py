@@ -190,6 +190,23 @@ def _freeze_bottom(model, n: int) -> None:
             p.requires_grad_(False)
 
 
+def _independent_span_loss(model, out, feats: QAFeatures, idx, dev) -> torch.Tensor:
+    """Read + Verify's independent span loss: span cross-entropy of the second head on the windows holding an
+    answer or a plausible answer, [CLS] (no answer) masked out."""
+    target_s = feats.plausible_start[idx].to(dev)
+    target_e = feats.plausible_end[idx].to(dev)
+    keep = target_s > 0
+    if not bool(keep.any()):
+        return out.start_logits.new_zeros(())
+    start, end = model.qa_independent(out.hidden[keep]).unbind(-1)
+    mask = feats.attention_mask[idx][keep][:, : start.shape[1]].to(dev).bool()
+    mask[:, 0] = False
+    neg = torch.finfo(start.dtype).min
+    start, end = start.masked_fill(~mask, neg), end.masked_fill(~mask, neg)
+    ce = torch.nn.functional.cross_entropy
+    return (ce(start, target_s[keep]) + ce(end, target_e[keep])) / 2
+
+
 def _param_groups(model, cfg: QATrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only; the span head (``qa_*``) at ``head_lr`` when set. Adam moves a
     weight by about its learning rate per step, so a head that starts at zero or random needs a larger one than
@@ -350,6 +367,10 @@ def train_qa(
                 + ce(o.end_logits, feats.end_positions[idx].to(dev))
             ) / 2
             total_loss = loss + o.aux_loss
+            if getattr(model, "qa_independent", None) is not None:
+                total_loss = total_loss + model.config.independent_span * _independent_span_loss(
+                    model, o, feats, idx, dev
+                )
             opt.zero_grad(set_to_none=True)
             total_loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
