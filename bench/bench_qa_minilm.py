@@ -6,7 +6,8 @@ reports the official EM/F1 with the HasAns/NoAns split, next to the always-no-an
 trains on the questions plus one augmented copy for half the epochs, so every variant takes the same number of
 optimizer steps. The null threshold is tuned on 10 % of the training contexts (``val_fraction``); the Switch
 variants upcycle with ``unit_weight`` (top-1, value 1, router gradient kept) and no capacity limit, so they start
-as the dense model.
+as the dense model. Every variant shares the reader options: ``--span-head``, ``--sentence-prior``,
+``--independent-span`` and ``--head-lr`` (see ``circuitml qa train --help``).
 
     nice -n 5 python bench/bench_qa_minilm.py --seeds 0 1 2 --out qa_minilm.json
 """
@@ -61,6 +62,10 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--freeze-bottom", type=int, default=3, help="frozen embeddings + first N layers")
     ap.add_argument("--stride", type=int, default=96)
+    ap.add_argument("--span-head", default="linear", choices=["linear", "bilinear"])
+    ap.add_argument("--sentence-prior", action="store_true")
+    ap.add_argument("--independent-span", type=float, default=0.0)
+    ap.add_argument("--head-lr", type=float, default=None)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N questions (smoke runs)")
     ap.add_argument("--out", type=Path, default=Path("qa_minilm.json"))
     args = ap.parse_args()
@@ -88,13 +93,20 @@ def main() -> None:
             key = f"{name}/seed{seed}"
             if key in results:  # resume: finished runs are kept
                 continue
-            model = SwitchQAConfig(init_from="all-minilm-l6-v2", **spec["model"])
+            model = SwitchQAConfig(
+                init_from="all-minilm-l6-v2",
+                span_head=args.span_head,
+                sentence_prior=args.sentence_prior,
+                independent_span=args.independent_span,
+                **spec["model"],
+            )
             cfg = QATrainConfig(
                 data=str(data),
                 eval_fraction=0.2,
                 max_length=args.max_length,
                 stride=args.stride,
                 lr=args.lr,
+                head_lr=args.head_lr,
                 batch_size=args.batch_size,
                 epochs=spec["epochs"],
                 eda_copies=spec.get("eda_copies", 0),
