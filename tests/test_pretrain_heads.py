@@ -167,5 +167,40 @@ def test_shipped_heads_load_and_stay_small(name):
         head = load_task_head(name, task, setting)
         h = torch.randn(5, encoder.hidden)
         with torch.no_grad():
-            out = head(h, torch.tensor([[0, 1, 2], [3, 3, 4]])) if task == "probability" else head(h, h.flip(0))
+            out = (
+                head(h, torch.tensor([[0, 1, 2], [3, 3, 4]])) if task == "probability" else head(h, h.flip(0))
+            )
         assert out.shape == (5,) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow  # two suite rows over 3 seeds, 1 epoch, 6 tiny circuits
+def test_suite_zero_shot_rows_and_the_pretrained_fine_tuning_head(tiny_run, tmp_path, capsys):
+    from circuitml.tasks.suite import Row, proof_rows, row_head, run_suite
+
+    from circuitml.formats import write_circuit
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for s in range(6):
+        write_circuit(random_circuit(s, num_gates=30), src / f"c{s}.aag")
+    enc = str(tiny_run / "encoder")
+    rows = [
+        r
+        for r in proof_rows(enc, circuits=str(src))
+        if r.task == "probability" and r.table in ("finetune", "zeroshot")
+    ]
+    assert [r.table for r in rows] == ["finetune", "zeroshot"]
+    out = run_suite(
+        rows, tmp_path / "s", cfg=TrainConfig(epochs=1), log=lambda s: None, finetune_head="pretrained"
+    )
+    assert [r["head"] for r in out["rows"]] == ["pretrained", "pretrained"]
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "Zero-shot" in report and "| probability · zero-shot |" in report
+    # QoR has no pretraining head: its fine-tuned row keeps (and reports) the MLP
+    assert row_head(Row("q", "finetune", "qor", "d", enc), "pretrained") == "mlp"
+    # an encoder without the heads a row needs stops the suite before any data work, in one line
+    bare = build_encoder({"kind": "deepgcn", "hidden": 8, "num_layers": 2}).save_pretrained(tmp_path / "bare")
+    args = ["evaluate-suite", "--encoder", str(bare), "--circuits", str(src), "--out", str(tmp_path / "o")]
+    code = cli_main([*args, "--tables", "zeroshot", "--tasks", "probability"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no pretraining heads" in err, err

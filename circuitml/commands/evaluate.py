@@ -324,7 +324,15 @@ def evaluate_suite(
     ablation: Optional[list[str]] = typer.Option(
         None, "--ablation", help="NAME=DIR of an objective-ablation encoder (repeatable): linear-probe rows."
     ),
-    tables: str = typer.Option("finetune,probe,ablation", "--tables", help="Which tables to run."),
+    tables: str = typer.Option(
+        "finetune,probe,ablation", "--tables", help="Which tables to run (also: zeroshot)."
+    ),
+    finetune_head: str = typer.Option(
+        "mlp",
+        "--finetune-head",
+        help="mlp | pretrained: start the fine-tuned rows' head from the encoder's pretraining head "
+        "(probability, equivalence; QoR has none and keeps the MLP).",
+    ),
     tasks: str = typer.Option(
         "qor,probability,equivalence", "--tasks", help="Which tasks' rows to run (in order)."
     ),
@@ -358,8 +366,10 @@ def evaluate_suite(
             raise ConfigError(f"--ablation: expected NAME=DIR, got {item!r}")
         abl[name] = path
     wanted = {t.strip() for t in tables.split(",")}
-    if not wanted <= {"finetune", "probe", "ablation"}:
-        raise ConfigError(f"--tables: expected finetune, probe and/or ablation, got {tables!r}")
+    if not wanted <= {"finetune", "probe", "ablation", "zeroshot"}:
+        raise ConfigError(f"--tables: expected finetune, probe, ablation and/or zeroshot, got {tables!r}")
+    if finetune_head not in ("mlp", "pretrained"):
+        raise ConfigError(f"--finetune-head: expected mlp or pretrained, got {finetune_head!r}")
     dev = configure_runtime(threads, device)
     cfg = TrainConfig(
         epochs=epochs, device=str(dev), encoder_lr=encoder_lr, probe_epochs=probe_epochs,
@@ -378,10 +388,17 @@ def evaluate_suite(
     rows = sorted(
         (r for r in rows if r.table in wanted and r.task in order), key=lambda r: order.index(r.task)
     )
+    from circuitml.pretrain.heads import load_task_head
+    from circuitml.tasks.suite import row_head
+
+    for r in rows:  # before any data work: every pretraining head a row needs exists
+        if row_head(r, finetune_head) == "pretrained":
+            load_task_head(r.encoder, r.task, r.setting)
     with _progress() if console.is_terminal else nullcontext() as bar:
         run_suite(
             rows, out, seeds=range(seeds), cfg=cfg,
             log=lambda s: console.print(s, highlight=False), progress=_epoch_logger(bar),
+            finetune_head=finetune_head,
         )  # fmt: skip
     console.print(f"report: {out / 'report.md'}")
 
