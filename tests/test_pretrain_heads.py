@@ -190,10 +190,21 @@ def test_suite_zero_shot_rows_and_the_pretrained_fine_tuning_head(tiny_run, tmp_
         if r.task == "probability" and r.table in ("finetune", "zeroshot")
     ]
     assert [r.table for r in rows] == ["finetune", "zeroshot"]
+    started: list[str] = []
     out = run_suite(
-        rows, tmp_path / "s", cfg=TrainConfig(epochs=1), log=lambda s: None, finetune_head="pretrained"
+        rows,
+        tmp_path / "s",
+        cfg=TrainConfig(epochs=1),
+        log=lambda s: None,
+        progress=lambda label, epoch, epochs, loss: started.append(label),
+        finetune_head="pretrained",
     )
     assert [r["head"] for r in out["rows"]] == ["pretrained", "pretrained"]
+    # scratch, the reference of both rows, trained once per seed; zero-shot trained nothing
+    assert sorted(started) == sorted(
+        [f"probability {v} seed {s}" for v in ("pretrained", "scratch") for s in range(3)]
+    )
+    assert out["rows"][0]["metrics"]["scratch"] == out["rows"][1]["metrics"]["scratch"]
     report = (tmp_path / "s" / "report.md").read_text()
     assert "Zero-shot" in report and "| probability · zero-shot |" in report
     # QoR has no pretraining head: its fine-tuned row keeps (and reports) the MLP
