@@ -13,8 +13,12 @@ one instead of a zero-knowledge MLP:
   node *while that node is masked*: the nodes are split by a fixed permutation into :math:`\lceil 1/r \rceil`
   folds and the decoder runs once per fold,
 
-  .. math:: \hat p_v = \sigma\big(w^\top g_\phi(\tilde H^{(k(v))}, G)_v + b\big), \qquad
-            \tilde H^{(k)}_u = m \text{ if } k(u) = k \text{ else } H_u
+  .. math:: \hat p_v = \sigma\big(w^\top g_\phi(\tilde H^{(k(v))}, G)_v + b
+            + \mathrm{MLP}(h_v)\big), \qquad \tilde H^{(k)}_u = m \text{ if } k(u) = k \text{ else } H_u
+
+  A masked node's own embedding never reaches the decoder, so the head adds an MLP of :math:`h_v` whose last
+  layer starts at zero: the head starts as the pretraining head's prediction and fine-tuning adds what the node
+  itself tells (a fine-tuned masked decoder alone scored MAE 0.052 on the validation split, a fresh MLP 0.044).
 
 * **gate equivalence** ← funcsim's projection :math:`W`: :math:`\hat D_{ab} = \tfrac12(1 - \cos(W h_a, W h_b))`
   regresses the signature Hamming distance, so equivalent gates (:math:`D = 0`) sit at :math:`\hat D \approx 0`.
@@ -80,6 +84,19 @@ def _projection(hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
 
 
+def _residual_mlp(d_in: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
+def _reset_residual(mlp: nn.Sequential) -> None:
+    """Fresh weights with a zero last layer: the residual adds nothing until it is trained."""
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            layer.reset_parameters()
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+
+
 class ProbabilityDecoderHead(LatentDecoder):
     """funcrec's decoder + probability head, predicting every node while it is masked (see the module docstring).
 
@@ -97,11 +114,13 @@ class ProbabilityDecoderHead(LatentDecoder):
             raise ConfigError(f"probability head: mask_ratio must be in (0, 1], got {mask_ratio}")
         self.folds = math.ceil(1.0 / mask_ratio)
         self.prob_head = nn.Linear(hidden, 1)
+        self.residual = _residual_mlp(hidden)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         self.prob_head.reset_parameters()
+        _reset_residual(self.residual)
 
     def fold_of(self, num_nodes: int, device: torch.device) -> Tensor:
         """Fold of each node: a fixed permutation (seed 0), so a graph always gets the same prediction."""
@@ -110,12 +129,12 @@ class ProbabilityDecoderHead(LatentDecoder):
 
     def forward(self, node: Tensor, edge_index: Tensor) -> Tensor:
         fold = self.fold_of(node.size(0), node.device)
-        out = node.new_zeros(node.size(0))
+        logit = self.residual(node)[:, 0]
         for k in range(self.folds):  # a few decoder passes, each vectorized over all nodes
             mask = fold == k
-            prob = torch.sigmoid(self.prob_head(self.decode(node, mask, edge_index))[:, 0])
-            out = torch.where(mask, prob.to(out.dtype), out)
-        return out
+            decoded = self.prob_head(self.decode(node, mask, edge_index))[:, 0]
+            logit = torch.where(mask, logit + decoded.to(logit.dtype), logit)
+        return torch.sigmoid(logit)
 
 
 class SimilarityPairHead(nn.Module):
@@ -134,11 +153,8 @@ class SimilarityPairHead(nn.Module):
         self.proj = _projection(hidden)
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
         self.threshold = nn.Parameter(torch.tensor(threshold))
-        self.residual = nn.Sequential(
-            nn.Linear(2 * hidden, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
-        )
-        nn.init.zeros_(self.residual[-1].weight)  # starts as the pretrained similarity alone
-        nn.init.zeros_(self.residual[-1].bias)
+        self.residual = _residual_mlp(2 * hidden)
+        _reset_residual(self.residual)  # starts as the pretrained similarity alone
 
     def calibration(self) -> list[nn.Parameter]:
         """The parameters a zero-shot run fits (the rest stay as pretrained)."""
@@ -266,9 +282,14 @@ def load_task_head(folder: str | os.PathLike, task: str, setting: str = "gates")
         target = head.proj
     prefix = _PREFIXES[name]
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    # every pretrained tensor must land; only the task-side residual MLP starts fresh (at zero)
+    fresh = {k for k in target.state_dict() if k.startswith("residual.")}
     try:
-        target.load_state_dict(state, strict=True)
+        missing, unexpected = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"{folder}: head {name!r} does not match its config ({first})") from None
+    if set(missing) - fresh or unexpected:
+        wrong = sorted(set(missing) - fresh) + sorted(unexpected)
+        raise CheckpointError(f"{folder}: head {name!r}: tensors {', '.join(wrong[:3])} do not match")
     return head
