@@ -13,7 +13,9 @@ Encoder modes (the comparison MGVGA, Wu et al. ICLR 2025, Sec. 5, reports for it
 
 Heads (``head``): ``mlp`` (two hidden layers) or ``linear`` — a linear probe (Alain & Bengio, "Understanding
 intermediate layers using linear classifier probes", ICLR workshop 2017), which only reads what the frozen
-embedding already makes linearly available.
+embedding already makes linearly available — or ``pretrained``: the pretraining head that matches the task,
+shipped beside a pretrained encoder (:mod:`circuitml.pretrain.heads`; probability and equivalence only).
+``zero_shot`` (with ``pretrained`` and a frozen encoder) trains nothing but the head's calibration scalars.
 
 Fine-tuning practice (``TrainConfig``; applied to the pretrained encoder only, since each one protects pretrained
 weights and a scratch encoder has none to protect — scratch trains every weight at ``lr`` for every epoch):
@@ -50,6 +52,7 @@ __all__ = [
     "GraphEncoding",
     "mlp",
     "make_head",
+    "pretrained_head",
     "is_pretrained",
     "result_label",
     "param_groups",
@@ -76,7 +79,7 @@ __all__ = [
 ]
 
 ENCODER_MODES = ("frozen", "finetune", "scratch", "random")
-HEADS = ("mlp", "linear")
+HEADS = ("mlp", "linear", "pretrained")
 CIRCUIT_SUFFIXES = (".aig", ".aag", ".bench", ".v", ".sv")
 
 
@@ -99,6 +102,7 @@ class TrainConfig:
     probe_epochs: int = 0  # LP-FT: epochs that train only the head before the pretrained encoder unfreezes
     freeze_layers: int = 0  # pretrained encoder: type embedding + this many first blocks stay frozen
     validation: bool = False  # report on a validation share of the training groups; the test split is unused
+    zero_shot: bool = False  # head "pretrained" on a frozen encoder: fit only its calibration (if any)
 
     def validate(self) -> None:
         if self.head not in HEADS:
@@ -113,6 +117,8 @@ class TrainConfig:
             raise ConfigError(
                 f"train config: probe_epochs must be in [0, epochs) = [0, {self.epochs}), got {self.probe_epochs}"
             )
+        if self.zero_shot and self.head != "pretrained":
+            raise ConfigError(f"train config: zero_shot needs head 'pretrained', got {self.head!r}")
         if self.freeze_layers < 0 or self.encoder_lr <= 0:
             raise ConfigError(
                 f"train config: freeze_layers must be >= 0 and encoder_lr > 0, got {self.freeze_layers}, "
@@ -525,6 +531,15 @@ class GraphEncoding:
         out = self.encoder(b)
         return out.node, out.graph, b.batch, b.ptr[:-1]
 
+    def edges(self, idx: Sequence[int]) -> Tensor:
+        """``long [2, E]`` edges of graphs ``idx`` numbered as in :meth:`__call__`'s node rows."""
+        parts, offset = [], 0
+        for i in idx:
+            g = self.graphs[int(i)]
+            parts.append(g.edge_index + offset)
+            offset += g.num_nodes
+        return torch.cat(parts, 1).to(self.device)
+
     def aux_loss(self) -> Tensor:
         fn = getattr(self.encoder, "aux_loss", None)
         if not self.trainable or fn is None:
@@ -543,12 +558,39 @@ def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 
 
 def make_head(kind: str, d_in: int, d_hidden: int, d_out: int) -> nn.Module:
-    """The task head: ``mlp`` or a ``linear`` probe."""
+    """A fresh task head: ``mlp`` or a ``linear`` probe (``pretrained`` heads come from :func:`pretrained_head`)."""
     if kind == "linear":
         return nn.Linear(d_in, d_out)
     if kind == "mlp":
         return mlp(d_in, d_hidden, d_out)
+    if kind == "pretrained":
+        raise ConfigError(
+            "head 'pretrained': this task has no pretraining head (probability and equivalence do)"
+        )
     raise ConfigError(f"head: expected one of {', '.join(HEADS)}, got {kind!r}")
+
+
+def pretrained_head(source, mode: str, cfg: TrainConfig, task: str, setting: str = "gates") -> nn.Module:
+    """The task head initialised from the pretraining head shipped beside encoder ``source``
+    (:func:`circuitml.pretrain.heads.load_task_head`); never a silent fresh head.
+
+    Raises:
+        ConfigError: the encoder is not pretrained (scratch/random) or is a module without a folder, or
+            ``zero_shot`` with an encoder that trains.
+        CheckpointError: the encoder folder has no such head.
+    """
+    from circuitml.pretrain.heads import load_task_head
+
+    if not is_pretrained(source, mode):
+        raise ConfigError(
+            f"head 'pretrained': the {mode} encoder has no pretraining head (only a pretrained encoder, "
+            "fine-tuned or frozen, carries one)"
+        )
+    if isinstance(source, nn.Module):
+        raise ConfigError("head 'pretrained': expected the encoder as a folder or shipped name, got a module")
+    if cfg.zero_shot and mode != "frozen":
+        raise ConfigError(f"zero-shot: expected a frozen encoder, got mode {mode!r}")
+    return load_task_head(source, task, setting)
 
 
 def is_pretrained(source, mode: str) -> bool:

@@ -35,6 +35,7 @@ from circuitml.tasks.common import (
     make_encoder,
     make_head,
     param_groups,
+    pretrained_head,
     result_label,
     seed_everything,
     split_items,
@@ -237,13 +238,24 @@ def run_equivalence(
     if prepared is None:
         prepared = prepare_equivalence(circuits, setting, seed=0, explicit_not=explicit_not)
     torch.manual_seed(cfg.seed)
-    head = make_head(cfg.head, 2 * encoder.out_dim, 64, 1).to(device)
+    transfer = cfg.head == "pretrained"
+    if transfer:  # funcsim's (gates) / the contrastive (circuits) projection, calibrated + a residual MLP
+        head = pretrained_head(encoder_source, mode, cfg, "equivalence", setting).to(device)
+    else:
+        head = make_head(cfg.head, 2 * encoder.out_dim, 64, 1).to(device)
+    if cfg.zero_shot:  # only the two calibration scalars: AUC is the pretrained similarity's own
+        for p in head.parameters():
+            p.requires_grad_(False)
+        for p in head.calibration():
+            p.requires_grad_(True)
     opt_groups = param_groups(head, encoder, trainable, is_pretrained(encoder_source, mode), cfg)
     modules = [head, encoder] if trainable else [head]
     # a step holds a few circuits: the gates setting scores hundreds of pairs per circuit
     per_step = TrainConfig(**{**cfg.__dict__, "batch_size": max(1, cfg.batch_size // 16)})
 
     def pair_logit(ha: Tensor, hb: Tensor) -> Tensor:
+        if transfer:
+            return head(ha, hb)
         return head(torch.cat([ha * hb, (ha - hb).abs()], dim=-1)).squeeze(-1)
 
     bce = torch.nn.functional.binary_cross_entropy_with_logits
@@ -323,7 +335,7 @@ def run_equivalence(
         group,
         names,
         notes=(
-            f"setting={setting}; held out: {held_out}; head: {cfg.head}; baseline predicts the training majority "
+            f"setting={setting}; held out: {held_out}; head: {cfg.head}{' (zero-shot)' if cfg.zero_shot else ''}; baseline predicts the training majority "
             "class (AUC 0.5 by definition)."
         ),
     )

@@ -22,6 +22,7 @@ from circuitml.tasks.common import (
     make_encoder,
     make_head,
     param_groups,
+    pretrained_head,
     result_label,
     seed_everything,
     split_items,
@@ -79,11 +80,17 @@ def run_probability(
     names = [str(getattr(g, "name", i)) for i, g in enumerate(graphs)]
     train_ids, test_ids = split_items(len(graphs), groups, cfg)
     torch.manual_seed(cfg.seed)
-    head = make_head(cfg.head, encoder.out_dim, 64, 1).to(device)
+    transfer = cfg.head == "pretrained"
+    if transfer:  # funcrec's decoder: it reads the graph's edges, not only each node's embedding
+        head = pretrained_head(encoder_source, mode, cfg, "probability").to(device)
+    else:
+        head = make_head(cfg.head, encoder.out_dim, 64, 1).to(device)
     enc = GraphEncoding(encoder, graphs, trainable, device=device, cache=cache)
 
     def predict(idx: Sequence[int]) -> torch.Tensor:
         node, _, _, _ = enc(idx)
+        if transfer:
+            return head(node, enc.edges(idx))
         return torch.sigmoid(head(node)).squeeze(-1)
 
     def step(batch: np.ndarray) -> torch.Tensor:
@@ -96,13 +103,17 @@ def run_probability(
     opt_groups = param_groups(head, encoder, trainable, is_pretrained(encoder_source, mode), cfg)
     per_batch = max(1, cfg.batch_size // 16)  # graphs per step: a graph holds many labelled nodes
     small = TrainConfig(**{**cfg.__dict__, "batch_size": per_batch})
-    history = train_loop(
-        opt_groups,
-        step,
-        len(train_ids),
-        small,
-        progress=progress,
-        modules=[head, encoder] if trainable else [head],
+    history = (
+        []  # zero-shot: the pretraining head as shipped
+        if cfg.zero_shot
+        else train_loop(
+            opt_groups,
+            step,
+            len(train_ids),
+            small,
+            progress=progress,
+            modules=[head, encoder] if trainable else [head],
+        )
     )
 
     encoder.eval()
@@ -132,7 +143,7 @@ def run_probability(
         np.concatenate(group),
         names,
         notes=(
-            f"MAE over AND/NOT nodes of held-out {held_out}; head: {cfg.head}; baseline predicts the training gates' "
+            f"MAE over AND/NOT nodes of held-out {held_out}; head: {cfg.head}{' (zero-shot)' if cfg.zero_shot else ''}; baseline predicts the training gates' "
             "mean probability."
         ),
     )

@@ -36,6 +36,7 @@ class Variant:
     source: object  # encoder folder, module, or "scratch"
     mode: str  # frozen | finetune | scratch | random
     head: str = "mlp"
+    zero_shot: bool = False  # with head "pretrained": the pretraining head, untrained but for its calibration
 
 
 @dataclass
@@ -167,7 +168,7 @@ def run_variants(
         # a frozen pretrained encoder gives the same embeddings at every seed: encode once
         cache: list | None = [] if v.mode == "frozen" else None
         for seed in seeds:
-            run_cfg = replace(cfg, seed=seed, head=v.head)
+            run_cfg = replace(cfg, seed=seed, head=v.head, zero_shot=v.zero_shot)
             label = f"{data.task} {v.name} seed {seed}"
 
             def tick(epoch: int, loss: float, label: str = label) -> None:

@@ -8,7 +8,12 @@ Rows, each over the same seeds and budget for every encoder compared, per-seed d
   split (an encoder pretrained without those families);
 * **linear probe**: the frozen pretrained encoder + a linear head against the same architecture at random
   initialisation, frozen, + the same head;
-* **ablation**: the linear probe of every encoder of an objective ablation, against the same random reference.
+* **ablation**: the linear probe of every encoder of an objective ablation, against the same random reference;
+* **zero-shot**: the frozen pretrained encoder with its matching pretraining head (:mod:`circuitml.pretrain.heads`),
+  nothing trained but the head's calibration, against scratch trained on the labels.
+
+``finetune_head="pretrained"`` starts the fine-tuned rows' head from the pretraining head where the task has one
+(probability, equivalence); QoR has none and keeps the MLP; every row's report names the head it used.
 
 A row *meets its target* when the mean per-seed improvement reaches the target (probability MAE −15 %,
 equivalence F1 +5 points, QoR MSE −10 %, relative to the reference's mean) and exceeds the standard deviation of
@@ -28,6 +33,7 @@ from circuitml.tasks.report import write_report
 from circuitml.tasks.runner import TaskData, Variant, prepare_task, run_variants
 
 from circuitml.fileio import atomic_write
+from circuitml.pretrain.heads import TASK_HEADS
 
 __all__ = ["Row", "TARGETS", "proof_rows", "run_suite"]
 
@@ -42,7 +48,7 @@ TARGETS = {
 @dataclass(frozen=True)
 class Row:
     name: str
-    table: str  # "finetune" | "probe" | "ablation"
+    table: str  # "finetune" | "probe" | "ablation" | "zeroshot"
     task: str
     data: str
     encoder: str
@@ -119,12 +125,27 @@ def proof_rows(
             rows.append(
                 Row(f"{task} · {name}", "ablation", task, data, path, setting, split, exclude_seen=corpus)
             )
+    for task, setting in TASK_HEADS:
+        name = f"{task} · {setting} · zero-shot" if task == "equivalence" else f"{task} · zero-shot"
+        rows.append(Row(name, "zeroshot", task, circuits, encoder, setting, exclude_seen=corpus))
     return rows
 
 
-def _variants(row: Row) -> list[Variant]:
-    if row.table == "finetune":
-        return [Variant("pretrained", row.encoder, "finetune"), Variant("scratch", row.encoder, "scratch")]
+def row_head(row: Row, finetune_head: str) -> str:
+    """The head of a row's pretrained side: the pretraining head where one exists for the task, else an MLP."""
+    if row.table == "zeroshot" or (finetune_head == "pretrained" and row.table == "finetune"):
+        return "pretrained" if (row.task, row.setting) in TASK_HEADS else "mlp"
+    return "mlp" if row.table == "finetune" else "linear"
+
+
+def _variants(row: Row, finetune_head: str = "mlp") -> list[Variant]:
+    head = row_head(row, finetune_head)
+    if row.table in ("finetune", "zeroshot"):
+        mode = "frozen" if row.table == "zeroshot" else "finetune"
+        return [
+            Variant("pretrained", row.encoder, mode, head, zero_shot=row.table == "zeroshot"),
+            Variant("scratch", row.encoder, "scratch"),
+        ]
     return [
         Variant("pretrained", row.encoder, "frozen", "linear"),
         Variant("random", row.encoder, "random", "linear"),
@@ -158,15 +179,18 @@ def run_suite(
     cfg: TrainConfig | None = None,
     log: Callable[[str], None] = print,
     progress=None,
+    finetune_head: str = "mlp",
 ) -> dict:
     """Run every row (data prepared once per (task, data, setting, split)), write per-row reports under
-    ``out/<k>_<task>/`` and the tables into ``out/report.md`` and ``out/metrics.json`` after each row."""
+    ``out/<k>_<task>/`` and the tables into ``out/report.md`` and ``out/metrics.json`` after each row.
+    ``finetune_head``: ``mlp`` or ``pretrained`` (see :func:`row_head`)."""
     from circuitml.encoders import load_encoder
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg or TrainConfig()
     prepared: dict[tuple, TaskData] = {}
+    done: dict[tuple, list] = {}
     results: list[dict] = []
     for k, row in enumerate(rows):
         explicit_not = load_encoder(row.encoder).config.explicit_not
@@ -178,10 +202,16 @@ def run_suite(
             )  # fmt: skip
         data = prepared[key]
         log(f"[{k + 1}/{len(rows)}] {row.name} ({row.table}, encoder {row.encoder})")
-        runs = run_variants(
-            data, _variants(row), seeds, replace(cfg, test_groups=row.test_groups), progress=progress
-        )
-        reference = "scratch" if row.table == "finetune" else "random"
+        runs = {}
+        for v in _variants(row, finetune_head):
+            # a variant already run on the same data (scratch: the reference of both finetune and zero-shot
+            # rows) gives the same numbers again (seeded, deterministic kernels): reuse it
+            done_key = (key, row.test_groups, v)
+            if done_key not in done:
+                row_cfg = replace(cfg, test_groups=row.test_groups)
+                done[done_key] = run_variants(data, [v], seeds, row_cfg, progress=progress)[v.name]
+            runs[v.name] = done[done_key]
+        reference = "scratch" if row.table in ("finetune", "zeroshot") else "random"
         summary = write_report(
             runs, out / f"{k:02d}_{row.task}", config={"row": row.__dict__}, reference=reference
         )
@@ -189,6 +219,7 @@ def run_suite(
             {
                 "row": row.name,
                 "table": row.table,
+                "head": row_head(row, finetune_head),
                 "task": row.task,
                 "encoder": row.encoder,
                 "data": row.data,
@@ -222,6 +253,7 @@ def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: Tra
         "finetune": "Pretrained (fine-tuned) vs scratch, same architecture, MLP heads",
         "probe": "Linear probe: frozen pretrained vs frozen random init, same architecture",
         "ablation": "Ablation: linear probe of each objective set's encoder vs frozen random init",
+        "zeroshot": "Zero-shot: frozen pretrained encoder + its pretraining head (only calibrated) vs scratch trained",
     }
     lines = [
         "# circuitml evaluation suite: pretrained vs scratch",
@@ -243,19 +275,19 @@ def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: Tra
         mine = [r for r in results if r["table"] == table]
         if not mine:
             continue
-        ref = "scratch" if table == "finetune" else "random"
+        ref = "scratch" if table in ("finetune", "zeroshot") else "random"
         lines += [
             f"## {title}",
             "",
-            f"| row | encoder | metric | pretrained | {ref} | difference | gain | target | met |",
+            f"| row | encoder | head | metric | pretrained | {ref} | difference | gain | target | met |",
         ]
-        lines.append("|---" * 9 + "|")
+        lines.append("|---" * 10 + "|")
         for r in mine:
             v = r["verdict"]
             gain = f"{100 * v['gain']:+.1f} %" if v["relative"] else f"{v['gain']:+.3f}"
             target = f"{100 * v['target']:+.0f} %" if v["relative"] else f"{v['target']:+.2f}"
             lines.append(
-                f"| {r['row']} | {_encoder_name(r['encoder'])} | {v['metric']} | {_fmt(v['pretrained'])} | "
+                f"| {r['row']} | {_encoder_name(r['encoder'])} | {r['head']} | {v['metric']} | {_fmt(v['pretrained'])} | "
                 f"{_fmt(v['reference'])} | {_fmt(v['difference'])} | {gain} | {target} | {'yes' if v['met'] else 'no'} |"
             )
         lines.append("")

@@ -158,7 +158,17 @@ def evaluate(
     finetune: bool = typer.Option(
         True, "--finetune/--frozen", help="Train the pretrained encoder or freeze it."
     ),
-    head: str = typer.Option("mlp", "--head", help="mlp | linear (a linear probe)."),
+    head: str = typer.Option(
+        "mlp",
+        "--head",
+        help="mlp | linear (a linear probe) | pretrained (the encoder's matching pretraining head; "
+        "probability and equivalence; the --compare reference keeps an mlp head).",
+    ),
+    zero_shot: bool = typer.Option(
+        False,
+        "--zero-shot",
+        help="With --frozen --head pretrained: train nothing but the head's calibration.",
+    ),
     setting: str = typer.Option("gates", "--setting", help="equivalence: gates | circuits."),
     split: Optional[str] = typer.Option(
         None,
@@ -205,6 +215,16 @@ def evaluate(
         raise ConfigError(f"--compare: expected 'scratch' or 'random', got {compare!r}")
     if head not in HEADS:
         raise ConfigError(f"--head: expected one of {', '.join(HEADS)}, got {head!r}")
+    if zero_shot and (head != "pretrained" or finetune):
+        raise ConfigError("--zero-shot: expected --frozen --head pretrained")
+    if head == "pretrained" and encoder == "scratch":
+        raise ConfigError(
+            "--head pretrained: expected a pretrained --encoder DIR (scratch has no pretraining head)"
+        )
+    if head == "pretrained":  # before any data work: a missing head is an error, never a fresh head
+        from circuitml.pretrain.heads import load_task_head
+
+        load_task_head(encoder, task, setting)
     if compare and seeds < 3:
         raise ConfigError(f"--seeds: expected at least 3 with --compare {compare}, got {seeds}")
     if compare and encoder == "scratch":
@@ -218,9 +238,9 @@ def evaluate(
     if encoder == "scratch":
         variants = [Variant("scratch", "scratch", "scratch", head)]
     else:
-        variants = [Variant("pretrained", encoder, "finetune" if finetune else "frozen", head)]
-        if compare:
-            variants.append(Variant(compare, encoder, compare, head))
+        variants = [Variant("pretrained", encoder, "finetune" if finetune else "frozen", head, zero_shot)]
+        if compare:  # a fresh encoder has no pretraining head: its reference head is an MLP
+            variants.append(Variant(compare, encoder, compare, "mlp" if head == "pretrained" else head))
     explicit_not = True
     if encoder != "scratch":
         from circuitml.encoders import load_encoder
@@ -264,7 +284,7 @@ def evaluate(
         "test_fraction": test_fraction, "test_families": list(held), "threads": threads, "device": str(dev),
         "exclude_seen": str(exclude_seen) if exclude_seen else None, "heldout": prepared.heldout,
         "encoder_lr": encoder_lr, "probe_epochs": probe_epochs, "freeze_layers": freeze_layers,
-        "validation": validation,
+        "validation": validation, "zero_shot": zero_shot,
     }  # fmt: skip
     summary = write_report(runs, out, config=config, reference=compare or "scratch")
     for name, enc in summary["encoders"].items():
@@ -304,7 +324,15 @@ def evaluate_suite(
     ablation: Optional[list[str]] = typer.Option(
         None, "--ablation", help="NAME=DIR of an objective-ablation encoder (repeatable): linear-probe rows."
     ),
-    tables: str = typer.Option("finetune,probe,ablation", "--tables", help="Which tables to run."),
+    tables: str = typer.Option(
+        "finetune,probe,ablation", "--tables", help="Which tables to run (also: zeroshot)."
+    ),
+    finetune_head: str = typer.Option(
+        "mlp",
+        "--finetune-head",
+        help="mlp | pretrained: start the fine-tuned rows' head from the encoder's pretraining head "
+        "(probability, equivalence; QoR has none and keeps the MLP).",
+    ),
     tasks: str = typer.Option(
         "qor,probability,equivalence", "--tasks", help="Which tasks' rows to run (in order)."
     ),
@@ -338,8 +366,10 @@ def evaluate_suite(
             raise ConfigError(f"--ablation: expected NAME=DIR, got {item!r}")
         abl[name] = path
     wanted = {t.strip() for t in tables.split(",")}
-    if not wanted <= {"finetune", "probe", "ablation"}:
-        raise ConfigError(f"--tables: expected finetune, probe and/or ablation, got {tables!r}")
+    if not wanted <= {"finetune", "probe", "ablation", "zeroshot"}:
+        raise ConfigError(f"--tables: expected finetune, probe, ablation and/or zeroshot, got {tables!r}")
+    if finetune_head not in ("mlp", "pretrained"):
+        raise ConfigError(f"--finetune-head: expected mlp or pretrained, got {finetune_head!r}")
     dev = configure_runtime(threads, device)
     cfg = TrainConfig(
         epochs=epochs, device=str(dev), encoder_lr=encoder_lr, probe_epochs=probe_epochs,
@@ -358,10 +388,17 @@ def evaluate_suite(
     rows = sorted(
         (r for r in rows if r.table in wanted and r.task in order), key=lambda r: order.index(r.task)
     )
+    from circuitml.pretrain.heads import load_task_head
+    from circuitml.tasks.suite import row_head
+
+    for r in rows:  # before any data work: every pretraining head a row needs exists
+        if row_head(r, finetune_head) == "pretrained":
+            load_task_head(r.encoder, r.task, r.setting)
     with _progress() if console.is_terminal else nullcontext() as bar:
         run_suite(
             rows, out, seeds=range(seeds), cfg=cfg,
             log=lambda s: console.print(s, highlight=False), progress=_epoch_logger(bar),
+            finetune_head=finetune_head,
         )  # fmt: skip
     console.print(f"report: {out / 'report.md'}")
 

@@ -47,6 +47,7 @@ from circuitml.pretrain.checkpoint import (
 )
 from circuitml.pretrain.config import OBJECTIVES, PretrainConfig, config_to_dict
 from circuitml.pretrain.data import BatchOrder, PretrainData, collate
+from circuitml.pretrain.heads import save_heads
 from circuitml.pretrain.logging import MetricsLogger, plot_losses
 from circuitml.pretrain.model import LOSS_COLUMNS, MGVGAModel
 
@@ -215,7 +216,9 @@ def export_encoder(out: str | Path, dest: str | Path, checkpoint: str | Path | N
                 for k in rows[0]
                 if k != "step" and any(float(r[k]) for r in rows)
             }
-    return encoder.save_pretrained(dest, card=card)
+    folder = encoder.save_pretrained(dest, card=card)
+    save_heads(folder, tensors, record["state"]["config"])  # the task heads that transfer (pretrain.heads)
+    return folder
 
 
 def _setup_distributed(config: PretrainConfig) -> tuple[int, int, torch.device]:
@@ -562,6 +565,9 @@ def train(
         card = run_card(config, step, root, len(data), wall)
         card["final_losses"] = {k: round(v, 6) for k, v in last.items() if k.startswith("loss")}
         model.encoder.save_pretrained(encoder_dir, card=card)
+        save_heads(
+            encoder_dir, {f"model.{k}": v for k, v in model.state_dict().items()}, config_to_dict(config)
+        )
     _barrier(world)
     nodes_speed = nodes_done / max(time.perf_counter() - loop_start, 1e-9)
     return TrainResult(out, step, interrupted, wall, speed, first, last, encoder_dir, saved_path, nodes_speed)
