@@ -560,6 +560,7 @@ def make_targets(workdir: Path) -> list[Target]:
                                 "id": "q1",
                                 "question": "Capital of Mars?",
                                 "answers": [],
+                                "plausible_answers": [{"text": "Paris", "answer_start": 0}],
                                 "is_impossible": True,
                             },
                         ],
