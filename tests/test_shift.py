@@ -161,6 +161,16 @@ def test_meta_dmoe_meta_training_reaches_the_aggregator_and_adaptation_moves_the
     assert preds.shape[0] == sum(g.num_nodes for g in domains["parity"]) and torch.isfinite(preds).all()
 
 
+def test_meta_dmoe_meta_trains_a_deepgcn_student(domains) -> None:
+    # second order through DeeperGCN's softmax aggregation: the fused kernel has no double backward, so
+    # meta-training must take the torch path (it once failed with "differentiate twice")
+    task = CircuitProbTask(EncoderConfig(kind="deepgcn", hidden=8, num_layers=2))
+    teachers = [frozen_copy(task.make_model()) for _ in range(2)]
+    meta = MetaDMoE(teachers, task.make_model(), 8)
+    losses = meta.meta_train(task, [_batches(domains[n], 2) for n in ("arith", "control")], steps=2)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
 def test_meta_dmoe_advances_the_students_annealing_routers_once_per_optimizer_step(domains) -> None:
     from circuitml.moe.inference import routers_of
 

@@ -138,3 +138,30 @@ def test_fused_forward_without_autograd_keeps_no_backward_state():
     with torch.no_grad():
         cheap = softmax_aggregate(x, t, csr, fused=True)
     torch.testing.assert_close(cheap, softmax_aggregate(x, t, csr, fused=False))
+
+
+def test_double_backward_block_gives_second_order_gradients_equal_to_pygs():
+    pytest.importorskip("numba")
+    from circuitml.encoders.softmax_aggr import double_backward, uses_fused_kernel
+
+    torch.manual_seed(3)
+    edge_index = random_graph(7)
+    x = torch.randn(60, 4, dtype=torch.float64, requires_grad=True)
+    csr = incoming_csr(edge_index, 60)
+    t = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    assert uses_fused_kernel(x)
+    with double_backward():
+        assert not uses_fused_kernel(x)
+        out = softmax_aggregate(x, t, csr, 1e-7)
+        (gx,) = torch.autograd.grad((out**2).sum(), x, create_graph=True)
+        (hx,) = torch.autograd.grad(gx.pow(2).sum(), x)
+    assert uses_fused_kernel(x)  # the block ends, the compiled path is back
+    want, _ = pyg_reference(x, 0.7, edge_index, 1e-7)
+    (wgx,) = torch.autograd.grad((want**2).sum(), x, create_graph=True)
+    (whx,) = torch.autograd.grad(wgx.pow(2).sum(), x)
+    torch.testing.assert_close(hx, whx, rtol=1e-6, atol=1e-4)  # PyG adds 1e-16 to the softmax denominator
+    # the compiled backward has no second order (torch refuses it), which is why the block exists
+    out = softmax_aggregate(x, t, csr, 1e-7)
+    (gx,) = torch.autograd.grad((out**2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.pow(2).sum(), x)

@@ -21,7 +21,10 @@ PyG's ``GENConv`` for outputs and gradients.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,7 +33,7 @@ from torch import Tensor
 from circuitml import kernels
 from circuitml.kernels import njit
 
-__all__ = ["IncomingCSR", "incoming_csr", "softmax_aggregate", "uses_fused_kernel"]
+__all__ = ["IncomingCSR", "double_backward", "incoming_csr", "softmax_aggregate", "uses_fused_kernel"]
 
 _CACHE_ATTR = "_incoming_csr_cache"
 
@@ -230,11 +233,29 @@ def _softmax_aggregate_torch(x: Tensor, t: Tensor, csr: IncomingCSR, eps: float)
     return torch.where(has_edges, num / den.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(num))
 
 
+_TORCH_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("softmax_aggr_torch_only", default=False)
+
+
+@contextlib.contextmanager
+def double_backward() -> Iterator[None]:
+    """Within this block :func:`softmax_aggregate` runs the torch path, which can be differentiated twice.
+
+    The compiled backward is a single numba pass (``once_differentiable``), so second-order methods — MAML-style
+    meta-learning (Meta-DMoE's ``create_graph=True`` inner step), gradient penalties — must use this block, as they
+    use ``sdpa_kernel([SDPBackend.MATH])`` for attention."""
+    token = _TORCH_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _TORCH_ONLY.reset(token)
+
+
 def uses_fused_kernel(x: Tensor) -> bool:
-    """Whether :func:`softmax_aggregate` runs the compiled kernels for states like ``x``: numba installed and a
-    float32/64 or bf16 (computed in float32) CPU tensor."""
+    """Whether :func:`softmax_aggregate` runs the compiled kernels for states like ``x``: numba installed, a
+    float32/64 or bf16 (computed in float32) CPU tensor, and not inside :func:`double_backward`."""
     return (
         kernels.HAVE_NUMBA
+        and not _TORCH_ONLY.get()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
     )

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from circuitml.encoders.softmax_aggr import double_backward
 from circuitml.errors import ConfigError
 
 __all__ = ["TeacherAggregator", "MetaDMoE"]
@@ -154,13 +155,14 @@ class MetaDMoE(nn.Module):
             if len(self.teachers) > 1:
                 mask[d] = True  # hide the pseudo-target's own expert, as the paper does
             params = dict(self.student.named_parameters())
-            # second-order gradients through attention need the math kernel (fused kernels lack double backward)
-            with sdpa_kernel([SDPBackend.MATH]):
+            # second-order gradients need the differentiable kernels: attention's math kernel and the torch path of
+            # the GNN's softmax aggregation (the fused kernels have no double backward)
+            with sdpa_kernel([SDPBackend.MATH]), double_backward():
                 adapted = self.inner_step(support, params, mask, create_graph=True)
                 out = functional_call(self.student, adapted, (query,))
                 loss = task.loss(out, query)
             opt.zero_grad(set_to_none=True)
-            with sdpa_kernel([SDPBackend.MATH]):
+            with sdpa_kernel([SDPBackend.MATH]), double_backward():
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params_to_train, 1.0)
             opt.step()
