@@ -19,13 +19,14 @@ from torch.autograd.function import once_differentiable
 GATED = ("swiglu", "geglu")
 
 
+def _gate_activation(gate: Tensor, activation: str) -> Tensor:
+    return F.silu(gate) if activation == "swiglu" else F.gelu(gate)
+
+
 def _activation_forward(h: Tensor, activation: str) -> Tensor:
-    if activation == "swiglu":
+    if activation in GATED:
         gate, up = h.chunk(2, dim=-1)
-        return F.silu(gate).mul_(up)
-    if activation == "geglu":
-        gate, up = h.chunk(2, dim=-1)
-        return F.gelu(gate).mul_(up)
+        return _gate_activation(gate, activation).mul_(up)
     if activation == "gelu":
         return F.gelu(h)
     if activation == "relu":
@@ -33,18 +34,30 @@ def _activation_forward(h: Tensor, activation: str) -> Tensor:
     return F.silu(h)
 
 
-def _activation_backward(h: Tensor, grad_a: Tensor, activation: str) -> Tensor:
-    """``dL/dh`` from ``dL/da`` where ``a = act(h)``."""
+def _activation_recompute(h: Tensor, activation: str) -> tuple[Tensor, Tensor | None]:
+    """``act(h)`` and, for the gated activations, ``act(gate)`` too (the backward needs it again)."""
+    if activation not in GATED:
+        return _activation_forward(h, activation), None
+    gate, up = h.chunk(2, dim=-1)
+    gate_act = _gate_activation(gate, activation)
+    return gate_act * up, gate_act
+
+
+def _activation_backward(
+    h: Tensor, grad_a: Tensor, activation: str, gate_act: Tensor | None = None
+) -> Tensor:
+    """``dL/dh`` from ``dL/da`` where ``a = act(h)``; ``gate_act`` is ``act(gate)`` when already computed."""
     if activation in GATED:
         gate, up = h.chunk(2, dim=-1)
         grad_h = torch.empty_like(h)
         hidden = gate.shape[-1]
+        if gate_act is None:
+            gate_act = _gate_activation(gate, activation)
         if activation == "swiglu":
             grad_h[:, :hidden] = torch.ops.aten.silu_backward(grad_a * up, gate)
-            torch.mul(grad_a, F.silu(gate), out=grad_h[:, hidden:])
         else:
             grad_h[:, :hidden] = torch.ops.aten.gelu_backward(grad_a * up, gate)
-            torch.mul(grad_a, F.gelu(gate), out=grad_h[:, hidden:])
+        torch.mul(grad_a, gate_act, out=grad_h[:, hidden:])
         return grad_h
     if activation == "gelu":
         return torch.ops.aten.gelu_backward(grad_a, h)
@@ -240,7 +253,7 @@ class RoutedFFN(torch.autograd.Function):
             beta = 0.0 if e != first else 1.0
             first = e
             go = torch.index_select(grad_out, 0, tok, out=gbuf[: tok.numel()])
-            a = _activation_forward(ht, ctx.activation)
+            a, gate_act = _activation_recompute(ht, ctx.activation)
             grad_a = torch.mm(go, w2s[e])  # dL/da before the pair weight
             if gpw is not None:
                 torch.sum(grad_a * a, dim=1, out=gpw)
@@ -250,7 +263,7 @@ class RoutedFFN(torch.autograd.Function):
                 grad_b2[e] = wcol[:, 0] @ go if beta == 0 else grad_b2[e] + wcol[:, 0] @ go
             if grad_w2 is not None:
                 grad_w2[e].addmm_(go.t(), a.mul_(wcol), beta=beta)
-            grad_h = _activation_backward(ht, grad_a.mul_(wcol), ctx.activation)
+            grad_h = _activation_backward(ht, grad_a.mul_(wcol), ctx.activation, gate_act)
             if grad_w1 is not None:
                 xt = torch.index_select(x, 0, tok, out=xbuf[: tok.numel()])
                 grad_w1[e].addmm_(grad_h.t(), xt, beta=beta)
