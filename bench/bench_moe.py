@@ -16,6 +16,7 @@ It prints tokens/s and each method's cost relative to ``dense`` (lower is better
     python bench/bench_moe.py                 # full sweep on CPU
     python bench/bench_moe.py --quick         # small shapes, a few repeats (smoke run)
     python bench/bench_moe.py --clock thread     # single-thread CPU time: stable when the machine is shared
+    python bench/bench_moe.py --clock thread --rows 2,3 --skip-naive --skip-hf-eager --repeats 3   # two rows, cheap
     python bench/bench_moe.py --device cuda --dtype bfloat16
 """
 
