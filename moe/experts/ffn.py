@@ -118,15 +118,7 @@ class FFNExperts(nn.Module):
         :class:`~circuitml.moe.experts.segment_ffn.SegmentFFN`.
         """
         if not self._use_grouped(xs):
-            return segment_ffn(
-                xs,
-                self.gate_up_proj,
-                self.down_proj,
-                self.gate_up_bias,
-                self.down_bias,
-                plan,
-                self.activation,
-            )
+            return segment_ffn(xs, *self._weights(), plan, self.activation)
         h = segment_matmul(xs, self.gate_up_proj.transpose(1, 2), plan, True)
         if self.gate_up_bias is not None:
             h = h + self._row_bias(self.gate_up_bias, plan)
@@ -135,6 +127,9 @@ class FFNExperts(nn.Module):
         if self.down_bias is not None:
             y = y + self._row_bias(self.down_bias, plan)
         return torch.cat([y, y.new_zeros(1, y.shape[-1])], dim=0)
+
+    def _weights(self) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        return self.gate_up_proj, self.down_proj, self.gate_up_bias, self.down_bias
 
     def _use_grouped(self, x: Tensor) -> bool:
         if self.use_grouped_mm is not None:
@@ -154,15 +149,6 @@ class FFNExperts(nn.Module):
         if plan is None:
             plan = make_plan(indices, self.num_experts)
         if not self._use_grouped(x):
-            return routed_ffn(
-                x,
-                weights,
-                self.gate_up_proj,
-                self.down_proj,
-                self.gate_up_bias,
-                self.down_bias,
-                plan,
-                self.activation,
-            )
+            return routed_ffn(x, weights, *self._weights(), plan, self.activation)
         y = self.experts_sorted(gather_tokens(x, plan), plan)
         return combine_outputs(y, weights, plan, padded=True)
