@@ -6,7 +6,9 @@ E=8,k=2,d=64,h=128,N=65536. For each row it times, interleaved so that machine n
 * ``ours``   — ``MoEBlock(TopKRouter, FFNExperts)``: router + sort-and-segment experts;
 * ``naive``  — a textbook per-expert loop (``nonzero`` on the routing mask, weighted ``index_add``);
 * ``hf``     — transformers' ``MixtralSparseMoeBlock`` built from a ``MixtralConfig`` at equal shapes with
-  the SAME weights copied in (outputs are checked equal before timing);
+  the SAME weights copied in (outputs are checked equal before timing), its eager per-expert loop;
+* ``hf_gmm`` — the same block with ``experts_implementation="grouped_mm"`` (sort + ``torch._grouped_mm``),
+  HF's fastest path (skipped when this transformers has none);
 * ``dense``  — one SwiGLU FFN with hidden ``k*h`` (the same active parameters): the bound no dispatch beats.
 
 It prints tokens/s and each method's cost relative to ``dense`` (lower is better; the target is ours <= 1.1x).
@@ -14,6 +16,7 @@ It prints tokens/s and each method's cost relative to ``dense`` (lower is better
     python bench/bench_moe.py                 # full sweep on CPU
     python bench/bench_moe.py --quick         # small shapes, a few repeats (smoke run)
     python bench/bench_moe.py --clock thread     # single-thread CPU time: stable when the machine is shared
+    python bench/bench_moe.py --clock thread --rows 2,3 --skip-naive --skip-hf-eager --repeats 3   # two rows, cheap
     python bench/bench_moe.py --device cuda --dtype bfloat16
 """
 
@@ -35,6 +38,7 @@ FULL_ROWS = [
     (16, 2, 256, 512, 512),
     (8, 2, 64, 128, 65536),
 ]
+METHODS = ("ours", "naive", "hf", "hf_gmm", "dense")
 QUICK_ROWS = [(8, 2, 64, 128, 2048), (16, 4, 64, 64, 1024)]
 
 
@@ -70,13 +74,23 @@ class DenseSwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
-def build_hf(block: MoEBlock, E: int, k: int, d: int, h: int) -> nn.Module | None:
+def build_hf(
+    block: MoEBlock, E: int, k: int, d: int, h: int, implementation: str = "eager"
+) -> nn.Module | None:
     try:
         from transformers import MixtralConfig
         from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
     except ImportError:
         return None
+    if implementation != "eager":
+        try:
+            from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+        except ImportError:
+            return None
+        if implementation not in ALL_EXPERTS_FUNCTIONS:
+            return None
     cfg = MixtralConfig(
+        experts_implementation=implementation,
         hidden_size=d,
         intermediate_size=h,
         num_local_experts=E,
@@ -122,7 +136,11 @@ def run_row(E: int, k: int, d: int, h: int, N: int, args: argparse.Namespace) ->
     ours = MoEBlock(router, FFNExperts(E, d, h, "swiglu")).to(device, dtype)
     naive = NaiveLoopMoE(ours)
     dense = DenseSwiGLU(d, k * h).to(device, dtype)
-    hf = build_hf(ours, E, k, d, h)
+    hfs = {
+        name: build_hf(ours, E, k, d, h, impl)
+        for name, impl in (("hf", "eager"), ("hf_gmm", "grouped_mm"))
+        if not (name == "hf" and args.skip_hf_eager)
+    }
     x = torch.randn(N, d, device=device, dtype=dtype)
     grad_out = torch.randn(N, d, device=device, dtype=dtype)
 
@@ -137,7 +155,9 @@ def run_row(E: int, k: int, d: int, h: int, N: int, args: argparse.Namespace) ->
     methods = {"ours": fwd_bwd(lambda t: ours(t).out, ours)}
     if not args.skip_naive:
         methods["naive"] = fwd_bwd(naive, naive)
-    if hf is not None:
+    for name, hf in hfs.items():
+        if hf is None:
+            continue
         hf = hf.to(device, dtype)
         with torch.no_grad():
             ref = hf(x.unsqueeze(0)).squeeze(0)
@@ -145,8 +165,8 @@ def run_row(E: int, k: int, d: int, h: int, N: int, args: argparse.Namespace) ->
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         err = (ref - got).abs().max().item() / max(ref.abs().max().item(), 1e-12)
         if err > tol:
-            raise SystemExit(f"hf and ours disagree on E={E} k={k} d={d} h={h}: rel err {err:.2e}")
-        methods["hf"] = fwd_bwd(lambda t: hf(t.unsqueeze(0)).squeeze(0), hf)
+            raise SystemExit(f"{name} and ours disagree on E={E} k={k} d={d} h={h}: rel err {err:.2e}")
+        methods[name] = fwd_bwd(lambda t, hf=hf: hf(t.unsqueeze(0)).squeeze(0), hf)
     methods["dense"] = fwd_bwd(dense, dense)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     clock = time.thread_time if args.clock == "thread" else time.perf_counter
@@ -164,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-hf-eager", action="store_true", help="time HF's grouped_mm path only")
     parser.add_argument(
         "--clock",
         default="wall",
@@ -187,14 +208,14 @@ def main(argv: list[str] | None = None) -> None:
         f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} clock={args.clock} best-of={args.repeats} torch={torch.__version__}"
     )
     header = f"{'E':>3} {'k':>2} {'d':>4} {'h':>5} {'N':>6} | " + " | ".join(
-        f"{m:>6} tok/s  x dense" for m in ("ours", "naive", "hf", "dense")
+        f"{m:>6} tok/s  x dense" for m in METHODS
     )
     print(header)
     print("-" * len(header))
     for E, k, d, h, N in rows:
         res = run_row(E, k, d, h, N, args)
         cells = []
-        for m in ("ours", "naive", "hf", "dense"):
+        for m in METHODS:
             if m in res:
                 cells.append(f"{N / res[m]:>12,.0f} {res[m] / res['dense']:>6.2f}x")
             else:

@@ -19,7 +19,7 @@ from circuitml.moe.dispatch import (
     make_plan,
     segment_matmul,
 )
-from circuitml.moe.experts.segment_ffn import segment_ffn
+from circuitml.moe.experts.segment_ffn import routed_ffn, segment_ffn
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
@@ -59,8 +59,8 @@ class FFNExperts(nn.Module):
         bias: add per-expert biases.
         use_grouped_mm: force (``True``/``False``) ``torch._grouped_mm``; ``None`` uses it on CUDA where it
             supports the dtype (bf16 on sm90+), else the fused, cache-tiled per-expert loop
-            (:mod:`~circuitml.moe.experts.segment_ffn`; on CPU it measured as fast as grouped_mm and takes any
-            dtype and width).
+            (:class:`~circuitml.moe.experts.segment_ffn.RoutedFFN`: gather, FFN and weighted combine per row
+            tile; on CPU it beats grouped_mm with a separate gather and combine, and takes any dtype and width).
 
     Shapes: ``x [N, d]``, ``indices [N, k]`` (long, ``-1`` dropped), ``weights [N, k]`` → ``[N, d]``.
     """
@@ -117,19 +117,8 @@ class FFNExperts(nn.Module):
         ``torch._grouped_mm`` where it is supported and enabled, else the fused per-expert loop
         :class:`~circuitml.moe.experts.segment_ffn.SegmentFFN`.
         """
-        use = self.use_grouped_mm
-        if use is None:
-            use = xs.device.type == "cuda" and grouped_mm_supported(xs, self.gate_up_proj)
-        if not use:
-            return segment_ffn(
-                xs,
-                self.gate_up_proj,
-                self.down_proj,
-                self.gate_up_bias,
-                self.down_bias,
-                plan,
-                self.activation,
-            )
+        if not self._use_grouped(xs):
+            return segment_ffn(xs, *self._weights(), plan, self.activation)
         h = segment_matmul(xs, self.gate_up_proj.transpose(1, 2), plan, True)
         if self.gate_up_bias is not None:
             h = h + self._row_bias(self.gate_up_bias, plan)
@@ -138,6 +127,14 @@ class FFNExperts(nn.Module):
         if self.down_bias is not None:
             y = y + self._row_bias(self.down_bias, plan)
         return torch.cat([y, y.new_zeros(1, y.shape[-1])], dim=0)
+
+    def _weights(self) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        return self.gate_up_proj, self.down_proj, self.gate_up_bias, self.down_bias
+
+    def _use_grouped(self, x: Tensor) -> bool:
+        if self.use_grouped_mm is not None:
+            return self.use_grouped_mm
+        return x.device.type == "cuda" and grouped_mm_supported(x, self.gate_up_proj)
 
     @staticmethod
     def _row_bias(bias: Tensor, plan: DispatchPlan) -> Tensor:
@@ -151,5 +148,7 @@ class FFNExperts(nn.Module):
     ) -> Tensor:
         if plan is None:
             plan = make_plan(indices, self.num_experts)
+        if not self._use_grouped(x):
+            return routed_ffn(x, weights, *self._weights(), plan, self.activation)
         y = self.experts_sorted(gather_tokens(x, plan), plan)
         return combine_outputs(y, weights, plan, padded=True)

@@ -23,9 +23,9 @@ import math
 
 import torch
 import torch.distributed as dist
-from circuitml.moe.dispatch import combine_outputs, gather_tokens, make_plan
+from circuitml.moe.dispatch import make_plan
 from circuitml.moe.experts.ffn import FFNExperts
-from circuitml.moe.experts.segment_ffn import segment_ffn
+from circuitml.moe.experts.segment_ffn import routed_ffn
 from circuitml.moe.parallel import AllToAll, expert_shards
 from torch import Tensor, nn
 
@@ -85,8 +85,9 @@ def run_materialized(
     compact[experts] = torch.arange(experts.numel(), device=indices.device)
     local_idx = compact[torch.where((indices >= 0) & (indices < num_experts), indices, num_experts)]
     plan = make_plan(local_idx, max(1, experts.numel()))
-    y = segment_ffn(
-        gather_tokens(x, plan),
+    return routed_ffn(
+        x,
+        weights,
         w["gate_up_proj"],
         w["down_proj"],
         w.get("gate_up_bias"),
@@ -94,7 +95,6 @@ def run_materialized(
         plan,
         activation,
     )
-    return combine_outputs(y, weights, plan, padded=True)
 
 
 def balanced_placement(load: Tensor, world: int) -> Tensor:
