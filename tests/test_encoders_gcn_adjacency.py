@@ -65,3 +65,15 @@ def test_gcn_sparse_adjacency_matches_message_passing(options: dict) -> None:
     # The adjacency is cached on the graph: a second forward reuses it and gives the same numbers.
     again = enc.encode_nodes(data, enc.type_embedding(data.x.view(-1).long()))
     torch.testing.assert_close(again, ours, rtol=0, atol=0)
+
+
+def test_gcn_under_bf16_autocast_matches_message_passing() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("gcn", hidden=16, num_layers=3)
+    data = aig_to_data(small_aig(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = enc.encode_nodes(data, enc.type_embedding(data.x.view(-1).long()))
+        ref = message_passing_reference(enc, data)
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=0, atol=0)
+    ours.float().sum().backward()
+    assert all(p.grad is not None for p in enc.gnn.parameters())
