@@ -54,6 +54,11 @@ def test_overrides_parse_types(tmp_path):
         (["optim.lrr=1"], "optim.lrr: unknown key"),
         (["optimizer.lr=1"], "unknown section 'optimizer'"),
         (["optim.lr=fast"], "optim.lr: expected a number"),
+        # found by bench/fuzz.py: an integer beyond float's range raised OverflowError; inf/nan were accepted
+        (["optim.lr=1" + "0" * 400], "optim.lr: expected a finite number"),
+        (["optim.lr=1" + "0" * 5000], "optim.lr: expected a finite number"),
+        (["contrast.temperature=inf"], "contrast.temperature: expected a finite number"),
+        (["optim.grad_clip=nan"], "optim.grad_clip: expected a finite number"),
         (["schedule.steps=2.5"], "schedule.steps: expected an integer"),
         (["mgm.mask_ratio=1.5"], "mgm.mask_ratio: expected a fraction"),
         (["run.amp=maybe"], "run.amp: expected true or false"),

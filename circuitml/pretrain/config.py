@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -334,14 +335,23 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
+            except OverflowError:  # an integer beyond float's range (10**400)
+                number = math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+        # no setting means anything at inf or nan, and a 5,000-digit literal reads as inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
