@@ -278,7 +278,20 @@ def test_training_loss_falls_and_cli_round_trip(tmp_path: Path) -> None:
     assert metrics["loss_last_epoch"] < 0.5 * metrics["loss_first_epoch"]
     # memorizing its own 12 questions beats always answering "no answer" (50 here) by a wide margin
     assert metrics["eval"]["exact"] >= 75.0 > metrics["eval_baseline_no_answer"]["exact"]
-    code = main(["qa", "eval", "--model", str(out), "--data", str(data), "--out", str(tmp_path / "m.json")])
+    code = main(
+        [
+            "qa",
+            "eval",
+            "--model",
+            str(out),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "m.json"),
+            "--device",
+            "auto",
+        ]
+    )
     assert code == 0
     again = json.loads((tmp_path / "m.json").read_text())
     assert again["exact"] == pytest.approx(metrics["eval"]["exact"])

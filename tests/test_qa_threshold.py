@@ -189,6 +189,14 @@ def test_device_auto_and_cpu_and_refused_cuda(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and "CUDA is not available" in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+    # qa eval takes the same option, checked before the model is read
+    for bad in ("cuda", "tpu"):
+        code = main(
+            ["qa", "eval", "--model", str(tmp_path / "none"), "--data", str(tmp_path), "--device", bad]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and ("--device" in err or "CUDA" in err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- top-1 upcycling

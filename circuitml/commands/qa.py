@@ -167,11 +167,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         model: Path = typer.Option(..., "--model", help="Directory written by `circuitml qa train`."),
         data: Path = typer.Option(..., "--data", help="SQuAD-format JSON file."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write the metrics JSON here."),
+        threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (cuda when available)."),
     ) -> None:
         """Official SQuAD EM/F1 of a trained model on a file."""
         from circuitml.tasks.qa.train import evaluate_qa
 
-        scores = evaluate_qa(model, data)
+        scores = evaluate_qa(model, data, device=device, threads=threads)
         console.print(_table(str(data), scores))
         if out is not None:
             atomic_write(out, json.dumps(scores, indent=2))

@@ -467,8 +467,14 @@ def load_qa_model(path: str | os.PathLike):
     return model, load_tokenizer(path / "tokenizer"), cfg
 
 
-def evaluate_qa(model_dir: str | os.PathLike, data: str | os.PathLike) -> dict[str, float]:
-    """EM/F1 of a saved model on a SQuAD file."""
+def evaluate_qa(
+    model_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> dict[str, float]:
+    """EM/F1 of a saved model on a SQuAD file, on ``device`` (cpu, cuda[:N] or auto)."""
+    dev = configure_runtime(threads, device)
     model, tokenizer, cfg = load_qa_model(model_dir)
     examples, version = read_squad(data)
-    return evaluate_examples(model, tokenizer, examples, cfg, version)
+    return evaluate_examples(model.to(dev), tokenizer, examples, cfg, version)
