@@ -1,7 +1,7 @@
 """Robust QA from a pretrained start: dense MiniLM vs MiniLM upcycled into Switch-FFN vs Switch + EDA.
 
 Each variant fine-tunes the shipped MiniLM-L6 (``circuitml.lm``) on the SQuAD v2.0 sample with whole contexts held
-out (``split_by_context``, fraction 0.2, split seed fixed at 0 so every run sees the same held-out questions) and
+out (``split_by_context``, fraction 0.2, ``--split-seed`` fixed, 0 by default, so every run sees the same held-out questions) and
 reports the official EM/F1 with the HasAns/NoAns split, next to the always-no-answer baseline. The EDA variant
 trains on the questions plus one augmented copy for half the epochs, so every variant takes the same number of
 optimizer steps. The null threshold is tuned on 10 % of the training contexts (``val_fraction``); the Switch
@@ -66,6 +66,12 @@ def main() -> None:
     ap.add_argument("--sentence-prior", action="store_true")
     ap.add_argument("--independent-span", type=float, default=0.0)
     ap.add_argument("--head-lr", type=float, default=None)
+    ap.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="which contexts are held out (the same for every --seeds run)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="use only the first N questions (smoke runs)")
     ap.add_argument("--out", type=Path, default=Path("qa_minilm.json"))
     args = ap.parse_args()
@@ -83,7 +89,7 @@ def main() -> None:
         tmp.write_text(json.dumps(raw))
         data = tmp
     examples, _ = read_squad(data)
-    train_ex, eval_ex = split_by_context(examples, 0.2, 0)
+    train_ex, eval_ex = split_by_context(examples, 0.2, args.split_seed)
     print(f"{len(train_ex)} training / {len(eval_ex)} held-out questions", flush=True)
 
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -111,7 +117,7 @@ def main() -> None:
                 epochs=spec["epochs"],
                 eda_copies=spec.get("eda_copies", 0),
                 seed=seed,
-                split_seed=0,
+                split_seed=args.split_seed,
                 freeze_bottom=args.freeze_bottom,
                 threads=1,
                 model=model,
