@@ -100,13 +100,6 @@ class QAFeatures:
         None  # [F, T, 2] sentence-prior features (tasks.qa.sentence_prior), when the model uses them
     )
 
-    @property
-    def question_mask(self) -> Tensor:
-        """``[F, T]`` True on the question's tokens: real tokens outside the context, [CLS] excluded."""
-        mask = self.attention_mask.bool() & ~self.context_mask
-        mask[:, 0] = False
-        return mask
-
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 

@@ -126,8 +126,10 @@ def _run(model, feats, idx) -> Any:
     if isinstance(model, UpcycledHFQA):
         if feats.token_type_ids is not None:
             extra["token_type_ids"] = feats.token_type_ids[idx][:, :t].to(dev)
-        if model.qa_bilinear is not None:
-            extra["question_mask"] = feats.question_mask[idx][:, :t].to(dev)
+        if model.qa_bilinear is not None:  # the question: real tokens outside the context, [CLS] excluded
+            question = mask.bool() & ~feats.context_mask[idx][:, :t]
+            question[:, 0] = False
+            extra["question_mask"] = question.to(dev)
         if model.qa_prior is not None:
             extra["prior"] = feats.prior[idx][:, :t].to(dev) if feats.prior is not None else None
     return model(ids.to(dev), mask.to(dev), **extra)
@@ -271,6 +273,13 @@ def evaluate_examples(
 ) -> dict[str, float]:
     """Official EM/F1 with the HasAns/NoAns split, at ``null_threshold`` (default: the config's, else 0)."""
     spans = predict_examples(model, tokenizer, examples, cfg)
+    return _scores(spans, examples, cfg, version, null_threshold)
+
+
+def _scores(
+    spans: SpanPredictions, examples, cfg: QATrainConfig, version: str, null_threshold: float | None = None
+) -> dict[str, float]:
+    """Official EM/F1 of predicted ``spans`` at ``null_threshold`` (default: the config's, else 0)."""
     if null_threshold is None:
         null_threshold = cfg.null_threshold if cfg.null_threshold is not None else 0.0
     preds = spans.answers(null_threshold, allow_impossible=version == "v2.0")
@@ -394,9 +403,10 @@ def train_qa(
         cfg.null_threshold, metrics["val_f1"] = tune_null_threshold(model, tokenizer, val_ex, cfg)
     metrics["null_threshold"] = cfg.null_threshold
     if eval_ex:
-        metrics["eval"] = evaluate_examples(model, tokenizer, eval_ex, cfg, version)
+        spans = predict_examples(model, tokenizer, eval_ex, cfg)  # once: both thresholds score the same spans
+        metrics["eval"] = _scores(spans, eval_ex, cfg, version)
         if version == "v2.0" and cfg.null_threshold:
-            metrics["eval_threshold_0"] = evaluate_examples(model, tokenizer, eval_ex, cfg, version, 0.0)
+            metrics["eval_threshold_0"] = _scores(spans, eval_ex, cfg, version, 0.0)
         no_answer = {e.id: "" for e in eval_ex}
         metrics["eval_baseline_no_answer"] = squad_scores(
             no_answer, {e.id: [a.text for a in e.answers] for e in eval_ex}
