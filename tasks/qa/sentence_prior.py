@@ -99,12 +99,14 @@ def sentence_prior(examples: Sequence[SquadExample], features, encoder: Sentence
     best = np.maximum.reduceat(cos, first[:-1]) if len(cos) else np.zeros(0)
     out = np.zeros((n_feat, t, 2), dtype=np.float32)
     ex = features.example_index.numpy()
-    ctx = features.context_mask.numpy()
-    starts_char = [np.array([a for a, _ in sp]) for sp in spans]
-    for f in range(n_feat):  # one vectorised lookup per window (tokens -> sentence by their start offset)
-        k = int(ex[f])
-        idx = np.searchsorted(starts_char[k], features.offsets[f, :, 0], side="right") - 1
-        rel = cos[first[k] + np.clip(idx, 0, len(spans[k]) - 1)] - best[k]
-        out[f, :, 0] = np.where(ctx[f], rel, 0.0)
-        out[f, 0, 1] = best[k]
+    # every token's sentence in one search: keys (example, character) sort sentences by example, then start
+    stride = max(len(e.context) for e in examples) + 1
+    sent_keys = owner * stride + np.array([a for sp in spans for a, _ in sp], dtype=np.int64)
+    tok_keys = ex[:, None] * stride + features.offsets[..., 0]
+    sent = np.searchsorted(sent_keys, tok_keys, side="right") - 1
+    sent = np.clip(
+        sent, first[ex][:, None], first[ex + 1][:, None] - 1
+    )  # before the first sentence: the first
+    out[..., 0] = np.where(features.context_mask.numpy(), cos[sent] - best[ex][:, None], 0.0)
+    out[:, 0, 1] = best[ex]
     return torch.from_numpy(out)
