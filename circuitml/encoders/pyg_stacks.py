@@ -26,6 +26,7 @@ from torch_geometric.utils import to_undirected
 from circuitml.encoders.base import Encoder
 from circuitml.encoders.builder import register_encoder
 from circuitml.encoders.config import EncoderConfig
+from circuitml.encoders.graph_cache import graph_cached
 from circuitml.errors import ConfigError
 
 _ADJ_CACHE = "_gcn_adjacency_cache"
@@ -109,16 +110,12 @@ class GCNEncoder(PygStackEncoder):
             conv.normalize = False  # encode_nodes passes the already normalized adjacency
 
     def encode_nodes(self, data: Data, h: Tensor) -> Tensor:
-        key = (data.edge_index, h.size(0), bool(self.opt("undirected")), h.dtype, h.device)
-        store = getattr(data, "_store", None)
-        cached = store.__dict__.get(_ADJ_CACHE) if store is not None else None
-        if cached is not None and cached[0][0] is key[0] and cached[0][1:] == key[1:]:
-            ei, weight, adj = cached[1]
-        else:
+        def build() -> tuple[Tensor, Tensor, Tensor]:
             edge_index, _ = self.graph_edges(data)
-            ei, weight, adj = gcn_adjacency(edge_index.to(h.device), h.size(0), h.dtype)
-            if store is not None:
-                store.__dict__[_ADJ_CACHE] = (key, (ei, weight, adj))
+            return gcn_adjacency(edge_index.to(h.device), h.size(0), h.dtype)
+
+        key = (h.size(0), bool(self.opt("undirected")), h.dtype, h.device)
+        ei, weight, adj = graph_cached(data, _ADJ_CACHE, data.edge_index, key, build)
         batch = getattr(data, "batch", None)
         if torch.is_autocast_enabled(h.device.type):
             return self.gnn(h, ei, edge_weight=weight, batch=batch)

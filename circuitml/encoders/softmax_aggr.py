@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from circuitml import kernels
+from circuitml.encoders.graph_cache import graph_cached
 from circuitml.kernels import njit
 
 __all__ = ["IncomingCSR", "double_backward", "incoming_csr", "softmax_aggregate", "uses_fused_kernel"]
@@ -48,10 +49,12 @@ class IncomingCSR:
 
 def incoming_csr(edge_index: Tensor, num_nodes: int, data: object | None = None) -> IncomingCSR:
     """The :class:`IncomingCSR` of ``edge_index`` (a stable sort by target), cached on ``data`` when given."""
-    store = getattr(data, "_store", None)
-    cached = store.__dict__.get(_CACHE_ATTR) if store is not None else None
-    if cached is not None and cached[0] is edge_index and cached[1] == num_nodes:
-        return cached[2]
+    return graph_cached(
+        data, _CACHE_ATTR, edge_index, num_nodes, lambda: _incoming_csr(edge_index, num_nodes)
+    )
+
+
+def _incoming_csr(edge_index: Tensor, num_nodes: int) -> IncomingCSR:
     dst = edge_index[1]
     if kernels.HAVE_NUMBA and dst.device.type == "cpu":
         perm_np, ptr_np = kernels.counting_sort(dst.numpy(), num_nodes)
@@ -60,10 +63,7 @@ def incoming_csr(edge_index: Tensor, num_nodes: int, data: object | None = None)
         perm = torch.sort(dst, stable=True).indices
         rowptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=dst.device)
         torch.cumsum(torch.bincount(dst, minlength=num_nodes), dim=0, out=rowptr[1:])
-    csr = IncomingCSR(rowptr, edge_index[0][perm].contiguous(), perm)
-    if store is not None:
-        store.__dict__[_CACHE_ATTR] = (edge_index, num_nodes, csr)
-    return csr
+    return IncomingCSR(rowptr, edge_index[0][perm].contiguous(), perm)
 
 
 # Reassociation and contraction let LLVM vectorize the channel loops; no-NaN/no-inf are NOT assumed (a
