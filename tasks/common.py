@@ -25,7 +25,9 @@ weights and a scratch encoder has none to protect — scratch trains every weigh
 * ``probe_epochs`` — LP-FT (Kumar et al., "Fine-Tuning can Distort Pretrained Features and Underperform
   Out-of-Distribution", ICLR 2022): the first epochs train the head on the frozen encoder, then both train, so a
   random head's large early gradients do not overwrite the pretrained features;
-* ``freeze_layers`` — the type embedding and the first N message-passing blocks stay frozen.
+* ``freeze_layers`` — the type embedding and the first N message-passing blocks stay frozen;
+* ``sp_alpha`` — L2-SP (Li et al., ICML 2018; :mod:`circuitml.tasks.l2_sp`): the fine-tuned encoder decays
+  toward its pretrained weights with strength alpha instead of toward zero.
 
 ``validation=True`` holds the test split out entirely and reports on a validation share of the training
 groups: settings are chosen there, never on the test split.
@@ -33,6 +35,7 @@ groups: settings are chosen there, never on the test split.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from circuitml.moe.schedule import step_routers
+from circuitml.tasks.l2_sp import anchor_group, pull_toward_anchors
 from torch import Tensor, nn
 
 from circuitml.aig import AIG
@@ -103,6 +107,7 @@ class TrainConfig:
     freeze_layers: int = 0  # pretrained encoder: type embedding + this many first blocks stay frozen
     validation: bool = False  # report on a validation share of the training groups; the test split is unused
     zero_shot: bool = False  # head "pretrained" on a frozen encoder: fit only its calibration (if any)
+    sp_alpha: float = 0.0  # L2-SP: pull a fine-tuned pretrained encoder toward its starting weights (0: off)
 
     def validate(self) -> None:
         if self.head not in HEADS:
@@ -119,6 +124,8 @@ class TrainConfig:
             )
         if self.zero_shot and self.head != "pretrained":
             raise ConfigError(f"train config: zero_shot needs head 'pretrained', got {self.head!r}")
+        if not (math.isfinite(self.sp_alpha) and self.sp_alpha >= 0):
+            raise ConfigError(f"train config: sp_alpha must be a finite number >= 0, got {self.sp_alpha}")
         if self.freeze_layers < 0 or self.encoder_lr <= 0:
             raise ConfigError(
                 f"train config: freeze_layers must be >= 0 and encoder_lr > 0, got {self.freeze_layers}, "
@@ -349,7 +356,8 @@ def train_loop(
 ) -> list[float]:
     """Adam over ``params`` (param groups) for ``cfg.epochs`` epochs; ``step(indices)`` returns the loss of a batch.
 
-    A group with ``"frozen_epochs": k`` gets no gradients during the first ``k`` epochs (LP-FT's probe phase).
+    A group with ``"frozen_epochs": k`` gets no gradients during the first ``k`` epochs (LP-FT's probe phase);
+    a group made by :func:`~circuitml.tasks.l2_sp.anchor_group` is pulled toward its anchors after each step.
     Returns the mean training loss of each epoch; ``progress(epoch, loss)`` is called after each.
     """
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -368,6 +376,7 @@ def train_loop(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            pull_toward_anchors(opt)
             for m in modules:
                 step_routers(m)  # router anneals count optimizer steps
             total += float(loss.detach()) * len(idx)
@@ -606,7 +615,8 @@ def param_groups(
     head: nn.Module, encoder: nn.Module, trainable: bool, pretrained: bool, cfg: TrainConfig
 ) -> list[dict]:
     """The head at ``cfg.lr``; a trainable encoder at ``cfg.lr`` (scratch) or, pretrained, at ``cfg.encoder_lr``
-    with ``cfg.freeze_layers`` bottom blocks frozen and ``cfg.probe_epochs`` of head-only training first."""
+    with ``cfg.freeze_layers`` bottom blocks frozen, ``cfg.probe_epochs`` of head-only training first and, with
+    ``cfg.sp_alpha``, L2-SP decay toward the pretrained weights in place of ordinary weight decay."""
     groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": cfg.lr}]
     if not trainable:
         return groups
@@ -618,7 +628,8 @@ def param_groups(
         if id(p) in frozen:
             p.requires_grad_(False)
     params = [p for p in encoder.parameters() if p.requires_grad]
-    groups.append({"params": params, "lr": cfg.encoder_lr, "frozen_epochs": cfg.probe_epochs})
+    group = {"params": params, "lr": cfg.encoder_lr, "frozen_epochs": cfg.probe_epochs}
+    groups.append(anchor_group(group, cfg.sp_alpha) if cfg.sp_alpha > 0 else group)
     return groups
 
 

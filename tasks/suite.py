@@ -244,7 +244,9 @@ def _fmt(s: dict) -> str:
 
 
 def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: TrainConfig) -> None:
-    finetune = {k: getattr(cfg, k) for k in ("encoder_lr", "probe_epochs", "freeze_layers", "validation")}
+    finetune = {
+        k: getattr(cfg, k) for k in ("encoder_lr", "probe_epochs", "freeze_layers", "sp_alpha", "validation")
+    }
     atomic_write(
         out / "metrics.json",
         json.dumps({"seeds": list(seeds), "epochs": cfg.epochs, **finetune, "rows": results}, indent=1),
@@ -263,7 +265,8 @@ def _write_tables(results: list[dict], out: Path, seeds: Sequence[int], cfg: Tra
         "to the reference mean); met = target reached and |mean difference| > its std.",
         "",
         f"Fine-tuning: pretrained encoder at lr {cfg.encoder_lr:g} (head and scratch encoders at {cfg.lr:g}), "
-        f"{cfg.probe_epochs} head-only epochs first (LP-FT), {cfg.freeze_layers} bottom blocks frozen.",
+        f"{cfg.probe_epochs} head-only epochs first (LP-FT), {cfg.freeze_layers} bottom blocks frozen"
+        + (f", L2-SP alpha {cfg.sp_alpha:g}." if cfg.sp_alpha else "."),
         "",
     ]
     if cfg.validation:

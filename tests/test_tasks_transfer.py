@@ -13,6 +13,7 @@ from circuitml.tasks.common import (
     train_loop,
     validation_split,
 )
+from circuitml.tasks.l2_sp import anchor_group
 from circuitml.tasks.probability import build_probability_graphs, run_probability
 from circuitml.tasks.qor import recipe_means, split_rows
 
@@ -128,7 +129,15 @@ def test_similar_probability_pairs_stay_in_their_graph_and_close_in_probability(
 
 @pytest.mark.parametrize(
     "bad",
-    [["--probe-epochs", "30"], ["--encoder-lr", "0"], ["--freeze-layers", "-1"], ["--probe-epochs", "-2"]],
+    [
+        ["--probe-epochs", "30"],
+        ["--encoder-lr", "0"],
+        ["--freeze-layers", "-1"],
+        ["--probe-epochs", "-2"],
+        ["--sp-alpha", "-1"],
+        ["--sp-alpha", "nan"],
+        ["--sp-alpha", "1"],  # scratch (the default encoder) has no pretrained weights to anchor to
+    ],
 )
 def test_evaluate_rejects_impossible_finetuning_options_in_one_line(tmp_path, capsys, bad) -> None:
     from circuitml.cli import main
@@ -136,4 +145,50 @@ def test_evaluate_rejects_impossible_finetuning_options_in_one_line(tmp_path, ca
     code = main(["evaluate", "probability", "--data", str(tmp_path), "--out", str(tmp_path), *bad])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert bad[0].lstrip("-").replace("-", "_") in err
+    assert bad[0].lstrip("-").replace("-", "_") in err or bad[0] in err
+
+
+def test_l2_sp_pulls_the_pretrained_group_toward_its_start_not_toward_zero() -> None:
+    """Reference: Adam on the loss alone (no decay), then ``w -= lr * alpha * (w - w0)``, written out by hand."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3), torch.randn(16)
+    body = torch.nn.Linear(3, 1)
+    start = [p.detach().clone() for p in body.parameters()]
+    ref = [p.detach().clone().requires_grad_(True) for p in start]
+    lr, alpha = 0.05, 2.0
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        return ((body(x[idx]).squeeze(-1) - y[idx]) ** 2).mean()
+
+    groups = [anchor_group({"params": list(body.parameters()), "lr": lr}, alpha)]
+    cfg = TrainConfig(epochs=1, batch_size=16, weight_decay=0.5)
+    train_loop(groups, step, 16, cfg)
+
+    adam = torch.optim.Adam(ref, lr=lr)  # weight decay 0: L2-SP replaces it for this group
+    loss = ((x @ ref[0].T + ref[1]).squeeze(-1) - y).pow(2).mean()
+    loss.backward()
+    adam.step()
+    with torch.no_grad():
+        for r, s in zip(ref, start, strict=True):
+            r -= lr * alpha * (r - s)
+    for got, want in zip(body.parameters(), ref, strict=True):
+        torch.testing.assert_close(got, want)
+    # a large alpha keeps the encoder at its pretrained weights; plain decay would shrink it toward 0
+    groups = [anchor_group({"params": list(body.parameters()), "lr": lr}, 1.0 / lr)]
+    anchor = [p.detach().clone() for p in body.parameters()]
+    train_loop(groups, step, 16, TrainConfig(epochs=3, batch_size=4))
+    for p, a in zip(body.parameters(), anchor, strict=True):
+        torch.testing.assert_close(p, a)
+
+
+def test_l2_sp_is_applied_to_the_pretrained_encoder_only_and_checked() -> None:
+    enc, head = build_encoder(DEEP), torch.nn.Linear(8, 1)
+    groups = param_groups(head, enc, True, True, TrainConfig(sp_alpha=3.0, freeze_layers=1))
+    assert groups[1]["sp_alpha"] == 3.0 and groups[1]["weight_decay"] == 0.0
+    assert all(torch.equal(p, a) for p, a in zip(groups[1]["params"], groups[1]["sp_anchors"], strict=True))
+    assert "sp_alpha" not in groups[0]  # the new head keeps ordinary decay
+    fresh = param_groups(head, build_encoder(DEEP), True, False, TrainConfig(sp_alpha=3.0))
+    assert "sp_alpha" not in fresh[1]  # scratch has no pretrained weights to anchor to
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="sp_alpha"):
+            TrainConfig(sp_alpha=bad).validate()

@@ -131,6 +131,12 @@ PROBE_EPOCHS = typer.Option(
 FREEZE_LAYERS = typer.Option(
     0, "--freeze-layers", help="Keep the pretrained encoder's type embedding and first N blocks frozen."
 )
+SP_ALPHA = typer.Option(
+    0.0,
+    "--sp-alpha",
+    help="L2-SP: decay the fine-tuned pretrained encoder toward its pretrained weights with this strength "
+    "(in place of weight decay toward 0; Li et al., ICML 2018). 0: off.",
+)
 VALIDATION = typer.Option(
     False, "--validation", help="Report on a validation share of the training designs (pick settings here)."
 )
@@ -198,6 +204,7 @@ def evaluate(
     encoder_lr: float = ENCODER_LR,
     probe_epochs: int = PROBE_EPOCHS,
     freeze_layers: int = FREEZE_LAYERS,
+    sp_alpha: float = SP_ALPHA,
     validation: bool = VALIDATION,
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
@@ -258,9 +265,12 @@ def evaluate(
         encoder_lr=encoder_lr,
         probe_epochs=probe_epochs,
         freeze_layers=freeze_layers,
+        sp_alpha=sp_alpha,
         validation=validation,
     )
     cfg.validate()
+    if sp_alpha > 0 and (encoder == "scratch" or not finetune):
+        raise ConfigError("--sp-alpha: expected a pretrained --encoder that is fine-tuned (--finetune)")
     prepared = prepare_task(
         task,
         data,
@@ -284,7 +294,7 @@ def evaluate(
         "test_fraction": test_fraction, "test_families": list(held), "threads": threads, "device": str(dev),
         "exclude_seen": str(exclude_seen) if exclude_seen else None, "heldout": prepared.heldout,
         "encoder_lr": encoder_lr, "probe_epochs": probe_epochs, "freeze_layers": freeze_layers,
-        "validation": validation, "zero_shot": zero_shot,
+        "sp_alpha": sp_alpha, "validation": validation, "zero_shot": zero_shot,
     }  # fmt: skip
     summary = write_report(runs, out, config=config, reference=compare or "scratch")
     for name, enc in summary["encoders"].items():
@@ -341,6 +351,7 @@ def evaluate_suite(
     encoder_lr: float = ENCODER_LR,
     probe_epochs: int = PROBE_EPOCHS,
     freeze_layers: int = FREEZE_LAYERS,
+    sp_alpha: float = SP_ALPHA,
     validation: bool = VALIDATION,
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch); default: torch's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N]."),
@@ -373,7 +384,7 @@ def evaluate_suite(
     dev = configure_runtime(threads, device)
     cfg = TrainConfig(
         epochs=epochs, device=str(dev), encoder_lr=encoder_lr, probe_epochs=probe_epochs,
-        freeze_layers=freeze_layers, validation=validation,
+        freeze_layers=freeze_layers, sp_alpha=sp_alpha, validation=validation,
     )  # fmt: skip
     cfg.validate()
     rows = proof_rows(
