@@ -15,14 +15,18 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from circuitml.errors import CheckpointError, ConfigError
+
+if (
+    TYPE_CHECKING
+):  # torch is imported where it runs: every CLI command imports this module, and torch costs ~1 s
+    import torch
 
 console = Console()
 
@@ -48,6 +52,8 @@ def _is_qa_dir(path: Path) -> bool:
 
 
 def _qa(model_dir: Path, data: Path | None, calib_windows: int) -> SavedModel:
+    import torch
+
     from circuitml.datasets.squad import read_squad
     from circuitml.tasks.qa.data import make_features
     from circuitml.tasks.qa.train import evaluate_examples, load_qa_model, split_by_context
@@ -171,6 +177,8 @@ def compress_saved_model(
 
     ``before``: the dense model's scores when already measured (a sweep measures them once).
     """
+    import torch
+
     from circuitml.moe.systems.qmoe import BITS, compress_model, save_qmoe
 
     if bits not in BITS:  # checked before the (slow) load and first measurement
