@@ -152,7 +152,13 @@ def write_report(
     plots = _plots(runs, out)
     _write_text_atomic(out / "metrics.json", json.dumps(summary, indent=1))
     first = next(iter(runs.values()))[0]
-    lines = [f"# circuitml evaluate: {first.task}", "", first.notes, ""]
+    notes = {name: r[0].notes for name, r in runs.items()}
+    if len(set(notes.values())) == 1:
+        lines = [f"# circuitml evaluate: {first.task}", "", first.notes, ""]
+    else:  # the variants differ in what the note states (e.g. a pretraining head vs the reference's MLP)
+        lines = (
+            [f"# circuitml evaluate: {first.task}", ""] + [f"- **{n}**: {t}" for n, t in notes.items()] + [""]
+        )
     metrics = list(first.metrics)
     lines += ["| encoder | mode | seeds | " + " | ".join(metrics) + " |", "|---" * (3 + len(metrics)) + "|"]
     for name, enc in summary["encoders"].items():

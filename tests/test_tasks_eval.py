@@ -249,3 +249,24 @@ def test_suite_writes_the_proof_tables(tmp_path) -> None:
     for r in rows:
         v = r["verdict"]
         assert v["pretrained"]["n"] == 3 and v["difference"]["n"] == 3
+
+
+def test_report_header_states_each_variants_own_note_when_they_differ(tmp_path) -> None:
+    """A pretraining head compared against scratch's MLP: the header once showed only the first variant's head."""
+    from circuitml.tasks.common import TaskResult
+    from circuitml.tasks.report import write_report
+
+    def run(name: str, note: str) -> list[TaskResult]:
+        pred = np.array([0.1, 0.2])
+        group = np.array([0, 1])
+        args = ("probability", name, "scratch", 0, {"mae": 0.1}, {"mae": 0.2}, [1.0], pred, pred, group)
+        return [TaskResult(*args, ["c0", "c1"], notes=note)]
+
+    write_report(
+        {"pretrained": run("pretrained", "head: pretrained"), "scratch": run("scratch", "head: mlp")},
+        tmp_path,
+    )
+    text = (tmp_path / "report.md").read_text()
+    assert "- **pretrained**: head: pretrained" in text and "- **scratch**: head: mlp" in text
+    write_report({"a": run("a", "head: mlp"), "b": run("b", "head: mlp")}, tmp_path)
+    assert (tmp_path / "report.md").read_text().count("head: mlp") == 1
