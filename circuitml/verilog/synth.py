@@ -100,12 +100,23 @@ _STAGES = {
 }
 
 
+# Yosys errors whose fix is a coding idiom Yosys does not name: (pattern, what to change), appended to the message.
+_HINTS = (
+    (
+        re.compile(r"Latch inferred for signal .* from always_comb"),
+        "an always_comb block must assign every signal on every path: add a default: branch to the case, or "
+        "default assignments at the top of the block",
+    ),
+)
+
+
 def explain_yosys_error(message: str, design: str) -> SynthesisError:
     """A Yosys failure as one line a user can act on; an internal assertion is named by its stage, the raw
     text kept in the error's ``detail`` (shown by the CLI's ``--verbose``)."""
     m = _ASSERT_RE.search(message)
     if m is None:
-        err = SynthesisError(message)
+        hints = [hint for pattern, hint in _HINTS if pattern.search(message)]
+        err = SynthesisError(message + "".join(f" (hint: {h})" for h in hints))
         err.detail = message  # type: ignore[attr-defined]
         return err
     source = m.group(2).rsplit("/", 1)[-1]
