@@ -19,8 +19,9 @@ same union graph, timed with its type embedding. Its ``configuration_vgmae.py`` 
 in a signature), so a minimal config class stands in for it, and ``ModelOutput`` is re-exported where the
 transformers version it was written for had it. CPU rows are process CPU time (best of ``--reps``);
 ``faults`` is page faults per timed step (after the warm-up step, so heap growth to the peak is not counted
-except on huge graphs, which get no warm-up). glibc's allocator is tuned as the ``circuitml`` CLI does
-(:func:`circuitml.memory.tune_malloc`) unless ``--malloc default``. ``fwd s`` is one no-grad eval forward.
+except on huge graphs, which get no warm-up). ``fwd s`` is one no-grad eval forward in process CPU time (all
+threads), ``fwd wall`` the same forward in wall time (meaningful only on an otherwise idle machine). glibc's allocator is tuned as the ``circuitml`` CLI does
+(:func:`circuitml.memory.tune_malloc`) unless ``--malloc default``.
 """
 
 from __future__ import annotations
@@ -305,7 +306,9 @@ def time_forward(enc, data, device, amp: bool) -> float:
             enc(data)
 
     try:
-        return best_time(fwd, device, 1)
+        wall = time.perf_counter()
+        cpu = best_time(fwd, device, 1)
+        return cpu, time.perf_counter() - wall
     finally:
         enc.train(was)
 
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'encoder':<14} {'graph':<22} {'nodes':>9} {'edges':>9} {'levels':>6} {'time s':>8} {'nodes/s':>10} "
         f"{'FLOP/node':>10} {'B/node':>9} {'GFLOP/s':>8} {'GB/s':>7} {'bound':>7} {'of bound':>8} {'RSS GiB':>7} "
-        f"{'faults':>9} {'fwd s':>7}"
+        f"{'faults':>9} {'fwd s':>7} {'fwd wall':>8}"
     )
     print(header, flush=True)
     times: dict[tuple[str, str], float] = {}
@@ -408,8 +411,10 @@ def main(argv: list[str] | None = None) -> int:
                     t, faults = float("nan"), float("nan")
                 else:
                     t, faults = time_fwd_bwd(model, data, device, args.amp, reps, warmup=not huge)
-                t_fwd = (
-                    time_forward(model, data, device, args.amp) if args.forward or fwd_only else float("nan")
+                t_fwd, wall_fwd = (
+                    time_forward(model, data, device, args.amp)
+                    if args.forward or fwd_only
+                    else (float("nan"), float("nan"))
                 )
                 if fwd_only:
                     faults = page_faults() - f0
@@ -417,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{label:<14} {gname:<22} {n:>9} {e:>9} {levels:>6} {t:>8.3f} {n / t:>10.3g} "
                     f"{flops / n:>10.3g} {nbytes / n:>9.3g} {flops / t / 1e9:>8.2f} {nbytes / t / 1e9:>7.2f} "
-                    f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f} {faults:>9.3g} {t_fwd:>7.2f}",
+                    f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f} {faults:>9.3g} {t_fwd:>7.2f} {wall_fwd:>8.2f}",
                     flush=True,
                 )
                 if gname.startswith("random") and model is enc and not fwd_only:

@@ -23,14 +23,24 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.data import Data
 from torch_geometric.nn import DeepGCNLayer, GENConv
+from torch_geometric.nn import Linear as PygLinear
 
 from circuitml.encoders.base import Encoder
 from circuitml.encoders.builder import register_encoder
 from circuitml.encoders.config import EncoderConfig
-from circuitml.encoders.softmax_aggr import incoming_csr, softmax_aggregate, uses_fused_kernel
+from circuitml.encoders.rowwise import layer_norm_relu, parallel_rows
+from circuitml.encoders.softmax_aggr import (
+    aggregate_rows_plus_self,
+    incoming_csr,
+    softmax_aggregate,
+    uses_fused_kernel,
+)
 from circuitml.errors import ConfigError
 
 _FUSED_CKPT_SCALE = 8
+# Rows per chunk of the no-grad path: the [rows, 2*hidden] MLP intermediates stay in L2 (measured at 323k nodes,
+# hidden 64: the MLP runs 2.3x faster in 1024-row chunks than on the whole [N, 128]).
+_INFER_ROWS = 1024
 
 
 @register_encoder
@@ -115,6 +125,8 @@ class DeepGCNEncoder(Encoder):
             scale = _FUSED_CKPT_SCALE if fused and uses_fused_kernel(h) else 1
             ckpt = edge_index.size(1) >= scale * int(self.opt("ckpt_min_edges"))
         ckpt = bool(ckpt) and torch.is_grad_enabled()
+        if csr is not None and self._chunked_inference_applies(h):
+            return self._encode_chunked(h, csr)
 
         def conv(layer: DeepGCNLayer, x: Tensor) -> Tensor:
             if csr is None:
@@ -136,3 +148,86 @@ class DeepGCNEncoder(Encoder):
             x = x + run(layer, y)
         x = first.act(first.norm(x))
         return F.dropout(x, p=self.config.dropout, training=self.training)
+
+    def _chunked_inference_applies(self, h: Tensor) -> bool:
+        """No autograd, the compiled kernels, and every op row-wise (no batch statistics, no dropout masks)."""
+        rowwise = not self.training or (self.config.dropout == 0 and self.opt("norm") == "layer")
+        return not torch.is_grad_enabled() and rowwise and uses_fused_kernel(h) and h.dtype != torch.bfloat16
+
+    def _encode_chunked(self, h: Tensor, csr) -> Tensor:  # noqa: ANN001
+        """The same blocks without autograd, in three ``[N, hidden]`` buffers reused by every block: ``x`` (the
+        residual stream), ``y`` (its normalized, activated copy that the aggregation reads) and ``m`` (GENConv's
+        MLP input). The compiled passes (aggregation, LayerNorm + ReLU) run on row ranges in parallel; the MLP
+        runs over row chunks whose ``[rows, 2 hidden]`` intermediates stay in cache, and its second matmul adds
+        into ``x`` in place. Nothing is allocated per block at graph size (the page faults and heap growth of the
+        full-tensor path)."""
+        n = h.size(0)
+        threads = torch.get_num_threads()
+        h = h.contiguous()
+        x, y, m = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
+
+        def conv_into(layer: DeepGCNLayer, inp: Tensor, residual: bool) -> None:
+            gen: GENConv = layer.conv
+            t = float(gen.aggr_module.t)  # read here: worker threads do not inherit no_grad
+            parallel_rows(lambda s, e: aggregate_rows_plus_self(inp, t, csr, gen.eps, s, m[s:e]), n, threads)
+
+            def mlp_rows(start: int, stop: int) -> None:
+                with torch.no_grad():  # worker threads do not inherit the caller's grad mode
+                    for s in range(start, stop, _INFER_ROWS):
+                        e = min(stop, s + _INFER_ROWS)
+                        _mlp_into(gen.mlp, m[s:e], x[s:e], residual)
+
+            # One single-threaded chunk loop per core: small matmuls split across OpenMP threads lose more
+            # to synchronisation than they gain (measured at 1024 rows).
+            torch.set_num_threads(1)
+            try:
+                parallel_rows(mlp_rows, n, threads)
+            finally:
+                torch.set_num_threads(threads)
+
+        def norm_act_into(layer: DeepGCNLayer, out: Tensor) -> None:
+            if isinstance(layer.norm, nn.LayerNorm) and isinstance(layer.act, nn.ReLU):
+                parallel_rows(lambda s, e: layer_norm_relu(x[s:e], layer.norm, out[s:e]), n, threads)
+                return
+            for s in range(0, n, _INFER_ROWS):  # eval-mode BatchNorm: a row-wise affine map
+                out[s : s + _INFER_ROWS] = layer.act(layer.norm(x[s : s + _INFER_ROWS]))
+
+        first = self.layers[0]
+        conv_into(first, h, residual=False)
+        for layer in self.layers[1:]:
+            norm_act_into(layer, y)  # eval-mode dropout is the identity
+            conv_into(layer, y, residual=True)
+        norm_act_into(first, x)
+        return x
+
+
+def _mlp_into(mlp: nn.Sequential, z: Tensor, out: Tensor, residual: bool) -> None:
+    """``out (+)= mlp(z)`` for one chunk: LayerNorm + ReLU pairs in one compiled pass in place, the last linear
+    layer's matmul accumulating straight into ``out``."""
+    mods = [mod for mod in mlp if not isinstance(mod, nn.Dropout)]  # p = 0 in GENConv's MLP, or eval mode
+    i = 0
+    while i < len(mods) - 1:
+        mod = mods[i]
+        if isinstance(mod, nn.LayerNorm) and isinstance(mods[i + 1], nn.ReLU):
+            if (
+                z.dtype == torch.bfloat16
+            ):  # a bf16 autocast matmul before: normalize in float32, as autocast does
+                z = z.float()
+                z = layer_norm_relu(z, mod, z)
+            else:
+                z = layer_norm_relu(z, mod, z if i > 0 else None)  # never overwrite the caller's rows
+            i += 2
+            continue
+        z = mod(z)
+        i += 1
+    last = mods[-1]
+    if not isinstance(last, nn.Linear | PygLinear) or z.dtype != out.dtype or z.dtype != last.weight.dtype:
+        z = last(z)
+        out.add_(z) if residual else out.copy_(z)
+        return
+    if residual:
+        out.addmm_(z, last.weight.t())
+    else:
+        torch.mm(z, last.weight.t(), out=out)
+    if last.bias is not None:
+        out.add_(last.bias)
