@@ -457,13 +457,6 @@ def _group(key: Tensor, num_levels: int, tie: Tensor | None = None) -> tuple[Ten
     return perm, ptr
 
 
-def _group_compiled(level: Tensor, target: Tensor, num_levels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_group` for the nodes by ``level`` and for the edges by ``(level[target], target)``, as counting
-    sorts (O(N + E), same permutations as the stable sorts)."""
-    groups = kernels.level_groups(level.numpy(), target.numpy(), num_levels)
-    return tuple(torch.from_numpy(a) for a in groups)  # type: ignore[return-value]
-
-
 def level_schedule(data: Data) -> LevelSchedule:
     """The :class:`LevelSchedule` of a graph or a ``Batch`` of graphs, computed once and cached on the object.
 
@@ -478,12 +471,16 @@ def level_schedule(data: Data) -> LevelSchedule:
         ei, lv, rl, sched = cached
         if ei is edge_index and lv is level and rl is rev_level:
             return sched
-    num_levels = int(level.max()) + 1 if level.numel() else 0
     src, dst = edge_index[0], edge_index[1]
     if kernels.HAVE_NUMBA and edge_index.device.type == "cpu":
-        node_perm, node_ptr, edge_perm, edge_ptr = _group_compiled(level, dst, num_levels)
-        rev_node_perm, rev_node_ptr, rev_edge_perm, rev_edge_ptr = _group_compiled(rev_level, src, num_levels)
+        # Counting sorts (O(N + E), the same permutations as the stable sorts below) in one compiled call.
+        num_levels, fwd, rev = kernels.schedule_arrays(
+            level.numpy(), rev_level.numpy(), src.numpy(), dst.numpy()
+        )
+        node_perm, node_ptr, edge_perm, edge_ptr = (torch.from_numpy(a) for a in fwd)
+        rev_node_perm, rev_node_ptr, rev_edge_perm, rev_edge_ptr = (torch.from_numpy(a) for a in rev)
     else:
+        num_levels = int(level.max()) + 1 if level.numel() else 0
         node_perm, node_ptr = _group(level, num_levels)
         rev_node_perm, rev_node_ptr = _group(rev_level, num_levels)
         edge_perm, edge_ptr = _group(level[dst], num_levels, tie=dst)

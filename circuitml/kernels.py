@@ -23,6 +23,7 @@ __all__ = [
     "edges_by_target_order",
     "graph_arrays",
     "level_groups",
+    "schedule_arrays",
     "place_levels",
 ]
 
@@ -246,12 +247,48 @@ def level_groups(
     level: np.ndarray, target: np.ndarray, num_levels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Nodes grouped by ``level`` and edges by ``(level[target], target)``: permutations and CSR pointers, the
-    same as stable sorts on those keys, as counting passes in O(N + E)."""
+    same as stable sorts on those keys, as counting passes in O(N + E).
+
+    Edges take two passes: in-degrees, then each edge written at its target's next slot, where a target's first
+    slot is the running in-degree sum over the nodes in level order (one pass over the node permutation, which
+    also yields the level pointers of the edges).
+    """
+    n = level.size
     node_perm, node_ptr = counting_sort(level, num_levels)
-    edge_perm = edges_by_target_order(target, node_perm, level.size)
-    edge_ptr = np.zeros(num_levels + 1, dtype=np.int64)
+    slot = np.zeros(n, dtype=np.int64)
     for e in range(target.size):
-        edge_ptr[level[target[e]] + 1] += 1
-    for k in range(num_levels):
-        edge_ptr[k + 1] += edge_ptr[k]
+        slot[target[e]] += 1
+    edge_ptr = np.zeros(num_levels + 1, dtype=np.int64)
+    total = 0
+    for lvl in range(num_levels):
+        for k in range(node_ptr[lvl], node_ptr[lvl + 1]):
+            v = node_perm[k]
+            deg = slot[v]
+            slot[v] = total
+            total += deg
+        edge_ptr[lvl + 1] = total
+    edge_perm = np.empty(target.size, dtype=np.int64)
+    for e in range(target.size):
+        v = target[e]
+        edge_perm[slot[v]] = e
+        slot[v] += 1
     return node_perm, node_ptr, edge_perm, edge_ptr
+
+
+@njit(cache=True, nogil=True)
+def schedule_arrays(
+    level: np.ndarray, rev_level: np.ndarray, src: np.ndarray, dst: np.ndarray
+) -> tuple[
+    int,
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+]:
+    """Both directions of :func:`level_groups` (forward: edges by target level; reverse: by source reverse
+    level) and the level count ``max(level) + 1``, in one call (on small files the per-call cost dominates)."""
+    num_levels = 0
+    for v in range(level.size):
+        if level[v] + 1 > num_levels:
+            num_levels = level[v] + 1
+    fwd = level_groups(level, dst, num_levels)
+    rev = level_groups(rev_level, src, num_levels)
+    return num_levels, fwd, rev
