@@ -246,12 +246,15 @@ def cost_model(name: str, kind: str, enc, n: int, e: int) -> tuple[float, float]
             ffn = add(mm(k * n, h, 2 * f), mm(k * n, f, h), (0.0, 8.0 * k * n * (2 * f + 2 * h)))
             layer = add(router, conv, ffn, *[elem] * 6)
     elif kind == "dag":
-        # Per sweep: keys [E, 2h] x [2h, 2h], queries [N, 2h] x [2h, 2h], two GRU cells (input 2h, hidden h),
-        # two-head segment softmax and sum, state gathers/writes.
+        # Per sweep: scores [E, 2h] x [2h, 2] and [N, 2h] x [2h, 2] (attention folded into the weights), the
+        # aggregated inputs times the keys' weights per target ([N, 2h] x [2h, h] and [N, h] x [h, h]), two GRU
+        # cells (input 2h, hidden h), two-head segment softmax and sum, state gathers/writes.
         gru = add(mm(n, 2 * h, 3 * h), mm(n, h, 3 * h), (0.0, 4.0 * n * 3 * h * 6))
         sweep = add(
-            mm(e, 2 * h, 2 * h),
-            mm(n, 2 * h, 2 * h),
+            mm(e, 2 * h, 2),
+            mm(n, 2 * h, 2),
+            mm(n, 2 * h, h),
+            mm(n, h, h),
             gru,
             gru,
             (0.0, 8.0 * e * 2 * h * 4),
