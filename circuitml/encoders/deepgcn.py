@@ -15,11 +15,13 @@ where GENConv aggregates fanins with a softmax of learnable temperature ``t``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.data import Data
 from torch_geometric.nn import DeepGCNLayer, GENConv
@@ -28,7 +30,7 @@ from torch_geometric.nn import Linear as PygLinear
 from circuitml.encoders.base import Encoder
 from circuitml.encoders.builder import register_encoder
 from circuitml.encoders.config import EncoderConfig
-from circuitml.encoders.rowwise import layer_norm_relu, parallel_rows
+from circuitml.encoders.rowwise import layer_norm_relu, layer_norm_relu_fn, parallel_rows
 from circuitml.encoders.softmax_aggr import (
     aggregate_rows_plus_self,
     incoming_csr,
@@ -169,25 +171,32 @@ class DeepGCNEncoder(Encoder):
         def conv_into(layer: DeepGCNLayer, inp: Tensor, residual: bool) -> None:
             gen: GENConv = layer.conv
             t = float(gen.aggr_module.t)  # read here: worker threads do not inherit no_grad
-            parallel_rows(lambda s, e: aggregate_rows_plus_self(inp, t, csr, gen.eps, s, m[s:e]), n, threads)
+            with record_function("deepgcn.softmax_aggregate"):  # labels the compiled passes in torch.profiler
+                parallel_rows(
+                    lambda s, e: aggregate_rows_plus_self(inp, t, csr, gen.eps, s, m[s:e]), n, threads
+                )
+
+            mlp = _mlp_plan(gen.mlp, h.dtype)
 
             def mlp_rows(start: int, stop: int) -> None:
                 with torch.no_grad():  # worker threads do not inherit the caller's grad mode
                     for s in range(start, stop, _INFER_ROWS):
                         e = min(stop, s + _INFER_ROWS)
-                        _mlp_into(gen.mlp, m[s:e], x[s:e], residual)
+                        mlp(m[s:e], x[s:e], residual)
 
             # One single-threaded chunk loop per core: small matmuls split across OpenMP threads lose more
             # to synchronisation than they gain (measured at 1024 rows).
             torch.set_num_threads(1)
             try:
-                parallel_rows(mlp_rows, n, threads)
+                with record_function("deepgcn.mlp_chunks"):
+                    parallel_rows(mlp_rows, n, threads)
             finally:
                 torch.set_num_threads(threads)
 
         def norm_act_into(layer: DeepGCNLayer, out: Tensor) -> None:
             if isinstance(layer.norm, nn.LayerNorm) and isinstance(layer.act, nn.ReLU):
-                parallel_rows(lambda s, e: layer_norm_relu(x[s:e], layer.norm, out[s:e]), n, threads)
+                with record_function("deepgcn.layer_norm_relu"):
+                    parallel_rows(lambda s, e: layer_norm_relu(x[s:e], layer.norm, out[s:e]), n, threads)
                 return
             for s in range(0, n, _INFER_ROWS):  # eval-mode BatchNorm: a row-wise affine map
                 out[s : s + _INFER_ROWS] = layer.act(layer.norm(x[s : s + _INFER_ROWS]))
@@ -201,33 +210,46 @@ class DeepGCNEncoder(Encoder):
         return x
 
 
-def _mlp_into(mlp: nn.Sequential, z: Tensor, out: Tensor, residual: bool) -> None:
-    """``out (+)= mlp(z)`` for one chunk: LayerNorm + ReLU pairs in one compiled pass in place, the last linear
-    layer's matmul accumulating straight into ``out``."""
+def _mlp_plan(mlp: nn.Sequential, dtype: torch.dtype) -> Callable[[Tensor, Tensor, bool], None]:
+    """``run(z, out, residual)``: ``out (+)= mlp(z)`` for one chunk, the per-module decisions and weight
+    conversions made once per layer rather than once per chunk. LayerNorm + ReLU pairs run as one compiled pass in
+    place; the last linear layer's matmul accumulates straight into ``out``."""
     mods = [mod for mod in mlp if not isinstance(mod, nn.Dropout)]  # p = 0 in GENConv's MLP, or eval mode
+    steps: list[Callable[[Tensor, bool], Tensor]] = []
     i = 0
     while i < len(mods) - 1:
         mod = mods[i]
         if isinstance(mod, nn.LayerNorm) and isinstance(mods[i + 1], nn.ReLU):
-            if (
-                z.dtype == torch.bfloat16
-            ):  # a bf16 autocast matmul before: normalize in float32, as autocast does
-                z = z.float()
-                z = layer_norm_relu(z, mod, z)
-            else:
-                z = layer_norm_relu(z, mod, z if i > 0 else None)  # never overwrite the caller's rows
+            fused = layer_norm_relu_fn(mod, dtype)
+
+            def ln_relu(z: Tensor, first: bool, fused=fused) -> Tensor:  # noqa: ANN001
+                if z.dtype != dtype:  # a bf16 autocast matmul before: normalize in float32, as autocast does
+                    z = z.to(dtype)
+                    return fused(z, z)
+                return fused(z, torch.empty_like(z) if first else z)  # never overwrite the caller's rows
+
+            steps.append(ln_relu)
             i += 2
             continue
-        z = mod(z)
+        steps.append(lambda z, first, mod=mod: mod(z))
         i += 1
     last = mods[-1]
-    if not isinstance(last, nn.Linear | PygLinear) or z.dtype != out.dtype or z.dtype != last.weight.dtype:
-        z = last(z)
-        out.add_(z) if residual else out.copy_(z)
-        return
-    if residual:
-        out.addmm_(z, last.weight.t())
-    else:
-        torch.mm(z, last.weight.t(), out=out)
-    if last.bias is not None:
-        out.add_(last.bias)
+    direct = isinstance(last, nn.Linear | PygLinear) and last.weight.dtype == dtype
+    weight_t = last.weight.detach().t() if direct else None
+    bias = last.bias.detach() if direct and last.bias is not None else None
+
+    def run(z: Tensor, out: Tensor, residual: bool) -> None:
+        for k, step in enumerate(steps):
+            z = step(z, k == 0)
+        if not direct or z.dtype != out.dtype:
+            z = last(z)
+            out.add_(z) if residual else out.copy_(z)
+            return
+        if residual:
+            out.addmm_(z, weight_t)
+        else:
+            torch.mm(z, weight_t, out=out)
+        if bias is not None:
+            out.add_(bias)
+
+    return run

@@ -60,17 +60,21 @@ def layer_norm_relu(x: Tensor, norm: torch.nn.LayerNorm, out: Tensor | None = No
     """``relu(norm(x))`` for a contiguous float32/64 CPU ``[rows, d]`` tensor, without autograd; ``out`` may be
     ``x`` (in place)."""
     out = torch.empty_like(x) if out is None else out
-    d = x.size(1)
-    w = norm.weight if norm.weight is not None else x.new_ones(d)
-    b = norm.bias if norm.bias is not None else x.new_zeros(d)
-    _layer_norm_relu_kernel(
-        x.numpy(),
-        w.detach().to(x.dtype).numpy(),
-        b.detach().to(x.dtype).numpy(),
-        float(norm.eps),
-        out.numpy(),
-    )
-    return out
+    return layer_norm_relu_fn(norm, x.dtype)(x, out)
+
+
+def layer_norm_relu_fn(norm: torch.nn.LayerNorm, dtype: torch.dtype) -> Callable[[Tensor, Tensor], Tensor]:
+    """:func:`layer_norm_relu` with the affine parameters converted once, for a loop over many row chunks."""
+    d = int(norm.normalized_shape[0])
+    w = (norm.weight.detach() if norm.weight is not None else torch.ones(d)).to(dtype).contiguous().numpy()
+    b = (norm.bias.detach() if norm.bias is not None else torch.zeros(d)).to(dtype).contiguous().numpy()
+    eps = float(norm.eps)
+
+    def run(x: Tensor, out: Tensor) -> Tensor:
+        _layer_norm_relu_kernel(x.numpy(), w, b, eps, out.numpy())
+        return out
+
+    return run
 
 
 _POOL: ThreadPoolExecutor | None = None
