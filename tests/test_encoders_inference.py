@@ -115,3 +115,19 @@ def test_deepgcn_chunked_inference_under_bf16_autocast_stays_close():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = enc(data).node.float()
     assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+@pytest.mark.parametrize(("shift", "expect"), [(1, False), (-1, True)])
+def test_deepgcn_auto_checkpointing_starts_at_twice_min_edges_with_the_fused_kernel(
+    monkeypatch, shift, expect
+):
+    """ckpt_min_edges just above / below half the edge count: E >= ckpt_min_edges in both cases, but the fused
+    kernel checkpoints only from 2x (measured crossover, see deepgcn._FUSED_CKPT_SCALE)."""
+    data = aig_to_data(random_aig(1, 6, 80, 4))
+    half = int(data.edge_index.size(1)) // 2
+    enc = build_encoder("deepgcn", hidden=8, num_layers=2, options={"ckpt_min_edges": half + shift})
+    calls = []
+    real = deepgcn_mod.checkpoint
+    monkeypatch.setattr(deepgcn_mod, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    enc(data).node.sum().backward()
+    assert bool(calls) is expect
