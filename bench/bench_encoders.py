@@ -316,6 +316,32 @@ def time_forward(enc, data, device, amp: bool) -> float:
         enc.train(was)
 
 
+def print_profile(enc, data, device, amp: bool, forward_only: bool, top: int) -> None:
+    """Top ``top`` ops by self CPU time of one pass, with their share of the pass (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    was = enc.training
+    if forward_only:
+        enc.eval()
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            if forward_only:
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    enc(data)
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = enc(data)
+                    loss = out.node.float().square().mean() + out.graph.float().mean()
+                loss.backward()
+                enc.zero_grad(set_to_none=True)
+    finally:
+        enc.train(was)
+    events = sorted(prof.key_averages(), key=lambda ev: ev.self_cpu_time_total, reverse=True)
+    total = sum(ev.self_cpu_time_total for ev in events) or 1.0
+    tops = ", ".join(f"{ev.key} {100 * ev.self_cpu_time_total / total:.0f}%" for ev in events[:top])
+    print(f"#   profile ({'no-grad forward' if forward_only else 'fwd+bwd'}): {tops}", flush=True)
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -344,6 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="from this many nodes up, time only the no-grad forward (fwd+bwd column shows nan)",
+    )
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each row, print the N ops with the most self CPU time (torch.profiler) of one more pass: the "
+        "no-grad forward for forward-only rows, else a fwd+bwd step (compiled passes show under their labels)",
     )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -428,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f} {faults:>9.3g} {t_fwd:>7.2f} {wall_fwd:>8.2f}",
                     flush=True,
                 )
+                if args.profile:
+                    print_profile(model, data, device, args.amp, fwd_only, args.profile)
                 if gname.startswith("random") and model is enc and not fwd_only:
                     series.append((n, t))
         if len(series) >= 3:
