@@ -19,8 +19,9 @@ same union graph, timed with its type embedding. Its ``configuration_vgmae.py`` 
 in a signature), so a minimal config class stands in for it, and ``ModelOutput`` is re-exported where the
 transformers version it was written for had it. CPU rows are process CPU time (best of ``--reps``);
 ``faults`` is page faults per timed step (after the warm-up step, so heap growth to the peak is not counted
-except on huge graphs, which get no warm-up). glibc's allocator is tuned as the ``circuitml`` CLI does
-(:func:`circuitml.memory.tune_malloc`) unless ``--malloc default``. ``fwd s`` is one no-grad eval forward.
+except on huge graphs, which get no warm-up). ``fwd s`` is one no-grad eval forward in process CPU time (all
+threads), ``fwd wall`` the same forward in wall time (meaningful only on an otherwise idle machine). glibc's allocator is tuned as the ``circuitml`` CLI does
+(:func:`circuitml.memory.tune_malloc`) unless ``--malloc default``.
 """
 
 from __future__ import annotations
@@ -245,12 +246,15 @@ def cost_model(name: str, kind: str, enc, n: int, e: int) -> tuple[float, float]
             ffn = add(mm(k * n, h, 2 * f), mm(k * n, f, h), (0.0, 8.0 * k * n * (2 * f + 2 * h)))
             layer = add(router, conv, ffn, *[elem] * 6)
     elif kind == "dag":
-        # Per sweep: keys [E, 2h] x [2h, 2h], queries [N, 2h] x [2h, 2h], two GRU cells (input 2h, hidden h),
-        # two-head segment softmax and sum, state gathers/writes.
+        # Per sweep: scores [E, 2h] x [2h, 2] and [N, 2h] x [2h, 2] (attention folded into the weights), the
+        # aggregated inputs times the keys' weights per target ([N, 2h] x [2h, h] and [N, h] x [h, h]), two GRU
+        # cells (input 2h, hidden h), two-head segment softmax and sum, state gathers/writes.
         gru = add(mm(n, 2 * h, 3 * h), mm(n, h, 3 * h), (0.0, 4.0 * n * 3 * h * 6))
         sweep = add(
-            mm(e, 2 * h, 2 * h),
-            mm(n, 2 * h, 2 * h),
+            mm(e, 2 * h, 2),
+            mm(n, 2 * h, 2),
+            mm(n, 2 * h, h),
+            mm(n, h, h),
             gru,
             gru,
             (0.0, 8.0 * e * 2 * h * 4),
@@ -305,9 +309,37 @@ def time_forward(enc, data, device, amp: bool) -> float:
             enc(data)
 
     try:
-        return best_time(fwd, device, 1)
+        wall = time.perf_counter()
+        cpu = best_time(fwd, device, 1)
+        return cpu, time.perf_counter() - wall
     finally:
         enc.train(was)
+
+
+def print_profile(enc, data, device, amp: bool, forward_only: bool, top: int) -> None:
+    """Top ``top`` ops by self CPU time of one pass, with their share of the pass (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    was = enc.training
+    if forward_only:
+        enc.eval()
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            if forward_only:
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    enc(data)
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = enc(data)
+                    loss = out.node.float().square().mean() + out.graph.float().mean()
+                loss.backward()
+                enc.zero_grad(set_to_none=True)
+    finally:
+        enc.train(was)
+    events = sorted(prof.key_averages(), key=lambda ev: ev.self_cpu_time_total, reverse=True)
+    total = sum(ev.self_cpu_time_total for ev in events) or 1.0
+    tops = ", ".join(f"{ev.key} {100 * ev.self_cpu_time_total / total:.0f}%" for ev in events[:top])
+    print(f"#   profile ({'no-grad forward' if forward_only else 'fwd+bwd'}): {tops}", flush=True)
 
 
 def peak_rss_gib() -> float:
@@ -338,6 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="from this many nodes up, time only the no-grad forward (fwd+bwd column shows nan)",
+    )
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each row, print the N ops with the most self CPU time (torch.profiler) of one more pass: the "
+        "no-grad forward for forward-only rows, else a fwd+bwd step (compiled passes show under their labels)",
     )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -373,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'encoder':<14} {'graph':<22} {'nodes':>9} {'edges':>9} {'levels':>6} {'time s':>8} {'nodes/s':>10} "
         f"{'FLOP/node':>10} {'B/node':>9} {'GFLOP/s':>8} {'GB/s':>7} {'bound':>7} {'of bound':>8} {'RSS GiB':>7} "
-        f"{'faults':>9} {'fwd s':>7}"
+        f"{'faults':>9} {'fwd s':>7} {'fwd wall':>8}"
     )
     print(header, flush=True)
     times: dict[tuple[str, str], float] = {}
@@ -408,8 +448,10 @@ def main(argv: list[str] | None = None) -> int:
                     t, faults = float("nan"), float("nan")
                 else:
                     t, faults = time_fwd_bwd(model, data, device, args.amp, reps, warmup=not huge)
-                t_fwd = (
-                    time_forward(model, data, device, args.amp) if args.forward or fwd_only else float("nan")
+                t_fwd, wall_fwd = (
+                    time_forward(model, data, device, args.amp)
+                    if args.forward or fwd_only
+                    else (float("nan"), float("nan"))
                 )
                 if fwd_only:
                     faults = page_faults() - f0
@@ -417,9 +459,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{label:<14} {gname:<22} {n:>9} {e:>9} {levels:>6} {t:>8.3f} {n / t:>10.3g} "
                     f"{flops / n:>10.3g} {nbytes / n:>9.3g} {flops / t / 1e9:>8.2f} {nbytes / t / 1e9:>7.2f} "
-                    f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f} {faults:>9.3g} {t_fwd:>7.2f}",
+                    f"{bound:>7} {max(t_flops, t_bytes) / t:>8.2f} {peak_rss_gib():>7.2f} {faults:>9.3g} {t_fwd:>7.2f} {wall_fwd:>8.2f}",
                     flush=True,
                 )
+                if args.profile:
+                    print_profile(model, data, device, args.amp, fwd_only, args.profile)
                 if gname.startswith("random") and model is enc and not fwd_only:
                     series.append((n, t))
         if len(series) >= 3:

@@ -18,11 +18,13 @@ import numpy as np
 __all__ = [
     "HAVE_NUMBA",
     "aig_levels",
+    "binary_aiger_body",
     "counting_sort",
     "decode_varints",
     "edges_by_target_order",
     "graph_arrays",
     "level_groups",
+    "schedule_arrays",
     "place_levels",
 ]
 
@@ -246,12 +248,87 @@ def level_groups(
     level: np.ndarray, target: np.ndarray, num_levels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Nodes grouped by ``level`` and edges by ``(level[target], target)``: permutations and CSR pointers, the
-    same as stable sorts on those keys, as counting passes in O(N + E)."""
+    same as stable sorts on those keys, as counting passes in O(N + E).
+
+    Edges take two passes: in-degrees, then each edge written at its target's next slot, where a target's first
+    slot is the running in-degree sum over the nodes in level order (one pass over the node permutation, which
+    also yields the level pointers of the edges).
+    """
+    n = level.size
     node_perm, node_ptr = counting_sort(level, num_levels)
-    edge_perm = edges_by_target_order(target, node_perm, level.size)
-    edge_ptr = np.zeros(num_levels + 1, dtype=np.int64)
+    slot = np.zeros(n, dtype=np.int64)
     for e in range(target.size):
-        edge_ptr[level[target[e]] + 1] += 1
-    for k in range(num_levels):
-        edge_ptr[k + 1] += edge_ptr[k]
+        slot[target[e]] += 1
+    edge_ptr = np.zeros(num_levels + 1, dtype=np.int64)
+    total = 0
+    for lvl in range(num_levels):
+        for k in range(node_ptr[lvl], node_ptr[lvl + 1]):
+            v = node_perm[k]
+            deg = slot[v]
+            slot[v] = total
+            total += deg
+        edge_ptr[lvl + 1] = total
+    edge_perm = np.empty(target.size, dtype=np.int64)
+    for e in range(target.size):
+        v = target[e]
+        edge_perm[slot[v]] = e
+        slot[v] += 1
     return node_perm, node_ptr, edge_perm, edge_ptr
+
+
+@njit(cache=True, nogil=True)
+def schedule_arrays(
+    level: np.ndarray, rev_level: np.ndarray, src: np.ndarray, dst: np.ndarray
+) -> tuple[
+    int,
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+]:
+    """Both directions of :func:`level_groups` (forward: edges by target level; reverse: by source reverse
+    level) and the level count ``max(level) + 1``, in one call (on small files the per-call cost dominates)."""
+    num_levels = 0
+    for v in range(level.size):
+        if level[v] + 1 > num_levels:
+            num_levels = level[v] + 1
+    fwd = level_groups(level, dst, num_levels)
+    rev = level_groups(rev_level, src, num_levels)
+    return num_levels, fwd, rev
+
+
+@njit(cache=True, nogil=True)
+def binary_aiger_body(
+    buf: np.ndarray, pos: int, num_inputs: int, num_out_lines: int, num_ands: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """The body of a binary AIGER file without latches in one pass: ``num_out_lines`` output lines (digits then
+    ``\\n``), then ``num_ands`` delta-encoded AND gates. Returns the offset after the AND block, the output literals
+    and the ``[A, 2]`` fanin literals (``rhs0 >= rhs1``), or offset ``-1`` at the first byte that is not exactly
+    that; the line reader then parses the file again and names the place."""
+    outputs = np.empty(num_out_lines, dtype=np.int64)
+    ands = np.empty((num_ands, 2), dtype=np.int64)
+    n = buf.size
+    for k in range(num_out_lines):
+        value = 0
+        digits = 0
+        while pos < n and 48 <= buf[pos] <= 57:
+            value = value * 10 + (buf[pos] - 48)
+            digits += 1
+            pos += 1
+            if digits > 10:  # past the 32-bit literal range: let the line reader refuse it
+                return -1, outputs, ands
+        if digits == 0 or pos >= n or buf[pos] != 10:
+            return -1, outputs, ands
+        pos += 1
+        outputs[k] = value
+    deltas, used = decode_varints(buf[pos:], 2 * num_ands)
+    if used < 0:
+        return -1, outputs, ands
+    for g in range(num_ands):
+        lhs = 2 * (num_inputs + 1 + g)
+        d0, d1 = deltas[2 * g], deltas[2 * g + 1]
+        rhs0 = lhs - d0
+        rhs1 = rhs0 - d1
+        if d0 <= 0 or rhs1 < 0:
+            return -1, outputs, ands
+        ands[g, 0] = rhs0
+        ands[g, 1] = rhs1
+    return pos + used, outputs, ands

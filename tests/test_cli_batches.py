@@ -95,3 +95,24 @@ def test_folder_lock_excludes_a_second_process(tmp_path: Path) -> None:
     proc.start()
     proc.join(30)
     assert queue.get(timeout=5) == "locked"  # released when the holder leaves the block
+
+
+def test_embed_bf16_option_stays_close_to_float32_and_is_recorded(tmp_path: Path, capsys) -> None:
+    enc_dir = build_encoder("deepgcn", hidden=16, num_layers=3).save_pretrained(tmp_path / "enc")
+    src = tmp_path / "c0.aag"
+    write_circuit(_circuit(0), src)
+    outs = {}
+    for dtype in ("float32", "bf16"):
+        out = tmp_path / f"{dtype}.safetensors"
+        assert main(["embed", "-e", str(enc_dir), str(src), "-o", str(out), "--dtype", dtype]) == 0
+        with safe_open(str(out), "pt") as fh:
+            assert fh.metadata()["dtype"] == dtype
+            outs[dtype] = fh.get_tensor("c0/node")
+    ref, low = outs["float32"], outs["bf16"]
+    assert low.dtype == ref.dtype and not low.equal(ref)  # bf16 really ran, and wrote float32
+    assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (
+        main(["embed", "-e", str(enc_dir), str(src), "-o", str(tmp_path / "x.safetensors"), "--dtype", "fp8"])
+        == 2
+    )
+    assert "--dtype" in capsys.readouterr().err

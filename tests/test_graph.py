@@ -341,3 +341,19 @@ def test_compiled_path_on_epfl_graphs(path):
     assert torch.equal(s_fast.edge_perm, s_ref.edge_perm) and torch.equal(
         s_fast.rev_edge_perm, s_ref.rev_edge_perm
     )
+
+
+@pytest.mark.parametrize("explicit_not", [True, False])
+def test_graph_built_from_a_dict_equals_a_data_built_attribute_by_attribute(explicit_not):
+    from torch_geometric.data import Batch, Data
+
+    d = aig_to_data(random_aig(3, 5, 40, 3), explicit_not=explicit_not, with_prob=True)
+    ref = Data(**{k: v for k, v in d.to_dict().items()})
+    assert sorted(d.keys()) == sorted(ref.keys()) and d.num_nodes == ref.num_nodes
+    for key in ref.keys():
+        a, b = d[key], ref[key]
+        assert torch.equal(a, b) if isinstance(b, torch.Tensor) else a == b, key
+    both, both_ref = Batch.from_data_list([d, d]), Batch.from_data_list([ref, ref])
+    assert torch.equal(both.edge_index, both_ref.edge_index) and torch.equal(both.batch, both_ref.batch)
+    d.x = d.x + 1  # attribute setting still works on the dict-built object
+    assert torch.equal(d.x, ref.x + 1)

@@ -192,6 +192,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None, "--threads", help="CPU threads for torch (default: torch's choice)."
         ),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+        dtype: str = typer.Option(
+            "float32", "--dtype", help="float32, or bf16 (matmuls under bf16 autocast; output stays float32)."
+        ),
     ) -> None:
         """Write node and graph embeddings of circuit files to one safetensors file (keys <stem>/node, <stem>/graph).
 
@@ -201,7 +204,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
 
         dev = configure_runtime(threads, device)
         failures: list[tuple[str, str]] = []
-        index = embed_files(encoder, files, out, strict=strict, failures=failures, device=dev)
+        index = embed_files(encoder, files, out, strict=strict, failures=failures, device=dev, dtype=dtype)
         if failures:
             console.print(f"[yellow]{len(failures)} file(s) skipped:[/]")
             for src, reason in failures:

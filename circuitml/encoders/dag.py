@@ -29,21 +29,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
+from torch_geometric.utils import scatter, softmax
 
 from circuitml.encoders.base import Encoder
 from circuitml.encoders.builder import register_encoder
 from circuitml.encoders.config import EncoderConfig
-from circuitml.encoders.propagation import level_sweep, segment_attention, sweep_plan
+from circuitml.encoders.propagation import level_sweep, sweep_plan
 from circuitml.graph import level_schedule
 
 
 class DagCell(nn.Module):
     """One level update of both states (the :data:`~circuitml.encoders.propagation.LevelCell` contract).
 
-    The two attentions run as one two-head attention: keys ``[W_f z_u | W_s h^s_u]`` come from one masked
-    matmul (the structural head must not see ``hf``), queries ``[W_q h^f_v | W_s' h^s_v]`` likewise, one segment
-    softmax over ``[E_l, 2]`` scores and one segment sum — half the kernel launches of two separate attentions,
-    which matters because a level is often only a few hundred nodes.
+    The two attentions run as one two-head attention with one segment softmax over ``[E_l, 2]`` scores. Keys
+    and queries are linear, so neither is materialized: the scores use ``W^T a`` (a ``[., 2]`` matvec per edge
+    and per target) and the messages ``W_f (sum_u alpha_u z_u)``, ``W_s (sum_u alpha_u h^s_u)`` aggregate the
+    inputs first and multiply once per target, not once per edge (about a quarter of the level's FLOPs less,
+    with fewer ``[E_l, 2h]`` temporaries). The weights are the masked ``key`` / ``query`` matrices as before.
 
     Args:
         hidden: width ``h`` of ``hf`` and of ``hs`` (the state row is ``[hf | hs]``, ``2h`` wide).
@@ -86,12 +88,22 @@ class DagCell(nn.Module):
     ) -> Tensor:
         h = self.hidden
         z = src if edge_feat is None else torch.cat([src, edge_feat.to(src.dtype)], dim=-1)
-        keys = F.linear(z, self.key.weight * self.key_mask).view(-1, 2, h)  # [E, 2, h]
-        queries = F.linear(tgt, self.query.weight * self.query_mask).view(-1, 2, h)  # [n, 2, h]
-        score = (keys * self.att_src).sum(-1) + (queries * self.att_dst).sum(-1)[local]  # [E, 2]
-        msg = segment_attention(F.leaky_relu(score, 0.2), keys, local, num_targets)  # [n, 2, h]
-        hf_new = self.gru_f(torch.cat([msg[:, 0], x], dim=-1), tgt[:, :h])
-        hs_new = self.gru_s(torch.cat([msg[:, 1], x], dim=-1), tgt[:, h:])
+        wk = self.key.weight * self.key_mask  # [2h, 2h + edge_dim]: rows [functional key | structural key]
+        wq = self.query.weight * self.query_mask
+        # Keys and queries enter the scores only through a_i^T W: fold the attention vectors into the weights,
+        # so a score is a [rows, 2] matvec instead of [rows, 2h] keys and queries (a_i^T W z = (W^T a_i)^T z).
+        a_src = torch.stack([wk[:h].t() @ self.att_src[0], wk[h:].t() @ self.att_src[1]], dim=1)
+        a_dst = torch.stack([wq[:h].t() @ self.att_dst[0], wq[h:].t() @ self.att_dst[1]], dim=1)
+        score = F.linear(z, a_src.t()) + F.linear(tgt, a_dst.t())[local]  # [E, 2]
+        alpha = softmax(F.leaky_relu(score, 0.2), local, num_nodes=num_targets)  # [E, 2]
+        # sum_u alpha_u W z_u = W sum_u alpha_u z_u: aggregate the (narrow) inputs per target, then one matmul per
+        # target instead of one per edge. The structural head reads hs_u only.
+        weighted = torch.cat([z * alpha[:, :1], src[:, h:] * alpha[:, 1:]], dim=-1)
+        agg = scatter(weighted, local, dim=0, dim_size=num_targets, reduce="sum")
+        msg_f = F.linear(agg[:, : z.size(1)], wk[:h])
+        msg_s = F.linear(agg[:, z.size(1) :], wk[h:, h : 2 * h])
+        hf_new = self.gru_f(torch.cat([msg_f, x], dim=-1), tgt[:, :h])
+        hs_new = self.gru_s(torch.cat([msg_s, x], dim=-1), tgt[:, h:])
         return torch.cat([hf_new, hs_new], dim=-1)
 
 

@@ -121,8 +121,10 @@ def level_sweep(
         inplace = not torch.is_grad_enabled()  # without autograd, rows can be written in place
         out = state.clone() if inplace else state
         for tgt, src, loc, eid in zip(plan.targets, plan.sources, plan.local, plan.edge_ids, strict=True):
-            ef = None if edge_feat is None else edge_feat[eid]
-            new = cell(out[src], out[tgt], node_ctx[tgt], ef, loc, tgt.numel()).to(out.dtype)
+            ef = None if edge_feat is None else edge_feat.index_select(0, eid)
+            # index_select, not out[src]: the advanced-indexing kernel is ~2x slower for row gathers on CPU.
+            rows = (out.index_select(0, src), out.index_select(0, tgt), node_ctx.index_select(0, tgt))
+            new = cell(*rows, ef, loc, tgt.numel()).to(out.dtype)
             out = out.index_copy_(0, tgt, new) if inplace else out.index_copy(0, tgt, new)
         return out
     params = [p for p in cell.parameters() if p.requires_grad]
@@ -144,8 +146,9 @@ class _CheckpointedSweep(torch.autograd.Function):
         state = state0.detach().clone()
         with torch.no_grad():
             for tgt, src, loc, eid in zip(plan.targets, plan.sources, plan.local, plan.edge_ids, strict=True):
-                ef = edge_feat[eid] if has_edge_feat else None
-                new = cell(state[src], state[tgt], node_ctx[tgt], ef, loc, tgt.numel())
+                ef = edge_feat.index_select(0, eid) if has_edge_feat else None
+                rows = (state.index_select(0, src), state.index_select(0, tgt), node_ctx.index_select(0, tgt))
+                new = cell(*rows, ef, loc, tgt.numel())
                 state.index_copy_(0, tgt, new.to(state.dtype))
         ctx.save_for_backward(state0, state, node_ctx, edge_feat, *params)
         return state

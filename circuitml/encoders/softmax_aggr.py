@@ -34,7 +34,14 @@ from circuitml import kernels
 from circuitml.encoders.graph_cache import graph_cached
 from circuitml.kernels import njit
 
-__all__ = ["IncomingCSR", "double_backward", "incoming_csr", "softmax_aggregate", "uses_fused_kernel"]
+__all__ = [
+    "IncomingCSR",
+    "aggregate_rows_plus_self",
+    "double_backward",
+    "incoming_csr",
+    "softmax_aggregate",
+    "uses_fused_kernel",
+]
 
 _CACHE_ATTR = "_incoming_csr_cache"
 
@@ -72,11 +79,70 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
+def _aggregate_node(
+    x: np.ndarray,
+    rowptr: np.ndarray,
+    col: np.ndarray,
+    v: int,
+    tt: float,
+    ep: float,
+    out: np.ndarray,
+    o: int,
+    mx: np.ndarray,
+    den: np.ndarray,
+    r: int,
+    acc: np.ndarray,
+) -> None:
+    """``out[o] = m_v``; ``mx[r]`` / ``den[r]`` get what the backward needs (alpha_1 for two fanins)."""
+    hid = x.shape[1]
+    zero = x.dtype.type(0.0)
+    one = x.dtype.type(1.0)
+    s, e = rowptr[v], rowptr[v + 1]
+    if e - s == 1:  # softmax over one message is 1: m_v = h_u
+        u = col[s]
+        for c in range(hid):
+            out[o, c] = max(x[u, c], zero) + ep
+        return
+    if e - s == 2:  # two messages (AND gates): alpha_1 = sigmoid(t (h_1 - h_2)), one exp per channel
+        u1, u2 = col[s], col[s + 1]
+        for c in range(hid):
+            h1 = max(x[u1, c], zero) + ep
+            h2 = max(x[u2, c], zero) + ep
+            a1 = one / (one + math.exp(tt * (h2 - h1)))
+            out[o, c] = h2 + a1 * (h1 - h2)
+            mx[r, c] = a1  # two-fanin nodes keep alpha_1 here instead of a maximum: no exp in backward
+        return
+    if e == s:
+        for c in range(hid):
+            out[o, c] = zero
+        return
+    u = col[s]
+    for c in range(hid):
+        mx[r, c] = tt * (max(x[u, c], zero) + ep)
+    for p in range(s + 1, e):
+        u = col[p]
+        for c in range(hid):
+            mx[r, c] = max(mx[r, c], tt * (max(x[u, c], zero) + ep))
+    acc[:] = zero
+    for c in range(hid):
+        den[r, c] = zero
+    for p in range(s, e):
+        u = col[p]
+        for c in range(hid):
+            h = max(x[u, c], zero) + ep
+            w = math.exp(tt * h - mx[r, c])
+            den[r, c] += w
+            acc[c] += w * h
+    for c in range(hid):
+        out[o, c] = acc[c] / den[r, c]
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def _forward_kernel(
     x: np.ndarray, rowptr: np.ndarray, col: np.ndarray, t: float, eps: float, keep: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, hid = x.shape
-    out = np.zeros((n, hid), dtype=x.dtype)
+    out = np.empty((n, hid), dtype=x.dtype)
     # Maxima and denominators for the backward (nodes with three or more fanins; alpha_1 for two fanins);
     # without a backward (``keep`` false) one scratch row serves every node.
     rows = n if keep else 1
@@ -84,48 +150,28 @@ def _forward_kernel(
     den = np.ones((rows, hid), dtype=x.dtype)
     tt = x.dtype.type(t)
     ep = x.dtype.type(eps)
-    zero = x.dtype.type(0.0)
-    one = x.dtype.type(1.0)
     acc = np.empty(hid, dtype=x.dtype)
     for v in range(n):
-        r = v if keep else 0
-        s, e = rowptr[v], rowptr[v + 1]
-        if e - s == 1:  # softmax over one message is 1: m_v = h_u
-            u = col[s]
-            for c in range(hid):
-                out[v, c] = max(x[u, c], zero) + ep
-            continue
-        if e - s == 2:  # two messages (AND gates): alpha_1 = sigmoid(t (h_1 - h_2)), one exp per channel
-            u1, u2 = col[s], col[s + 1]
-            for c in range(hid):
-                h1 = max(x[u1, c], zero) + ep
-                h2 = max(x[u2, c], zero) + ep
-                a1 = one / (one + math.exp(tt * (h2 - h1)))
-                out[v, c] = h2 + a1 * (h1 - h2)
-                mx[r, c] = a1  # two-fanin nodes keep alpha_1 here instead of a maximum: no exp in backward
-            continue
-        if e == s:
-            continue
-        u = col[s]
-        for c in range(hid):
-            mx[r, c] = tt * (max(x[u, c], zero) + ep)
-        for p in range(s + 1, e):
-            u = col[p]
-            for c in range(hid):
-                mx[r, c] = max(mx[r, c], tt * (max(x[u, c], zero) + ep))
-        acc[:] = zero
-        for c in range(hid):
-            den[r, c] = zero
-        for p in range(s, e):
-            u = col[p]
-            for c in range(hid):
-                h = max(x[u, c], zero) + ep
-                w = math.exp(tt * h - mx[r, c])
-                den[r, c] += w
-                acc[c] += w * h
-        for c in range(hid):
-            out[v, c] = acc[c] / den[r, c]
+        _aggregate_node(x, rowptr, col, v, tt, ep, out, v, mx, den, v if keep else 0, acc)
     return out, mx, den
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _rows_plus_self_kernel(
+    x: np.ndarray, rowptr: np.ndarray, col: np.ndarray, t: float, eps: float, start: int, out: np.ndarray
+) -> None:
+    """``out[i] = m_{start+i} + x_{start+i}`` for the rows of ``out`` (no backward state)."""
+    hid = x.shape[1]
+    mx = np.zeros((1, hid), dtype=x.dtype)
+    den = np.ones((1, hid), dtype=x.dtype)
+    tt = x.dtype.type(t)
+    ep = x.dtype.type(eps)
+    acc = np.empty(hid, dtype=x.dtype)
+    for i in range(out.shape[0]):
+        v = start + i
+        _aggregate_node(x, rowptr, col, v, tt, ep, out, i, mx, den, 0, acc)
+        for c in range(hid):
+            out[i, c] += x[v, c]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -280,3 +326,16 @@ def softmax_aggregate(
         x32 = x.float() if x.dtype == torch.bfloat16 else x
         return _FusedSoftmaxAggr.apply(x32, t, csr.rowptr, csr.col, eps, keep)
     return _softmax_aggregate_torch(x, t, csr, eps)
+
+
+def aggregate_rows_plus_self(
+    x: Tensor, t: float, csr: IncomingCSR, eps: float, start: int, out: Tensor
+) -> Tensor:
+    """``out[i] = m_{start+i} + x_{start+i}`` (GENConv's MLP input) for one block of target rows, no autograd.
+
+    The inference path of DeeperGCN runs its blocks over row chunks that stay in cache; the fanins of a chunk
+    may be anywhere in ``x``. ``x`` and ``out`` are contiguous float32/64 CPU tensors (``out``: ``[rows, hidden]``,
+    overwritten; a reused buffer). Needs the compiled kernels (:func:`uses_fused_kernel`).
+    """
+    _rows_plus_self_kernel(x.numpy(), csr.rowptr.numpy(), csr.col.numpy(), t, eps, start, out.numpy())
+    return out

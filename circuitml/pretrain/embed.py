@@ -23,6 +23,7 @@ def embed_files(
     strict: bool = True,
     failures: list[tuple[str, str]] | None = None,
     device: torch.device | str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, str]:
     """Embed each circuit file (any format :func:`circuitml.formats.read_circuit` reads) with the encoder
     saved in ``encoder_dir``; write ``<key>/node`` ``[N, h]`` and ``<key>/graph`` ``[h]`` tensors to ``out``.
@@ -34,6 +35,9 @@ def embed_files(
         strict: raise on the first file that cannot be read; when False, such a file is skipped, its
             ``(path, one-line reason)`` appended to ``failures``, and the others are embedded.
         device: where the encoder runs (the tensors written are on the CPU either way).
+        dtype: ``"float32"`` (default) or ``"bf16"``: the encoder's matmuls under bf16 autocast (faster on
+            CPUs with bf16 units, at bf16 precision; ``bench/bench_encoders.py --amp`` measures it); the
+            written tensors are float32 either way and the metadata records the dtype.
 
     Raises:
         CircuitmlError: a bad file (``strict``), or no file could be embedded at all.
@@ -44,8 +48,11 @@ def embed_files(
 
     if not files:
         raise ConfigError("embed: expected at least one circuit file")
+    if dtype not in ("float32", "bf16"):
+        raise ConfigError(f"embed: --dtype must be float32 or bf16, got {dtype!r}")
     failures = [] if failures is None else failures
     encoder = load_encoder(encoder_dir).to(device)
+    device_type = torch.device(device).type
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict[str, object]] = {}
     for file in files:
@@ -68,7 +75,8 @@ def embed_files(
         while key in index:
             key = f"{base}#{n}"
             n += 1
-        result = encoder.embed(aig)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            result = encoder.embed(aig)
         tensors[f"{key}/node"] = result.node.detach().float().cpu().contiguous()
         tensors[f"{key}/graph"] = result.graph[0].detach().float().cpu().contiguous()
         index[key] = {"path": str(path), "num_nodes": int(result.node.size(0))}
@@ -78,7 +86,12 @@ def embed_files(
         )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "circuitml.embeddings", "encoder": str(encoder_dir), "index": json.dumps(index)}
+    meta = {
+        "format": "circuitml.embeddings",
+        "encoder": str(encoder_dir),
+        "dtype": dtype,
+        "index": json.dumps(index),
+    }
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
