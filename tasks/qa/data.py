@@ -26,6 +26,7 @@ __all__ = [
     "load_tokenizer",
     "QAFeatures",
     "make_features",
+    "question_mask",
     "SpanPredictions",
     "BestSpans",
     "best_spans",
@@ -148,6 +149,13 @@ def make_features(
         plausible_start=torch.from_numpy(p_starts),
         plausible_end=torch.from_numpy(p_ends),
     )
+
+
+def question_mask(attention_mask: Tensor, context_mask: Tensor) -> Tensor:
+    """The question's tokens of each window: real tokens outside the context, [CLS] excluded (``[B, T]`` bool)."""
+    question = attention_mask.bool() & ~context_mask
+    question[:, 0] = False
+    return question
 
 
 def _span_labels(

@@ -33,6 +33,7 @@ from circuitml.tasks.qa.data import (
     load_tokenizer,
     make_features,
     predict_spans,
+    question_mask,
     spans_of,
     train_tokenizer,
 )
@@ -135,10 +136,8 @@ def _run(model, feats, idx) -> Any:
     if isinstance(model, UpcycledHFQA):
         if feats.token_type_ids is not None:
             extra["token_type_ids"] = feats.token_type_ids[idx][:, :t].to(dev)
-        if model.qa_bilinear is not None:  # the question: real tokens outside the context, [CLS] excluded
-            question = mask.bool() & ~feats.context_mask[idx][:, :t]
-            question[:, 0] = False
-            extra["question_mask"] = question.to(dev)
+        if model.qa_bilinear is not None:
+            extra["question_mask"] = question_mask(mask, feats.context_mask[idx][:, :t]).to(dev)
         if model.qa_prior is not None:
             extra["prior"] = feats.prior[idx][:, :t].to(dev) if feats.prior is not None else None
     return model(ids.to(dev), mask.to(dev), **extra)
@@ -149,14 +148,18 @@ def _sentence_encoder(path: str) -> SentenceEncoder:
     return SentenceEncoder.load(path)
 
 
-def _features(model, tokenizer, examples, cfg: QATrainConfig) -> QAFeatures:
+def reader_features(model, tokenizer, examples, max_length: int, stride: int) -> QAFeatures:
     """Windows of ``examples``, with the sentence prior when the model uses it (from the frozen checkpoint the
     model was upcycled from, never from the model being trained)."""
-    feats = make_features(examples, tokenizer, cfg.max_length, cfg.stride)
+    feats = make_features(examples, tokenizer, max_length, stride)
     if getattr(model, "qa_prior", None) is not None:
-        init = _resolve_init(cfg.model).init_from
+        init = _resolve_init(model.config).init_from
         feats.prior = sentence_prior(examples, feats, _sentence_encoder(str(init)))
     return feats
+
+
+def _features(model, tokenizer, examples, cfg: QATrainConfig) -> QAFeatures:
+    return reader_features(model, tokenizer, examples, cfg.max_length, cfg.stride)
 
 
 def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
@@ -255,6 +258,13 @@ def _resolve_init(model: SwitchQAConfig) -> SwitchQAConfig:
     return model
 
 
+def build_reader(model_cfg: SwitchQAConfig) -> Any:
+    """The QA model of ``model_cfg``, the one builder of ``qa train`` and ``shift text``: a shipped language
+    model's name in ``init_from`` resolves to its folder, and the reader options (span head, sentence prior,
+    independent span head) come with the config."""
+    return build_qa_model(_resolve_init(model_cfg))
+
+
 def _synonym_table(
     model, tokenizer, examples: list[SquadExample], wanted: bool | None
 ) -> SynonymTable | None:
@@ -328,7 +338,7 @@ def _fit_reader(
     """Build a reader and train it on ``train_ex`` (EDA copies added here, after any split); returns it and
     its training statistics."""
     _seed_everything(cfg.seed)
-    model = build_qa_model(model_cfg)
+    model = build_reader(model_cfg)
 
     # augment after the split, so no held-out context leaks into training
     fit_ex = train_ex
