@@ -7,7 +7,9 @@ trains on the questions plus one augmented copy for half the epochs, so every va
 optimizer steps. The null threshold is tuned on 10 % of the training contexts (``val_fraction``); the Switch
 variants upcycle with ``unit_weight`` (top-1, value 1, router gradient kept) and no capacity limit, so they start
 as the dense model. Every variant shares the reader options: ``--span-head``, ``--sentence-prior``,
-``--independent-span`` and ``--head-lr`` (see ``circuitml qa train --help``).
+``--independent-span`` and ``--head-lr``, and the decision options ``--verifier`` (Read + Verify's answer verifier;
+the F1 at the tuned null threshold of the same reader is printed beside it), ``--oof-folds`` and
+``--val-fraction`` (see ``circuitml qa train --help``).
 
     nice -n 5 python bench/bench_qa_minilm.py --seeds 0 1 2 --out qa_minilm.json
 """
