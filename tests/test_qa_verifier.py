@@ -222,3 +222,32 @@ def test_verifier_model_round_trips_through_qa_eval(tmp_path) -> None:
     metrics = train_qa(cfg, tmp_path / "model")
     assert metrics["val_questions"] == 4
     assert evaluate_qa(tmp_path / "model", data) == metrics["eval"]
+
+
+def test_qa_train_cli_fits_the_verifier_out_of_fold_and_refuses_a_fixed_threshold(tmp_path, capsys) -> None:
+    from cli import main
+
+    data = _squad(tmp_path)
+    tiny = ["--d-model", "16", "--layers", "1", "--experts", "2", "--epochs", "1", "--max-length", "48"]
+    tiny += ["--stride", "16", "--batch-size", "4"]
+    out = tmp_path / "model"
+    code = main(
+        ["qa", "train", "--data", str(data), "--out", str(out), "--verifier", "--oof-folds", "2", *tiny]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and "verifier threshold" in printed and "out-of-fold" in printed
+    assert load_qa_model(out)[2].verifier_state is not None
+    bad = [
+        "qa",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "m"),
+        "--verifier",
+        "--null-threshold",
+        "0",
+    ]
+    assert main(bad + tiny) == 2
+    err = capsys.readouterr().err
+    assert "qa: verifier:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
