@@ -147,7 +147,7 @@ def test_trimmed_prediction_equals_full_padding(tmp_path) -> None:
     mask[1, 9:] = 0
     ids = ids * mask
     feats = QAFeatures(ids, mask, ids[:, 0], ids[:, 0], torch.arange(5), mask.bool(), None)
-    start, end = _predict(model, feats, batch_size=2)
+    start, end, _ = _predict(model, feats, batch_size=2)
     with torch.no_grad():
         full = model(ids, mask)
     assert start.shape == (5, 20)

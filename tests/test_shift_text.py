@@ -9,6 +9,7 @@ from circuitml.datasets.squad import SquadAnswer, SquadExample
 from circuitml.tasks.shift.base import fit
 from circuitml.tasks.shift.mixda import MixDAFFN, apply_mixda
 
+from circuitml.errors import ConfigError
 from circuitml.lm import MaskedLMHead, mask_tokens
 from tests.test_lm import needs_minilm
 
@@ -132,14 +133,65 @@ def test_text_shift_runs_every_method() -> None:
                     f"{title}{k}", title, ctx, f"Where is item {k}?", [SquadAnswer(place, ctx.index(place))]
                 )
             )
-    cfg = TextShiftConfig(max_length=32, stride=8, batch_size=3, steps=2, adapt_steps=2)
+    # qa train's reader options reach the shift model (a crash or a missing prior would fail here)
+    cfg = TextShiftConfig(
+        max_length=32,
+        stride=8,
+        batch_size=3,
+        steps=2,
+        adapt_steps=2,
+        span_head="bilinear",
+        sentence_prior=True,
+        head_lr=1e-2,
+    )
     row = run_text_shift(ex, "b", cfg)
     for m in ("no_answer", "all_sources", "mixda", "mixda_no_stage1"):
         assert 0.0 <= row[m] <= 1.0
         # every window holds its answer: the answer-window error is the error
         assert row[f"{m}_answerable"] == pytest.approx(row[m])
+        assert m == "no_answer" or 0.0 <= row[f"{m}_forced"] <= 1.0
     assert row["no_answer"] == 1.0  # every window holds its answer, so [CLS] is always wrong
     assert row["test_questions"] == 3 and "stage1_loss_first" in row
+
+
+@needs_minilm
+def test_shift_text_reader_is_qa_trains_reader() -> None:
+    import dataclasses
+
+    from circuitml.tasks.qa import train as qa_train
+    from circuitml.tasks.qa.model import SwitchQAConfig
+    from circuitml.tasks.shift.qa import QAShiftTask, qa_batches
+    from transformers import AutoTokenizer
+
+    from circuitml.lm import resolve_lm
+
+    reader = SwitchQAConfig(moe_layers=[], span_head="bilinear", sentence_prior=True)
+    torch.manual_seed(0)
+    model = QAShiftTask(reader, lm="all-minilm-l6-v2").make_model().eval()
+    torch.manual_seed(0)
+    ref = qa_train.build_reader(dataclasses.replace(reader, init_from="all-minilm-l6-v2")).eval()
+    with torch.no_grad():  # a non-zero question-conditioned term, the same in both
+        bil = torch.randn_like(ref.qa_bilinear.weight) * 0.05
+        ref.qa_bilinear.weight.copy_(bil)
+        model.qa.qa_bilinear.weight.copy_(bil)
+    tok = AutoTokenizer.from_pretrained(str(resolve_lm("all-minilm-l6-v2")), local_files_only=True)
+    ctx = "Rollo was a Viking leader. He ruled Normandy from 911. The duchy grew strong under his heirs."
+    ex = [
+        SquadExample("a", "t", ctx, "Who ruled Normandy?", [SquadAnswer("Rollo", 0)]),
+        SquadExample("b", "t", ctx, "When did he rule?", [SquadAnswer("911", ctx.index("911"))]),
+    ]
+    feats = qa_train.reader_features(model.qa, tok, ex, 40, 8)
+    assert feats.prior is not None and bool(feats.prior[..., 0].ne(0).any())
+    batch = qa_batches(feats, len(feats))[0]
+    with torch.no_grad():
+        got = model.run(batch)
+        want = qa_train._run(ref, feats, slice(0, len(feats)))
+    keep = batch["attention_mask"].bool()
+    t = want.start_logits.shape[1]
+    torch.testing.assert_close(got.start_logits[keep], want.start_logits[keep[:, :t]], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.end_logits[keep], want.end_logits[keep[:, :t]], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="dense"):
+        QAShiftTask(SwitchQAConfig(moe_layers=[2]), lm="all-minilm-l6-v2").make_model()
 
 
 def test_answer_window_error_counts_only_windows_with_an_answer() -> None:
@@ -147,11 +199,25 @@ def test_answer_window_error_counts_only_windows_with_an_answer() -> None:
 
     task = QAShiftTask(lm="unused")
     mask = torch.ones(4, 5, dtype=torch.long)
-    batch = {"attention_mask": mask, "start": torch.tensor([0, 2, 0, 3]), "end": torch.tensor([0, 2, 0, 4])}
+    context = torch.zeros(4, 5, dtype=torch.bool)
+    context[:, 2:] = True
+    batch = {
+        "attention_mask": mask,
+        "context_mask": context,
+        "start": torch.tensor([0, 2, 0, 3]),
+        "end": torch.tensor([0, 2, 0, 4]),
+    }
     preds = torch.zeros(4, 5, 2)
     preds[:, 2, :] = 1.0  # every window predicts the span (2, 2): right for window 1 only
     flat = preds[mask.bool()]
     assert answer_window_error(task, lambda b: flat, [batch]) == pytest.approx(0.5)
+    # forced: [CLS] and the question (token 1) win, but the best context span is (3, 4), right for window 3 only
+    preds = torch.zeros(4, 5, 2)
+    preds[:, 0, :], preds[:, 1, :] = 9.0, 8.0
+    preds[:, 3, 0], preds[:, 4, 1] = 1.0, 1.0
+    flat = preds[mask.bool()]
+    assert answer_window_error(task, lambda b: flat, [batch]) == 1.0
+    assert answer_window_error(task, lambda b: flat, [batch], forced=True) == pytest.approx(0.5)
     assert (
         answer_window_error(task, _null_preds, [batch]) == 1.0
     )  # [CLS] is wrong wherever there is an answer

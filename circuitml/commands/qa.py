@@ -66,6 +66,17 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         null_threshold: Optional[float] = typer.Option(
             None, help="Fixed null threshold (default: tuned on the validation contexts)."
         ),
+        verifier: bool = typer.Option(
+            False,
+            "--verifier/--no-verifier",
+            help="SQuAD v2.0: Read+Verify's answer verifier (logistic regression on the reader's scores) "
+            "decides answer vs no answer, fitted on held-out questions.",
+        ),
+        oof_folds: int = typer.Option(
+            0,
+            help="SQuAD v2.0: fit the null threshold / verifier on out-of-fold predictions of K readers over "
+            "the training contexts (K >= 2, K extra trainings) instead of on --val-fraction; 0: off.",
+        ),
         eda_copies: int = typer.Option(0, help="EDA-augmented copies of each training question."),
         eda_synonyms: Optional[bool] = typer.Option(
             None,
@@ -132,6 +143,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             device=device,
             val_fraction=val_fraction,
             null_threshold=null_threshold,
+            verifier=verifier,
+            oof_folds=oof_folds,
             eda_copies=eda_copies,
             eda_synonyms=eda_synonyms,
             freeze_bottom=freeze_bottom,
@@ -155,10 +168,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             console.print(_table(f"held-out ({metrics['eval_questions']} questions)", metrics["eval"]))
             base = metrics["eval_baseline_no_answer"]
             console.print(f"always-no-answer baseline: EM {base['exact']:.2f}  F1 {base['f1']:.2f}")
-        if metrics.get("val_questions"):
+        held = metrics.get("oof_questions") or metrics.get("val_questions")
+        if held:
+            where = "out-of-fold" if metrics.get("oof_questions") else "validation"
             console.print(
-                f"null threshold {metrics['null_threshold']:.3f} "
-                f"(tuned on {metrics['val_questions']} validation questions from training contexts)"
+                f"{'verifier' if verifier else 'null'} threshold {metrics['null_threshold']:.3f} "
+                f"(tuned on {held} {where} questions from training contexts)"
             )
         console.print(f"model written to {out} ({metrics['steps']} steps, {metrics['wall_seconds']:.0f} s)")
 

@@ -107,6 +107,17 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         steps: int = typer.Option(150, help="Fine-tuning steps on the source articles."),
         adapt_steps: int = typer.Option(60, help="Steps of each MixDA stage."),
         max_length: int = typer.Option(192, help="Tokens per window."),
+        span_head: str = typer.Option(
+            "linear", help="The reader's span head, as `qa train`: 'linear' or 'bilinear' (DrQA's)."
+        ),
+        sentence_prior: bool = typer.Option(
+            False,
+            "--sentence-prior/--no-sentence-prior",
+            help="The reader adds the frozen LM's question-sentence similarity to its span scores (as `qa train`).",
+        ),
+        head_lr: Optional[float] = typer.Option(
+            None, help="Learning rate of the span head in the source fine-tuning (default: the body's)."
+        ),
         seeds: list[int] = typer.Option([0], "--seed", help="Random seeds (repeat for mean ± std)."),
         threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto."),
@@ -133,6 +144,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             "steps": steps,
             "adapt_steps": adapt_steps,
             "max_length": max_length,
+            "span_head": span_head,
+            "sentence_prior": sentence_prior,
+            "head_lr": head_lr,
         }
         results: dict[str, dict[str, dict]] = {}
         if (out / "results.json").is_file():  # resume: finished (article, seed) runs are kept
@@ -149,6 +163,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                     steps=steps,
                     adapt_steps=adapt_steps,
                     max_length=max_length,
+                    span_head=span_head,
+                    sentence_prior=sentence_prior,
+                    head_lr=head_lr,
                     seed=seed,
                     device=str(dev),
                 )

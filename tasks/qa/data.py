@@ -26,7 +26,12 @@ __all__ = [
     "load_tokenizer",
     "QAFeatures",
     "make_features",
+    "question_mask",
     "SpanPredictions",
+    "BestSpans",
+    "best_spans",
+    "window_best",
+    "spans_of",
     "predict_spans",
     "decode_answers",
 ]
@@ -146,6 +151,13 @@ def make_features(
     )
 
 
+def question_mask(attention_mask: Tensor, context_mask: Tensor) -> Tensor:
+    """The question's tokens of each window: real tokens outside the context, [CLS] excluded (``[B, T]`` bool)."""
+    question = attention_mask.bool() & ~context_mask
+    question[:, 0] = False
+    return question
+
+
 def _span_labels(
     answers: Sequence[Sequence[SquadAnswer]], sample: np.ndarray, offsets: np.ndarray, context: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -188,22 +200,32 @@ class SpanPredictions:
         return {q: "" if e else t for q, t, e in zip(self.ids, self.texts, empty.tolist(), strict=True)}
 
 
+@dataclass
+class BestSpans:
+    """Per window: best span score and its token ``(i, j)``, and the null score; per example: the window holding
+    its best span (``window``), whether any window has a valid span (``found``), and its null margin."""
+
+    score: Tensor  # [F]
+    i: Tensor  # [F]
+    j: Tensor  # [F]
+    null: Tensor  # [F] start[0] + end[0]
+    window: Tensor  # [n_examples]
+    found: Tensor  # [n_examples] bool
+    null_margin: (
+        Tensor  # [n_examples] smallest null over the example's windows - best span; inf without a span
+    )
+
+
 @torch.no_grad()
-def predict_spans(
-    examples: Sequence[SquadExample],
-    features: QAFeatures,
+def window_best(
     start_logits: Tensor,
     end_logits: Tensor,
+    context_mask: Tensor,
     max_answer_length: int = 30,
     chunk: int = 64,
-) -> SpanPredictions:
-    """Best span and null margin per example.
-
-    Every window scores all spans ``i <= j < i + max_answer_length`` inside the context in one ``[F, T, T]`` tensor
-    op (chunked over windows); an example takes its best-scoring window span and the smallest null score
-    ``start[0] + end[0]`` over its windows.
-    """
-    start_logits, end_logits = start_logits.cpu(), end_logits.cpu()
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per window ``[F, T]``: the best score ``start[i] + end[j]`` over spans ``i <= j < i + max_answer_length``
+    inside the context (``-inf`` without one) and its ``(i, j)``; one ``[chunk, T, T]`` tensor op per chunk."""
     f, t = start_logits.shape
     best_score = torch.full((f,), -float("inf"))
     best_i = torch.zeros(f, dtype=torch.long)
@@ -213,7 +235,7 @@ def predict_spans(
     for lo in range(0, f, chunk):
         s = start_logits[lo : lo + chunk].float()
         e = end_logits[lo : lo + chunk].float()
-        cm = features.context_mask[lo : lo + chunk]
+        cm = context_mask[lo : lo + chunk]
         score = s[:, :, None] + e[:, None, :]
         valid = band[None] & cm[:, :, None] & cm[:, None, :]
         score = score.masked_fill(~valid, -float("inf")).reshape(score.shape[0], -1)
@@ -221,30 +243,66 @@ def predict_spans(
         best_score[lo : lo + chunk] = val
         best_i[lo : lo + chunk] = flat // t
         best_j[lo : lo + chunk] = flat % t
+    return best_score, best_i, best_j
+
+
+@torch.no_grad()
+def best_spans(
+    n_examples: int,
+    features: QAFeatures,
+    start_logits: Tensor,
+    end_logits: Tensor,
+    max_answer_length: int = 30,
+    chunk: int = 64,
+) -> BestSpans:
+    """Every window scores all spans ``i <= j < i + max_answer_length`` inside the context in one ``[F, T, T]``
+    tensor op (chunked over windows); an example takes its best-scoring window span and the smallest null score
+    ``start[0] + end[0]`` over its windows."""
+    start_logits, end_logits = start_logits.cpu(), end_logits.cpu()
+    f = start_logits.shape[0]
+    best_score, best_i, best_j = window_best(
+        start_logits, end_logits, features.context_mask[:f], max_answer_length, chunk
+    )
     null = (start_logits[:, 0] + end_logits[:, 0]).float()
 
-    n_ex = len(examples)
     ex = features.example_index
     # best window per example: scatter-max over windows, then pick the window attaining it
-    ex_best = torch.full((n_ex,), -float("inf")).scatter_reduce(0, ex, best_score, reduce="amax")
-    ex_null = torch.full((n_ex,), float("inf")).scatter_reduce(0, ex, null, reduce="amin")
+    ex_best = torch.full((n_examples,), -float("inf")).scatter_reduce(0, ex, best_score, reduce="amax")
+    ex_null = torch.full((n_examples,), float("inf")).scatter_reduce(0, ex, null, reduce="amin")
     is_best = best_score == ex_best[ex]
-    chosen = torch.full((n_ex,), -1, dtype=torch.long)
+    chosen = torch.full((n_examples,), -1, dtype=torch.long)
     win = torch.arange(f)
     chosen.scatter_reduce_(0, ex[is_best], win[is_best], reduce="amax", include_self=True)
     found = torch.isfinite(ex_best) & (chosen >= 0)
     margin = torch.where(found, ex_null - ex_best, torch.tensor(float("inf")))
+    return BestSpans(best_score, best_i, best_j, null, chosen, found, margin)
 
+
+def predict_spans(
+    examples: Sequence[SquadExample],
+    features: QAFeatures,
+    start_logits: Tensor,
+    end_logits: Tensor,
+    max_answer_length: int = 30,
+    chunk: int = 64,
+) -> SpanPredictions:
+    """Best span and null margin per example (see :func:`best_spans`)."""
+    best = best_spans(len(examples), features, start_logits, end_logits, max_answer_length, chunk)
+    return spans_of(examples, features, best)
+
+
+def spans_of(examples: Sequence[SquadExample], features: QAFeatures, best: BestSpans) -> SpanPredictions:
+    """The text of each example's best span (\"\" without one) and its null margin."""
     texts: list[str] = []
     for k, example in enumerate(examples):
-        w = int(chosen[k])
-        if not bool(found[k]):
+        w = int(best.window[k])
+        if not bool(best.found[k]):
             texts.append("")
             continue
-        a = int(features.offsets[w, int(best_i[w]), 0])
-        b = int(features.offsets[w, int(best_j[w]), 1])
+        a = int(features.offsets[w, int(best.i[w]), 0])
+        b = int(features.offsets[w, int(best.j[w]), 1])
         texts.append(example.context[a:b])
-    return SpanPredictions([e.id for e in examples], texts, margin)
+    return SpanPredictions([e.id for e in examples], texts, best.null_margin)
 
 
 def decode_answers(

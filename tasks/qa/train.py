@@ -29,14 +29,18 @@ from circuitml.tasks.qa.augment import SynonymTable, augment_examples
 from circuitml.tasks.qa.data import (
     QAFeatures,
     SpanPredictions,
+    best_spans,
     load_tokenizer,
     make_features,
     predict_spans,
+    question_mask,
+    spans_of,
     train_tokenizer,
 )
 from circuitml.tasks.qa.metrics import best_null_threshold, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
 from circuitml.tasks.qa.sentence_prior import SentenceEncoder, sentence_prior
+from circuitml.tasks.qa.verifier import AnswerVerifier, verifier_features
 from safetensors.torch import load_file, save_file
 
 from circuitml.errors import CheckpointError, ConfigError
@@ -80,6 +84,12 @@ class QATrainConfig:
     # SQuAD v2.0: contexts carved from the training split to tune the null threshold on (0: keep null_threshold)
     val_fraction: float = 0.1
     null_threshold: float | None = None  # answer "" when null - best span > this; None: tuned, else 0
+    # Read + Verify's answer verifier (tasks.qa.verifier) decides answer vs "" instead of the raw null margin
+    verifier: bool = False
+    # where the tuned threshold (and the verifier) are fitted: 0 on the validation contexts (val_fraction); K >= 2
+    # on out-of-fold predictions over all training contexts (K extra readers, each trained without one fold)
+    oof_folds: int = 0
+    verifier_state: dict[str, Any] | None = None  # the fitted verifier (written by train_qa)
     threads: int | None = None
     device: str = "cpu"  # cpu, cuda[:N] or auto
     model: SwitchQAConfig = field(default_factory=SwitchQAConfig)
@@ -126,10 +136,8 @@ def _run(model, feats, idx) -> Any:
     if isinstance(model, UpcycledHFQA):
         if feats.token_type_ids is not None:
             extra["token_type_ids"] = feats.token_type_ids[idx][:, :t].to(dev)
-        if model.qa_bilinear is not None:  # the question: real tokens outside the context, [CLS] excluded
-            question = mask.bool() & ~feats.context_mask[idx][:, :t]
-            question[:, 0] = False
-            extra["question_mask"] = question.to(dev)
+        if model.qa_bilinear is not None:
+            extra["question_mask"] = question_mask(mask, feats.context_mask[idx][:, :t]).to(dev)
         if model.qa_prior is not None:
             extra["prior"] = feats.prior[idx][:, :t].to(dev) if feats.prior is not None else None
     return model(ids.to(dev), mask.to(dev), **extra)
@@ -140,28 +148,39 @@ def _sentence_encoder(path: str) -> SentenceEncoder:
     return SentenceEncoder.load(path)
 
 
-def _features(model, tokenizer, examples, cfg: QATrainConfig) -> QAFeatures:
+def reader_features(model, tokenizer, examples, max_length: int, stride: int) -> QAFeatures:
     """Windows of ``examples``, with the sentence prior when the model uses it (from the frozen checkpoint the
     model was upcycled from, never from the model being trained)."""
-    feats = make_features(examples, tokenizer, cfg.max_length, cfg.stride)
+    feats = make_features(examples, tokenizer, max_length, stride)
     if getattr(model, "qa_prior", None) is not None:
-        init = _resolve_init(cfg.model).init_from
+        init = _resolve_init(model.config).init_from
         feats.prior = sentence_prior(examples, feats, _sentence_encoder(str(init)))
     return feats
 
 
-def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(model, tokenizer, examples, cfg: QATrainConfig) -> QAFeatures:
+    return reader_features(model, tokenizer, examples, cfg.max_length, cfg.stride)
+
+
+def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+    """Start and end logits of every window, padded to the full width, and the independent span head's
+    ``(start, end)`` when the model has one (else None)."""
     model.eval()
     full = feats.input_ids.shape[1]
-    starts, ends = [], []
+    independent = getattr(model, "qa_independent", None)
+    cols: list[list[torch.Tensor]] = [[], [], [], []]
     with torch.no_grad():
         for lo in range(0, len(feats), batch_size):
             out = _run(model, feats, slice(lo, lo + batch_size))
             pad = (0, full - out.start_logits.shape[1])
             neg = torch.finfo(out.start_logits.dtype).min
-            starts.append(torch.nn.functional.pad(out.start_logits, pad, value=neg).cpu())
-            ends.append(torch.nn.functional.pad(out.end_logits, pad, value=neg).cpu())
-    return torch.cat(starts), torch.cat(ends)
+            logits = [out.start_logits, out.end_logits]
+            if independent is not None:
+                logits += list(independent(out.hidden).unbind(-1))
+            for col, x in zip(cols, logits, strict=False):
+                col.append(torch.nn.functional.pad(x, pad, value=neg).cpu())
+    start, end = torch.cat(cols[0]), torch.cat(cols[1])
+    return start, end, (torch.cat(cols[2]), torch.cat(cols[3])) if cols[2] else None
 
 
 def _length_grouped_batches(
@@ -239,6 +258,13 @@ def _resolve_init(model: SwitchQAConfig) -> SwitchQAConfig:
     return model
 
 
+def build_reader(model_cfg: SwitchQAConfig) -> Any:
+    """The QA model of ``model_cfg``, the one builder of ``qa train`` and ``shift text``: a shipped language
+    model's name in ``init_from`` resolves to its folder, and the reader options (span head, sentence prior,
+    independent span head) come with the config."""
+    return build_qa_model(_resolve_init(model_cfg))
+
+
 def _synonym_table(
     model, tokenizer, examples: list[SquadExample], wanted: bool | None
 ) -> SynonymTable | None:
@@ -258,9 +284,24 @@ def _synonym_table(
     return SynonymTable.from_embeddings(tokenizer.get_vocab(), weights, sorted(words))
 
 
-def predict_examples(model, tokenizer, examples, cfg: QATrainConfig) -> SpanPredictions:
+def predict_with_features(
+    model, tokenizer, examples, cfg: QATrainConfig
+) -> tuple[SpanPredictions, torch.Tensor]:
+    """The reader's spans (null margin: its own) and the answer verifier's features of ``examples``."""
     feats = _features(model, tokenizer, examples, cfg)
-    start, end = _predict(model, feats, cfg.batch_size)
+    start, end, independent = _predict(model, feats, cfg.batch_size)
+    best = best_spans(len(examples), feats, start, end, cfg.max_answer_length)
+    spans = spans_of(examples, feats, best)
+    return spans, verifier_features(feats, best, start, end, independent, cfg.max_answer_length)
+
+
+def predict_examples(model, tokenizer, examples, cfg: QATrainConfig) -> SpanPredictions:
+    """Spans and no-answer margins of ``examples``: the reader's null margin, or the fitted verifier's."""
+    if cfg.verifier_state is not None:
+        spans, x = predict_with_features(model, tokenizer, examples, cfg)
+        return AnswerVerifier.from_dict(cfg.verifier_state).verify(spans, x)
+    feats = _features(model, tokenizer, examples, cfg)
+    start, end, _ = _predict(model, feats, cfg.batch_size)
     return predict_spans(examples, feats, start, end, cfg.max_answer_length)
 
 
@@ -286,54 +327,18 @@ def _scores(
     return squad_scores(preds, _golds(examples))
 
 
-def tune_null_threshold(model, tokenizer, examples, cfg: QATrainConfig) -> tuple[float, float]:
-    """The null threshold maximizing F1 on ``examples`` (the standard SQuAD v2.0 practice, on validation
-    questions the model did not train on); returns ``(threshold, F1 there)``."""
-    spans = predict_examples(model, tokenizer, examples, cfg)
-    margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
-    return best_null_threshold(dict(zip(spans.ids, spans.texts, strict=True)), margins, _golds(examples))
-
-
-def train_qa(
-    cfg: QATrainConfig, out: str | os.PathLike, on_step: Callable[[int, int, float], None] | None = None
-) -> dict[str, Any]:
-    """Train on ``cfg.data``, evaluate on the held-out split, save to ``out``; returns the metrics."""
-    dev = configure_runtime(cfg.threads, cfg.device)
+def _fit_reader(
+    cfg: QATrainConfig,
+    model_cfg: SwitchQAConfig,
+    tokenizer,
+    train_ex: list[SquadExample],
+    dev: torch.device,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Build a reader and train it on ``train_ex`` (EDA copies added here, after any split); returns it and
+    its training statistics."""
     _seed_everything(cfg.seed)
-    t0 = time.time()
-
-    # data
-    examples, version = read_squad(cfg.data)
-    if cfg.eval_data:
-        train_ex, eval_ex = examples, read_squad(cfg.eval_data)[0]
-    else:
-        train_ex, eval_ex = split_by_context(
-            examples, cfg.eval_fraction, cfg.seed if cfg.split_seed is None else cfg.split_seed
-        )
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    val_ex: list[SquadExample] = []
-    if version == "v2.0" and cfg.null_threshold is None and cfg.val_fraction > 0:
-        if not 0 < cfg.val_fraction < 1:
-            raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
-        train_ex, val_ex = split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
-    if not train_ex:
-        raise ConfigError(f"{cfg.data}: no training questions left after the split")
-    model_cfg = _resolve_init(cfg.model)
-
-    # tokenizer
-    if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
-    elif model_cfg.init_from:
-        tokenizer = load_tokenizer(model_cfg.init_from)
-    else:
-        texts = [e.context for e in train_ex] + [e.question for e in train_ex]
-        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
-
-    # model
-    if not model_cfg.init_from:
-        cfg.model.vocab_size = model_cfg.vocab_size = len(tokenizer)
-        cfg.model.max_position = model_cfg.max_position = max(cfg.model.max_position, cfg.max_length)
-    model = build_qa_model(model_cfg)
+    model = build_reader(model_cfg)
 
     # augment after the split, so no held-out context leaks into training
     fit_ex = train_ex
@@ -390,30 +395,148 @@ def train_qa(
             step += 1
             if on_step is not None:
                 on_step(step, total, losses[-1])
+    stats = {
+        "train_questions_augmented": len(fit_ex),
+        "loss_first_epoch": float(np.mean(losses[:steps_per_epoch])),
+        "loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])),
+        "steps": step,
+    }
+    return model, stats
 
-    # evaluate and save
+
+def _out_of_fold(
+    cfg: QATrainConfig, model_cfg: SwitchQAConfig, tokenizer, train_ex: list[SquadExample], dev, seed: int
+) -> tuple[SpanPredictions, torch.Tensor, list[SquadExample]]:
+    """K-fold over the training *contexts*: each fold's questions are read by a reader trained on the other
+    folds. Returns every training question's spans and verifier features, and the questions in that order."""
+    contexts = sorted({e.context for e in train_ex})
+    if cfg.oof_folds < 2 or cfg.oof_folds > len(contexts):
+        raise ConfigError(
+            f"qa: oof_folds: expected 0 or 2..{len(contexts)} (training contexts), got {cfg.oof_folds}"
+        )
+    random.Random(seed + 2).shuffle(contexts)
+    fold = {c: k % cfg.oof_folds for k, c in enumerate(contexts)}
+    ids, texts, margins, xs, order = [], [], [], [], []
+    for k in range(cfg.oof_folds):
+        inside = [e for e in train_ex if fold[e.context] != k]
+        held = [e for e in train_ex if fold[e.context] == k]
+        reader, _ = _fit_reader(cfg, model_cfg, tokenizer, inside, dev)
+        spans, x = predict_with_features(reader, tokenizer, held, cfg)
+        ids += spans.ids
+        texts += spans.texts
+        margins.append(spans.null_margin)
+        xs.append(x)
+        order += held
+    return SpanPredictions(ids, texts, torch.cat(margins)), torch.cat(xs), order
+
+
+def train_qa(
+    cfg: QATrainConfig, out: str | os.PathLike, on_step: Callable[[int, int, float], None] | None = None
+) -> dict[str, Any]:
+    """Train on ``cfg.data``, evaluate on the held-out split, save to ``out``; returns the metrics."""
+    dev = configure_runtime(cfg.threads, cfg.device)
+    _seed_everything(cfg.seed)
+    t0 = time.time()
+    cfg.verifier_state = None  # fitted below, on this run's held-out questions
+
+    # data
+    examples, version = read_squad(cfg.data)
+    if cfg.eval_data:
+        train_ex, eval_ex = examples, read_squad(cfg.eval_data)[0]
+    else:
+        train_ex, eval_ex = split_by_context(
+            examples, cfg.eval_fraction, cfg.seed if cfg.split_seed is None else cfg.split_seed
+        )
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    tuned = version == "v2.0" and cfg.null_threshold is None
+    if cfg.oof_folds and not tuned:
+        raise ConfigError(
+            "qa: oof_folds: out-of-fold fitting tunes the null threshold; SQuAD v2.0 data only, "
+            "without a fixed null_threshold"
+        )
+    if cfg.verifier and not tuned:
+        raise ConfigError(
+            "qa: verifier: it decides answer vs no answer; SQuAD v2.0 data only, without a fixed "
+            "null_threshold"
+        )
+    val_ex: list[SquadExample] = []
+    if (
+        tuned and cfg.val_fraction > 0 and not cfg.oof_folds
+    ):  # out-of-fold questions replace the validation split
+        if not 0 < cfg.val_fraction < 1:
+            raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
+        train_ex, val_ex = split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
+    if cfg.verifier and not val_ex and not cfg.oof_folds:
+        raise ConfigError(
+            "qa: verifier: it is fitted on held-out questions; set val_fraction > 0 or oof_folds >= 2"
+        )
+    if not train_ex:
+        raise ConfigError(f"{cfg.data}: no training questions left after the split")
+    model_cfg = _resolve_init(cfg.model)
+
+    # tokenizer
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    elif model_cfg.init_from:
+        tokenizer = load_tokenizer(model_cfg.init_from)
+    else:
+        texts = [e.context for e in train_ex] + [e.question for e in train_ex]
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
+    if not model_cfg.init_from:
+        cfg.model.vocab_size = model_cfg.vocab_size = len(tokenizer)
+        cfg.model.max_position = model_cfg.max_position = max(cfg.model.max_position, cfg.max_length)
+
+    # the decision's held-out questions: out-of-fold readers' predictions, else the validation contexts later
+    held: tuple[SpanPredictions, torch.Tensor, list[SquadExample]] | None = None
+    if cfg.oof_folds:
+        held = _out_of_fold(cfg, model_cfg, tokenizer, train_ex, dev, split_seed)
+
+    model, stats = _fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step)
+
+    # the answer decision: a threshold on the null margin, or the verifier, fitted on held-out questions
     metrics: dict[str, Any] = {
         "version": version,
         "train_questions": len(train_ex),
-        "train_questions_augmented": len(fit_ex),
+        "train_questions_augmented": stats["train_questions_augmented"],
         "val_questions": len(val_ex),
+        "oof_questions": len(held[2]) if held else 0,
         "eval_questions": len(eval_ex),
     }
-    if val_ex:
-        cfg.null_threshold, metrics["val_f1"] = tune_null_threshold(model, tokenizer, val_ex, cfg)
+    if held is None and val_ex:
+        held = (*predict_with_features(model, tokenizer, val_ex, cfg), val_ex)
+    plain_threshold = None
+    if held is not None:
+        spans, x, questions = held
+        golds = _golds(questions)
+        margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
+        plain_threshold, metrics["val_f1"] = best_null_threshold(
+            dict(zip(spans.ids, spans.texts, strict=True)), margins, golds
+        )
+        cfg.null_threshold = plain_threshold
+        if cfg.verifier:
+            verifier = AnswerVerifier.fit(x, spans, golds)
+            cfg.verifier_state = verifier.to_dict()
+            cfg.null_threshold = verifier.threshold
+            metrics["val_f1_plain_threshold"] = metrics["val_f1"]
+            metrics["val_f1"] = verifier.fitted_f1
     metrics["null_threshold"] = cfg.null_threshold
     if eval_ex:
-        spans = predict_examples(model, tokenizer, eval_ex, cfg)  # once: both thresholds score the same spans
+        if cfg.verifier:
+            reader_spans, x = predict_with_features(model, tokenizer, eval_ex, cfg)
+            spans = AnswerVerifier.from_dict(cfg.verifier_state).verify(reader_spans, x)
+            metrics["eval_plain_threshold"] = _scores(reader_spans, eval_ex, cfg, version, plain_threshold)
+        else:
+            spans = predict_examples(model, tokenizer, eval_ex, cfg)  # once: both thresholds score the spans
         metrics["eval"] = _scores(spans, eval_ex, cfg, version)
-        if version == "v2.0" and cfg.null_threshold:
+        if version == "v2.0" and cfg.null_threshold and not cfg.verifier:
             metrics["eval_threshold_0"] = _scores(spans, eval_ex, cfg, version, 0.0)
         no_answer = {e.id: "" for e in eval_ex}
         metrics["eval_baseline_no_answer"] = squad_scores(
             no_answer, {e.id: [a.text for a in e.answers] for e in eval_ex}
         )
-    metrics["loss_first_epoch"] = float(np.mean(losses[:steps_per_epoch]))
-    metrics["loss_last_epoch"] = float(np.mean(losses[-steps_per_epoch:]))
-    metrics["steps"] = step
+    metrics["loss_first_epoch"] = stats["loss_first_epoch"]
+    metrics["loss_last_epoch"] = stats["loss_last_epoch"]
+    metrics["steps"] = stats["steps"]
     metrics["wall_seconds"] = time.time() - t0
     save_qa_model(model, tokenizer, cfg, out, metrics)
     return metrics

