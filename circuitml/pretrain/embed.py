@@ -35,9 +35,10 @@ def embed_files(
         strict: raise on the first file that cannot be read; when False, such a file is skipped, its
             ``(path, one-line reason)`` appended to ``failures``, and the others are embedded.
         device: where the encoder runs (the tensors written are on the CPU either way).
-        dtype: ``"float32"`` (default) or ``"bf16"``: the encoder's matmuls under bf16 autocast (faster on
-            CPUs with bf16 units, at bf16 precision; ``bench/bench_encoders.py --amp`` measures it); the
-            written tensors are float32 either way and the metadata records the dtype.
+        dtype: ``"float32"`` (default) or ``"bf16"``: the encoder's matmuls under bf16 autocast, at bf16
+            precision (on a CPU with bf16 units it sped up ``dag`` and ``deepgcn`` at 1M ANDs and slowed ``gcn``,
+            which has no bf16 sparse CPU kernel; ``bench/bench_encoders.py --amp`` measures it); the written
+            tensors are float32 either way and the metadata records the dtype.
 
     Raises:
         CircuitmlError: a bad file (``strict``), or no file could be embedded at all.
