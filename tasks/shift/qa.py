@@ -295,8 +295,7 @@ def run_text_shift(
     tgt_b = qa_batches(reader_features(base.qa, tok, held, cfg.max_length, cfg.stride), cfg.batch_size, dev)
     row: dict[str, float] = {"test_questions": float(len(held)), "source_questions": float(len(source))}
     t0 = time.time()
-    row["no_answer"] = evaluate(task, _null_preds, tgt_b)
-    row["no_answer_answerable"] = answer_window_error(task, _null_preds, tgt_b)
+    _record(row, "no_answer", task, _null_preds, tgt_b, forced=False)
 
     head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr
     named = [(n, p) for n, p in base.named_parameters() if not n.startswith("lm_head.")]
@@ -306,9 +305,7 @@ def run_text_shift(
     ]
     fit(base, lambda m, b: task.loss(m(b), b), src_b, cfg.steps, lr=cfg.lr, params=groups, seed=cfg.seed)
     base.eval()
-    row["all_sources"] = evaluate(task, lambda b: base(b).preds, tgt_b)
-    row["all_sources_answerable"] = answer_window_error(task, lambda b: base(b).preds, tgt_b)
-    row["all_sources_forced"] = answer_window_error(task, lambda b: base(b).preds, tgt_b, forced=True)
+    _record(row, "all_sources", task, lambda b: base(b).preds, tgt_b)
     say(f"{target}: all sources {row['all_sources']:.4f}")
 
     d = base.qa.backbone.config.hidden_size
@@ -326,9 +323,7 @@ def run_text_shift(
             bottleneck=cfg.bottleneck,
             seed=cfg.seed,
         )
-        row[name] = evaluate(task, lambda b, m=mix: m(b).preds, tgt_b)
-        row[f"{name}_answerable"] = answer_window_error(task, lambda b, m=mix: m(b).preds, tgt_b)
-        row[f"{name}_forced"] = answer_window_error(task, lambda b, m=mix: m(b).preds, tgt_b, forced=True)
+        _record(row, name, task, lambda b, m=mix: m(b).preds, tgt_b)
         if curves["stage1"]:
             k = max(1, len(curves["stage1"]) // 5)
             row["stage1_loss_first"] = sum(curves["stage1"][:k]) / k
@@ -336,6 +331,28 @@ def run_text_shift(
         say(f"{target}: {name} {row[name]:.4f}")
     row["seconds"] = time.time() - t0
     return row
+
+
+def _record(
+    row: dict[str, float],
+    name: str,
+    task: QAShiftTask,
+    predict: Callable[[Any], Tensor],
+    batches: Sequence[Any],
+    forced: bool = True,
+) -> None:
+    """A method's columns (all windows, answer windows, and with ``forced`` the forced span there) from one pass
+    of its model over the target windows: the three scores read the same predictions."""
+    with torch.no_grad():
+        preds = {id(b): predict(b) for b in batches}
+
+    def cached(b: Any) -> Tensor:
+        return preds[id(b)]
+
+    row[name] = evaluate(task, cached, batches)
+    row[f"{name}_answerable"] = answer_window_error(task, cached, batches)
+    if forced:
+        row[f"{name}_forced"] = answer_window_error(task, cached, batches, forced=True)
 
 
 TEXT_METHODS = ["no_answer", "all_sources", "mixda", "mixda_no_stage1"]
