@@ -21,7 +21,6 @@ __all__ = [
     "binary_aiger_body",
     "counting_sort",
     "decode_varints",
-    "edges_by_target_order",
     "graph_arrays",
     "level_groups",
     "schedule_arrays",
@@ -101,24 +100,6 @@ def counting_sort(key: np.ndarray, num_keys: int) -> tuple[np.ndarray, np.ndarra
         perm[fill[k]] = i
         fill[k] += 1
     return perm, ptr
-
-
-@njit(cache=True, nogil=True)
-def edges_by_target_order(target: np.ndarray, node_order: np.ndarray, num_nodes: int) -> np.ndarray:
-    """Edge ids grouped by target, the targets taken in ``node_order``, edge ids ascending within a target.
-
-    With ``node_order`` the nodes sorted stably by level this is the stable sort of the edges by
-    ``(level[target], target)``, done as two counting passes instead of an O(E log E) sort.
-    """
-    by_target, ptr = counting_sort(target, num_nodes)
-    out = np.empty(target.size, dtype=np.int64)
-    k = 0
-    for i in range(node_order.size):
-        v = node_order[i]
-        for p in range(ptr[v], ptr[v + 1]):
-            out[k] = by_target[p]
-            k += 1
-    return out
 
 
 @njit(cache=True, nogil=True)
