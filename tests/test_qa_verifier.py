@@ -152,10 +152,12 @@ def test_verifier_is_fitted_on_out_of_fold_questions_only(tmp_path, monkeypatch)
     trained_on: dict[int, set[str]] = {}  # reader -> contexts it trained on
     read: list[tuple[int, list[str]]] = []  # (reader, contexts of the questions it predicted)
     fitted: list[list[str]] = []
+    alive: list = []  # readers are keyed by id(): keep them alive so a freed one's id is never reused
     fit_reader, predict, fit = qa_train._fit_reader, qa_train.predict_with_features, AnswerVerifier.fit
 
     def spy_fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step=None):
         model, stats = fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step)
+        alive.append(model)
         trained_on[id(model)] = {e.context for e in train_ex}
         return model, stats
 
