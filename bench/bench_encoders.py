@@ -342,6 +342,54 @@ def print_profile(enc, data, device, amp: bool, forward_only: bool, top: int) ->
     print(f"#   profile ({'no-grad forward' if forward_only else 'fwd+bwd'}): {tops}", flush=True)
 
 
+def print_fit(name: str, series: list[tuple[int, float]]) -> None:
+    """Least-squares exponent of time vs nodes (log-log), over the whole series and over >= 50k nodes."""
+    if len(series) < 3:
+        return
+    xs = np.log([s[0] for s in series])
+    ys = np.log([s[1] for s in series])
+    big = [i for i, s in enumerate(series) if s[0] >= 50_000]
+    slope = np.polyfit(xs, ys, 1)[0]
+    tail = np.polyfit(xs[big], ys[big], 1)[0] if len(big) >= 2 else float("nan")
+    print(f"{name:<14} time ~ nodes^{slope:.2f} over the series (^{tail:.2f} for >= 50k nodes)", flush=True)
+
+
+def reference_series(graphs: list[tuple[str, Batch]], device: torch.device, hidden: int, reps: int) -> None:
+    """Two plain torch passes per graph, fitted like the encoders: what the machine's memory hierarchy alone makes
+    of the growth from 10k to 1M nodes.
+
+    ``gather+scatter`` is one message pass of width ``hidden`` (``out.index_add_(0, dst, x[src])``), the access
+    pattern every encoder's aggregation has; ``matmul`` is ``x @ W`` with ``W`` [hidden, hidden], streamed and
+    cache-friendly. When even the gather's exponent is above 1, an encoder's exponent above 1 is the fanin rows
+    falling out of cache (L2 → L3 → DRAM), not work that grows faster than the graph."""
+    rows = {"gather+scatter": [], "matmul": []}
+    w = torch.randn(hidden, hidden, device=device)
+    for gname, data in graphs:
+        data = data.to(device)
+        n = int(data.num_nodes)
+        src, dst = data.edge_index
+        x = torch.randn(n, hidden, device=device)
+        out = torch.empty_like(x)
+
+        def gather_scatter(x=x, out=out, src=src, dst=dst):
+            out.zero_()
+            out.index_add_(0, dst, x.index_select(0, src))
+
+        def matmul(x=x, out=out):
+            torch.mm(x, w, out=out)
+
+        for label, fn in (("gather+scatter", gather_scatter), ("matmul", matmul)):
+            fn()  # warm-up: the output's pages are faulted in once, as in an encoder's steady state
+            t = best_time(fn, device, max(reps, 3))
+            rows[label].append((n, t))
+            print(
+                f"{'ref ' + label:<18} {gname:<22} {n:>9} {t * 1e3:>9.2f} ms {t / n * 1e9:>8.2f} ns/node",
+                flush=True,
+            )
+    for label, series in rows.items():
+        print_fit("ref " + label, series)
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -365,6 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mgvga", type=Path, default=MGVGA_SNAPSHOT, help="MGVGA checkout or bare git snapshot")
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
     ap.add_argument("--forward", action="store_true", help="also time one no-grad forward per graph")
+    ap.add_argument(
+        "--warmup-huge",
+        action="store_true",
+        help="give graphs over 300k nodes a warm-up step too (steady-state time and faults, one more step)",
+    )
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="also time a plain gather + scatter-add pass and a dense matmul over each generated graph (the "
+        "memory hierarchy's own growth with size, fitted like the encoders)",
+    )
     ap.add_argument(
         "--forward-only-from",
         type=int,
@@ -447,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
                 if fwd_only:
                     t, faults = float("nan"), float("nan")
                 else:
-                    t, faults = time_fwd_bwd(model, data, device, args.amp, reps, warmup=not huge)
+                    t, faults = time_fwd_bwd(
+                        model, data, device, args.amp, reps, warmup=args.warmup_huge or not huge
+                    )
                 t_fwd, wall_fwd = (
                     time_forward(model, data, device, args.amp)
                     if args.forward or fwd_only
@@ -466,17 +527,12 @@ def main(argv: list[str] | None = None) -> int:
                     print_profile(model, data, device, args.amp, fwd_only, args.profile)
                 if gname.startswith("random") and model is enc and not fwd_only:
                     series.append((n, t))
-        if len(series) >= 3:
-            xs = np.log([s[0] for s in series])
-            ys = np.log([s[1] for s in series])
-            big = [i for i, s in enumerate(series) if s[0] >= 50_000]
-            slope = np.polyfit(xs, ys, 1)[0]
-            tail = np.polyfit(xs[big], ys[big], 1)[0] if len(big) >= 2 else float("nan")
-            print(
-                f"{name:<14} time ~ nodes^{slope:.2f} over the series (^{tail:.2f} for >= 50k nodes)",
-                flush=True,
-            )
+        print_fit(name, series)
         del enc
+    if args.reference:
+        reference_series(
+            [(g, d) for g, d in graphs if g.startswith("random")], device, args.hidden, args.reps
+        )
     for label, _ in ENCODERS.items():
         for gname, _ in graphs:
             if label != "mgvga" and (label, gname) in times and ("mgvga", gname) in times:
