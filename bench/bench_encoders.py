@@ -48,6 +48,9 @@ from circuitml.memory import page_faults, tune_malloc  # noqa: E402
 # name -> (kind, overrides); the DAG encoder runs one forward+reverse iteration (its cost is per iteration).
 ENCODERS: dict[str, tuple[str, dict]] = {
     "deepgcn": ("deepgcn", {}),
+    # one recompute mode over the whole series: "auto" switches to checkpointing at 2x ckpt_min_edges
+    "deepgcn(ckpt)": ("deepgcn", {"options": {"ckpt_grad": True}}),
+    "deepgcn(no ckpt)": ("deepgcn", {"options": {"ckpt_grad": False}}),
     "dag(1 iter)": ("dag", {"num_layers": 1, "options": {"checkpoint": True}}),
     "dag(1 sweep)": ("dag", {"num_layers": 1, "options": {"checkpoint": True, "reverse": False}}),
     "gcn": ("gcn", {}),
