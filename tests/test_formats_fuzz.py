@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +34,14 @@ SEEDS = {
     "aag": aiger_bytes(SAMPLE, binary=False),
     "bench": bench_text(SAMPLE).encode(),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_reader() -> None:
+    """Compile the reader's kernels before the timed property tests (seconds on a cold numba cache)."""
+    for kind in ("aig", "aag"):
+        parse_aiger(SEEDS[kind], file=f"warm.{kind}")
+
 
 mutation = st.one_of(
     st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 255)),
@@ -152,29 +161,93 @@ LATCH_FREE = [aiger_bytes(_latch_free_sample(s), binary=True, symbols=s % 3 != 0
 
 def _outcome(data: bytes):
     try:
-        aig = parse_aiger(data, file="f.aig")
+        aig = parse_aiger(data, file="f.aig", name="n")
     except CircuitFormatError as exc:
         return "error", str(exc)
-    return "ok", (aiger_bytes(aig, binary=True), aig.pi_names, aig.po_names, aig.comments, aig.num_pis)
+    return "ok", (
+        aig.num_pis,
+        aig.num_latches,
+        aig.ands.tolist(),
+        aig.pos.tolist(),
+        aig.latch_init.tolist(),
+        aig.pi_names,
+        aig.po_names,
+        aig.comments,
+        aig.name,
+    )
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, len(LATCH_FREE) - 1),
-    ops=st.lists(mutation, min_size=0, max_size=3),
-)
-def test_compiled_binary_body_agrees_with_the_section_readers(seed, ops) -> None:
-    """The one-pass compiled reader of latch-free binary files gives what the section readers give: the same
-    AIG, or (it hands malformed bodies back to them) the same error."""
+def _both_readers(data: bytes):
+    """(compiled pass, section readers) outcomes of ``parse_aiger`` on ``data``."""
     from circuitml import kernels
 
-    if not kernels.HAVE_NUMBA:
-        return
-    data = _mutate(LATCH_FREE[seed], ops) if ops else LATCH_FREE[seed]
     fast = _outcome(data)
     kernels.HAVE_NUMBA = False
     try:
         slow = _outcome(data)
     finally:
         kernels.HAVE_NUMBA = True
+    return fast, slow
+
+
+# Symbol tables the compiled pass must read as the line reader does: gaps, a repeated slot (the last wins), blank
+# and \r-ended lines, names with spaces, tabs and \r inside, a comment line "c\r".
+_QUIRKY_SYMBOLS = b"o2 c\ni1 x y\n\r\ni1 second\r\r\n\no0 a\tb\rc\nl0 q\nc\r\nfirst comment\n\xff\xfe\n"
+_BARE = SAMPLE.copy()
+_BARE.comments = []  # symbol lines appended to it are symbol lines, not comments
+_BARE.latch_init = np.array([-1], dtype=np.int8)  # an undefined reset: written as the latch's own literal
+COMPILED_SEEDS = [
+    *LATCH_FREE,
+    SEEDS["aig"],
+    SEEDS["aag"],
+    aiger_bytes(_BARE, binary=True, symbols=False) + _QUIRKY_SYMBOLS,
+    aiger_bytes(_BARE, binary=False, symbols=False) + _QUIRKY_SYMBOLS,
+]
+
+
+def test_the_compiled_pass_reads_the_seeds_itself() -> None:
+    """The seeds are in the compiled pass's subset (else the agreement test below would compare the section
+    readers with themselves)."""
+    from circuitml import kernels
+    from circuitml.formats.aiger_compiled import FALLBACK, parse_aiger_bytes
+
+    if not kernels.HAVE_NUMBA:
+        return
+    for data in COMPILED_SEEDS:
+        assert parse_aiger_bytes(np.frombuffer(data, dtype=np.uint8))[0] != FALLBACK
+    fast, slow = _both_readers(COMPILED_SEEDS[-1])
+    assert fast == slow and fast[0] == "ok"
+    pi_names, po_names, comments = fast[1][5:8]
+    assert pi_names == ["", "second", "", "", "", "q"]
+    assert po_names == ["a\tb\rc", "", "c", "q$next"]
+    assert comments == ["first comment", "\ufffd\ufffd"]
+
+
+@settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, len(COMPILED_SEEDS) - 1),
+    ops=st.lists(mutation, min_size=0, max_size=3),
+)
+def test_compiled_reader_agrees_with_the_section_readers(seed, ops) -> None:
+    """The one-pass compiled reader (binary and ASCII, latches, symbol table, comments) gives what the section
+    readers give: the same AIG, or (it hands every file outside its strict subset back to them) the same error."""
+    from circuitml import kernels
+
+    if not kernels.HAVE_NUMBA:
+        return
+    data = _mutate(COMPILED_SEEDS[seed], ops) if ops else COMPILED_SEEDS[seed]
+    fast, slow = _both_readers(data)
+    assert fast == slow
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_symbol_line, max_size=8), st.booleans(), st.booleans())
+def test_compiled_symbol_table_agrees_with_the_line_reader(lines, trailing_newline, ascii_file) -> None:
+    from circuitml import kernels
+
+    if not kernels.HAVE_NUMBA:
+        return
+    body = aiger_bytes(_BARE, binary=not ascii_file, symbols=False)
+    data = body + ("\n".join(lines) + ("\n" if trailing_newline else "")).encode()
+    fast, slow = _both_readers(data)
     assert fast == slow
