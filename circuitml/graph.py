@@ -477,8 +477,8 @@ def level_schedule(data: Data) -> LevelSchedule:
         num_levels, fwd, rev = kernels.schedule_arrays(level.numpy(), rev_level.numpy(), ei[0], ei[1])
         sched = LevelSchedule(
             num_levels,
-            *(torch.from_numpy(a) for a in fwd),
-            *(torch.from_numpy(a) for a in rev),
+            *map(torch.from_numpy, fwd),
+            *map(torch.from_numpy, rev),
             node_bounds=tuple(fwd[1].tolist()),
             edge_bounds=tuple(fwd[3].tolist()),
             rev_node_bounds=tuple(rev[1].tolist()),
