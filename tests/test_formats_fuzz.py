@@ -38,9 +38,10 @@ SEEDS = {
 
 @pytest.fixture(autouse=True, scope="module")
 def _compiled_reader() -> None:
-    """Compile the reader's kernels before the timed property tests (seconds on a cold numba cache)."""
+    """Compile the readers' kernels before the timed property tests (seconds on a cold numba cache)."""
     for kind in ("aig", "aag"):
         parse_aiger(SEEDS[kind], file=f"warm.{kind}")
+    parse_bench(SEEDS["bench"].decode(), file="warm.bench")
 
 
 mutation = st.one_of(
@@ -251,3 +252,64 @@ def test_compiled_symbol_table_agrees_with_the_line_reader(lines, trailing_newli
     data = body + ("\n".join(lines) + ("\n" if trailing_newline else "")).encode()
     fast, slow = _both_readers(data)
     assert fast == slow
+
+
+# Every gate type, many-input gates (balanced trees), constants, trivial ANDs, a flop, gates out of order.
+RICH_BENCH = b"""# rich
+INPUT(a)
+INPUT(b)
+INPUT(c)
+OUTPUT(y1)
+OUTPUT(y2)
+OUTPUT(q)
+y2 = XNOR(n4, n1, n12)
+n1 = NAND(a, b, c)
+n2 = OR(n1, a)
+n3 = NOR(a, b, c, n1, n2)
+n4 = XOR(a, b, c, n3)
+n5 = XNOR(n4, n1)
+n6 = BUFF(n5)
+n7 = NOT(n6)
+k0 = gnd
+k1 = vdd
+n8 = AND(n7, k1, a, a)
+n9 = XOR(a, a)
+n12 = AND(n9, k0, n8)
+q = DFF(n8)
+n10 = AND(q, n2, n7)
+n11 = CONST1(a)
+y1 = OR(n10, n11, n5, n4)
+"""
+BENCH_SEEDS = [SEEDS["bench"], RICH_BENCH]
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, len(BENCH_SEEDS) - 1), ops=st.lists(mutation, min_size=0, max_size=3))
+def test_compiled_bench_builder_agrees_with_the_aig_builder(seed, ops) -> None:
+    """The compiled gate-to-AIG pass builds what the AIGBuilder loop builds (same nodes, numbering, names) on
+    mutated ``.bench`` files, or the file fails before either runs with the same error."""
+    from circuitml import kernels
+
+    if not kernels.HAVE_NUMBA:
+        return
+    data = _mutate(BENCH_SEEDS[seed], ops) if ops else BENCH_SEEDS[seed]
+
+    def outcome():
+        try:
+            aig = _parse("bench", data)
+        except CircuitFormatError as exc:
+            return "error", str(exc)
+        if aig is None:
+            return None
+        return "ok", (aig.num_pis, aig.num_latches, aig.ands.tolist(), aig.pos.tolist(), aig.pi_names,
+                      aig.po_names)  # fmt: skip
+
+    fast = outcome()
+    kernels.HAVE_NUMBA = False
+    try:
+        slow = outcome()
+    finally:
+        kernels.HAVE_NUMBA = True
+    assert fast == slow
+    if not ops:
+        assert fast[0] == "ok" and len(fast[1][2]) > 5  # the seeds themselves build (and hash) AND nodes
