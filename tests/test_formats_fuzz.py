@@ -313,3 +313,27 @@ def test_compiled_bench_builder_agrees_with_the_aig_builder(seed, ops) -> None:
     assert fast == slow
     if not ops:
         assert fast[0] == "ok" and len(fast[1][2]) > 5  # the seeds themselves build (and hash) AND nodes
+
+
+_bench_line = st.one_of(
+    st.text("INPUTOinputo()=, ab01vdgnCONST\t", max_size=24),
+    st.tuples(
+        st.sampled_from(["INPUT", "output", "x", "OUTPUT", "Input"]),
+        st.sampled_from(["", " ", "\t"]),
+        st.sampled_from(["=", "(", " = "]),
+        st.sampled_from(["AND", "vdd", "GND", "CONST1", "const0", "Vdd", "INPUT", "("]),
+        st.sampled_from(["", "()", "(a)", "(a, b)", "( )", ")"]),
+    ).map("".join),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_bench_line)
+def test_bench_gate_lines_match_no_other_line_form(line) -> None:
+    """What lets the reader try the gate regex first: a line it reads as a gate of a non-constant type matches
+    neither the INPUT/OUTPUT nor the constant form, so the old order (IO, constant, gate) gives the same reading."""
+    from circuitml.formats.bench import _CONST, _CONST_NAMES, _GATE, _IO
+
+    m = _GATE.match(line)
+    if m is not None and m.group(2) not in _CONST_NAMES:
+        assert _IO.match(line) is None and _CONST.match(line) is None

@@ -33,7 +33,8 @@ __all__ = ["parse_bench", "read_bench", "bench_text", "write_bench"]
 
 _IO = re.compile(r"^(INPUT|OUTPUT)\s*\(\s*([^\s()]+)\s*\)$", re.IGNORECASE)
 _GATE = re.compile(r"^([^\s=()]+)\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(([^()]*)\)$")
-_CONST = re.compile(r"^([^\s=()]+)\s*=\s*(vdd|gnd|VDD|GND|CONST0|CONST1|const0|const1)\s*(\(\s*\))?$")
+_CONST_NAMES = ("vdd", "gnd", "VDD", "GND", "CONST0", "CONST1", "const0", "const1")
+_CONST = re.compile(rf"^([^\s=()]+)\s*=\s*({'|'.join(_CONST_NAMES)})\s*(\(\s*\))?$")
 
 _ARITY = {"NOT": (1, 1), "BUFF": (1, 1), "BUF": (1, 1), "DFF": (1, 1)}
 _KNOWN = {"AND", "NAND", "OR", "NOR", "XOR", "XNOR", "NOT", "BUFF", "BUF", "DFF", "CONST0", "CONST1"}
@@ -71,40 +72,48 @@ def _parse_bench(text: str, file: str, name: str) -> AIG:
         defined[sig] = line_no
 
     for line_no, raw in enumerate(text.split("\n"), start=1):
-        line = raw.split("#", 1)[0].strip()
+        line = (raw.partition("#")[0] if "#" in raw else raw).strip()
         if not line:
             continue
-        m = _IO.match(line)
-        if m:
-            kind, sig = m.group(1).upper(), m.group(2)
-            if kind == "INPUT":
-                define(sig, line_no)
-                inputs.append(sig)
-            else:
-                outputs.append((sig, line_no))
-            continue
-        m = _CONST.match(line)
-        if m:
-            define(m.group(1), line_no)
-            value = m.group(2).lower() in ("vdd", "const1")
-            gates.append((m.group(1), "CONST1" if value else "CONST0", [], line_no))
-            continue
         m = _GATE.match(line)
-        if not m:
-            raise CircuitFormatError(
-                file, "'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)'", line=line_no, got=line
-            )
-        out, gtype, args = m.group(1), m.group(2).upper(), m.group(3)
-        fanins = [a.strip() for a in args.split(",")] if args.strip() else []
+        # _IO and _CONST match no line that _GATE reads with a non-constant type (tested): gate lines, nearly all
+        # of a file, take one regex instead of three.
+        if m is None or m.group(2) in _CONST_NAMES:
+            m = _IO.match(line)
+            if m:
+                kind, sig = m.group(1).upper(), m.group(2)
+                if kind == "INPUT":
+                    define(sig, line_no)
+                    inputs.append(sig)
+                else:
+                    outputs.append((sig, line_no))
+                continue
+            m = _CONST.match(line)
+            if m:
+                define(m.group(1), line_no)
+                value = m.group(2).lower() in ("vdd", "const1")
+                gates.append((m.group(1), "CONST1" if value else "CONST0", [], line_no))
+                continue
+            m = _GATE.match(line)
+            if not m:
+                raise CircuitFormatError(
+                    file, "'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)'", line=line_no, got=line
+                )
+        out, gtype, args = m.groups()
+        gtype = gtype.upper()
+        fanins = list(map(str.strip, args.split(","))) if args.strip() else []
         if gtype not in _KNOWN:
             raise CircuitFormatError(
                 file, "a gate among AND NAND OR NOR XOR XNOR NOT BUFF DFF", line=line_no, got=m.group(2)
             )
         lo, hi = _ARITY.get(gtype, (1, 1 << 30))
-        if not lo <= len(fanins) <= hi or any(not f or " " in f for f in fanins):
+        # no empty fanin name and none with a space inside (the names are stripped: a joined space is inside one)
+        if not lo <= len(fanins) <= hi or "" in fanins or " " in "".join(fanins):
             want = f"exactly {lo}" if lo == hi else f"at least {lo}"
             raise CircuitFormatError(file, f"{gtype} with {want} fanin name(s)", line=line_no, got=line)
-        define(out, line_no)
+        if out in defined:
+            define(out, line_no)  # raises, naming the first definition
+        defined[out] = line_no
         gates.append((out, gtype, fanins, line_no))
 
     for sig, line_no in outputs:
