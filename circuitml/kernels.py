@@ -19,7 +19,6 @@ __all__ = [
     "HAVE_NUMBA",
     "aig_levels",
     "counting_sort",
-    "decode_varints",
     "graph_arrays",
     "graph_with_levels",
     "level_groups",
@@ -173,28 +172,6 @@ def graph_arrays(
             node_type[po_start + k - lits.size] = 1  # PO
         e += 1
     return node_type, edge_index, aig_node, compl, po_start, n_not, shift
-
-
-@njit(cache=True, nogil=True)
-def decode_varints(buf: np.ndarray, count: int) -> tuple[np.ndarray, int]:
-    """``count`` AIGER varints from the start of ``buf``; returns the values and the bytes used, or ``-1`` bytes
-    when the buffer ends early or a varint is longer than 9 bytes (the numpy decoder then names the place)."""
-    out = np.empty(count, dtype=np.int64)
-    p = 0
-    for k in range(count):
-        value = 0
-        shift = 0
-        while True:
-            if p >= buf.size or shift > 56:
-                return out, -1
-            b = buf[p]
-            p += 1
-            value |= np.int64(b & 127) << shift
-            shift += 7
-            if b < 128:
-                break
-        out[k] = value
-    return out, p
 
 
 @njit(cache=True, nogil=True)

@@ -26,7 +26,7 @@ from circuitml import kernels
 from circuitml.aig import AIG, longest_path_levels
 from circuitml.errors import CircuitFormatError
 from circuitml.fileio import atomic_write
-from circuitml.formats.aiger_compiled import ASCII, FALLBACK, parse_aiger_bytes
+from circuitml.formats.aiger_compiled import ASCII, FALLBACK, decode_varints, parse_aiger_bytes
 
 __all__ = ["parse_aiger", "read_aiger", "aiger_bytes", "write_aiger"]
 
@@ -113,7 +113,7 @@ def _decode_varints(data: bytes, start: int, count: int, file: str) -> tuple[np.
         return np.zeros(0, dtype=np.int64), start
     buf = np.frombuffer(data, dtype=np.uint8, offset=start)
     if kernels.HAVE_NUMBA:
-        values, used = kernels.decode_varints(buf, count)
+        values, used = decode_varints(buf, count)
         if used >= 0:
             return values, start + used
         # fall through: the numpy decoder names the error

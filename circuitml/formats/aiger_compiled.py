@@ -11,21 +11,46 @@ was most of the time, and the symbol table a quarter of it).
 Symbol names come back as one buffer, ``"\\n"``-separated, one slot per input, latch, output, bad-state and
 constraint in that order (``""`` where a slot has no name; the last line naming a slot wins): one ``decode`` and
 one ``split`` in C turn it into the name lists, with no Python loop over names.
+
+Every kernel this pass calls lives in this file: numba's on-disk cache is keyed by the source file of the
+function compiled, so a callee edited in another file would leave a stale inlined copy here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from circuitml.kernels import decode_varints, njit
+from circuitml.kernels import njit
 
-__all__ = ["FALLBACK", "ASCII", "BINARY", "parse_aiger_bytes"]
+__all__ = ["FALLBACK", "ASCII", "BINARY", "decode_varints", "parse_aiger_bytes"]
 
 FALLBACK, ASCII, BINARY = -1, 0, 1
 _MAX_VARIABLES = (1 << 31) - 1
 _MAX_LITERAL = 2 * _MAX_VARIABLES + 1
 _NL, _CR, _SP, _C = 10, 13, 32, 99
 _KINDS = (105, 108, 111, 98, 99)  # symbol kinds i l o b c, in slot order
+
+
+@njit(cache=True, nogil=True)
+def decode_varints(buf: np.ndarray, count: int) -> tuple[np.ndarray, int]:
+    """``count`` AIGER varints from the start of ``buf``; returns the values and the bytes used, or ``-1`` bytes
+    when the buffer ends early or a varint is longer than 9 bytes (the numpy decoder in :mod:`.aiger` then names the place)."""
+    out = np.empty(count, dtype=np.int64)
+    p = 0
+    for k in range(count):
+        value = 0
+        shift = 0
+        while True:
+            if p >= buf.size or shift > 56:
+                return out, -1
+            b = buf[p]
+            p += 1
+            value |= np.int64(b & 127) << shift
+            shift += 7
+            if b < 128:
+                break
+        out[k] = value
+    return out, p
 
 
 @njit(cache=True, nogil=True)
