@@ -1,5 +1,8 @@
 """The ``.bench`` reader's gate-to-AIG step compiled: structural hashing over the levelized gates in one pass.
 
+Format: the ISCAS'85 / ISCAS'89 netlists (Brglez and Fujiwara, 1985; Brglez, Bryan and Kozminski, 1989), read by
+:mod:`circuitml.formats.bench`, which parses and levelizes the gates and hands them here.
+
 Each gate becomes AND nodes exactly as :class:`circuitml.aig.AIGBuilder` makes them — the same constant
 propagation and trivial-AND rules, the same balanced trees for many-input AND/OR/XOR gates, the same order of
 ``and_`` calls, so the same node numbering — with the structural hash an open-addressing table of
