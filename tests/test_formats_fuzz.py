@@ -337,3 +337,48 @@ def test_bench_gate_lines_match_no_other_line_form(line) -> None:
     m = _GATE.match(line)
     if m is not None and m.group(2) not in _CONST_NAMES:
         assert _IO.match(line) is None and _CONST.match(line) is None
+
+
+ASCII_SEEDS = [SEEDS["aag"], COMPILED_SEEDS[-1], aiger_bytes(_latch_free_sample(1), binary=False)]
+
+
+# Near misses of the shortcut: an output / a latch reading an undefined variable (M > I + L + A), an AND reading a
+# later AND, inputs out of order, a row with rhs0 < rhs1.
+ASCII_NEAR_MISSES = [
+    b"aag 3 1 0 1 1\n2\n7\n4 2 3\n",
+    b"aag 3 1 1 1 0\n2\n4 7\n4\n",
+    b"aag 3 1 0 1 2\n2\n6\n4 6 3\n6 2 3\n",
+    b"aag 3 2 0 1 1\n4\n2\n6\n6 2 5\n",
+    b"aag 3 2 0 1 1\n2\n4\n7\n6 2 5\n",
+]
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, len(ASCII_SEEDS) + len(ASCII_NEAR_MISSES) - 1),
+    ops=st.lists(mutation, min_size=0, max_size=3),
+)
+def test_canonical_ascii_shortcut_equals_the_renumbering(seed, ops) -> None:
+    """An ASCII file already numbered like a binary one skips the renumbering: same AIG (or error) as with it."""
+    import circuitml.formats.aiger as aiger_mod
+
+    seeds = ASCII_SEEDS + ASCII_NEAR_MISSES
+    data = _mutate(seeds[seed], ops) if ops else seeds[seed]
+    shortcut = _outcome(data)
+    original = aiger_mod._already_canonical
+    aiger_mod._already_canonical = lambda *args: False
+    try:
+        renumbered = _outcome(data)
+    finally:
+        aiger_mod._already_canonical = original
+    assert shortcut == renumbered
+    if not ops and seed < len(ASCII_SEEDS):
+        assert original(*_ascii_sections(data))  # the seeds take the shortcut
+
+
+def _ascii_sections(data: bytes):
+    """(defined, ands, outputs, latch next) of a well-formed ASCII file, as the compiled pass reads them."""
+    from circuitml.formats.aiger_compiled import parse_aiger_bytes
+
+    _, _, inputs, latches, outputs, lhs, ands, *_ = parse_aiger_bytes(np.frombuffer(data, dtype=np.uint8))
+    return np.concatenate([inputs, latches[:, 0], lhs]), ands, outputs, latches[:, 1]
