@@ -13,7 +13,10 @@ keeps the comparison fair on a machine shared with other jobs.
 aigverse) as CPU time per call, best of ``--repeat`` loops of ``--calls`` calls each (small files take tens of
 microseconds, below what one timed call resolves), and ``--profile`` adds a cProfile of the chained calls.
 
-Usage: ``python bench/bench_graph.py [--repeat 5] [--stages c17 [--calls 2000] [--profile]]``
+``--ascii`` runs the same table on the same circuits written as ASCII ``.aag`` files (aigverse:
+``read_ascii_aiger_into_aig``).
+
+Usage: ``python bench/bench_graph.py [--repeat 5] [--ascii] [--stages c17 [--calls 2000] [--profile]]``
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitml import kernels
-from circuitml.formats import read_aiger
+from circuitml.formats import read_aiger, write_aiger
 from circuitml.graph import aig_to_data, level_schedule
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -106,10 +110,11 @@ def main() -> None:
     ap.add_argument("--stages", default="", help="comma-separated file stems: per-stage times instead")
     ap.add_argument("--calls", type=int, default=2000, help="calls per timed loop with --stages")
     ap.add_argument("--profile", action="store_true", help="with --stages: cProfile the chained calls")
+    ap.add_argument("--ascii", action="store_true", help="the same circuits as ASCII .aag files")
     args = ap.parse_args()
     torch.set_num_threads(1)
     try:
-        from aigverse.io import read_aiger_into_aig
+        from aigverse.io import read_aiger_into_aig, read_ascii_aiger_into_aig
     except ImportError:
         raise SystemExit('aigverse is not installed: pip install "circuitml[aigverse]"') from None
     files = []
@@ -117,6 +122,15 @@ def main() -> None:
         files += sorted(SHARED.glob(pattern)) if SHARED.is_dir() else []
     if not files:
         raise SystemExit(f"no .aig files under {SHARED}")
+    if args.ascii:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_graph_")  # removed when the run ends
+        ascii_files = []
+        for path in files:
+            target = Path(tmp.name) / path.parent.name / f"{path.stem}.aag"
+            target.parent.mkdir(exist_ok=True)
+            write_aiger(read_aiger(path), target)
+            ascii_files.append(target)
+        files, read_aiger_into_aig = ascii_files, read_ascii_aiger_into_aig
     if args.stages:
         wanted = args.stages.split(",")
         chosen = [p for stem in wanted for p in files if p.stem == stem]
