@@ -9,12 +9,22 @@ Each side counts the nodes of its own output; ``AIG nodes/s`` divides both by th
 + POs of the file) so the ratio compares like with like. Times are best-of-``--repeat`` process CPU time, which
 keeps the comparison fair on a machine shared with other jobs.
 
-Usage: ``python bench/bench_graph.py [--repeat 5]``
+``--stages c17,dec`` instead times the stages of those files (read, graph, schedule, the three chained, and
+aigverse) as CPU time per call, best of ``--repeat`` loops of ``--calls`` calls each (small files take tens of
+microseconds, below what one timed call resolves), and ``--profile`` adds a cProfile of the chained calls.
+
+``--ascii`` runs the same table on the same circuits written as ASCII ``.aag`` files (aigverse:
+``read_ascii_aiger_into_aig``).
+
+Usage: ``python bench/bench_graph.py [--repeat 5] [--ascii] [--stages c17 [--calls 2000] [--profile]]``
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitml import kernels
-from circuitml.formats import read_aiger
+from circuitml.formats import read_aiger, write_aiger
 from circuitml.graph import aig_to_data, level_schedule
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -38,13 +48,73 @@ def best_cpu(fn, repeat: int) -> tuple[float, object]:
     return best, out
 
 
+def per_call_cpu(fn, repeat: int, calls: int) -> float:
+    """Best-of-``repeat`` CPU time of one call, each loop timing ``calls`` calls."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.process_time()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.process_time() - t) / calls)
+    return best
+
+
+def stages(files: list[Path], repeat: int, calls: int, profile: bool, read_aiger_into_aig) -> None:
+    """Per-stage CPU time of each file, and optionally where the chained calls spend it."""
+    console = Console(width=200)
+    table = Table(title=f"per-stage CPU time per call (us), best of {repeat} x {calls} calls")
+    for col in (
+        "file",
+        "read_aiger",
+        "aig_to_data",
+        "level_schedule",
+        "chained",
+        "aigverse",
+        "aigverse/chained",
+    ):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    for path in files:
+        aig = read_aiger(path)
+        data = aig_to_data(aig)
+
+        def schedule(data=data) -> None:
+            data._store.__dict__.pop("_level_schedule_cache", None)  # noqa: SLF001 - time the computation, not the cache
+            level_schedule(data)
+
+        times = [
+            per_call_cpu(fn, repeat, calls)
+            for fn in (
+                lambda: read_aiger(path),  # noqa: B023
+                lambda: aig_to_data(aig),  # noqa: B023
+                schedule,
+                lambda: level_schedule(aig_to_data(read_aiger(path))),  # noqa: B023
+                lambda: read_aiger_into_aig(str(path)).to_graph_tensors(),  # noqa: B023
+            )
+        ]
+        table.add_row(path.stem, *(f"{1e6 * t:.1f}" for t in times), f"{times[4] / times[3]:.2f}")
+        if profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(calls):
+                level_schedule(aig_to_data(read_aiger(path)))
+            prof.disable()
+            console.print(f"cProfile of {calls} chained calls on {path.stem} (tottime, top 15):")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    console.print(table)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--stages", default="", help="comma-separated file stems: per-stage times instead")
+    ap.add_argument("--calls", type=int, default=2000, help="calls per timed loop with --stages")
+    ap.add_argument("--profile", action="store_true", help="with --stages: cProfile the chained calls")
+    ap.add_argument("--ascii", action="store_true", help="the same circuits as ASCII .aag files")
     args = ap.parse_args()
     torch.set_num_threads(1)
     try:
-        from aigverse.io import read_aiger_into_aig
+        from aigverse.io import read_aiger_into_aig, read_ascii_aiger_into_aig
     except ImportError:
         raise SystemExit('aigverse is not installed: pip install "circuitml[aigverse]"') from None
     files = []
@@ -52,6 +122,22 @@ def main() -> None:
         files += sorted(SHARED.glob(pattern)) if SHARED.is_dir() else []
     if not files:
         raise SystemExit(f"no .aig files under {SHARED}")
+    if args.ascii:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_graph_")  # removed when the run ends
+        ascii_files = []
+        for path in files:
+            target = Path(tmp.name) / path.parent.name / f"{path.stem}.aag"
+            target.parent.mkdir(exist_ok=True)
+            write_aiger(read_aiger(path), target)
+            ascii_files.append(target)
+        files, read_aiger_into_aig = ascii_files, read_ascii_aiger_into_aig
+    if args.stages:
+        wanted = args.stages.split(",")
+        chosen = [p for stem in wanted for p in files if p.stem == stem]
+        if len(chosen) < len(wanted):
+            raise SystemExit(f"--stages: no such file among {sorted({p.stem for p in files})}")
+        stages(chosen, args.repeat, args.calls, args.profile, read_aiger_into_aig)
+        return
 
     console = Console(width=200)
     table = Table(title="file -> graph tensors (best-of CPU time)")

@@ -49,26 +49,8 @@ NODE_TYPE_NAMES = ("PI", "PO", "AND", "NOT", "CONST")
 
 
 def _graph_arrays(aig: AIG, explicit_not: bool) -> dict[str, np.ndarray]:
-    """Node types, edges and AIG-node ids of the graph of ``aig`` (numpy, before levels)."""
-    if kernels.HAVE_NUMBA:
-        node_type, edge_index, aig_node, compl, po_start, n_not, shift = kernels.graph_arrays(
-            aig.num_pis, aig.num_ands, aig.ands.reshape(-1), aig.pos, explicit_not
-        )
-        return _with_latches(
-            aig,
-            shift,
-            {
-                "node_type": node_type,
-                "edge_index": edge_index,
-                "src": edge_index[0],
-                "dst": edge_index[1],
-                "aig_node": aig_node,
-                "edge_compl": None if explicit_not else compl,
-                "po_start": np.int64(po_start),
-                "po_lits": aig.pos,
-                "n_not": np.int64(n_not),
-            },
-        )
+    """Node types, edges and AIG-node ids of the graph of ``aig`` (numpy, before levels; the compiled twin is
+    :func:`circuitml.kernels.graph_with_levels`)."""
     n_aig = aig.num_nodes
     and_nodes = aig.first_and + np.arange(aig.num_ands, dtype=np.int64)
     fanin_lits = aig.ands.reshape(-1)  # row-major: fanin 0 and 1 of each AND, in AND order
@@ -236,13 +218,6 @@ def _graph_levels(aig: AIG, g: dict[str, np.ndarray], explicit_not: bool) -> tup
     An edge through a NOT node is one level longer, so AIG edges get length ``1 + complement`` in the
     explicit-NOT graph; NOT and PO levels then follow from their single fanin (forward) or fanouts (reverse).
     """
-    if kernels.HAVE_NUMBA:
-        fwd, rev, not_rev = kernels.aig_levels(
-            aig.first_and, aig.num_nodes, aig.ands.reshape(-1), aig.pos, explicit_not
-        )
-        return kernels.place_levels(
-            fwd, rev, not_rev, g["aig_node"], aig.pos, int(g["po_start"]), int(g["n_not"]), explicit_not
-        )
     n = aig.num_nodes
     lits = aig.ands.reshape(-1)
     fanin = lits >> 1
@@ -335,9 +310,25 @@ def aig_to_data(
         NOT nodes; −1 for PO nodes), ``is_latch`` ``bool[N]``, ``prob`` ``float[N]`` (when ``with_prob``),
         ``name`` and ``num_nodes``. ``Batch.from_data_list`` offsets only ``edge_index``.
     """
-    g = _graph_arrays(aig, explicit_not)
+    if kernels.HAVE_NUMBA:
+        node_type, edge_index, aig_node, compl, level, rev_level, is_latch, po_start = (
+            kernels.graph_with_levels(
+                aig.num_pis, aig.num_latches, aig.ands.reshape(-1), aig.pos, explicit_not
+            )
+        )
+        g = {
+            "node_type": node_type,
+            "edge_index": edge_index,
+            "aig_node": aig_node,
+            "edge_compl": None if explicit_not else compl,
+            "is_latch": is_latch,
+            "po_start": po_start,
+            "po_lits": aig.pos,
+        }
+    else:
+        g = _graph_arrays(aig, explicit_not)
+        level, rev_level = _graph_levels(aig, g, explicit_not)
     num_nodes = int(g["node_type"].size)
-    level, rev_level = _graph_levels(aig, g, explicit_not)
 
     attrs = {
         "x": torch.from_numpy(g["node_type"]),
@@ -486,8 +477,8 @@ def level_schedule(data: Data) -> LevelSchedule:
         num_levels, fwd, rev = kernels.schedule_arrays(level.numpy(), rev_level.numpy(), ei[0], ei[1])
         sched = LevelSchedule(
             num_levels,
-            *(torch.from_numpy(a) for a in fwd),
-            *(torch.from_numpy(a) for a in rev),
+            *map(torch.from_numpy, fwd),
+            *map(torch.from_numpy, rev),
             node_bounds=tuple(fwd[1].tolist()),
             edge_bounds=tuple(fwd[3].tolist()),
             rev_node_bounds=tuple(rev[1].tolist()),

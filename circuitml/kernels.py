@@ -18,10 +18,9 @@ import numpy as np
 __all__ = [
     "HAVE_NUMBA",
     "aig_levels",
-    "binary_aiger_body",
     "counting_sort",
-    "decode_varints",
     "graph_arrays",
+    "graph_with_levels",
     "level_groups",
     "schedule_arrays",
     "place_levels",
@@ -176,28 +175,6 @@ def graph_arrays(
 
 
 @njit(cache=True, nogil=True)
-def decode_varints(buf: np.ndarray, count: int) -> tuple[np.ndarray, int]:
-    """``count`` AIGER varints from the start of ``buf``; returns the values and the bytes used, or ``-1`` bytes
-    when the buffer ends early or a varint is longer than 9 bytes (the numpy decoder then names the place)."""
-    out = np.empty(count, dtype=np.int64)
-    p = 0
-    for k in range(count):
-        value = 0
-        shift = 0
-        while True:
-            if p >= buf.size or shift > 56:
-                return out, -1
-            b = buf[p]
-            p += 1
-            value |= np.int64(b & 127) << shift
-            shift += 7
-            if b < 128:
-                break
-        out[k] = value
-    return out, p
-
-
-@njit(cache=True, nogil=True)
 def place_levels(
     fwd: np.ndarray,
     rev: np.ndarray,
@@ -277,39 +254,21 @@ def schedule_arrays(
 
 
 @njit(cache=True, nogil=True)
-def binary_aiger_body(
-    buf: np.ndarray, pos: int, num_inputs: int, num_out_lines: int, num_ands: int
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """The body of a binary AIGER file without latches in one pass: ``num_out_lines`` output lines (digits then
-    ``\\n``), then ``num_ands`` delta-encoded AND gates. Returns the offset after the AND block, the output literals
-    and the ``[A, 2]`` fanin literals (``rhs0 >= rhs1``), or offset ``-1`` at the first byte that is not exactly
-    that; the line reader then parses the file again and names the place."""
-    outputs = np.empty(num_out_lines, dtype=np.int64)
-    ands = np.empty((num_ands, 2), dtype=np.int64)
-    n = buf.size
-    for k in range(num_out_lines):
-        value = 0
-        digits = 0
-        while pos < n and 48 <= buf[pos] <= 57:
-            value = value * 10 + (buf[pos] - 48)
-            digits += 1
-            pos += 1
-            if digits > 10:  # past the 32-bit literal range: let the line reader refuse it
-                return -1, outputs, ands
-        if digits == 0 or pos >= n or buf[pos] != 10:
-            return -1, outputs, ands
-        pos += 1
-        outputs[k] = value
-    deltas, used = decode_varints(buf[pos:], 2 * num_ands)
-    if used < 0:
-        return -1, outputs, ands
-    for g in range(num_ands):
-        lhs = 2 * (num_inputs + 1 + g)
-        d0, d1 = deltas[2 * g], deltas[2 * g + 1]
-        rhs0 = lhs - d0
-        rhs1 = rhs0 - d1
-        if d0 <= 0 or rhs1 < 0:
-            return -1, outputs, ands
-        ands[g, 0] = rhs0
-        ands[g, 1] = rhs1
-    return pos + used, outputs, ands
+def graph_with_levels(
+    num_pis: int, num_latches: int, lits: np.ndarray, pos: np.ndarray, explicit_not: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """All of :func:`circuitml.graph.aig_to_data`'s arrays in one call (:func:`graph_arrays`,
+    :func:`aig_levels`, :func:`place_levels` and the latch flags): node types, ``edge_index``, AIG-node ids,
+    complement bits, ``level``, ``rev_level``, ``is_latch`` and the first PO node. On small files the calls, not
+    the loops, were the cost."""
+    num_ands = lits.size // 2
+    node_type, edge_index, aig_node, compl, po_start, n_not, shift = graph_arrays(
+        num_pis, num_ands, lits, pos, explicit_not
+    )
+    fwd, rev, not_rev = aig_levels(num_pis + 1, 1 + num_pis + num_ands, lits, pos, explicit_not)
+    level, rev_level = place_levels(fwd, rev, not_rev, aig_node, pos, po_start, n_not, explicit_not)
+    is_latch = np.zeros(node_type.size, dtype=np.bool_)
+    if num_latches:  # pseudo-PIs are the last PIs, pseudo-POs the last POs
+        is_latch[1 + num_pis - num_latches - shift : 1 + num_pis - shift] = True
+        is_latch[po_start + pos.size - num_latches : po_start + pos.size] = True
+    return node_type, edge_index, aig_node, compl, level, rev_level, is_latch, po_start

@@ -12,7 +12,9 @@ from circuitml.formats import (
     bench_text,
     parse_aiger,
     parse_bench,
+    read_aiger,
     read_circuit,
+    write_aiger,
     write_circuit,
 )
 
@@ -211,3 +213,20 @@ def test_unknown_suffix_and_missing_file(tmp_path) -> None:
         read_circuit(p)
     with pytest.raises(FileNotFoundError):
         read_circuit(tmp_path / "missing.aig")
+
+
+@pytest.mark.parametrize("filename", ["c17.aig", "a.b.aig", ".hidden", "x.", "noext", "sp ace.aag"])
+def test_read_aiger_names_the_circuit_by_the_file_stem(tmp_path, filename) -> None:
+    """read_aiger reads with os-level calls and takes the stem itself: the name is still what Path.stem gives,
+    for a str or a Path, and a missing file is still a FileNotFoundError."""
+    from pathlib import Path
+
+    aig = AIGBuilder("x")
+    aig.add_po(aig.and_(aig.add_pi("a"), aig.add_pi("b")), "y")
+    path = tmp_path / filename
+    write_aiger(aig.build(), path, binary=True)
+    for arg in (path, str(path)):
+        got = read_aiger(arg)
+        assert got.name == Path(filename).stem and got.pi_names == ["a", "b"] and got.po_names == ["y"]
+    with pytest.raises(FileNotFoundError):
+        read_aiger(tmp_path / "missing.aig")

@@ -16,21 +16,25 @@ becomes a pseudo-PI and its data input a pseudo-PO, like AIGER latches.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from circuitml import kernels
 from circuitml.aig import AIG, AIGBuilder, longest_path_levels
 from circuitml.errors import CircuitFormatError
 from circuitml.fileio import atomic_write
+from circuitml.formats.bench_compiled import GATE_CODES, build_gates
 
 __all__ = ["parse_bench", "read_bench", "bench_text", "write_bench"]
 
 _IO = re.compile(r"^(INPUT|OUTPUT)\s*\(\s*([^\s()]+)\s*\)$", re.IGNORECASE)
 _GATE = re.compile(r"^([^\s=()]+)\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(([^()]*)\)$")
-_CONST = re.compile(r"^([^\s=()]+)\s*=\s*(vdd|gnd|VDD|GND|CONST0|CONST1|const0|const1)\s*(\(\s*\))?$")
+_CONST_NAMES = ("vdd", "gnd", "VDD", "GND", "CONST0", "CONST1", "const0", "const1")
+_CONST = re.compile(rf"^([^\s=()]+)\s*=\s*({'|'.join(_CONST_NAMES)})\s*(\(\s*\))?$")
 
 _ARITY = {"NOT": (1, 1), "BUFF": (1, 1), "BUF": (1, 1), "DFF": (1, 1)}
 _KNOWN = {"AND", "NAND", "OR", "NOR", "XOR", "XNOR", "NOT", "BUFF", "BUF", "DFF", "CONST0", "CONST1"}
@@ -43,7 +47,18 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
         CircuitFormatError: naming the file, the line, and what was expected (unknown gate, wrong fanin count,
             undefined or twice-defined signal, combinational cycle).
     """
-    file = str(file) if file is not None else "<string>"
+    # The reader makes a few small containers per line and frees none: each cyclic-GC pass would walk all of
+    # them again (a third of a 125k-gate file's read). None of them can form a cycle, so the GC pauses.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_bench(text, "<string>" if file is None else str(file), name)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _parse_bench(text: str, file: str, name: str) -> AIG:
     inputs: list[str] = []
     outputs: list[tuple[str, int]] = []
     gates: list[tuple[str, str, list[str], int]] = []  # (output, type, fanins, line)
@@ -57,40 +72,48 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
         defined[sig] = line_no
 
     for line_no, raw in enumerate(text.split("\n"), start=1):
-        line = raw.split("#", 1)[0].strip()
+        line = (raw.partition("#")[0] if "#" in raw else raw).strip()
         if not line:
             continue
-        m = _IO.match(line)
-        if m:
-            kind, sig = m.group(1).upper(), m.group(2)
-            if kind == "INPUT":
-                define(sig, line_no)
-                inputs.append(sig)
-            else:
-                outputs.append((sig, line_no))
-            continue
-        m = _CONST.match(line)
-        if m:
-            define(m.group(1), line_no)
-            value = m.group(2).lower() in ("vdd", "const1")
-            gates.append((m.group(1), "CONST1" if value else "CONST0", [], line_no))
-            continue
         m = _GATE.match(line)
-        if not m:
-            raise CircuitFormatError(
-                file, "'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)'", line=line_no, got=line
-            )
-        out, gtype, args = m.group(1), m.group(2).upper(), m.group(3)
-        fanins = [a.strip() for a in args.split(",")] if args.strip() else []
+        # _IO and _CONST match no line that _GATE reads with a non-constant type (tested): gate lines, nearly all
+        # of a file, take one regex instead of three.
+        if m is None or m.group(2) in _CONST_NAMES:
+            m = _IO.match(line)
+            if m:
+                kind, sig = m.group(1).upper(), m.group(2)
+                if kind == "INPUT":
+                    define(sig, line_no)
+                    inputs.append(sig)
+                else:
+                    outputs.append((sig, line_no))
+                continue
+            m = _CONST.match(line)
+            if m:
+                define(m.group(1), line_no)
+                value = m.group(2).lower() in ("vdd", "const1")
+                gates.append((m.group(1), "CONST1" if value else "CONST0", [], line_no))
+                continue
+            m = _GATE.match(line)
+            if not m:
+                raise CircuitFormatError(
+                    file, "'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)'", line=line_no, got=line
+                )
+        out, gtype, args = m.groups()
+        gtype = gtype.upper()
+        fanins = list(map(str.strip, args.split(","))) if args.strip() else []
         if gtype not in _KNOWN:
             raise CircuitFormatError(
                 file, "a gate among AND NAND OR NOR XOR XNOR NOT BUFF DFF", line=line_no, got=m.group(2)
             )
         lo, hi = _ARITY.get(gtype, (1, 1 << 30))
-        if not lo <= len(fanins) <= hi or any(not f or " " in f for f in fanins):
+        # no empty fanin name and none with a space inside (the names are stripped: a joined space is inside one)
+        if not lo <= len(fanins) <= hi or "" in fanins or " " in "".join(fanins):
             want = f"exactly {lo}" if lo == hi else f"at least {lo}"
             raise CircuitFormatError(file, f"{gtype} with {want} fanin name(s)", line=line_no, got=line)
-        define(out, line_no)
+        if out in defined:
+            define(out, line_no)  # raises, naming the first definition
+        defined[out] = line_no
         gates.append((out, gtype, fanins, line_no))
 
     for sig, line_no in outputs:
@@ -103,31 +126,25 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
     sig_id = {s: k for k, s in enumerate(defined)}
     flops = [g for g in gates if g[1] == "DFF"]
     comb = [g for g in gates if g[1] != "DFF"]
-    src: list[int] = []
-    dst: list[int] = []
-    for k, (_out, _t, fanins, line_no) in enumerate(comb):
-        for f in fanins:
-            if f not in sig_id:
-                raise CircuitFormatError(
-                    file, f"a definition of signal '{f}'", line=line_no, got="undefined signal"
-                )
-            src.append(sig_id[f])
-            dst.append(len(sig_id) + k)
-    for _out, _t, fanins, line_no in flops:
-        if fanins[0] not in sig_id:
-            raise CircuitFormatError(
-                file, f"a definition of signal '{fanins[0]}'", line=line_no, got="undefined"
-            )
+    try:  # one lookup per fanin, in a comprehension; _undefined_fanin finds and names an undefined one
+        src = np.array([sig_id[f] for g in comb for f in g[2]], dtype=np.int64)
+        for _out, _t, fanins, _line in flops:
+            sig_id[fanins[0]]  # noqa: B018 - a KeyError is an undefined flop input
+    except KeyError:
+        _undefined_fanin(file, sig_id, comb, flops)
     # gate node k sits at index len(sig_id)+k; an edge gate-node -> its output signal links the two
     n_sig = len(sig_id)
+    counts = np.fromiter((len(g[2]) for g in comb), dtype=np.int64, count=len(comb))
     gate_of = np.array([sig_id[g[0]] for g in comb], dtype=np.int64)
-    src_a = np.concatenate([np.array(src, dtype=np.int64), n_sig + np.arange(len(comb))])
-    dst_a = np.concatenate([np.array(dst, dtype=np.int64), gate_of])
+    src_a = np.concatenate([src, n_sig + np.arange(len(comb))])
+    dst_a = np.concatenate([np.repeat(n_sig + np.arange(len(comb)), counts), gate_of])
     try:
         level = longest_path_levels(n_sig + len(comb), src_a, dst_a)
     except ValueError:
         raise CircuitFormatError(file, "no combinational cycle", line=comb[0][3] if comb else None) from None
     order = np.argsort(level[n_sig:], kind="stable")
+    if kernels.HAVE_NUMBA:
+        return _build_compiled(name, inputs, outputs, flops, comb, sig_id, (counts, src, gate_of), order)
 
     b = AIGBuilder(name)
     lit: dict[str, int] = {}
@@ -143,6 +160,58 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
     for out, _t, fanins, _ in flops:
         b.add_po(lit[fanins[0]], f"{out}$next")
     return b.build(num_latches=len(flops))
+
+
+def _undefined_fanin(file: str, sig_id: dict[str, int], comb: list, flops: list) -> None:
+    """Raise the error for the first fanin (gates, then flops) that no line defines."""
+    for _out, _t, fanins, line_no in comb:
+        for f in fanins:
+            if f not in sig_id:
+                raise CircuitFormatError(
+                    file, f"a definition of signal '{f}'", line=line_no, got="undefined signal"
+                )
+    for _out, _t, fanins, line_no in flops:
+        if fanins[0] not in sig_id:
+            raise CircuitFormatError(
+                file, f"a definition of signal '{fanins[0]}'", line=line_no, got="undefined"
+            )
+
+
+def _build_compiled(
+    name: str,
+    inputs: list[str],
+    outputs: list,
+    flops: list,
+    comb: list,
+    sig_id: dict[str, int],
+    fanins: tuple[np.ndarray, np.ndarray, np.ndarray],
+    order: np.ndarray,
+) -> AIG:
+    """The AIG of the levelized gates via :func:`.bench_compiled.build_gates` (the builder loop's AIG).
+
+    ``fanins``: fanin count, fanin signal ids (concatenated) and output signal id of each comb gate."""
+    counts, fanin_sig, gate_sig = fanins
+    ptr = np.zeros(len(comb) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    ands, lit = build_gates(
+        len(sig_id),
+        np.array([sig_id[s] for s in inputs] + [sig_id[g[0]] for g in flops], dtype=np.int64),
+        np.array([GATE_CODES[g[1]] for g in comb], dtype=np.int8),
+        ptr,
+        fanin_sig,
+        gate_sig,
+        order,
+    )
+    pos = lit[[sig_id[s] for s, _ in outputs] + [sig_id[g[2][0]] for g in flops]]
+    return AIG(
+        num_pis=len(inputs) + len(flops),
+        ands=ands,
+        pos=pos,
+        num_latches=len(flops),
+        pi_names=inputs + [g[0] for g in flops],
+        po_names=[s for s, _ in outputs] + [f"{g[0]}$next" for g in flops],
+        name=name,
+    )
 
 
 def _gate(b: AIGBuilder, gtype: str, args: list[int]) -> int:
