@@ -474,7 +474,13 @@ def make_targets(workdir: Path) -> list[Target]:
     from circuitml.pretrain.checkpoint import optimizer_state_to_tensors
 
     opt_tensors, opt_meta = optimizer_state_to_tensors(opt)
-    rng_tensors, rng_meta = capture_rng_state()
+    with _saved_rng():
+        # seeded: the RNG states are otherwise whatever the process holds, and the seed bytes (so every
+        # mutation of them) would change from run to run
+        random.seed(0)
+        np.random.seed(0)
+        torch.manual_seed(0)
+        rng_tensors, rng_meta = capture_rng_state()
     state = {"step": 1, "config": config_to_dict(load_config()), "rng": rng_meta, "optimizer": opt_meta}
     ck_json = save_checkpoint(ck_dir, 1, {**opt_tensors, **rng_tensors}, state)
     ck_seed = ck_json.read_bytes()

@@ -62,3 +62,14 @@ def test_mutators_are_deterministic_and_reach_every_kind(targets) -> None:
     a = [mutate(seeds[0], random.Random(f"x{k}"), seeds) for k in range(50)]
     b = [mutate(seeds[0], random.Random(f"x{k}"), seeds) for k in range(50)]
     assert a == b and len(set(a)) > 40
+
+
+def test_checkpoint_seed_bytes_do_not_depend_on_the_processs_rng(targets, tmp_path) -> None:
+    # the seed records numpy's and python's RNG states; unseeded, every mutation of it changed between runs
+    import numpy as np
+
+    random.seed(12345)
+    np.random.seed(54321)
+    again = {t.name: t.seeds for t in make_targets(tmp_path)}
+    first = {t.name: t.seeds for t in targets}
+    assert again["checkpoint"] == first["checkpoint"]
