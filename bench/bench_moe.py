@@ -170,7 +170,24 @@ def run_row(E: int, k: int, d: int, h: int, N: int, args: argparse.Namespace) ->
     methods["dense"] = fwd_bwd(dense, dense)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     clock = time.thread_time if args.clock == "thread" else time.perf_counter
-    return time_methods(methods, args.repeats, args.warmup, sync, clock)
+    times = time_methods(methods, args.repeats, args.warmup, sync, clock)
+    if args.profile:
+        for name in ("ours", "dense"):
+            print_profile(name, methods[name], args.profile)
+    return times
+
+
+def print_profile(name: str, step: Callable[[], None], top: int) -> None:
+    """Top ``top`` ops by self CPU time of 5 more steps, each with its share of the total (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            step()
+    events = sorted(prof.key_averages(), key=lambda ev: ev.self_cpu_time_total, reverse=True)
+    total = sum(ev.self_cpu_time_total for ev in events) or 1.0
+    tops = ", ".join(f"{ev.key} {100 * ev.self_cpu_time_total / total:.0f}%" for ev in events[:top])
+    print(f"#   {name}: {total / 5e3:.2f} ms/step profiled; {tops}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,6 +209,13 @@ def main(argv: list[str] | None = None) -> None:
         help="wall: elapsed time; thread: CPU time of one thread (sets 1 torch thread), robust on a busy machine",
     )
     parser.add_argument("--rows", default=None, help="comma-separated row numbers to run (1-based)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each row, print the N ops with the most self CPU time (torch.profiler) of ours and of dense",
+    )
     args = parser.parse_args(argv)
     if args.clock == "thread":
         if args.device != "cpu":
@@ -214,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for E, k, d, h, N in rows:
         res = run_row(E, k, d, h, N, args)
-        cells = []
+        cells = []  # the row's profile (--profile) was printed above it
         for m in METHODS:
             if m in res:
                 cells.append(f"{N / res[m]:>12,.0f} {res[m] / res['dense']:>6.2f}x")
