@@ -168,7 +168,10 @@ def _verilog_groups(files: list[Path], top: str | None) -> list[tuple[list[Path]
         except OSError:
             texts[f] = ""
         defines[f] = set(_MODULE.findall(texts[f]))
-    owner = {m: f for f, mods in defines.items() for m in mods}
+    owners: dict[str, list[Path]] = {}
+    for f in files:
+        for m in defines[f]:
+            owners.setdefault(m, []).append(f)
     parent = {f: f for f in files}
 
     def find(f: Path) -> Path:
@@ -181,10 +184,17 @@ def _verilog_groups(files: list[Path], top: str | None) -> list[tuple[list[Path]
     for f in files:
         for module, body in _MODULE_BODY.findall(texts[f]):
             for word in _WORD_THEN_INSTANCE.findall(body):
-                g = owner.get(word)
-                if g is not None and word != module:
-                    instantiated.add(word)
-                    parent[find(f)] = find(g)
+                if word == module or word not in owners:
+                    continue
+                instantiated.add(word)
+                if word in defines[f]:
+                    # a file that defines what it instantiates is self-contained (ISCAS89's Verilog: every file
+                    # carries its own `dff`), even when other files of the folder define a module of that name
+                    continue
+                if len(owners[word]) == 1:  # defined in exactly one other file: one design with it
+                    parent[find(f)] = find(owners[word][0])
+                # Defined in several other files: which one is meant is ambiguous, so the file stays alone and
+                # its build names the missing module, rather than this picking one or merging them all.
     support = [f for f in files if not defines[f]]
     groups: dict[Path, list[Path]] = {}
     for f in files:
@@ -464,7 +474,16 @@ def _worker(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         if not first.startswith(str(item.paths[0])) and item.source not in first:
             first = f"{item.source}: {first}"
-        return None, first[:400]
+        return None, _clip(first, 400)
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, keeping the start and the end: a multi-file design's message begins with its
+    file list and ends with Yosys' reason, which a plain cut would lose."""
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return f"{text[:head]} … {text[-(limit - head - 3) :]}"
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -194,6 +194,53 @@ def test_verilog_folder_with_submodules_is_one_design(tmp_path):
     assert ds.records[chip]["family"] == "chipset"
 
 
+_DFF = "module dff(input CK, D, output reg Q);\n  always @(posedge CK) Q <= D;\nendmodule\n"
+
+
+def test_files_that_define_what_they_instantiate_are_designs_of_their_own(tmp_path):
+    """ISCAS89's Verilog: every file carries its own ``dff``. A file that defines the module it instantiates is
+    self-contained; a file that only uses a module several files define is ambiguous and stays alone (its build
+    then names the missing module) instead of merging the whole folder into one design."""
+    rtl = tmp_path / "iscas89"
+    rtl.mkdir()
+    for name in ("s1", "s2"):
+        (rtl / f"{name}.v").write_text(
+            _DFF + f"module {name}(input CK, a, output q);\n  dff d0(CK, a, q);\nendmodule\n"
+        )
+    (rtl / "s3.v").write_text("module s3(input CK, a, output q);\n  dff d0(CK, a, q);\nendmodule\n")
+    (rtl / "lib.v").write_text("module inv(input a, output y);\n  assign y = ~a;\nendmodule\n")
+    (rtl / "s4.v").write_text("module s4(input a, output y);\n  inv i0(a, y);\nendmodule\n")
+    items, problems = discover_sources([rtl])
+    assert not problems
+    assert sorted((it.top, [p.name for p in it.paths]) for it in items) == [
+        ("s1", ["s1.v"]),
+        ("s2", ["s2.v"]),
+        ("s3", ["s3.v"]),
+        ("s4", ["lib.v", "s4.v"]),  # a module defined in exactly one other file still joins its design
+    ]
+
+
+def test_a_failing_multi_file_design_keeps_its_reason_in_the_message(tmp_path, monkeypatch):
+    """A multi-file design's error starts with its file list (how Yosys' messages name it); a plain cut at 400
+    characters kept only the list, and the reason was lost (seen on ISCAS89's 21 Verilog files)."""
+    rtl = tmp_path / "big"
+    rtl.mkdir()
+    names = [f"part_with_a_long_file_name_{k:02d}" for k in range(12)]
+    for k, name in enumerate(names):
+        inst = f"  {names[k + 1]} u(a, y);\n" if k + 1 < len(names) else "  assign y = a;\n"
+        (rtl / f"{name}.v").write_text(f"module {name}(input a, output y);\n{inst}endmodule\n")
+    (item,), _ = discover_sources([rtl])
+    listed = ", ".join(str(p) for p in item.paths)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"{listed}: Yosys failed: ERROR: the reason a user needs")
+
+    monkeypatch.setattr(build_module, "build_item", fail)
+    _, reason = build_module._worker(item, "c0", str(tmp_path / "ds"), 10.0)
+    assert len(reason) <= 400 and reason.startswith(str(item.paths[0]))
+    assert reason.endswith("Yosys failed: ERROR: the reason a user needs")
+
+
 @pytest.mark.parametrize("pattern", ["ispras__hdl-benchmarks/iscas85/bench/c*.bench"])
 def test_shared_circuits_build(shared_data, tmp_path, pattern):
     files = shared_files(pattern)[:4] + shared_files("lsils__benchmarks/random_control/*.aig")[:3]
