@@ -65,3 +65,19 @@ def test_a_latch_from_always_comb_gets_a_hint_in_one_line(tmp_path: Path, capsys
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "Latch inferred" in err and "add a default: branch" in err
     assert not (tmp_path / "fsm.aig").exists()
+
+
+def test_switch_level_verilog_gets_a_hint_naming_the_construct(tmp_path: Path) -> None:
+    """ISCAS89's Verilog models flip-flops with ``trireg`` nets and ``nmos`` switches; Yosys answers with a bare
+    syntax error at the declaration, so the message names the construct and what to write instead."""
+    from circuitml.verilog.synth import explain_yosys_error
+
+    src = tmp_path / "s298.v"
+    src.write_text(
+        "module dff (CK,Q,D);\ninput CK,D;\noutput Q;\n  wire NM,NCK;\n  trireg NQ,M;\nendmodule\n"
+    )
+    raw = f"{src}:5: ERROR: syntax error, unexpected ',', expecting '(' or '['"
+    assert "'trireg' is switch-level Verilog" in str(explain_yosys_error(raw, "s298.v"))
+    other = f"{src}:4: ERROR: syntax error, unexpected ','"  # the line holds no switch-level word: no hint
+    assert "hint" not in str(explain_yosys_error(other, "s298.v"))
+    assert "hint" not in str(explain_yosys_error(f"{tmp_path / 'gone.v'}:5: ERROR: syntax error", "gone.v"))

@@ -110,12 +110,46 @@ _HINTS = (
 )
 
 
+# Switch-level Verilog (transistor primitives, charge-storage nets) that Yosys' front end rejects with a bare
+# syntax error at the declaration; ISCAS89's Verilog models its flip-flops this way.
+_SWITCH_LEVEL = re.compile(
+    r"\b(trireg|nmos|pmos|cmos|rnmos|rpmos|rcmos|tran|tranif0|tranif1|rtran|rtranif0|rtranif1|pullup|pulldown)\b"
+)
+_ERROR_AT = re.compile(r"(\S+?):(\d+): ERROR: syntax error")
+
+
+def _switch_level_hint(message: str) -> str | None:
+    """A hint when Yosys' syntax error points at a line with a switch-level construct (read from that file)."""
+    m = _ERROR_AT.search(message)
+    if m is None or int(m.group(2)) > 10_000_000:
+        return None
+    try:
+        with open(m.group(1), "rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                if number == int(m.group(2)):
+                    word = _SWITCH_LEVEL.search(raw[:4096].decode("utf-8", "replace"))
+                    break
+            else:
+                return None
+    except OSError:
+        return None
+    if word is None:
+        return None
+    return (
+        f"'{word.group(1)}' is switch-level Verilog, which Yosys does not synthesize: describe that cell at gate or "
+        "behavioural level (a flip-flop as always @(posedge CK) Q <= D;)"
+    )
+
+
 def explain_yosys_error(message: str, design: str) -> SynthesisError:
     """A Yosys failure as one line a user can act on; an internal assertion is named by its stage, the raw
     text kept in the error's ``detail`` (shown by the CLI's ``--verbose``)."""
     m = _ASSERT_RE.search(message)
     if m is None:
         hints = [hint for pattern, hint in _HINTS if pattern.search(message)]
+        switch = _switch_level_hint(message)
+        if switch is not None:
+            hints.append(switch)
         err = SynthesisError(message + "".join(f" (hint: {h})" for h in hints))
         err.detail = message  # type: ignore[attr-defined]
         return err
