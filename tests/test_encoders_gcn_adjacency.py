@@ -119,3 +119,14 @@ def test_gcn_encoder_propagates_through_the_compiled_csr_kernel(monkeypatch) -> 
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 states take PyG's edge-weight path instead
         enc(data)
     assert not calls
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="the compiled CSR kernel needs numba")
+def test_csr_matmul_is_twice_differentiable() -> None:
+    """Meta-learning inner steps take gradients of gradients (create_graph=True) through the GCN layers."""
+    data = aig_to_data(small_aig(7, 30))
+    _, _, adj = gcn_adjacency(data.edge_index, data.num_nodes, torch.float64)
+    pair = csr_mod.csr_pair(adj)
+    x = torch.randn(data.num_nodes, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: csr_mod.csr_matmul(pair, t), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: csr_mod.csr_matmul(pair, t).square(), (x,))

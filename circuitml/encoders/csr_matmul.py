@@ -59,12 +59,17 @@ class CSRPair:
     col_t: np.ndarray
     val_t: np.ndarray
 
-    def product(self, x: Tensor, transpose: bool = False) -> Tensor:
-        """``Â x`` (or ``Â^T x``) for a float32/64 CPU ``[N, d]`` tensor, on ``torch.get_num_threads()`` threads."""
-        x = x.contiguous()
+    @property
+    def t(self) -> CSRPair:
+        """The pair of ``Â^T`` (the same arrays, roles swapped)."""
+        return CSRPair(self.rowptr_t, self.col_t, self.val_t, self.rowptr, self.col, self.val)
+
+    def product(self, x: Tensor) -> Tensor:
+        """``Â x`` for a float32/64 CPU ``[N, d]`` tensor, on ``torch.get_num_threads()`` threads, without autograd."""
+        x = x.detach().contiguous()
         out = torch.empty_like(x)
-        arrays = (self.rowptr_t, self.col_t, self.val_t) if transpose else (self.rowptr, self.col, self.val)
         xa, oa = x.numpy(), out.numpy()
+        arrays = (self.rowptr, self.col, self.val)
         parallel_rows(lambda lo, hi: _csr_rows(*arrays, xa, oa, lo, hi), x.size(0), torch.get_num_threads())
         return out
 
@@ -91,7 +96,8 @@ class _CSRMatmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        return ctx.pair.product(grad, transpose=True), None
+        # through the Function again, so a backward with create_graph (MAML-style inner steps) stays differentiable
+        return _CSRMatmul.apply(grad, ctx.pair.t), None
 
 
 def uses_csr_kernel(x: Tensor) -> bool:
