@@ -84,6 +84,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             help="EDA synonym replacement, synonyms from the pretrained model's word embeddings "
             "(default: on with --init-from).",
         ),
+        synthetic_cloze: int = typer.Option(
+            0,
+            help="Synthetic cloze questions made from the training paragraphs (Lewis et al., ACL 2019); 0: none.",
+        ),
+        cloze_unanswerable: float = typer.Option(
+            0.3, help="Fraction of the cloze questions paired with a paragraph lacking their sentence."
+        ),
+        cloze_epochs: int = typer.Option(
+            1, help="Epochs on the cloze questions before the real ones; 0: mixed into every epoch."
+        ),
         freeze_bottom: int = typer.Option(0, help="Upcycled models: freeze embeddings + first N layers."),
         span_head: str = typer.Option(
             "linear",
@@ -147,6 +157,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             oof_folds=oof_folds,
             eda_copies=eda_copies,
             eda_synonyms=eda_synonyms,
+            synthetic_cloze=synthetic_cloze,
+            cloze_unanswerable=cloze_unanswerable,
+            cloze_epochs=cloze_epochs,
             freeze_bottom=freeze_bottom,
             model=model,
         )

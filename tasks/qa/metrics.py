@@ -126,3 +126,19 @@ def best_null_threshold(
     else:
         threshold = (margins[best - 1] + margins[best]) / 2
     return float(threshold), float(score)
+
+
+def reader_diagnostics(
+    predictions: Mapping[str, str], null_margin: Mapping[str, float], golds: Mapping[str, list[str]]
+) -> dict[str, float]:
+    """What a reader is worth before any answer decision: ``forced_HasAns_f1``, the F1 of its best span on the
+    answerable questions (always answering), and ``answerability_auc``, the Mann-Whitney AUC with which a smaller
+    null margin marks an answerable question (ties count half; 0.5 is chance)."""
+    has = [q for q in golds if [a for a in golds[q] if normalize_answer(a)]]
+    out = {"forced_HasAns_f1": squad_scores(predictions, {q: golds[q] for q in has}).get("HasAns_f1", 0.0)}
+    pos = [-null_margin[q] for q in has]
+    neg = [-null_margin[q] for q in golds if q not in set(has)]
+    if pos and neg:
+        wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+        out["answerability_auc"] = float(wins / (len(pos) * len(neg)))
+    return out
