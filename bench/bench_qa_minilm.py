@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument(
         "--synthetic-cloze", type=int, default=0, help="synthetic cloze questions (tasks.qa.cloze)"
     )
-    ap.add_argument("--cloze-unanswerable", type=float, default=0.3)
+    ap.add_argument("--cloze-unanswerable", type=float, default=None, help="default: 0.3 on v2.0, 0 on v1.1")
     ap.add_argument("--cloze-epochs", type=int, default=1, help="first-stage epochs on them (0: mixed in)")
     ap.add_argument(
         "--split-seed",

@@ -158,3 +158,45 @@ def test_qa_train_makes_cloze_questions_from_the_training_contexts_only(tmp_path
     assert not seen[0] & {e.context for e in held + val}
     assert m["synthetic_questions"] == 12 and m["steps"] == 2 + 1  # one cloze epoch, then the real questions
     assert {"forced_HasAns_f1", "answerability_auc"} <= set(m["eval_reader"])
+
+
+def test_reader_diagnostics_equal_a_per_question_reference() -> None:
+    from circuitml.tasks.qa.metrics import f1_score, reader_diagnostics
+
+    golds = {"a": ["Paris"], "b": ["red truck"], "c": [], "d": [], "e": ["seven"]}
+    texts = {"a": "Paris", "b": "a red car", "c": "nine", "d": "north", "e": "six"}
+    margins = {"a": -2.0, "b": 0.5, "c": 0.5, "d": -1.0, "e": float("inf")}
+    got = reader_diagnostics(texts, margins, golds)
+    f1 = [f1_score(texts[q], golds[q][0]) for q in "abe"]
+    assert got["forced_HasAns_f1"] == pytest.approx(100 * sum(f1) / 3)
+    # pairs (answerable, unanswerable) ordered right: a>c, a>d, b=c (half), b<d, e<c, e<d
+    assert got["answerability_auc"] == pytest.approx((1 + 1 + 0.5) / 6)
+
+
+def test_qa_train_cli_takes_cloze_options_and_refuses_bad_ones_in_one_line(tmp_path: Path, capsys) -> None:
+    from cli import main
+
+    paragraphs = [{"context": c, "qas": []} for ps in ARTICLES.values() for c in ps]
+    for k, p in enumerate(paragraphs):
+        word = p["context"].split()[1]
+        p["qas"] = [
+            {
+                "id": f"q{k}",
+                "question": "Which word?",
+                "answers": [{"text": word, "answer_start": p["context"].index(word)}],
+            }
+        ]
+    data = tmp_path / "v11.json"
+    data.write_text(json.dumps({"version": "1.1", "data": [{"title": "all", "paragraphs": paragraphs}]}))
+    tiny = ["--d-model", "16", "--layers", "1", "--experts", "2", "--epochs", "1", "--max-length", "48"]
+    tiny += ["--stride", "16", "--batch-size", "8", "--data", str(data), "--out", str(tmp_path / "m")]
+    assert main(["qa", "train", "--synthetic-cloze", "8", "--cloze-epochs", "0", *tiny]) == 0
+    assert "8 synthetic cloze questions" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
+    assert cfg["cloze_unanswerable"] == 0.0  # v1.1 has no unanswerable questions to imitate
+    assert main(["qa", "train", "--synthetic-cloze", "8", "--cloze-unanswerable", "0.3", *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "qa: cloze_unanswerable:" in err and "1.1" in err and len(err.strip().splitlines()) == 1
+    assert main(["qa", "train", "--synthetic-cloze", "8", "--cloze-epochs", "-1", *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "qa: cloze_epochs:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -14,6 +14,8 @@ import re
 import string
 from collections.abc import Mapping
 
+import numpy as np
+
 __all__ = ["normalize_answer", "exact_match", "f1_score", "squad_scores", "best_null_threshold"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -136,9 +138,15 @@ def reader_diagnostics(
     null margin marks an answerable question (ties count half; 0.5 is chance)."""
     has = [q for q in golds if [a for a in golds[q] if normalize_answer(a)]]
     out = {"forced_HasAns_f1": squad_scores(predictions, {q: golds[q] for q in has}).get("HasAns_f1", 0.0)}
-    pos = [-null_margin[q] for q in has]
-    neg = [-null_margin[q] for q in golds if q not in set(has)]
-    if pos and neg:
-        wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-        out["answerability_auc"] = float(wins / (len(pos) * len(neg)))
+    answerable = set(has)
+    pos = np.array([-null_margin[q] for q in has])
+    neg = np.array([-null_margin[q] for q in golds if q not in answerable])
+    if len(pos) and len(neg):
+        out["answerability_auc"] = mann_whitney_auc(pos, neg)
     return out
+
+
+def mann_whitney_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counting half: the ROC AUC."""
+    pos, neg = np.asarray(pos, dtype=float)[:, None], np.asarray(neg, dtype=float)[None]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))

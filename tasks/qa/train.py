@@ -82,7 +82,8 @@ class QATrainConfig:
     eda_synonyms: bool | None = None
     # synthetic cloze questions (tasks.qa.cloze) made from the training paragraphs only (0 = none)
     synthetic_cloze: int = 0
-    cloze_unanswerable: float = 0.3  # fraction of them paired with a paragraph lacking their sentence
+    # fraction of them paired with a paragraph lacking their sentence; None: 0.3 on SQuAD v2.0, 0 on v1.1
+    cloze_unanswerable: float | None = None
     cloze_epochs: int = (
         1  # epochs on them before the real questions (a first stage); 0: mixed into every epoch
     )
@@ -354,7 +355,7 @@ def _fit_reader(
         fit_ex = augment_examples(train_ex, cfg.eda_copies, cfg.eda_alpha, cfg.seed, synonyms)
     elif cfg.eda_synonyms:
         raise ConfigError("qa: eda_synonyms: synonym replacement is an EDA operation; set eda_copies > 0")
-    cloze = cloze_examples(train_ex, cfg.synthetic_cloze, cfg.seed, cfg.cloze_unanswerable)
+    cloze = cloze_examples(train_ex, cfg.synthetic_cloze, cfg.seed, cfg.cloze_unanswerable or 0.0)
     if cfg.cloze_epochs < 0:
         raise ConfigError(f"qa: cloze_epochs: expected a number of epochs >= 0, got {cfg.cloze_epochs}")
     stages = (
@@ -486,6 +487,13 @@ def train_qa(
         raise ConfigError(
             "qa: verifier: it decides answer vs no answer; SQuAD v2.0 data only, without a fixed "
             "null_threshold"
+        )
+    if cfg.cloze_unanswerable is None:
+        cfg.cloze_unanswerable = 0.3 if version == "v2.0" else 0.0
+    elif cfg.cloze_unanswerable > 0 and version != "v2.0":
+        raise ConfigError(
+            f"qa: cloze_unanswerable: {cfg.data} is SQuAD {version}, which has no unanswerable questions; "
+            "set it to 0"
         )
     val_ex: list[SquadExample] = []
     if (
