@@ -9,7 +9,9 @@ variants upcycle with ``unit_weight`` (top-1, value 1, router gradient kept) and
 as the dense model. Every variant shares the reader options: ``--span-head``, ``--sentence-prior``,
 ``--independent-span`` and ``--head-lr``, and the decision options ``--verifier`` (Read + Verify's answer verifier;
 the F1 at the tuned null threshold of the same reader is printed beside it), ``--oof-folds`` and
-``--val-fraction`` (see ``circuitml qa train --help``).
+``--val-fraction`` (see ``circuitml qa train --help``), and ``--synthetic-cloze N`` (a first stage on N cloze
+questions from the training paragraphs, ``tasks.qa.cloze``). Each run also prints the reader's forced-answer HasAns
+F1 and answerability AUC on the validation and held-out questions.
 
     nice -n 5 python bench/bench_qa_minilm.py --seeds 0 1 2 --out qa_minilm.json
 """
