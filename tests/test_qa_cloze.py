@@ -55,6 +55,9 @@ def test_cloze_answers_are_exact_substrings_at_their_offsets() -> None:
         assert e.context[answer.start : answer.start + len(answer.text)] == answer.text
         assert answer.text in c.sentence and answer.text != c.sentence
         assert e.question.endswith("?") and e.question.split()[0] in {"What", "Who", "When", "How"}
+    # dropout and the local shuffle make the question no copy of its sentence (rarely, a short one still is)
+    copies = [c for c in questions if " ".join(c.example.question[:-1].split()[1:]) in c.source]
+    assert len(copies) <= len(questions) // 10
 
 
 @settings(max_examples=60, deadline=None)
