@@ -9,7 +9,9 @@ variants upcycle with ``unit_weight`` (top-1, value 1, router gradient kept) and
 as the dense model. Every variant shares the reader options: ``--span-head``, ``--sentence-prior``,
 ``--independent-span`` and ``--head-lr``, and the decision options ``--verifier`` (Read + Verify's answer verifier;
 the F1 at the tuned null threshold of the same reader is printed beside it), ``--oof-folds`` and
-``--val-fraction`` (see ``circuitml qa train --help``).
+``--val-fraction`` (see ``circuitml qa train --help``), and ``--synthetic-cloze N`` (a first stage on N cloze
+questions from the training paragraphs, ``tasks.qa.cloze``). Each run also prints the reader's forced-answer HasAns
+F1 and answerability AUC on the validation and held-out questions.
 
     nice -n 5 python bench/bench_qa_minilm.py --seeds 0 1 2 --out qa_minilm.json
 """
@@ -72,6 +74,11 @@ def main() -> None:
     ap.add_argument("--oof-folds", type=int, default=0, help="fit the decision out-of-fold (K readers)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument(
+        "--synthetic-cloze", type=int, default=0, help="synthetic cloze questions (tasks.qa.cloze)"
+    )
+    ap.add_argument("--cloze-unanswerable", type=float, default=None, help="default: 0.3 on v2.0, 0 on v1.1")
+    ap.add_argument("--cloze-epochs", type=int, default=1, help="first-stage epochs on them (0: mixed in)")
+    ap.add_argument(
         "--split-seed",
         type=int,
         default=0,
@@ -127,6 +134,9 @@ def main() -> None:
                 verifier=args.verifier,
                 oof_folds=args.oof_folds,
                 val_fraction=args.val_fraction,
+                synthetic_cloze=args.synthetic_cloze,
+                cloze_unanswerable=args.cloze_unanswerable,
+                cloze_epochs=args.cloze_epochs,
                 threads=1,
                 model=model,
             )
@@ -140,11 +150,18 @@ def main() -> None:
                 f"{key}: EM {ev['exact']:.1f} F1 {ev['f1']:.1f} HasAns F1 {ev.get('HasAns_f1', 0):.1f} "
                 f"NoAns {ev.get('NoAns_exact', 0):.1f} | no-answer F1 {base['f1']:.1f} | "
                 f"threshold {m['null_threshold']:.2f} ({_alternative(m)}) | "
-                f"{m['steps']} steps, {m['cpu_seconds']:.0f} cpu-s",
+                f"{m['steps']} steps, {m['cpu_seconds']:.0f} cpu-s | reader: val {_reader(m.get('val_reader'))}, "
+                f"test {_reader(m.get('eval_reader'))}",
                 flush=True,
             )
             atomic_write(args.out, json.dumps(results, indent=2))
     summarize(results)
+
+
+def _reader(d: dict | None) -> str:
+    if not d:
+        return "-"
+    return f"forced HasAns F1 {d['forced_HasAns_f1']:.1f} AUC {d.get('answerability_auc', float('nan')):.3f}"
 
 
 def _alternative(m: dict) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from circuitml.datasets.squad import read_squad
 from circuitml.tasks.qa import train as qa_train
-from circuitml.tasks.qa.metrics import best_null_threshold, squad_scores
+from circuitml.tasks.qa.metrics import best_null_threshold, mann_whitney_auc, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig
 from circuitml.tasks.qa.verifier import FEATURES, AnswerVerifier
 
@@ -48,11 +48,7 @@ SUBSETS = {
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUC (ties count half)."""
-    pos, neg = score[y], score[~y]
-    return float(
-        ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
-    )
+    return mann_whitney_auc(score[y], score[~y])
 
 
 def _only(x: torch.Tensor, cols: list[int]) -> torch.Tensor:

@@ -84,6 +84,18 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             help="EDA synonym replacement, synonyms from the pretrained model's word embeddings "
             "(default: on with --init-from).",
         ),
+        synthetic_cloze: int = typer.Option(
+            0,
+            help="Synthetic cloze questions made from the training paragraphs (Lewis et al., ACL 2019); 0: none.",
+        ),
+        cloze_unanswerable: Optional[float] = typer.Option(
+            None,
+            help="Fraction of the cloze questions paired with a paragraph lacking their sentence "
+            "(default: 0.3 on SQuAD v2.0, 0 on v1.1).",
+        ),
+        cloze_epochs: int = typer.Option(
+            1, help="Epochs on the cloze questions before the real ones; 0: mixed into every epoch."
+        ),
         freeze_bottom: int = typer.Option(0, help="Upcycled models: freeze embeddings + first N layers."),
         span_head: str = typer.Option(
             "linear",
@@ -147,6 +159,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             oof_folds=oof_folds,
             eda_copies=eda_copies,
             eda_synonyms=eda_synonyms,
+            synthetic_cloze=synthetic_cloze,
+            cloze_unanswerable=cloze_unanswerable,
+            cloze_epochs=cloze_epochs,
             freeze_bottom=freeze_bottom,
             model=model,
         )
@@ -175,6 +190,14 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 f"{'verifier' if verifier else 'null'} threshold {metrics['null_threshold']:.3f} "
                 f"(tuned on {held} {where} questions from training contexts)"
             )
+        if "eval_reader" in metrics:
+            r = metrics["eval_reader"]
+            auc = f", answerability AUC {r['answerability_auc']:.3f}" if "answerability_auc" in r else ""
+            console.print(
+                f"reader before the decision: forced-answer HasAns F1 {r['forced_HasAns_f1']:.1f}{auc}"
+            )
+        if metrics.get("synthetic_questions"):
+            console.print(f"trained on {metrics['synthetic_questions']} synthetic cloze questions too")
         console.print(f"model written to {out} ({metrics['steps']} steps, {metrics['wall_seconds']:.0f} s)")
 
     @qa_app.command("eval")

@@ -14,6 +14,8 @@ import re
 import string
 from collections.abc import Mapping
 
+import numpy as np
+
 __all__ = ["normalize_answer", "exact_match", "f1_score", "squad_scores", "best_null_threshold"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -126,3 +128,25 @@ def best_null_threshold(
     else:
         threshold = (margins[best - 1] + margins[best]) / 2
     return float(threshold), float(score)
+
+
+def reader_diagnostics(
+    predictions: Mapping[str, str], null_margin: Mapping[str, float], golds: Mapping[str, list[str]]
+) -> dict[str, float]:
+    """What a reader is worth before any answer decision: ``forced_HasAns_f1``, the F1 of its best span on the
+    answerable questions (always answering), and ``answerability_auc``, the Mann-Whitney AUC with which a smaller
+    null margin marks an answerable question (ties count half; 0.5 is chance)."""
+    has = [q for q in golds if [a for a in golds[q] if normalize_answer(a)]]
+    out = {"forced_HasAns_f1": squad_scores(predictions, {q: golds[q] for q in has}).get("HasAns_f1", 0.0)}
+    answerable = set(has)
+    pos = np.array([-null_margin[q] for q in has])
+    neg = np.array([-null_margin[q] for q in golds if q not in answerable])
+    if len(pos) and len(neg):
+        out["answerability_auc"] = mann_whitney_auc(pos, neg)
+    return out
+
+
+def mann_whitney_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counting half: the ROC AUC."""
+    pos, neg = np.asarray(pos, dtype=float)[:, None], np.asarray(neg, dtype=float)[None]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))

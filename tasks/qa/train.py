@@ -26,6 +26,7 @@ from circuitml.datasets.squad import SquadExample, read_squad
 from circuitml.moe.schedule import step_routers
 from circuitml.tasks.common import configure_runtime
 from circuitml.tasks.qa.augment import SynonymTable, augment_examples
+from circuitml.tasks.qa.cloze import cloze_examples
 from circuitml.tasks.qa.data import (
     QAFeatures,
     SpanPredictions,
@@ -37,7 +38,7 @@ from circuitml.tasks.qa.data import (
     spans_of,
     train_tokenizer,
 )
-from circuitml.tasks.qa.metrics import best_null_threshold, squad_scores
+from circuitml.tasks.qa.metrics import best_null_threshold, reader_diagnostics, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
 from circuitml.tasks.qa.sentence_prior import SentenceEncoder, sentence_prior
 from circuitml.tasks.qa.verifier import AnswerVerifier, verifier_features
@@ -79,6 +80,13 @@ class QATrainConfig:
     eda_alpha: float = 0.1  # fraction of words each EDA operation changes
     # EDA's synonym replacement, synonyms from the pretrained model's word embeddings; None: when init_from is set
     eda_synonyms: bool | None = None
+    # synthetic cloze questions (tasks.qa.cloze) made from the training paragraphs only (0 = none)
+    synthetic_cloze: int = 0
+    # fraction of them paired with a paragraph lacking their sentence; None: 0.3 on SQuAD v2.0, 0 on v1.1
+    cloze_unanswerable: float | None = None
+    cloze_epochs: int = (
+        1  # epochs on them before the real questions (a first stage); 0: mixed into every epoch
+    )
     seed: int = 0
     split_seed: int | None = None  # seed of the held-out contexts (None: ``seed``); fix it to compare seeds
     # SQuAD v2.0: contexts carved from the training split to tune the null threshold on (0: keep null_threshold)
@@ -347,14 +355,46 @@ def _fit_reader(
         fit_ex = augment_examples(train_ex, cfg.eda_copies, cfg.eda_alpha, cfg.seed, synonyms)
     elif cfg.eda_synonyms:
         raise ConfigError("qa: eda_synonyms: synonym replacement is an EDA operation; set eda_copies > 0")
-    feats = _features(model, tokenizer, fit_ex, cfg)
+    cloze = cloze_examples(train_ex, cfg.synthetic_cloze, cfg.seed, cfg.cloze_unanswerable or 0.0)
+    if cfg.cloze_epochs < 0:
+        raise ConfigError(f"qa: cloze_epochs: expected a number of epochs >= 0, got {cfg.cloze_epochs}")
+    stages = (
+        [(fit_ex + cloze, cfg.epochs)]
+        if not cfg.cloze_epochs
+        else [(cloze, cfg.cloze_epochs), (fit_ex, cfg.epochs)]
+    )
+    stages = [(_features(model, tokenizer, ex, cfg), epochs) for ex, epochs in stages if ex]
     if cfg.freeze_bottom:
         _freeze_bottom(model, cfg.freeze_bottom)
     model.to(dev)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    for feats, epochs in stages:  # a first stage on synthetic questions gets its own warmup and decay
+        losses, steps_per_epoch = _train_stage(model, feats, cfg, epochs, gen, dev, on_step)
+        step += len(losses)
+    stats = {
+        "train_questions_augmented": len(fit_ex),
+        "synthetic_questions": len(cloze),
+        "loss_first_epoch": float(np.mean(losses[:steps_per_epoch])),
+        "loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])),
+        "steps": step,
+    }
+    return model, stats
 
-    # optimizer: AdamW, linear warmup then cosine decay
+
+def _train_stage(
+    model,
+    feats: QAFeatures,
+    cfg: QATrainConfig,
+    epochs: int,
+    gen: torch.Generator,
+    dev: torch.device,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[list[float], int]:
+    """``epochs`` over the windows of ``feats`` with AdamW, linear warmup then cosine decay; returns the span
+    losses per step and the steps per epoch."""
     steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
-    total = max(1, steps_per_epoch * cfg.epochs)
+    total = max(1, steps_per_epoch * epochs)
     warmup = max(1, int(cfg.warmup_fraction * total))
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -365,13 +405,9 @@ def _fit_reader(
             else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
         ),
     )
-
-    # loop
-    gen = torch.Generator().manual_seed(cfg.seed)
     lengths = feats.attention_mask.sum(dim=1)
     losses: list[float] = []
-    step = 0
-    for _epoch in range(cfg.epochs):
+    for _epoch in range(epochs):
         model.train()
         for idx in _length_grouped_batches(lengths, cfg.batch_size, gen):
             o = _run(model, feats, idx)
@@ -392,16 +428,9 @@ def _fit_reader(
             sched.step()
             step_routers(model)  # router anneals count optimizer steps
             losses.append(loss.item())
-            step += 1
             if on_step is not None:
-                on_step(step, total, losses[-1])
-    stats = {
-        "train_questions_augmented": len(fit_ex),
-        "loss_first_epoch": float(np.mean(losses[:steps_per_epoch])),
-        "loss_last_epoch": float(np.mean(losses[-steps_per_epoch:])),
-        "steps": step,
-    }
-    return model, stats
+                on_step(len(losses), total, losses[-1])
+    return losses, steps_per_epoch
 
 
 def _out_of_fold(
@@ -459,6 +488,13 @@ def train_qa(
             "qa: verifier: it decides answer vs no answer; SQuAD v2.0 data only, without a fixed "
             "null_threshold"
         )
+    if cfg.cloze_unanswerable is None:
+        cfg.cloze_unanswerable = 0.3 if version == "v2.0" else 0.0
+    elif cfg.cloze_unanswerable > 0 and version != "v2.0":
+        raise ConfigError(
+            f"qa: cloze_unanswerable: {cfg.data} is SQuAD {version}, which has no unanswerable questions; "
+            "set it to 0"
+        )
     val_ex: list[SquadExample] = []
     if (
         tuned and cfg.val_fraction > 0 and not cfg.oof_folds
@@ -498,6 +534,7 @@ def train_qa(
         "version": version,
         "train_questions": len(train_ex),
         "train_questions_augmented": stats["train_questions_augmented"],
+        "synthetic_questions": stats["synthetic_questions"],
         "val_questions": len(val_ex),
         "oof_questions": len(held[2]) if held else 0,
         "eval_questions": len(eval_ex),
@@ -509,9 +546,9 @@ def train_qa(
         spans, x, questions = held
         golds = _golds(questions)
         margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
-        plain_threshold, metrics["val_f1"] = best_null_threshold(
-            dict(zip(spans.ids, spans.texts, strict=True)), margins, golds
-        )
+        texts = dict(zip(spans.ids, spans.texts, strict=True))
+        plain_threshold, metrics["val_f1"] = best_null_threshold(texts, margins, golds)
+        metrics["val_reader"] = reader_diagnostics(texts, margins, golds)
         cfg.null_threshold = plain_threshold
         if cfg.verifier:
             verifier = AnswerVerifier.fit(x, spans, golds)
@@ -528,6 +565,12 @@ def train_qa(
         else:
             spans = predict_examples(model, tokenizer, eval_ex, cfg)  # once: both thresholds score the spans
         metrics["eval"] = _scores(spans, eval_ex, cfg, version)
+        read = reader_spans if cfg.verifier else spans
+        metrics["eval_reader"] = reader_diagnostics(
+            dict(zip(read.ids, read.texts, strict=True)),
+            dict(zip(read.ids, read.null_margin.tolist(), strict=True)),
+            _golds(eval_ex),
+        )
         if version == "v2.0" and cfg.null_threshold and not cfg.verifier:
             metrics["eval_threshold_0"] = _scores(spans, eval_ex, cfg, version, 0.0)
         no_answer = {e.id: "" for e in eval_ex}
