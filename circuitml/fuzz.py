@@ -327,7 +327,9 @@ def _members_to_zip(data: bytes) -> bytes:
     members: dict[str, bytes] = {}
     for chunk in data.split(b"\n--- ")[1:] if data.startswith(b"\n--- ") else data.split(b"\n--- "):
         head, _, body = chunk.partition(b"\n")
-        members[head.decode("utf-8", "replace")[:200] or "unnamed"] = body
+        # zipfile cuts a name at its first NUL (and fails on what is left empty): the archive stores the same
+        name = head.decode("utf-8", "replace")[:200].split("\0", 1)[0]
+        members[name or "unnamed"] = body
     return _zip(members)
 
 

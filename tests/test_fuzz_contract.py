@@ -73,3 +73,14 @@ def test_checkpoint_seed_bytes_do_not_depend_on_the_processs_rng(targets, tmp_pa
     again = {t.name: t.seeds for t in make_targets(tmp_path)}
     first = {t.name: t.seeds for t in targets}
     assert again["checkpoint"] == first["checkpoint"]
+
+
+def test_zip_members_from_mutated_names_always_make_an_archive() -> None:
+    # a mutated member name starting with NUL made zipfile raise IndexError inside the harness (seed 14)
+    import io
+    import zipfile
+
+    from circuitml.fuzz import _members_to_zip
+
+    data = _members_to_zip(b"\n--- \x00stats.csv\nx\n--- a.bench\nINPUT(a)\n")
+    assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["unnamed", "a.bench"]
