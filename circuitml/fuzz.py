@@ -469,20 +469,24 @@ def make_targets(workdir: Path) -> list[Target]:
 
     # --- checkpoint (JSON state mutated, tensors kept), read the way `pretrain --resume` reads it
     ck_dir = workdir / "run" / "checkpoints"
-    model = torch.nn.Linear(2, 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.ones(1, 2)).sum().backward()
-    opt.step()
     from circuitml.pretrain.checkpoint import optimizer_state_to_tensors
 
-    opt_tensors, opt_meta = optimizer_state_to_tensors(opt)
+    default_dtype = torch.get_default_dtype()
     with _saved_rng():
-        # seeded: the RNG states are otherwise whatever the process holds, and the seed bytes (so every
-        # mutation of them) would change from run to run
+        # Seeded and typed: the seed bytes (so every mutation of them) must not depend on the RNG states or the
+        # default dtype (AdamW's step counter takes it) the process happens to hold when the targets are built.
+        torch.set_default_dtype(torch.float32)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 2, dtype=torch.float32)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model(torch.ones(1, 2, dtype=torch.float32)).sum().backward()
+        opt.step()
+        opt_tensors, opt_meta = optimizer_state_to_tensors(opt)
         random.seed(0)
         np.random.seed(0)
         torch.manual_seed(0)
         rng_tensors, rng_meta = capture_rng_state()
+    torch.set_default_dtype(default_dtype)
     state = {"step": 1, "config": config_to_dict(load_config()), "rng": rng_meta, "optimizer": opt_meta}
     ck_json = save_checkpoint(ck_dir, 1, {**opt_tensors, **rng_tensors}, state)
     ck_seed = ck_json.read_bytes()
