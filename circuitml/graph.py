@@ -470,12 +470,19 @@ def level_schedule(data: Data) -> LevelSchedule:
         ei, lv, rl, sched = cached
         if ei is edge_index and lv is level and rl is rev_level:
             return sched
+    sched = _schedule(edge_index, level, rev_level)
+    if store is not None:
+        store.__dict__[_CACHE_ATTR] = (edge_index, level, rev_level, sched)
+    return sched
+
+
+def _schedule(edge_index: Tensor, level: Tensor, rev_level: Tensor) -> LevelSchedule:
     if kernels.HAVE_NUMBA and edge_index.device.type == "cpu":
         # Counting sorts (O(N + E), the same permutations as the stable sorts below) in one compiled call; on
         # small files the Python around it is what costs, so it stays in numpy until the end.
         ei = edge_index.numpy()
         num_levels, fwd, rev = kernels.schedule_arrays(level.numpy(), rev_level.numpy(), ei[0], ei[1])
-        sched = LevelSchedule(
+        return LevelSchedule(
             num_levels,
             *map(torch.from_numpy, fwd),
             *map(torch.from_numpy, rev),
@@ -484,16 +491,13 @@ def level_schedule(data: Data) -> LevelSchedule:
             rev_node_bounds=tuple(rev[1].tolist()),
             rev_edge_bounds=tuple(rev[3].tolist()),
         )
-        if store is not None:
-            store.__dict__[_CACHE_ATTR] = (edge_index, level, rev_level, sched)
-        return sched
     src, dst = edge_index[0], edge_index[1]
     num_levels = int(level.max()) + 1 if level.numel() else 0
     node_perm, node_ptr = _group(level, num_levels)
     rev_node_perm, rev_node_ptr = _group(rev_level, num_levels)
     edge_perm, edge_ptr = _group(level[dst], num_levels, tie=dst)
     rev_edge_perm, rev_edge_ptr = _group(rev_level[src], num_levels, tie=src)
-    sched = LevelSchedule(
+    return LevelSchedule(
         num_levels=num_levels,
         node_perm=node_perm,
         node_ptr=node_ptr,
@@ -508,9 +512,6 @@ def level_schedule(data: Data) -> LevelSchedule:
         rev_node_bounds=tuple(rev_node_ptr.tolist()),
         rev_edge_bounds=tuple(rev_edge_ptr.tolist()),
     )
-    if store is not None:
-        store.__dict__[_CACHE_ATTR] = (edge_index, level, rev_level, sched)
-    return sched
 
 
 def to_dgl(data: Data):
