@@ -84,9 +84,8 @@ class QATrainConfig:
     synthetic_cloze: int = 0
     # fraction of them paired with a paragraph lacking their sentence; None: 0.3 on SQuAD v2.0, 0 on v1.1
     cloze_unanswerable: float | None = None
-    cloze_epochs: int = (
-        1  # epochs on them before the real questions (a first stage); 0: mixed into every epoch
-    )
+    # epochs on them before the real questions (a first stage); 0: mixed into every epoch
+    cloze_epochs: int = 1
     seed: int = 0
     split_seed: int | None = None  # seed of the held-out contexts (None: ``seed``); fix it to compare seeds
     # SQuAD v2.0: contexts carved from the training split to tune the null threshold on (0: keep null_threshold)
@@ -496,9 +495,8 @@ def train_qa(
             "set it to 0"
         )
     val_ex: list[SquadExample] = []
-    if (
-        tuned and cfg.val_fraction > 0 and not cfg.oof_folds
-    ):  # out-of-fold questions replace the validation split
+    # out-of-fold questions replace the validation split
+    if tuned and cfg.val_fraction > 0 and not cfg.oof_folds:
         if not 0 < cfg.val_fraction < 1:
             raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
         train_ex, val_ex = split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
