@@ -112,7 +112,10 @@ def read_reference_scripts(path: str | os.PathLike) -> np.ndarray:
                 m = re.search(r"abc(\d+)\.script$", info.filename)
                 if not m:
                     continue
-                where = f"{path}: {info.filename[:80]}"
+                # a member name is the archive's bytes, not ours: newlines and control characters are escaped so
+                # the error stays one line
+                name = info.filename[:80]
+                where = f"{path}: {name if name.isprintable() else ascii(name)}"
                 if info.file_size > MAX_SCRIPT_BYTES:
                     raise DatasetError(
                         f"{where}: expected a script of at most {MAX_SCRIPT_BYTES} bytes, got {info.file_size}"

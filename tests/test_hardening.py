@@ -267,6 +267,12 @@ def test_openabc_bounds(tmp_path) -> None:
         zf.writestr("referenceScripts/abc99999999999.script", b"write_bench a\nrewrite\nwrite_bench b\n")
     with pytest.raises(DatasetError, match="synthesis id"):
         read_reference_scripts(tmp_path / "t.zip")
+    # a member name with a newline (fuzz seed 15) must not break the error onto two lines
+    with zipfile.ZipFile(tmp_path / "u.zip", "w") as zf:
+        zf.writestr("odd\nname/abc1.script", b"write_bench a\nrewrite\n")
+    with pytest.raises(DatasetError) as err:
+        read_reference_scripts(tmp_path / "u.zip")
+    assert "\n" not in str(err.value) and "odd\\nname/abc1.script" in str(err.value)
 
 
 def test_json_bounds() -> None:
