@@ -16,6 +16,7 @@ __all__ = [
     "load_json",
     "read_bytes",
     "read_json",
+    "safetensors_bytes",
     "JSON_MAX_DEPTH",
     "JSON_MAX_INT_DIGITS",
 ]
@@ -61,6 +62,26 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """``safetensors.torch.save(tensors, metadata)`` with the header's ``__metadata__`` keys in sorted order.
+
+    safetensors keeps the metadata in a Rust ``HashMap`` with per-map random hashing, so with two or more keys the
+    same tensors came out as different bytes from call to call (a checkpoint's recorded sha256 changed between
+    two identical saves, seen in CI). The data section is unchanged and its offsets are relative to its start, so
+    re-serialising only the header keeps the file valid.
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8-byte alignment with spaces
+    return len(text).to_bytes(8, "little") + text + raw[8 + size :]
 
 
 def check_format(

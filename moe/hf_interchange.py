@@ -29,11 +29,10 @@ from circuitml.moe.experts.ffn import FFNExperts
 from circuitml.moe.experts.shared import SharedExpert
 from circuitml.moe.registry import build_router
 from safetensors import safe_open
-from safetensors.torch import save
 from torch import Tensor
 
 from circuitml.errors import CheckpointError
-from circuitml.fileio import atomic_write
+from circuitml.fileio import atomic_write, safetensors_bytes
 
 
 @dataclass(frozen=True)
@@ -235,6 +234,6 @@ def export_hf_moe_blocks(blocks: dict[int, MoEBlock], source: str | Path, target
                     f"{source}: {key}: shape {tuple(tensors[key].shape)} expected, block has {tuple(value.shape)}"
                 )
             tensors[key] = value.detach().to(tensors[key].dtype).contiguous()
-    atomic_write(target / "model.safetensors", save(tensors, metadata=metadata))
+    atomic_write(target / "model.safetensors", safetensors_bytes(tensors, metadata))
     atomic_write(target / "config.json", json.dumps(cfg, indent=2))
     return target

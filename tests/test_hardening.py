@@ -296,3 +296,34 @@ def test_a_pickled_language_model_is_refused_in_one_line(tmp_path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle
     with pytest.raises(ConfigError, match="only safetensors weights are accepted, found pytorch_model.bin"):
         load_lm(tmp_path)
+
+
+def test_safetensors_bytes_are_stable_with_several_metadata_keys(tmp_path) -> None:
+    # safetensors orders metadata by a randomly seeded HashMap: two identical saves gave two files (CI failure)
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    from circuitml.fileio import safetensors_bytes
+    from circuitml.pretrain.checkpoint import save_checkpoint
+
+    tensors = {
+        "w": torch.arange(6.0).reshape(2, 3),
+        "b": torch.tensor([1, 2]),
+        "h": torch.ones(3, dtype=torch.bfloat16),
+    }
+    meta = {"step": "1", "format": "x", "note": 'é\n"', "z": "q"}
+    outs = {safetensors_bytes(tensors, meta) for _ in range(24)}
+    assert len(outs) == 1
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(outs.pop())
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == meta
+        for k, v in tensors.items():
+            assert torch.equal(f.get_tensor(k), v)
+    shas = set()
+    for i in range(8):
+        record = save_checkpoint(tmp_path / f"run{i}", 1, tensors, {"step": 1})
+        shas.add(json.loads(record.read_text())["sha256"])
+    assert len(shas) == 1

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from circuitml.errors import CheckpointError
-from circuitml.fileio import atomic_write, check_format, read_json
+from circuitml.fileio import atomic_write, check_format, read_json, safetensors_bytes
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -61,16 +59,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # byte-stable, so the sha256 the JSON records is the same for the same state
+    atomic_write(path, safetensors_bytes(tensors, metadata))
 
 
 def _sha256(path: Path) -> str:

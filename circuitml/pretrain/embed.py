@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from circuitml.errors import ConfigError
+from circuitml.fileio import atomic_write, safetensors_bytes
 
 __all__ = ["embed_files"]
 
@@ -93,12 +91,5 @@ def embed_files(
         "dtype": dtype,
         "index": json.dumps(index),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, safetensors_bytes(tensors, meta))
     return {k: str(v["path"]) for k, v in index.items()}

@@ -13,17 +13,15 @@ Two kinds:
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from circuitml.errors import ConfigError
-from circuitml.fileio import read_json
+from circuitml.fileio import atomic_write, read_json, safetensors_bytes
 
 __all__ = ["BuiltinVerilogEncoder", "HFVerilogFeatures", "source_sha256"]
 
@@ -169,14 +167,7 @@ class HFVerilogFeatures:
                 pass  # a damaged cache entry is recomputed and overwritten below
         hidden = self._compute(source)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.cache_dir)
-        os.close(fd)
-        try:
-            save_file({"hidden": hidden}, tmp, metadata={"model": str(self.path), "sha256": key})
-            os.replace(tmp, entry)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(entry, safetensors_bytes({"hidden": hidden}, {"model": str(self.path), "sha256": key}))
         return hidden
 
     def cached(self, source: str) -> bool:

@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 from circuitml.moe.block import MoEBlock
 from circuitml.moe.experts.ffn import FFNExperts
-from safetensors.torch import save
 from torch import Tensor, nn
 
 from circuitml.errors import CheckpointError, ConfigError
-from circuitml.fileio import atomic_write
+from circuitml.fileio import atomic_write, safetensors_bytes
 
 SECTION_KEYS = ("gate_up_proj", "down_proj", "gate_up_bias", "down_bias")
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -46,7 +45,7 @@ def save_sections(blocks: list[MoEBlock], path: str | Path) -> None:
             if t is not None:
                 tensors[f"layer{i}.{key}"] = t.detach().cpu().contiguous()
     atomic_write(
-        path, save(tensors, metadata={"format": "circuitml-ring-sections", "layers": str(len(blocks))})
+        path, safetensors_bytes(tensors, {"format": "circuitml-ring-sections", "layers": str(len(blocks))})
     )
 
 
