@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--oof-folds", type=int, default=0, help="fit the decision out-of-fold (K readers)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument(
+        "--ensemble", type=int, default=1, help="readers averaged per run (seeds seed, seed+1, ...; K passes)"
+    )
+    ap.add_argument(
         "--synthetic-cloze", type=int, default=0, help="synthetic cloze questions (tasks.qa.cloze)"
     )
     ap.add_argument("--cloze-unanswerable", type=float, default=None, help="default: 0.3 on v2.0, 0 on v1.1")
@@ -133,6 +136,7 @@ def main() -> None:
                 freeze_bottom=args.freeze_bottom,
                 verifier=args.verifier,
                 oof_folds=args.oof_folds,
+                ensemble=args.ensemble,
                 val_fraction=args.val_fraction,
                 synthetic_cloze=args.synthetic_cloze,
                 cloze_unanswerable=args.cloze_unanswerable,
@@ -154,6 +158,14 @@ def main() -> None:
                 f"test {_reader(m.get('eval_reader'))}",
                 flush=True,
             )
+            for k, member in enumerate(m.get("members", [])):
+                me = member["eval"]
+                print(
+                    f"  member {k} (seed {seed + k}) alone: F1 {me['f1']:.1f} HasAns F1 {me.get('HasAns_f1', 0):.1f} "
+                    f"| val F1 {member.get('val_f1', float('nan')):.1f} | reader: val "
+                    f"{_reader(member.get('val_reader'))}, test {_reader(member.get('eval_reader'))}",
+                    flush=True,
+                )
             atomic_write(args.out, json.dumps(results, indent=2))
     summarize(results)
 

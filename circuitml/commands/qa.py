@@ -77,6 +77,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             help="SQuAD v2.0: fit the null threshold / verifier on out-of-fold predictions of K readers over "
             "the training contexts (K >= 2, K extra trainings) instead of on --val-fraction; 0: off.",
         ),
+        ensemble: int = typer.Option(
+            1,
+            help="Readers averaged (seeds seed, seed+1, ...): K trainings, K passes at inference; the decision "
+            "is fitted on the ensemble's logits.",
+        ),
         eda_copies: int = typer.Option(0, help="EDA-augmented copies of each training question."),
         eda_synonyms: Optional[bool] = typer.Option(
             None,
@@ -157,6 +162,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             null_threshold=null_threshold,
             verifier=verifier,
             oof_folds=oof_folds,
+            ensemble=ensemble,
             eda_copies=eda_copies,
             eda_synonyms=eda_synonyms,
             synthetic_cloze=synthetic_cloze,
@@ -196,6 +202,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             console.print(
                 f"reader before the decision: forced-answer HasAns F1 {r['forced_HasAns_f1']:.1f}{auc}"
             )
+        for k, member in enumerate(metrics.get("members", [])):
+            if "eval" in member:
+                console.print(
+                    f"ensemble member {k} (seed {seed + k}) alone: F1 {member['eval']['f1']:.2f} "
+                    f"(its own tuned threshold)"
+                )
         if metrics.get("synthetic_questions"):
             console.print(f"trained on {metrics['synthetic_questions']} synthetic cloze questions too")
         console.print(f"model written to {out} ({metrics['steps']} steps, {metrics['wall_seconds']:.0f} s)")

@@ -38,6 +38,7 @@ from circuitml.tasks.qa.data import (
     spans_of,
     train_tokenizer,
 )
+from circuitml.tasks.qa.ensemble import ReaderEnsemble, member_seeds
 from circuitml.tasks.qa.metrics import best_null_threshold, reader_diagnostics, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
 from circuitml.tasks.qa.sentence_prior import SentenceEncoder, sentence_prior
@@ -96,6 +97,8 @@ class QATrainConfig:
     # where the tuned threshold (and the verifier) are fitted: 0 on the validation contexts (val_fraction); K >= 2
     # on out-of-fold predictions over all training contexts (K extra readers, each trained without one fold)
     oof_folds: int = 0
+    # readers averaged (tasks.qa.ensemble): K trained with seeds seed, seed + 1, ...; inference costs K passes
+    ensemble: int = 1
     verifier_state: dict[str, Any] | None = None  # the fitted verifier (written by train_qa)
     threads: int | None = None
     device: str = "cpu"  # cpu, cuda[:N] or auto
@@ -169,21 +172,30 @@ def _features(model, tokenizer, examples, cfg: QATrainConfig) -> QAFeatures:
     return reader_features(model, tokenizer, examples, cfg.max_length, cfg.stride)
 
 
+def _window_logits(model, feats, idx) -> list[torch.Tensor]:
+    """Start and end logits of windows ``idx`` (trimmed), then the independent span head's when the model has
+    one; a :class:`ReaderEnsemble` gives its members' mean."""
+    if isinstance(model, ReaderEnsemble):
+        return ReaderEnsemble.mean([_window_logits(m, feats, idx) for m in model.members])
+    out = _run(model, feats, idx)
+    logits = [out.start_logits, out.end_logits]
+    independent = getattr(model, "qa_independent", None)
+    if independent is not None:
+        logits += list(independent(out.hidden).unbind(-1))
+    return logits
+
+
 def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
     """Start and end logits of every window, padded to the full width, and the independent span head's
     ``(start, end)`` when the model has one (else None)."""
     model.eval()
     full = feats.input_ids.shape[1]
-    independent = getattr(model, "qa_independent", None)
     cols: list[list[torch.Tensor]] = [[], [], [], []]
     with torch.no_grad():
         for lo in range(0, len(feats), batch_size):
-            out = _run(model, feats, slice(lo, lo + batch_size))
-            pad = (0, full - out.start_logits.shape[1])
-            neg = torch.finfo(out.start_logits.dtype).min
-            logits = [out.start_logits, out.end_logits]
-            if independent is not None:
-                logits += list(independent(out.hidden).unbind(-1))
+            logits = _window_logits(model, feats, slice(lo, lo + batch_size))
+            pad = (0, full - logits[0].shape[1])
+            neg = torch.finfo(logits[0].dtype).min
             for col, x in zip(cols, logits, strict=False):
                 col.append(torch.nn.functional.pad(x, pad, value=neg).cpu())
     start, end = torch.cat(cols[0]), torch.cat(cols[1])
@@ -482,6 +494,12 @@ def train_qa(
             "qa: oof_folds: out-of-fold fitting tunes the null threshold; SQuAD v2.0 data only, "
             "without a fixed null_threshold"
         )
+    member_seeds(cfg.seed, cfg.ensemble)  # validates the count
+    if cfg.ensemble > 1 and cfg.oof_folds:
+        raise ConfigError(
+            "qa: ensemble: out-of-fold fitting trains single readers, which would not match the ensemble the "
+            "decision is applied to; use val_fraction with an ensemble"
+        )
     if cfg.verifier and not tuned:
         raise ConfigError(
             "qa: verifier: it decides answer vs no answer; SQuAD v2.0 data only, without a fixed "
@@ -525,7 +543,11 @@ def train_qa(
     if cfg.oof_folds:
         held = _out_of_fold(cfg, model_cfg, tokenizer, train_ex, dev, split_seed)
 
-    model, stats = _fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step)
+    fitted = [
+        _fit_reader(dataclasses.replace(cfg, seed=s), model_cfg, tokenizer, train_ex, dev, on_step)
+        for s in member_seeds(cfg.seed, cfg.ensemble)
+    ]
+    model, stats = fitted[0] if cfg.ensemble == 1 else (ReaderEnsemble([m for m, _ in fitted]), fitted[0][1])
 
     # the answer decision: a threshold on the null margin, or the verifier, fitted on held-out questions
     metrics: dict[str, Any] = {
@@ -555,6 +577,10 @@ def train_qa(
             metrics["val_f1_plain_threshold"] = metrics["val_f1"]
             metrics["val_f1"] = verifier.fitted_f1
     metrics["null_threshold"] = cfg.null_threshold
+    if cfg.ensemble > 1:  # each member alone, its threshold tuned as the ensemble's is: the before/after
+        metrics["members"] = [
+            _member_metrics(m, tokenizer, cfg, version, val_ex, eval_ex) for m in model.members
+        ]
     if eval_ex:
         if cfg.verifier:
             reader_spans, x = predict_with_features(model, tokenizer, eval_ex, cfg)
@@ -583,6 +609,34 @@ def train_qa(
     return metrics
 
 
+def _reader_metrics(spans: SpanPredictions, examples: list[SquadExample]) -> dict[str, Any]:
+    golds = _golds(examples)
+    margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
+    return reader_diagnostics(dict(zip(spans.ids, spans.texts, strict=True)), margins, golds)
+
+
+def _member_metrics(member, tokenizer, cfg: QATrainConfig, version: str, val_ex, eval_ex) -> dict[str, Any]:
+    """One ensemble member on its own: its reader diagnostics, and its held-out scores at the null threshold
+    tuned on its own validation predictions (the decision a single reader of that seed would use)."""
+    single = dataclasses.replace(cfg, verifier_state=None)
+    out: dict[str, Any] = {}
+    threshold = None
+    if val_ex:
+        spans = predict_examples(member, tokenizer, val_ex, single)
+        golds = _golds(val_ex)
+        margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
+        threshold, out["val_f1"] = best_null_threshold(
+            dict(zip(spans.ids, spans.texts, strict=True)), margins, golds
+        )
+        out["val_reader"] = _reader_metrics(spans, val_ex)
+    if eval_ex:
+        spans = predict_examples(member, tokenizer, eval_ex, single)
+        out["eval"] = _scores(spans, eval_ex, single, version, threshold)
+        out["eval_reader"] = _reader_metrics(spans, eval_ex)
+    out["null_threshold"] = threshold
+    return out
+
+
 def save_qa_model(
     model, tokenizer, cfg: QATrainConfig, out: str | os.PathLike, metrics: dict[str, Any]
 ) -> None:
@@ -594,8 +648,9 @@ def save_qa_model(
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        if isinstance(model, UpcycledHFQA):
-            model.backbone.config.save_pretrained(str(tmp / "backbone"))
+        first = model.members[0] if isinstance(model, ReaderEnsemble) else model
+        if isinstance(first, UpcycledHFQA):
+            first.backbone.config.save_pretrained(str(tmp / "backbone"))
         config = {"format": FORMAT, "version": 1, "train": cfg.to_dict(), "metrics": metrics}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if out.exists():
@@ -618,14 +673,20 @@ def load_qa_model(path: str | os.PathLike):
     train = dict(raw["train"])
     model_cfg = SwitchQAConfig.from_dict(train.pop("model"))
     cfg = QATrainConfig(**train, model=model_cfg)
-    if (path / "backbone").is_dir():
-        from transformers import AutoConfig
+    members = []
+    for _ in range(cfg.ensemble):
+        if (path / "backbone").is_dir():
+            from transformers import AutoConfig
 
-        model = UpcycledHFQA(model_cfg, backbone_config=AutoConfig.from_pretrained(str(path / "backbone")))
-    else:
-        model = build_qa_model(model_cfg)
-    if cfg.freeze_bottom:
-        _freeze_bottom(model, cfg.freeze_bottom)
+            member = UpcycledHFQA(
+                model_cfg, backbone_config=AutoConfig.from_pretrained(str(path / "backbone"))
+            )
+        else:
+            member = build_qa_model(model_cfg)
+        if cfg.freeze_bottom:
+            _freeze_bottom(member, cfg.freeze_bottom)
+        members.append(member)
+    model = members[0] if cfg.ensemble == 1 else ReaderEnsemble(members)
     try:
         state = load_file(str(path / "model.safetensors"))
     except Exception as exc:  # safetensors raises several types on truncated or corrupted files
