@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--sentence-prior", action="store_true")
     ap.add_argument("--independent-span", type=float, default=0.0)
     ap.add_argument("--head-lr", type=float, default=None)
+    ap.add_argument("--layer-lr-decay", type=float, default=1.0, help="lr * decay^(L - l) per layer (1: off)")
     ap.add_argument("--verifier", action="store_true", help="Read+Verify's answer verifier decides")
     ap.add_argument("--oof-folds", type=int, default=0, help="fit the decision out-of-fold (K readers)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
@@ -128,6 +129,7 @@ def main() -> None:
                 stride=args.stride,
                 lr=args.lr,
                 head_lr=args.head_lr,
+                layer_lr_decay=args.layer_lr_decay,
                 batch_size=args.batch_size,
                 epochs=spec["epochs"],
                 eda_copies=spec.get("eda_copies", 0),

@@ -50,6 +50,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         head_lr: Optional[float] = typer.Option(
             None, help="Peak learning rate of the span head (default: --lr)."
         ),
+        layer_lr_decay: float = typer.Option(
+            1.0,
+            help="Upcycled models: layer l of L learns at lr * decay^(L - l), embeddings at l = 0 "
+            "(ULMFiT/ELECTRA); 1: off.",
+        ),
         max_length: int = typer.Option(256, help="Tokens per window."),
         stride: int = typer.Option(96, help="Overlap between windows of a long context."),
         d_model: int = typer.Option(128, help="Width of the scratch transformer."),
@@ -153,6 +158,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             batch_size=batch_size,
             lr=lr,
             head_lr=head_lr,
+            layer_lr_decay=layer_lr_decay,
             max_length=max_length,
             stride=stride,
             seed=seed,

@@ -39,6 +39,7 @@ from circuitml.tasks.qa.data import (
     train_tokenizer,
 )
 from circuitml.tasks.qa.ensemble import ReaderEnsemble, member_seeds
+from circuitml.tasks.qa.layer_decay import layer_lr_scales
 from circuitml.tasks.qa.metrics import best_null_threshold, reader_diagnostics, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
 from circuitml.tasks.qa.sentence_prior import SentenceEncoder, sentence_prior
@@ -74,6 +75,8 @@ class QATrainConfig:
     head_lr: float | None = None  # the span head's (qa_*) learning rate; None: lr
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
+    # upcycled checkpoints: layer l of L learns at lr * decay^(L - l), embeddings at l = 0 (1.0: off)
+    layer_lr_decay: float = 1.0
     freeze_bottom: int = (
         0  # upcycled checkpoints: freeze the embeddings and the first N layers (0: train all)
     )
@@ -250,22 +253,31 @@ def _independent_span_loss(model, out, feats: QAFeatures, idx, dev) -> torch.Ten
 def _param_groups(model, cfg: QATrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only; the span head (``qa_*``) at ``head_lr`` when set. Adam moves a
     weight by about its learning rate per step, so a head that starts at zero or random needs a larger one than
-    the pretrained body to move in a few hundred steps."""
+    the pretrained body to move in a few hundred steps. With ``layer_lr_decay`` < 1 the backbone's parameters
+    learn at ``lr`` scaled by their layer's factor (tasks.qa.layer_decay)."""
     head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr
     if head_lr <= 0:
         raise ConfigError(f"qa: head_lr: expected a positive learning rate, got {head_lr}")
-    groups: dict[tuple[bool, bool], list] = {}
+    scales: dict[int, float] = {}
+    if cfg.layer_lr_decay != 1.0:
+        if not isinstance(model, UpcycledHFQA):
+            raise ConfigError(
+                "qa: layer_lr_decay: only an upcycled checkpoint (init_from) has pretrained layers to decay"
+            )
+        scales = layer_lr_scales(model, cfg.layer_lr_decay)
+    groups: dict[tuple[bool, bool, float], list] = {}
     for n, p in model.named_parameters():
         if p.requires_grad:
-            key = (n.startswith("qa_"), p.ndim >= 2 and "norm" not in n.lower())
+            head = n.startswith("qa_")
+            key = (head, p.ndim >= 2 and "norm" not in n.lower(), 1.0 if head else scales.get(id(p), 1.0))
             groups.setdefault(key, []).append(p)
     return [
         {
             "params": params,
-            "lr": head_lr if head else cfg.lr,
+            "lr": head_lr if head else cfg.lr * scale,
             "weight_decay": cfg.weight_decay if decay else 0.0,
         }
-        for (head, decay), params in sorted(groups.items())
+        for (head, decay, scale), params in sorted(groups.items())
     ]
 
 
