@@ -90,6 +90,9 @@ def main() -> None:
     )
     ap.add_argument("--limit", type=int, default=0, help="use only the first N questions (smoke runs)")
     ap.add_argument("--out", type=Path, default=Path("qa_minilm.json"))
+    ap.add_argument(
+        "--keep-models", type=Path, default=None, help="save each run's model to DIR/<variant>/seed<N>"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -147,8 +150,11 @@ def main() -> None:
                 model=model,
             )
             t0 = time.process_time()
-            with tempfile.TemporaryDirectory() as out:
-                m = train_qa(cfg, Path(out) / "model")
+            if args.keep_models:  # kept for bench_qa_ensemble.py
+                m = train_qa(cfg, args.keep_models / key)
+            else:
+                with tempfile.TemporaryDirectory() as out:
+                    m = train_qa(cfg, Path(out) / "model")
             m["cpu_seconds"] = time.process_time() - t0
             results[key] = m
             ev, base = m["eval"], m["eval_baseline_no_answer"]

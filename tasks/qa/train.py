@@ -50,7 +50,14 @@ from circuitml.errors import CheckpointError, ConfigError
 from circuitml.fileio import read_json
 from circuitml.lm import SHIPPED_LMS, resolve_lm
 
-__all__ = ["QATrainConfig", "train_qa", "evaluate_qa", "load_qa_model", "split_by_context"]
+__all__ = [
+    "QATrainConfig",
+    "ensemble_qa",
+    "evaluate_qa",
+    "load_qa_model",
+    "split_by_context",
+    "train_qa",
+]
 
 FORMAT = "circuitml-qa"
 
@@ -482,6 +489,28 @@ def _out_of_fold(
     return SpanPredictions(ids, texts, torch.cat(margins)), torch.cat(xs), order
 
 
+def _data_split(cfg: QATrainConfig) -> tuple[list[SquadExample], list[SquadExample], str]:
+    """Training and held-out questions of ``cfg`` (the eval file, else held-out contexts) and the version."""
+    examples, version = read_squad(cfg.data)
+    if cfg.eval_data:
+        return examples, read_squad(cfg.eval_data)[0], version
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    return (*split_by_context(examples, cfg.eval_fraction, split_seed), version)
+
+
+def _validation_split(
+    cfg: QATrainConfig, train_ex: list[SquadExample], tuned: bool
+) -> tuple[list[SquadExample], list[SquadExample]]:
+    """The validation contexts the decision is tuned on, carved from the training ones (none with out-of-fold
+    fitting, whose questions replace them)."""
+    if not (tuned and cfg.val_fraction > 0 and not cfg.oof_folds):
+        return train_ex, []
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    return split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
+
+
 def train_qa(
     cfg: QATrainConfig, out: str | os.PathLike, on_step: Callable[[int, int, float], None] | None = None
 ) -> dict[str, Any]:
@@ -492,13 +521,7 @@ def train_qa(
     cfg.verifier_state = None  # fitted below, on this run's held-out questions
 
     # data
-    examples, version = read_squad(cfg.data)
-    if cfg.eval_data:
-        train_ex, eval_ex = examples, read_squad(cfg.eval_data)[0]
-    else:
-        train_ex, eval_ex = split_by_context(
-            examples, cfg.eval_fraction, cfg.seed if cfg.split_seed is None else cfg.split_seed
-        )
+    train_ex, eval_ex, version = _data_split(cfg)
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     tuned = version == "v2.0" and cfg.null_threshold is None
     if cfg.oof_folds and not tuned:
@@ -524,12 +547,7 @@ def train_qa(
             f"qa: cloze_unanswerable: {cfg.data} is SQuAD {version}, which has no unanswerable questions; "
             "set it to 0"
         )
-    val_ex: list[SquadExample] = []
-    # out-of-fold questions replace the validation split
-    if tuned and cfg.val_fraction > 0 and not cfg.oof_folds:
-        if not 0 < cfg.val_fraction < 1:
-            raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
-        train_ex, val_ex = split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
+    train_ex, val_ex = _validation_split(cfg, train_ex, tuned)
     if cfg.verifier and not val_ex and not cfg.oof_folds:
         raise ConfigError(
             "qa: verifier: it is fitted on held-out questions; set val_fraction > 0 or oof_folds >= 2"
@@ -571,6 +589,27 @@ def train_qa(
         "oof_questions": len(held[2]) if held else 0,
         "eval_questions": len(eval_ex),
     }
+    metrics.update(_decide_and_score(model, tokenizer, cfg, version, held, val_ex, eval_ex))
+    metrics["loss_first_epoch"] = stats["loss_first_epoch"]
+    metrics["loss_last_epoch"] = stats["loss_last_epoch"]
+    metrics["steps"] = stats["steps"]
+    metrics["wall_seconds"] = time.time() - t0
+    save_qa_model(model, tokenizer, cfg, out, metrics)
+    return metrics
+
+
+def _decide_and_score(
+    model,
+    tokenizer,
+    cfg: QATrainConfig,
+    version: str,
+    held: tuple[SpanPredictions, torch.Tensor, list[SquadExample]] | None,
+    val_ex: list[SquadExample],
+    eval_ex: list[SquadExample],
+) -> dict[str, Any]:
+    """Fit the answer decision (a threshold on the null margin, or the verifier) on the held-out questions
+    (``held``, else ``model``'s predictions on ``val_ex``) into ``cfg``, then score ``eval_ex``; the metrics."""
+    metrics: dict[str, Any] = {}
     if held is None and val_ex:
         held = (*predict_with_features(model, tokenizer, val_ex, cfg), val_ex)
     plain_threshold = None
@@ -601,21 +640,69 @@ def train_qa(
         else:
             spans = predict_examples(model, tokenizer, eval_ex, cfg)  # once: both thresholds score the spans
         metrics["eval"] = _scores(spans, eval_ex, cfg, version)
-        read = reader_spans if cfg.verifier else spans
-        metrics["eval_reader"] = reader_diagnostics(
-            dict(zip(read.ids, read.texts, strict=True)),
-            dict(zip(read.ids, read.null_margin.tolist(), strict=True)),
-            _golds(eval_ex),
-        )
+        metrics["eval_reader"] = _reader_metrics(reader_spans if cfg.verifier else spans, eval_ex)
         if version == "v2.0" and cfg.null_threshold and not cfg.verifier:
             metrics["eval_threshold_0"] = _scores(spans, eval_ex, cfg, version, 0.0)
-        no_answer = {e.id: "" for e in eval_ex}
-        metrics["eval_baseline_no_answer"] = squad_scores(
-            no_answer, {e.id: [a.text for a in e.answers] for e in eval_ex}
-        )
-    metrics["loss_first_epoch"] = stats["loss_first_epoch"]
-    metrics["loss_last_epoch"] = stats["loss_last_epoch"]
-    metrics["steps"] = stats["steps"]
+        metrics["eval_baseline_no_answer"] = squad_scores({e.id: "" for e in eval_ex}, _golds(eval_ex))
+    return metrics
+
+
+# settings that may differ between the readers an ensemble combines (the rest must be equal)
+_PER_READER = ("seed", "null_threshold", "verifier_state", "ensemble", "threads", "device")
+
+
+def ensemble_qa(
+    model_dirs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Combine readers trained by ``qa train`` (one setting, different seeds) into a :class:`ReaderEnsemble`:
+    the decision is fitted again on the ensemble's logits over the same validation contexts the readers were
+    tuned on, the held-out questions are scored, and the ensemble is saved to ``out``; returns the metrics."""
+    dev = configure_runtime(threads, device)
+    if len(model_dirs) < 2:
+        raise ConfigError(f"qa ensemble: expected at least two model directories, got {len(model_dirs)}")
+    loaded = [load_qa_model(d) for d in model_dirs]
+    first = loaded[0][2]
+    for d, (model, _, cfg) in zip(model_dirs, loaded, strict=True):
+        if isinstance(model, ReaderEnsemble):
+            raise ConfigError(f"qa ensemble: {d}: expected a single reader, got an ensemble")
+        differ = [
+            f.name
+            for f in dataclasses.fields(cfg)
+            if f.name not in _PER_READER and getattr(cfg, f.name) != getattr(first, f.name)
+        ]
+        if differ:
+            raise ConfigError(
+                f"qa ensemble: {d}: expected the settings of {model_dirs[0]} but for the seed; differs in "
+                f"{', '.join(differ)}"
+            )
+        if cfg.split_seed is None and cfg.seed != first.seed:
+            raise ConfigError(
+                f"qa ensemble: {d}: its held-out contexts follow its seed (no split_seed), so they differ from "
+                f"{model_dirs[0]}'s; train the readers with one split_seed"
+            )
+        if cfg.oof_folds:
+            raise ConfigError(
+                f"qa ensemble: {d}: its decision was fitted out of fold; the ensemble's is fitted on the "
+                "validation contexts (train the readers with val_fraction)"
+            )
+    t0 = time.time()
+    cfg = dataclasses.replace(first, ensemble=len(loaded), verifier_state=None)
+    train_ex, eval_ex, version = _data_split(cfg)
+    _, val_ex = _validation_split(cfg, train_ex, version == "v2.0")
+    if val_ex:  # tuned again, on the ensemble's predictions; else the readers' fixed threshold stands
+        cfg.null_threshold = None
+    model = ReaderEnsemble([m for m, _, _ in loaded]).to(dev)
+    tokenizer = loaded[0][1]
+    metrics: dict[str, Any] = {
+        "version": version,
+        "member_seeds": [c.seed for _, _, c in loaded],
+        "val_questions": len(val_ex),
+        "eval_questions": len(eval_ex),
+    }
+    metrics.update(_decide_and_score(model, tokenizer, cfg, version, None, val_ex, eval_ex))
     metrics["wall_seconds"] = time.time() - t0
     save_qa_model(model, tokenizer, cfg, out, metrics)
     return metrics
