@@ -11,7 +11,14 @@ from circuitml.tasks.qa import train as qa_train
 from circuitml.tasks.qa.data import QAFeatures, question_mask, train_tokenizer
 from circuitml.tasks.qa.ensemble import ReaderEnsemble, member_seeds
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA
-from circuitml.tasks.qa.train import QATrainConfig, _predict, evaluate_qa, load_qa_model, train_qa
+from circuitml.tasks.qa.train import (
+    QATrainConfig,
+    _predict,
+    ensemble_qa,
+    evaluate_qa,
+    load_qa_model,
+    train_qa,
+)
 
 from circuitml.errors import ConfigError
 from tests.test_qa import _squad, tiny_bert_config
@@ -131,6 +138,23 @@ def test_qa_train_ensemble_saves_reloads_and_keeps_each_member_as_trained_alone(
         assert member["eval"] == single["eval"]
         assert member["null_threshold"] == single["null_threshold"]
         assert np.isclose(member["val_f1"], single["val_f1"])
+    # the saved single readers, combined afterwards, are the same ensemble with the same decision and scores
+    combined = ensemble_qa([tmp_path / "s0", tmp_path / "s1"], tmp_path / "combined")
+    assert combined["eval"] == metrics["eval"] and combined["null_threshold"] == metrics["null_threshold"]
+    assert combined["member_seeds"] == [3, 4] and evaluate_qa(tmp_path / "combined", data) == metrics["eval"]
+    other = QATrainConfig(**{**base, "seed": 5, "epochs": 2}, model=SwitchQAConfig(**TINY))
+    train_qa(other, tmp_path / "other")
+    with pytest.raises(ConfigError, match="differs in epochs"):
+        ensemble_qa([tmp_path / "s0", tmp_path / "other"], tmp_path / "bad")
+    with pytest.raises(ConfigError, match="single reader"):
+        ensemble_qa([tmp_path / "ens", tmp_path / "s0"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    from cli import main
+
+    argv = ["qa", "ensemble", "--model", str(tmp_path / "s0"), "--model", str(tmp_path / "s1")]
+    assert main([*argv, "--out", str(tmp_path / "cli")]) == 0
+    assert evaluate_qa(tmp_path / "cli", data) == metrics["eval"]
+    assert main([*argv[:4], "--out", str(tmp_path / "one")]) == 2  # one reader is no ensemble
 
 
 def test_qa_train_ensemble_refuses_out_of_fold_fitting_in_one_line(tmp_path, capsys) -> None:

@@ -218,6 +218,28 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             console.print(f"trained on {metrics['synthetic_questions']} synthetic cloze questions too")
         console.print(f"model written to {out} ({metrics['steps']} steps, {metrics['wall_seconds']:.0f} s)")
 
+    @qa_app.command("ensemble")
+    def ensemble(
+        models: list[Path] = typer.Option(
+            ..., "--model", help="A reader written by `qa train` (repeat; one setting, different seeds)."
+        ),
+        out: Path = typer.Option(..., "--out", help="Directory to write the ensemble to."),
+        threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (cuda when available)."),
+    ) -> None:
+        """Average the logits of trained readers; the decision is refitted on their validation contexts."""
+        from circuitml.tasks.qa.train import ensemble_qa
+
+        metrics = ensemble_qa(models, out, device=device, threads=threads)
+        if "eval" in metrics:
+            console.print(_table(f"held-out ({metrics['eval_questions']} questions)", metrics["eval"]))
+        for seed, member in zip(metrics["member_seeds"], metrics.get("members", []), strict=False):
+            if "eval" in member:
+                console.print(
+                    f"reader seed {seed} alone: F1 {member['eval']['f1']:.2f} (its own tuned threshold)"
+                )
+        console.print(f"ensemble of {len(models)} readers written to {out}")
+
     @qa_app.command("eval")
     def evaluate(
         model: Path = typer.Option(..., "--model", help="Directory written by `circuitml qa train`."),
