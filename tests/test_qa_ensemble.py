@@ -157,7 +157,7 @@ def test_qa_train_ensemble_saves_reloads_and_keeps_each_member_as_trained_alone(
     assert main([*argv[:4], "--out", str(tmp_path / "one")]) == 2  # one reader is no ensemble
 
 
-def test_qa_train_ensemble_refuses_out_of_fold_fitting_in_one_line(tmp_path, capsys) -> None:
+def test_ensemble_cli_combines_readers_of_one_split_and_tokenizer_and_refuses_the_rest(tmp_path, capsys) -> None:
     from cli import main
 
     data = _squad(tmp_path)
@@ -169,6 +169,21 @@ def test_qa_train_ensemble_refuses_out_of_fold_fitting_in_one_line(tmp_path, cap
         err = capsys.readouterr().err
         assert "qa: ensemble:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
+    # readers trained by the CLI with one split seed and one tokenizer combine; other tokens are refused
+    examples, _ = read_squad(data)
+    texts = [e.context for e in examples] + [e.question for e in examples]
+    train_tokenizer(texts, vocab_size=200).save_pretrained(str(tmp_path / "tok"))
+    train_tokenizer(texts, vocab_size=150).save_pretrained(str(tmp_path / "tok2"))
+    for seed, tok in ((0, "tok"), (1, "tok"), (2, "tok2")):
+        argv = ["qa", "train", "--data", str(data), "--out", str(tmp_path / f"r{seed}"), "--seed", str(seed)]
+        assert main([*argv, "--split-seed", "5", "--tokenizer", str(tmp_path / tok), *tiny]) == 0
+    combine = ["qa", "ensemble", "--model", str(tmp_path / "r0"), "--model", str(tmp_path / "r1")]
+    assert main([*combine, "--out", str(tmp_path / "e")]) == 0
+    assert load_qa_model(tmp_path / "e")[2].split_seed == 5
+    capsys.readouterr()
+    assert main([*combine, "--model", str(tmp_path / "r2"), "--out", str(tmp_path / "e2")]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ConfigError, match="out-of-fold"):
         qa_train.train_qa(
             QATrainConfig(data=str(data), ensemble=3, oof_folds=2, model=SwitchQAConfig(**TINY)),

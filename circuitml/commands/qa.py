@@ -63,6 +63,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         router: str = typer.Option("switch", help="Router name from circuitml.moe's registry."),
         top_k: int = typer.Option(1, help="Experts per token."),
         seed: int = typer.Option(0, help="Random seed."),
+        split_seed: Optional[int] = typer.Option(
+            None,
+            help="Seed of the held-out and validation contexts (default: --seed); fix it to compare seeds.",
+        ),
         threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (cuda when available)."),
         val_fraction: float = typer.Option(
@@ -162,6 +166,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             max_length=max_length,
             stride=stride,
             seed=seed,
+            split_seed=split_seed,
             threads=threads,
             device=device,
             val_fraction=val_fraction,

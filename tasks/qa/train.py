@@ -665,7 +665,7 @@ def ensemble_qa(
         raise ConfigError(f"qa ensemble: expected at least two model directories, got {len(model_dirs)}")
     loaded = [load_qa_model(d) for d in model_dirs]
     first = loaded[0][2]
-    for d, (model, _, cfg) in zip(model_dirs, loaded, strict=True):
+    for d, (model, tok, cfg) in zip(model_dirs, loaded, strict=True):
         if isinstance(model, ReaderEnsemble):
             raise ConfigError(f"qa ensemble: {d}: expected a single reader, got an ensemble")
         differ = [
@@ -682,6 +682,11 @@ def ensemble_qa(
             raise ConfigError(
                 f"qa ensemble: {d}: its held-out contexts follow its seed (no split_seed), so they differ from "
                 f"{model_dirs[0]}'s; train the readers with one split_seed"
+            )
+        if tok.get_vocab() != loaded[0][1].get_vocab():
+            raise ConfigError(
+                f"qa ensemble: {d}: expected {model_dirs[0]}'s tokenizer (the readers read the same windows); "
+                "train them with one --tokenizer or --init-from"
             )
         if cfg.oof_folds:
             raise ConfigError(
