@@ -21,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from circuitml.tasks.qa.train import _data_split, ensemble_qa, load_qa_model, predict_examples
+from circuitml.tasks.qa.train import (
+    _data_split,
+    _validation_split,
+    ensemble_qa,
+    load_qa_model,
+    predict_examples,
+)
 
 from circuitml.fileio import atomic_write
 
@@ -53,7 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, required=True, help="folder of seed<N> readers")
     ap.add_argument("--groups", nargs="+", required=True, help="comma-separated seeds per ensemble")
-    ap.add_argument("--timing-repeats", type=int, default=2)
+    ap.add_argument(
+        "--timing-repeats", type=int, default=1, help="best of N CPU timings of reading (0: none)"
+    )
     ap.add_argument("--out", type=Path, default=Path("qa_ensemble.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -70,24 +78,36 @@ def main() -> None:
             continue
         dirs = [args.models / f"seed{s}" for s in seeds]
         with tempfile.TemporaryDirectory() as tmp:
-            m = ensemble_qa(dirs, Path(tmp) / "ensemble", threads=1)
+            # the members' own rows are their runs' metrics (config.json): no extra passes here
+            m = ensemble_qa(dirs, Path(tmp) / "ensemble", threads=1, member_metrics=False)
             _, eval_ex, _ = _data_split(load_qa_model(dirs[0])[2])
-            m["cpu_seconds_read_eval"] = _cpu_seconds(Path(tmp) / "ensemble", eval_ex, args.timing_repeats)
-            m["cpu_seconds_read_eval_one_member"] = _cpu_seconds(dirs[0], eval_ex, args.timing_repeats)
-        for seed, member in zip(seeds, m.get("members", []), strict=True):
-            member["seed"] = seed
+            if args.timing_repeats:
+                m["cpu_seconds_read_eval"] = _cpu_seconds(
+                    Path(tmp) / "ensemble", eval_ex, args.timing_repeats
+                )
+                m["cpu_seconds_read_eval_one_member"] = _cpu_seconds(dirs[0], eval_ex, args.timing_repeats)
         results[key] = m
         print(header + "\n|---|---|---|---|---|---|---|---|---|", flush=True)
         print(_row(key, m), flush=True)
         for seed in seeds:
             own = json.loads((args.models / f"seed{seed}" / "config.json").read_text())["metrics"]
             print(_row(f"seed {seed} alone", own), flush=True)
+        cfg = load_qa_model(dirs[0])[2]
+        train_ex, _, version = _data_split(cfg)
+        _, val_ex = _validation_split(cfg, train_ex, version == "v2.0")
+        m["val_baseline_no_answer_f1"] = 100.0 * sum(e.is_impossible for e in val_ex) / max(1, len(val_ex))
         print(
-            f"reading {len(eval_ex)} held-out questions: {m['cpu_seconds_read_eval']:.1f} CPU-s vs "
-            f"{m['cpu_seconds_read_eval_one_member']:.1f} for one member "
-            f"({m['cpu_seconds_read_eval'] / m['cpu_seconds_read_eval_one_member']:.2f}x)",
+            f"always no answer: validation F1 {m['val_baseline_no_answer_f1']:.1f}, held-out F1 "
+            f"{m['eval_baseline_no_answer']['f1']:.1f}",
             flush=True,
         )
+        if args.timing_repeats:
+            print(
+                f"reading {len(eval_ex)} held-out questions: {m['cpu_seconds_read_eval']:.1f} CPU-s vs "
+                f"{m['cpu_seconds_read_eval_one_member']:.1f} for one member "
+                f"({m['cpu_seconds_read_eval'] / m['cpu_seconds_read_eval_one_member']:.2f}x)",
+                flush=True,
+            )
         atomic_write(args.out, json.dumps(results, indent=2))
     summarize(results)
 

@@ -606,9 +606,11 @@ def _decide_and_score(
     held: tuple[SpanPredictions, torch.Tensor, list[SquadExample]] | None,
     val_ex: list[SquadExample],
     eval_ex: list[SquadExample],
+    member_metrics: bool = True,
 ) -> dict[str, Any]:
     """Fit the answer decision (a threshold on the null margin, or the verifier) on the held-out questions
-    (``held``, else ``model``'s predictions on ``val_ex``) into ``cfg``, then score ``eval_ex``; the metrics."""
+    (``held``, else ``model``'s predictions on ``val_ex``) into ``cfg``, then score ``eval_ex``; the metrics
+    (with an ensemble's members alone too, unless ``member_metrics`` is off)."""
     metrics: dict[str, Any] = {}
     if held is None and val_ex:
         held = (*predict_with_features(model, tokenizer, val_ex, cfg), val_ex)
@@ -628,7 +630,9 @@ def _decide_and_score(
             metrics["val_f1_plain_threshold"] = metrics["val_f1"]
             metrics["val_f1"] = verifier.fitted_f1
     metrics["null_threshold"] = cfg.null_threshold
-    if cfg.ensemble > 1:  # each member alone, its threshold tuned as the ensemble's is: the before/after
+    if (
+        cfg.ensemble > 1 and member_metrics
+    ):  # each member alone, its threshold tuned as the ensemble's is: the before/after
         metrics["members"] = [
             _member_metrics(m, tokenizer, cfg, version, val_ex, eval_ex) for m in model.members
         ]
@@ -656,10 +660,12 @@ def ensemble_qa(
     out: str | os.PathLike,
     device: str = "cpu",
     threads: int | None = None,
+    member_metrics: bool = True,
 ) -> dict[str, Any]:
     """Combine readers trained by ``qa train`` (one setting, different seeds) into a :class:`ReaderEnsemble`:
     the decision is fitted again on the ensemble's logits over the same validation contexts the readers were
-    tuned on, the held-out questions are scored, and the ensemble is saved to ``out``; returns the metrics."""
+    tuned on, the held-out questions are scored, and the ensemble is saved to ``out``; returns the metrics
+    (``member_metrics``: with each reader alone at its own tuned threshold, K more passes)."""
     dev = configure_runtime(threads, device)
     if len(model_dirs) < 2:
         raise ConfigError(f"qa ensemble: expected at least two model directories, got {len(model_dirs)}")
@@ -707,7 +713,7 @@ def ensemble_qa(
         "val_questions": len(val_ex),
         "eval_questions": len(eval_ex),
     }
-    metrics.update(_decide_and_score(model, tokenizer, cfg, version, None, val_ex, eval_ex))
+    metrics.update(_decide_and_score(model, tokenizer, cfg, version, None, val_ex, eval_ex, member_metrics))
     metrics["wall_seconds"] = time.time() - t0
     save_qa_model(model, tokenizer, cfg, out, metrics)
     return metrics
