@@ -10,8 +10,10 @@ as the dense model. Every variant shares the reader options: ``--span-head``, ``
 ``--independent-span`` and ``--head-lr``, and the decision options ``--verifier`` (Read + Verify's answer verifier;
 the F1 at the tuned null threshold of the same reader is printed beside it), ``--oof-folds`` and
 ``--val-fraction`` (see ``circuitml qa train --help``), and ``--synthetic-cloze N`` (a first stage on N cloze
-questions from the training paragraphs, ``tasks.qa.cloze``). Each run also prints the reader's forced-answer HasAns
-F1 and answerability AUC on the validation and held-out questions.
+questions from the training paragraphs, ``tasks.qa.cloze``), ``--ensemble K`` (K readers' logits averaged,
+``tasks.qa.ensemble``), ``--layer-lr-decay`` and ``--keep-models DIR`` (the trained readers, for
+``bench_qa_ensemble.py``). Each run also prints the reader's forced-answer HasAns F1 and answerability AUC on the
+validation and held-out questions.
 
     nice -n 5 python bench/bench_qa_minilm.py --seeds 0 1 2 --out qa_minilm.json
 """

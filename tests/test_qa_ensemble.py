@@ -157,7 +157,9 @@ def test_qa_train_ensemble_saves_reloads_and_keeps_each_member_as_trained_alone(
     assert main([*argv[:4], "--out", str(tmp_path / "one")]) == 2  # one reader is no ensemble
 
 
-def test_ensemble_cli_combines_readers_of_one_split_and_tokenizer_and_refuses_the_rest(tmp_path, capsys) -> None:
+def test_ensemble_cli_combines_readers_of_one_split_and_tokenizer_and_refuses_the_rest(
+    tmp_path, capsys
+) -> None:
     from cli import main
 
     data = _squad(tmp_path)
