@@ -10,8 +10,10 @@ as the dense model. Every variant shares the reader options: ``--span-head``, ``
 ``--independent-span`` and ``--head-lr``, and the decision options ``--verifier`` (Read + Verify's answer verifier;
 the F1 at the tuned null threshold of the same reader is printed beside it), ``--oof-folds`` and
 ``--val-fraction`` (see ``circuitml qa train --help``), and ``--synthetic-cloze N`` (a first stage on N cloze
-questions from the training paragraphs, ``tasks.qa.cloze``). Each run also prints the reader's forced-answer HasAns
-F1 and answerability AUC on the validation and held-out questions.
+questions from the training paragraphs, ``tasks.qa.cloze``), ``--ensemble K`` (K readers' logits averaged,
+``tasks.qa.ensemble``), ``--layer-lr-decay`` and ``--keep-models DIR`` (the trained readers, for
+``bench_qa_ensemble.py``). Each run also prints the reader's forced-answer HasAns F1 and answerability AUC on the
+validation and held-out questions.
 
     nice -n 5 python bench/bench_qa_minilm.py --seeds 0 1 2 --out qa_minilm.json
 """
@@ -70,9 +72,13 @@ def main() -> None:
     ap.add_argument("--sentence-prior", action="store_true")
     ap.add_argument("--independent-span", type=float, default=0.0)
     ap.add_argument("--head-lr", type=float, default=None)
+    ap.add_argument("--layer-lr-decay", type=float, default=1.0, help="lr * decay^(L - l) per layer (1: off)")
     ap.add_argument("--verifier", action="store_true", help="Read+Verify's answer verifier decides")
     ap.add_argument("--oof-folds", type=int, default=0, help="fit the decision out-of-fold (K readers)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument(
+        "--ensemble", type=int, default=1, help="readers averaged per run (seeds seed, seed+1, ...; K passes)"
+    )
     ap.add_argument(
         "--synthetic-cloze", type=int, default=0, help="synthetic cloze questions (tasks.qa.cloze)"
     )
@@ -86,6 +92,9 @@ def main() -> None:
     )
     ap.add_argument("--limit", type=int, default=0, help="use only the first N questions (smoke runs)")
     ap.add_argument("--out", type=Path, default=Path("qa_minilm.json"))
+    ap.add_argument(
+        "--keep-models", type=Path, default=None, help="save each run's model to DIR/<variant>/seed<N>"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -125,6 +134,7 @@ def main() -> None:
                 stride=args.stride,
                 lr=args.lr,
                 head_lr=args.head_lr,
+                layer_lr_decay=args.layer_lr_decay,
                 batch_size=args.batch_size,
                 epochs=spec["epochs"],
                 eda_copies=spec.get("eda_copies", 0),
@@ -133,6 +143,7 @@ def main() -> None:
                 freeze_bottom=args.freeze_bottom,
                 verifier=args.verifier,
                 oof_folds=args.oof_folds,
+                ensemble=args.ensemble,
                 val_fraction=args.val_fraction,
                 synthetic_cloze=args.synthetic_cloze,
                 cloze_unanswerable=args.cloze_unanswerable,
@@ -141,8 +152,11 @@ def main() -> None:
                 model=model,
             )
             t0 = time.process_time()
-            with tempfile.TemporaryDirectory() as out:
-                m = train_qa(cfg, Path(out) / "model")
+            if args.keep_models:  # kept for bench_qa_ensemble.py
+                m = train_qa(cfg, args.keep_models / key)
+            else:
+                with tempfile.TemporaryDirectory() as out:
+                    m = train_qa(cfg, Path(out) / "model")
             m["cpu_seconds"] = time.process_time() - t0
             results[key] = m
             ev, base = m["eval"], m["eval_baseline_no_answer"]
@@ -154,6 +168,14 @@ def main() -> None:
                 f"test {_reader(m.get('eval_reader'))}",
                 flush=True,
             )
+            for k, member in enumerate(m.get("members", [])):
+                me = member["eval"]
+                print(
+                    f"  member {k} (seed {seed + k}) alone: F1 {me['f1']:.1f} HasAns F1 {me.get('HasAns_f1', 0):.1f} "
+                    f"| val F1 {member.get('val_f1', float('nan')):.1f} | reader: val "
+                    f"{_reader(member.get('val_reader'))}, test {_reader(member.get('eval_reader'))}",
+                    flush=True,
+                )
             atomic_write(args.out, json.dumps(results, indent=2))
     summarize(results)
 

@@ -50,6 +50,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         head_lr: Optional[float] = typer.Option(
             None, help="Peak learning rate of the span head (default: --lr)."
         ),
+        layer_lr_decay: float = typer.Option(
+            1.0,
+            help="Upcycled models: layer l of L learns at lr * decay^(L - l), embeddings at l = 0 "
+            "(ULMFiT/ELECTRA); 1: off.",
+        ),
         max_length: int = typer.Option(256, help="Tokens per window."),
         stride: int = typer.Option(96, help="Overlap between windows of a long context."),
         d_model: int = typer.Option(128, help="Width of the scratch transformer."),
@@ -58,6 +63,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         router: str = typer.Option("switch", help="Router name from circuitml.moe's registry."),
         top_k: int = typer.Option(1, help="Experts per token."),
         seed: int = typer.Option(0, help="Random seed."),
+        split_seed: Optional[int] = typer.Option(
+            None,
+            help="Seed of the held-out and validation contexts (default: --seed); fix it to compare seeds.",
+        ),
         threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (cuda when available)."),
         val_fraction: float = typer.Option(
@@ -76,6 +85,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             0,
             help="SQuAD v2.0: fit the null threshold / verifier on out-of-fold predictions of K readers over "
             "the training contexts (K >= 2, K extra trainings) instead of on --val-fraction; 0: off.",
+        ),
+        ensemble: int = typer.Option(
+            1,
+            help="Readers averaged (seeds seed, seed+1, ...): K trainings, K passes at inference; the decision "
+            "is fitted on the ensemble's logits.",
         ),
         eda_copies: int = typer.Option(0, help="EDA-augmented copies of each training question."),
         eda_synonyms: Optional[bool] = typer.Option(
@@ -148,15 +162,18 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             batch_size=batch_size,
             lr=lr,
             head_lr=head_lr,
+            layer_lr_decay=layer_lr_decay,
             max_length=max_length,
             stride=stride,
             seed=seed,
+            split_seed=split_seed,
             threads=threads,
             device=device,
             val_fraction=val_fraction,
             null_threshold=null_threshold,
             verifier=verifier,
             oof_folds=oof_folds,
+            ensemble=ensemble,
             eda_copies=eda_copies,
             eda_synonyms=eda_synonyms,
             synthetic_cloze=synthetic_cloze,
@@ -196,9 +213,37 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             console.print(
                 f"reader before the decision: forced-answer HasAns F1 {r['forced_HasAns_f1']:.1f}{auc}"
             )
+        for k, member in enumerate(metrics.get("members", [])):
+            if "eval" in member:
+                console.print(
+                    f"ensemble member {k} (seed {seed + k}) alone: F1 {member['eval']['f1']:.2f} "
+                    f"(its own tuned threshold)"
+                )
         if metrics.get("synthetic_questions"):
             console.print(f"trained on {metrics['synthetic_questions']} synthetic cloze questions too")
         console.print(f"model written to {out} ({metrics['steps']} steps, {metrics['wall_seconds']:.0f} s)")
+
+    @qa_app.command("ensemble")
+    def ensemble(
+        models: list[Path] = typer.Option(
+            ..., "--model", help="A reader written by `qa train` (repeat; one setting, different seeds)."
+        ),
+        out: Path = typer.Option(..., "--out", help="Directory to write the ensemble to."),
+        threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (cuda when available)."),
+    ) -> None:
+        """Average the logits of trained readers; the decision is refitted on their validation contexts."""
+        from circuitml.tasks.qa.train import ensemble_qa
+
+        metrics = ensemble_qa(models, out, device=device, threads=threads)
+        if "eval" in metrics:
+            console.print(_table(f"held-out ({metrics['eval_questions']} questions)", metrics["eval"]))
+        for seed, member in zip(metrics["member_seeds"], metrics.get("members", []), strict=False):
+            if "eval" in member:
+                console.print(
+                    f"reader seed {seed} alone: F1 {member['eval']['f1']:.2f} (its own tuned threshold)"
+                )
+        console.print(f"ensemble of {len(models)} readers written to {out}")
 
     @qa_app.command("eval")
     def evaluate(

@@ -38,6 +38,8 @@ from circuitml.tasks.qa.data import (
     spans_of,
     train_tokenizer,
 )
+from circuitml.tasks.qa.ensemble import ReaderEnsemble, member_seeds
+from circuitml.tasks.qa.layer_decay import layer_lr_scales
 from circuitml.tasks.qa.metrics import best_null_threshold, reader_diagnostics, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA, build_qa_model
 from circuitml.tasks.qa.sentence_prior import SentenceEncoder, sentence_prior
@@ -48,7 +50,14 @@ from circuitml.errors import CheckpointError, ConfigError
 from circuitml.fileio import read_json
 from circuitml.lm import SHIPPED_LMS, resolve_lm
 
-__all__ = ["QATrainConfig", "train_qa", "evaluate_qa", "load_qa_model", "split_by_context"]
+__all__ = [
+    "QATrainConfig",
+    "ensemble_qa",
+    "evaluate_qa",
+    "load_qa_model",
+    "split_by_context",
+    "train_qa",
+]
 
 FORMAT = "circuitml-qa"
 
@@ -73,6 +82,8 @@ class QATrainConfig:
     head_lr: float | None = None  # the span head's (qa_*) learning rate; None: lr
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
+    # upcycled checkpoints: layer l of L learns at lr * decay^(L - l), embeddings at l = 0 (1.0: off)
+    layer_lr_decay: float = 1.0
     freeze_bottom: int = (
         0  # upcycled checkpoints: freeze the embeddings and the first N layers (0: train all)
     )
@@ -96,6 +107,8 @@ class QATrainConfig:
     # where the tuned threshold (and the verifier) are fitted: 0 on the validation contexts (val_fraction); K >= 2
     # on out-of-fold predictions over all training contexts (K extra readers, each trained without one fold)
     oof_folds: int = 0
+    # readers averaged (tasks.qa.ensemble): K trained with seeds seed, seed + 1, ...; inference costs K passes
+    ensemble: int = 1
     verifier_state: dict[str, Any] | None = None  # the fitted verifier (written by train_qa)
     threads: int | None = None
     device: str = "cpu"  # cpu, cuda[:N] or auto
@@ -169,21 +182,30 @@ def _features(model, tokenizer, examples, cfg: QATrainConfig) -> QAFeatures:
     return reader_features(model, tokenizer, examples, cfg.max_length, cfg.stride)
 
 
+def _window_logits(model, feats, idx) -> list[torch.Tensor]:
+    """Start and end logits of windows ``idx`` (trimmed), then the independent span head's when the model has
+    one; a :class:`ReaderEnsemble` gives its members' mean."""
+    if isinstance(model, ReaderEnsemble):
+        return ReaderEnsemble.mean([_window_logits(m, feats, idx) for m in model.members])
+    out = _run(model, feats, idx)
+    logits = [out.start_logits, out.end_logits]
+    independent = getattr(model, "qa_independent", None)
+    if independent is not None:
+        logits += list(independent(out.hidden).unbind(-1))
+    return logits
+
+
 def _predict(model, feats, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
     """Start and end logits of every window, padded to the full width, and the independent span head's
     ``(start, end)`` when the model has one (else None)."""
     model.eval()
     full = feats.input_ids.shape[1]
-    independent = getattr(model, "qa_independent", None)
     cols: list[list[torch.Tensor]] = [[], [], [], []]
     with torch.no_grad():
         for lo in range(0, len(feats), batch_size):
-            out = _run(model, feats, slice(lo, lo + batch_size))
-            pad = (0, full - out.start_logits.shape[1])
-            neg = torch.finfo(out.start_logits.dtype).min
-            logits = [out.start_logits, out.end_logits]
-            if independent is not None:
-                logits += list(independent(out.hidden).unbind(-1))
+            logits = _window_logits(model, feats, slice(lo, lo + batch_size))
+            pad = (0, full - logits[0].shape[1])
+            neg = torch.finfo(logits[0].dtype).min
             for col, x in zip(cols, logits, strict=False):
                 col.append(torch.nn.functional.pad(x, pad, value=neg).cpu())
     start, end = torch.cat(cols[0]), torch.cat(cols[1])
@@ -238,22 +260,31 @@ def _independent_span_loss(model, out, feats: QAFeatures, idx, dev) -> torch.Ten
 def _param_groups(model, cfg: QATrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only; the span head (``qa_*``) at ``head_lr`` when set. Adam moves a
     weight by about its learning rate per step, so a head that starts at zero or random needs a larger one than
-    the pretrained body to move in a few hundred steps."""
+    the pretrained body to move in a few hundred steps. With ``layer_lr_decay`` < 1 the backbone's parameters
+    learn at ``lr`` scaled by their layer's factor (tasks.qa.layer_decay)."""
     head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr
     if head_lr <= 0:
         raise ConfigError(f"qa: head_lr: expected a positive learning rate, got {head_lr}")
-    groups: dict[tuple[bool, bool], list] = {}
+    scales: dict[int, float] = {}
+    if cfg.layer_lr_decay != 1.0:
+        if not isinstance(model, UpcycledHFQA):
+            raise ConfigError(
+                "qa: layer_lr_decay: only an upcycled checkpoint (init_from) has pretrained layers to decay"
+            )
+        scales = layer_lr_scales(model, cfg.layer_lr_decay)
+    groups: dict[tuple[bool, bool, float], list] = {}
     for n, p in model.named_parameters():
         if p.requires_grad:
-            key = (n.startswith("qa_"), p.ndim >= 2 and "norm" not in n.lower())
+            head = n.startswith("qa_")
+            key = (head, p.ndim >= 2 and "norm" not in n.lower(), 1.0 if head else scales.get(id(p), 1.0))
             groups.setdefault(key, []).append(p)
     return [
         {
             "params": params,
-            "lr": head_lr if head else cfg.lr,
+            "lr": head_lr if head else cfg.lr * scale,
             "weight_decay": cfg.weight_decay if decay else 0.0,
         }
-        for (head, decay), params in sorted(groups.items())
+        for (head, decay, scale), params in sorted(groups.items())
     ]
 
 
@@ -458,6 +489,28 @@ def _out_of_fold(
     return SpanPredictions(ids, texts, torch.cat(margins)), torch.cat(xs), order
 
 
+def _data_split(cfg: QATrainConfig) -> tuple[list[SquadExample], list[SquadExample], str]:
+    """Training and held-out questions of ``cfg`` (the eval file, else held-out contexts) and the version."""
+    examples, version = read_squad(cfg.data)
+    if cfg.eval_data:
+        return examples, read_squad(cfg.eval_data)[0], version
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    return (*split_by_context(examples, cfg.eval_fraction, split_seed), version)
+
+
+def _validation_split(
+    cfg: QATrainConfig, train_ex: list[SquadExample], tuned: bool
+) -> tuple[list[SquadExample], list[SquadExample]]:
+    """The validation contexts the decision is tuned on, carved from the training ones (none with out-of-fold
+    fitting, whose questions replace them)."""
+    if not (tuned and cfg.val_fraction > 0 and not cfg.oof_folds):
+        return train_ex, []
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    return split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
+
+
 def train_qa(
     cfg: QATrainConfig, out: str | os.PathLike, on_step: Callable[[int, int, float], None] | None = None
 ) -> dict[str, Any]:
@@ -468,19 +521,19 @@ def train_qa(
     cfg.verifier_state = None  # fitted below, on this run's held-out questions
 
     # data
-    examples, version = read_squad(cfg.data)
-    if cfg.eval_data:
-        train_ex, eval_ex = examples, read_squad(cfg.eval_data)[0]
-    else:
-        train_ex, eval_ex = split_by_context(
-            examples, cfg.eval_fraction, cfg.seed if cfg.split_seed is None else cfg.split_seed
-        )
+    train_ex, eval_ex, version = _data_split(cfg)
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     tuned = version == "v2.0" and cfg.null_threshold is None
     if cfg.oof_folds and not tuned:
         raise ConfigError(
             "qa: oof_folds: out-of-fold fitting tunes the null threshold; SQuAD v2.0 data only, "
             "without a fixed null_threshold"
+        )
+    member_seeds(cfg.seed, cfg.ensemble)  # validates the count
+    if cfg.ensemble > 1 and cfg.oof_folds:
+        raise ConfigError(
+            "qa: ensemble: out-of-fold fitting trains single readers, which would not match the ensemble the "
+            "decision is applied to; use val_fraction with an ensemble"
         )
     if cfg.verifier and not tuned:
         raise ConfigError(
@@ -494,12 +547,7 @@ def train_qa(
             f"qa: cloze_unanswerable: {cfg.data} is SQuAD {version}, which has no unanswerable questions; "
             "set it to 0"
         )
-    val_ex: list[SquadExample] = []
-    # out-of-fold questions replace the validation split
-    if tuned and cfg.val_fraction > 0 and not cfg.oof_folds:
-        if not 0 < cfg.val_fraction < 1:
-            raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
-        train_ex, val_ex = split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
+    train_ex, val_ex = _validation_split(cfg, train_ex, tuned)
     if cfg.verifier and not val_ex and not cfg.oof_folds:
         raise ConfigError(
             "qa: verifier: it is fitted on held-out questions; set val_fraction > 0 or oof_folds >= 2"
@@ -525,7 +573,11 @@ def train_qa(
     if cfg.oof_folds:
         held = _out_of_fold(cfg, model_cfg, tokenizer, train_ex, dev, split_seed)
 
-    model, stats = _fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step)
+    fitted = [
+        _fit_reader(dataclasses.replace(cfg, seed=s), model_cfg, tokenizer, train_ex, dev, on_step)
+        for s in member_seeds(cfg.seed, cfg.ensemble)
+    ]
+    model, stats = fitted[0] if cfg.ensemble == 1 else (ReaderEnsemble([m for m, _ in fitted]), fitted[0][1])
 
     # the answer decision: a threshold on the null margin, or the verifier, fitted on held-out questions
     metrics: dict[str, Any] = {
@@ -537,6 +589,29 @@ def train_qa(
         "oof_questions": len(held[2]) if held else 0,
         "eval_questions": len(eval_ex),
     }
+    metrics.update(_decide_and_score(model, tokenizer, cfg, version, held, val_ex, eval_ex))
+    metrics["loss_first_epoch"] = stats["loss_first_epoch"]
+    metrics["loss_last_epoch"] = stats["loss_last_epoch"]
+    metrics["steps"] = stats["steps"]
+    metrics["wall_seconds"] = time.time() - t0
+    save_qa_model(model, tokenizer, cfg, out, metrics)
+    return metrics
+
+
+def _decide_and_score(
+    model,
+    tokenizer,
+    cfg: QATrainConfig,
+    version: str,
+    held: tuple[SpanPredictions, torch.Tensor, list[SquadExample]] | None,
+    val_ex: list[SquadExample],
+    eval_ex: list[SquadExample],
+    member_metrics: bool = True,
+) -> dict[str, Any]:
+    """Fit the answer decision (a threshold on the null margin, or the verifier) on the held-out questions
+    (``held``, else ``model``'s predictions on ``val_ex``) into ``cfg``, then score ``eval_ex``; the metrics
+    (with an ensemble's members alone too, unless ``member_metrics`` is off)."""
+    metrics: dict[str, Any] = {}
     if held is None and val_ex:
         held = (*predict_with_features(model, tokenizer, val_ex, cfg), val_ex)
     plain_threshold = None
@@ -555,6 +630,12 @@ def train_qa(
             metrics["val_f1_plain_threshold"] = metrics["val_f1"]
             metrics["val_f1"] = verifier.fitted_f1
     metrics["null_threshold"] = cfg.null_threshold
+    if (
+        cfg.ensemble > 1 and member_metrics
+    ):  # each member alone, its threshold tuned as the ensemble's is: the before/after
+        metrics["members"] = [
+            _member_metrics(m, tokenizer, cfg, version, val_ex, eval_ex) for m in model.members
+        ]
     if eval_ex:
         if cfg.verifier:
             reader_spans, x = predict_with_features(model, tokenizer, eval_ex, cfg)
@@ -563,24 +644,107 @@ def train_qa(
         else:
             spans = predict_examples(model, tokenizer, eval_ex, cfg)  # once: both thresholds score the spans
         metrics["eval"] = _scores(spans, eval_ex, cfg, version)
-        read = reader_spans if cfg.verifier else spans
-        metrics["eval_reader"] = reader_diagnostics(
-            dict(zip(read.ids, read.texts, strict=True)),
-            dict(zip(read.ids, read.null_margin.tolist(), strict=True)),
-            _golds(eval_ex),
-        )
+        metrics["eval_reader"] = _reader_metrics(reader_spans if cfg.verifier else spans, eval_ex)
         if version == "v2.0" and cfg.null_threshold and not cfg.verifier:
             metrics["eval_threshold_0"] = _scores(spans, eval_ex, cfg, version, 0.0)
-        no_answer = {e.id: "" for e in eval_ex}
-        metrics["eval_baseline_no_answer"] = squad_scores(
-            no_answer, {e.id: [a.text for a in e.answers] for e in eval_ex}
-        )
-    metrics["loss_first_epoch"] = stats["loss_first_epoch"]
-    metrics["loss_last_epoch"] = stats["loss_last_epoch"]
-    metrics["steps"] = stats["steps"]
+        metrics["eval_baseline_no_answer"] = squad_scores({e.id: "" for e in eval_ex}, _golds(eval_ex))
+    return metrics
+
+
+# settings that may differ between the readers an ensemble combines (the rest must be equal)
+_PER_READER = ("seed", "null_threshold", "verifier_state", "ensemble", "threads", "device")
+
+
+def ensemble_qa(
+    model_dirs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    device: str = "cpu",
+    threads: int | None = None,
+    member_metrics: bool = True,
+) -> dict[str, Any]:
+    """Combine readers trained by ``qa train`` (one setting, different seeds) into a :class:`ReaderEnsemble`:
+    the decision is fitted again on the ensemble's logits over the same validation contexts the readers were
+    tuned on, the held-out questions are scored, and the ensemble is saved to ``out``; returns the metrics
+    (``member_metrics``: with each reader alone at its own tuned threshold, K more passes)."""
+    dev = configure_runtime(threads, device)
+    if len(model_dirs) < 2:
+        raise ConfigError(f"qa ensemble: expected at least two model directories, got {len(model_dirs)}")
+    loaded = [load_qa_model(d) for d in model_dirs]
+    first = loaded[0][2]
+    for d, (model, tok, cfg) in zip(model_dirs, loaded, strict=True):
+        if isinstance(model, ReaderEnsemble):
+            raise ConfigError(f"qa ensemble: {d}: expected a single reader, got an ensemble")
+        differ = [
+            f.name
+            for f in dataclasses.fields(cfg)
+            if f.name not in _PER_READER and getattr(cfg, f.name) != getattr(first, f.name)
+        ]
+        if differ:
+            raise ConfigError(
+                f"qa ensemble: {d}: expected the settings of {model_dirs[0]} but for the seed; differs in "
+                f"{', '.join(differ)}"
+            )
+        if cfg.split_seed is None and cfg.seed != first.seed:
+            raise ConfigError(
+                f"qa ensemble: {d}: its held-out contexts follow its seed (no split_seed), so they differ from "
+                f"{model_dirs[0]}'s; train the readers with one split_seed"
+            )
+        if tok.get_vocab() != loaded[0][1].get_vocab():
+            raise ConfigError(
+                f"qa ensemble: {d}: expected {model_dirs[0]}'s tokenizer (the readers read the same windows); "
+                "train them with one --tokenizer or --init-from"
+            )
+        if cfg.oof_folds:
+            raise ConfigError(
+                f"qa ensemble: {d}: its decision was fitted out of fold; the ensemble's is fitted on the "
+                "validation contexts (train the readers with val_fraction)"
+            )
+    t0 = time.time()
+    cfg = dataclasses.replace(first, ensemble=len(loaded), verifier_state=None)
+    train_ex, eval_ex, version = _data_split(cfg)
+    _, val_ex = _validation_split(cfg, train_ex, version == "v2.0")
+    if val_ex:  # tuned again, on the ensemble's predictions; else the readers' fixed threshold stands
+        cfg.null_threshold = None
+    model = ReaderEnsemble([m for m, _, _ in loaded]).to(dev)
+    tokenizer = loaded[0][1]
+    metrics: dict[str, Any] = {
+        "version": version,
+        "member_seeds": [c.seed for _, _, c in loaded],
+        "val_questions": len(val_ex),
+        "eval_questions": len(eval_ex),
+    }
+    metrics.update(_decide_and_score(model, tokenizer, cfg, version, None, val_ex, eval_ex, member_metrics))
     metrics["wall_seconds"] = time.time() - t0
     save_qa_model(model, tokenizer, cfg, out, metrics)
     return metrics
+
+
+def _reader_metrics(spans: SpanPredictions, examples: list[SquadExample]) -> dict[str, Any]:
+    golds = _golds(examples)
+    margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
+    return reader_diagnostics(dict(zip(spans.ids, spans.texts, strict=True)), margins, golds)
+
+
+def _member_metrics(member, tokenizer, cfg: QATrainConfig, version: str, val_ex, eval_ex) -> dict[str, Any]:
+    """One ensemble member on its own: its reader diagnostics, and its held-out scores at the null threshold
+    tuned on its own validation predictions (the decision a single reader of that seed would use)."""
+    single = dataclasses.replace(cfg, verifier_state=None)
+    out: dict[str, Any] = {}
+    threshold = None
+    if val_ex:
+        spans = predict_examples(member, tokenizer, val_ex, single)
+        golds = _golds(val_ex)
+        margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
+        threshold, out["val_f1"] = best_null_threshold(
+            dict(zip(spans.ids, spans.texts, strict=True)), margins, golds
+        )
+        out["val_reader"] = _reader_metrics(spans, val_ex)
+    if eval_ex:
+        spans = predict_examples(member, tokenizer, eval_ex, single)
+        out["eval"] = _scores(spans, eval_ex, single, version, threshold)
+        out["eval_reader"] = _reader_metrics(spans, eval_ex)
+    out["null_threshold"] = threshold
+    return out
 
 
 def save_qa_model(
@@ -594,8 +758,9 @@ def save_qa_model(
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        if isinstance(model, UpcycledHFQA):
-            model.backbone.config.save_pretrained(str(tmp / "backbone"))
+        first = model.members[0] if isinstance(model, ReaderEnsemble) else model
+        if isinstance(first, UpcycledHFQA):
+            first.backbone.config.save_pretrained(str(tmp / "backbone"))
         config = {"format": FORMAT, "version": 1, "train": cfg.to_dict(), "metrics": metrics}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if out.exists():
@@ -618,14 +783,20 @@ def load_qa_model(path: str | os.PathLike):
     train = dict(raw["train"])
     model_cfg = SwitchQAConfig.from_dict(train.pop("model"))
     cfg = QATrainConfig(**train, model=model_cfg)
-    if (path / "backbone").is_dir():
-        from transformers import AutoConfig
+    members = []
+    for _ in range(cfg.ensemble):
+        if (path / "backbone").is_dir():
+            from transformers import AutoConfig
 
-        model = UpcycledHFQA(model_cfg, backbone_config=AutoConfig.from_pretrained(str(path / "backbone")))
-    else:
-        model = build_qa_model(model_cfg)
-    if cfg.freeze_bottom:
-        _freeze_bottom(model, cfg.freeze_bottom)
+            member = UpcycledHFQA(
+                model_cfg, backbone_config=AutoConfig.from_pretrained(str(path / "backbone"))
+            )
+        else:
+            member = build_qa_model(model_cfg)
+        if cfg.freeze_bottom:
+            _freeze_bottom(member, cfg.freeze_bottom)
+        members.append(member)
+    model = members[0] if cfg.ensemble == 1 else ReaderEnsemble(members)
     try:
         state = load_file(str(path / "model.safetensors"))
     except Exception as exc:  # safetensors raises several types on truncated or corrupted files
