@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         what = "no such file"
         if isinstance(exc, IsADirectoryError) or (exc.filename and Path(exc.filename).is_dir()):
             what = "is a directory, expected a file"
+        elif exc.filename and os.path.islink(exc.filename):
+            what = "a dangling symlink (its target does not exist)"
         elif isinstance(exc, NotADirectoryError):
             what = "a path component is a file, expected a directory"
         _error(f"{name}: {what}")

@@ -1,0 +1,156 @@
+"""Hostile inputs and real-world folders: FIFOs, devices, huge sparse files, symlink loops, dangling links, byte-order
+marks, unwritable outputs. Each case must end in one clear line naming the path (exit 2 from the CLI), never a
+hang, a traceback or a read of the whole file."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from circuitml import cli
+from circuitml.errors import CircuitFormatError
+from circuitml.fileio import MAX_INPUT_BYTES, read_input_text
+from circuitml.formats import read_aiger, read_bench, read_circuit
+from circuitml.verilog.preprocess import preprocess_file
+
+C17_BENCH = """# c17
+INPUT(1)
+INPUT(2)
+INPUT(3)
+INPUT(6)
+INPUT(7)
+OUTPUT(22)
+OUTPUT(23)
+10 = NAND(1, 3)
+11 = NAND(3, 6)
+16 = NAND(2, 11)
+19 = NAND(11, 7)
+22 = NAND(10, 16)
+23 = NAND(16, 19)
+"""
+TINY_AAG = "aag 3 2 0 1 1\n2\n4\n6\n6 2 4\n"
+
+
+def _cli(argv: list[str], capfd) -> tuple[int, str]:
+    def hang(signum, frame):
+        raise TimeoutError(f"circuitml {' '.join(argv)} hung")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        code = cli.main(argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    captured = capfd.readouterr()
+    return code, (captured.out + captured.err).strip()
+
+
+def _one_line_error(code: int, text: str, *needles: str) -> None:
+    assert code == 2 and "Traceback" not in text and len(text.splitlines()) == 1, (code, text)
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs named pipes")
+    path = tmp_path / "pipe.aig"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_fifo_is_refused_by_every_reader_instead_of_blocking(fifo: Path, tmp_path: Path, capfd) -> None:
+    def hang(signum, frame):
+        raise TimeoutError("a reader blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(20)  # before the fix, opening the pipe waited for a writer forever
+    try:
+        for read in (read_aiger, read_bench, read_circuit, read_input_text, preprocess_file):
+            with pytest.raises(CircuitFormatError, match="FIFO"):
+                read(fifo)
+        verilog = tmp_path / "pipe.v"
+        os.mkfifo(verilog)
+        with pytest.raises(CircuitFormatError, match="FIFO"):
+            read_circuit(verilog)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    _one_line_error(*_cli(["convert", str(fifo), str(tmp_path / "o.aag")], capfd), "pipe.aig", "FIFO")
+    assert not (tmp_path / "o.aag").exists()
+
+
+def test_a_character_device_is_refused(tmp_path: Path, capfd) -> None:
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("needs /dev/zero")
+    link = tmp_path / "zero.bench"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(CircuitFormatError, match="character device"):
+        read_circuit(link)
+    _one_line_error(*_cli(["simulate", str(link)], capfd), "zero.bench", "character device")
+
+
+@pytest.mark.parametrize("suffix", [".aig", ".aag", ".bench", ".v"])
+def test_an_oversized_sparse_file_is_refused_from_its_size(tmp_path: Path, suffix: str, capfd) -> None:
+    path = tmp_path / f"huge{suffix}"
+    with path.open("wb") as fh:
+        fh.truncate(MAX_INPUT_BYTES + 1)  # sparse: no disk used, and reading it whole took minutes and GBs
+    with pytest.raises(CircuitFormatError, match="at most 1024 MiB"):
+        read_circuit(path)
+    _one_line_error(*_cli(["convert", str(path), str(tmp_path / "o.aig")], capfd), f"huge{suffix}", "MiB")
+
+
+def test_a_byte_order_mark_is_read_as_nothing(tmp_path: Path) -> None:
+    plain = tmp_path / "c17.bench"
+    plain.write_text(C17_BENCH)
+    marked = tmp_path / "c17_bom.bench"
+    marked.write_bytes(b"\xef\xbb\xbf" + C17_BENCH.encode())
+    a, b = read_bench(plain), read_bench(marked)
+    assert (a.num_inputs, a.num_outputs, a.num_ands) == (b.num_inputs, b.num_outputs, b.num_ands) == (5, 2, 6)
+    assert (a.ands == b.ands).all()
+    # an undecodable byte after the mark is still named at its offset in the file
+    marked.write_bytes(b"\xef\xbb\xbf" + b"INPUT(a)\n\xff\n")
+    with pytest.raises(CircuitFormatError, match=r"c17_bom.bench:2 \(byte 12\)"):
+        read_bench(marked)
+    v = tmp_path / "bom.v"
+    v.write_bytes(b"\xef\xbb\xbfmodule m(input a, output y); assign y = ~a; endmodule\n")
+    assert read_input_text(v).startswith("module m")
+    assert "\ufeff" not in preprocess_file(v).text
+
+
+def test_symlink_loops_and_dangling_links_in_a_folder_are_named_not_fatal(tmp_path: Path) -> None:
+    from datasets.build import discover_sources
+
+    root = tmp_path / "designs"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "tiny.aag").write_text(TINY_AAG)
+    (root / "loop1.aig").symlink_to("loop2.aig")
+    (root / "loop2.aig").symlink_to("loop1.aig")
+    (root / "gone.aig").symlink_to("nowhere.aig")
+    (root / "self").symlink_to(".")
+    items, problems = discover_sources([root])  # raised RuntimeError("Symlink loop ...") before the fix
+    assert [i.paths[0].name for i in items] == ["tiny.aag"]
+    reasons = dict(problems)
+    assert reasons[str(root / "loop1.aig")] == "symlink loop, not read"
+    assert reasons[str(root / "loop2.aig")] == "symlink loop, not read"
+    assert reasons[str(root / "gone.aig")] == "dangling symlink, not read"
+    # named one by one, and a FIFO or an oversized file given by name is a problem of its own, not a crash
+    huge = tmp_path / "huge.aig"
+    with huge.open("wb") as fh:
+        fh.truncate(MAX_INPUT_BYTES + 1)
+    items, problems = discover_sources([root / "loop1.aig", root / "gone.aig", huge])
+    assert not items and [Path(p).name for p, _ in problems] == ["loop1.aig", "gone.aig", "huge.aig"]
+    assert "at most 1024 MiB" in problems[2][1]
+
+
+def test_cli_names_a_symlink_loop_and_a_dangling_link(tmp_path: Path, capfd) -> None:
+    (tmp_path / "a.aig").symlink_to("b.aig")
+    (tmp_path / "b.aig").symlink_to("a.aig")
+    (tmp_path / "gone.aig").symlink_to("nowhere.aig")
+    _one_line_error(*_cli(["simulate", str(tmp_path / "a.aig")], capfd), "a.aig", "symbolic links")
+    _one_line_error(*_cli(["simulate", str(tmp_path / "gone.aig")], capfd), "gone.aig", "dangling symlink")
