@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (isinstance(exc, _USER_OS_ERRORS) or exc.errno in _USER_ERRNOS):
             raise
         what = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        if isinstance(exc, FileExistsError) and exc.filename and Path(exc.filename).is_file():
+            what = "is a file, expected a folder"  # a makedirs through a file
         _error(f"{exc.filename or ''}: {what.lower()}" if exc.filename else str(exc))
         code = 2
     except Exception:

@@ -59,10 +59,26 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
     (0666 minus the umask, usually 0644): ``mkstemp`` creates it 0600, which would hide shared datasets and
     encoders from colleagues.
     """
+    from circuitml.errors import OutputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def cannot_write(exc: OSError) -> OutputError:  # names the file asked for, never our temp file
+        return OutputError(f"{path}: cannot write ({(exc.strerror or str(exc)).lower()})")
+
+    if not path.name or path.is_dir():  # "" and "." name the working folder
+        raise OutputError(f"{path}: cannot write a file here, it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{path}: cannot write, a folder on its path is a file") from None
+    except OSError as exc:
+        raise cannot_write(exc) from None
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise cannot_write(exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
@@ -71,6 +87,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a target that became a folder
+        Path(tmp).unlink(missing_ok=True)
+        raise cannot_write(exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

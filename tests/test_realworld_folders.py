@@ -154,3 +154,45 @@ def test_cli_names_a_symlink_loop_and_a_dangling_link(tmp_path: Path, capfd) -> 
     (tmp_path / "gone.aig").symlink_to("nowhere.aig")
     _one_line_error(*_cli(["simulate", str(tmp_path / "a.aig")], capfd), "a.aig", "symbolic links")
     _one_line_error(*_cli(["simulate", str(tmp_path / "gone.aig")], capfd), "gone.aig", "dangling symlink")
+
+
+@pytest.mark.parametrize("where", ["", ".", "folder", "afile/inside.aig", "/proc/no-such/x.aig"])
+def test_an_unwritable_output_is_one_line_naming_it_not_our_temp_file(
+    tmp_path: Path, monkeypatch, where
+) -> None:
+    from circuitml.errors import OutputError
+    from circuitml.fileio import atomic_write
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError) as info:  # "" and "." died in os.replace with EBUSY, a traceback
+        atomic_write(where, b"data")
+    text = str(info.value)
+    assert text.startswith(f"{Path(where)}: cannot write") and ".tmp" not in text and "\n" not in text, text
+    assert isinstance(info.value, OSError)  # callers that handle a failed write still catch it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]  # no temp file left
+
+
+def test_embed_refuses_to_write_over_one_of_its_inputs(tmp_path: Path, capfd) -> None:
+    circuit = tmp_path / "c17.bench"
+    circuit.write_text(C17_BENCH)
+    link = tmp_path / "link.bench"
+    link.symlink_to(circuit)
+    for out in (circuit, link):  # the circuit was silently replaced by its embeddings
+        code, text = _cli(["embed", "-e", "no-such-encoder", str(circuit), "-o", str(out)], capfd)
+        _one_line_error(code, text, "one of the input circuits")
+    code, text = _cli(["embed", "-e", "no-such-encoder", str(circuit), "-o", str(tmp_path)], capfd)
+    _one_line_error(code, text, "is a directory")
+    assert circuit.read_text() == C17_BENCH
+
+
+def test_a_folder_path_through_a_file_says_so(tmp_path: Path, capfd) -> None:
+    (tmp_path / "tiny.aag").write_text(TINY_AAG)
+    (tmp_path / "afile").write_text("x")
+    code, text = _cli(
+        ["data", "build", str(tmp_path / "tiny.aag"), "-o", str(tmp_path / "ds"), "-j", "1"], capfd
+    )
+    assert code == 0, text
+    code, text = _cli(["data", "export", str(tmp_path / "ds"), str(tmp_path / "afile")], capfd)
+    _one_line_error(code, text, "afile: is a file, expected a folder")  # was "afile: file exists"
