@@ -196,3 +196,45 @@ def test_a_folder_path_through_a_file_says_so(tmp_path: Path, capfd) -> None:
     assert code == 0, text
     code, text = _cli(["data", "export", str(tmp_path / "ds"), str(tmp_path / "afile")], capfd)
     _one_line_error(code, text, "afile: is a file, expected a folder")  # was "afile: file exists"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e300"])
+def test_a_timeout_at_the_edges_is_refused_before_a_child_starts(tmp_path: Path, capfd, value) -> None:
+    circuit = tmp_path / "tiny.aag"
+    circuit.write_text(TINY_AAG)
+    # nan, inf and 1e300 died in the child wait with a traceback; 0 and -1 ran Yosys and "timed out after 0 s"
+    for argv in (["abc", str(circuit)], ["convert", str(circuit), str(tmp_path / "o.aig")]):
+        _one_line_error(*_cli([*argv, "--timeout", value], capfd), "--timeout: expected a positive number")
+    assert not (tmp_path / "o.aig").exists()
+
+
+def test_an_abc_recipe_that_touches_files_is_a_usage_error(tmp_path: Path, capfd) -> None:
+    circuit = tmp_path / "tiny.aag"
+    circuit.write_text(TINY_AAG)
+    for script in ("quit", "strash; write_aiger x.aig", "read y.aig"):  # was a ValueError traceback
+        _one_line_error(*_cli(["abc", str(circuit), "--script", script], capfd), "is not allowed in a recipe")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--seed", "-1"], "--seed: expected a non-negative integer"),
+        (["--patterns", "1000000000000"], "--patterns: expected 1 to"),  # 7 TiB of input words
+        (["--patterns", "99999999999999999999"], "--patterns: expected 1 to"),  # an OverflowError
+    ],
+)
+def test_simulation_sizes_and_seeds_at_the_edges(tmp_path: Path, capfd, options, message) -> None:
+    circuit = tmp_path / "c17.bench"
+    circuit.write_text(C17_BENCH)
+    _one_line_error(*_cli(["simulate", str(circuit), *options], capfd), message)
+    code, text = _cli(["equiv", str(circuit), str(circuit), "--method", "sim", *options], capfd)
+    assert code == 2 and "Traceback" not in text and message in text, text
+
+
+def test_simulate_out_names_a_file(tmp_path: Path, capfd, monkeypatch) -> None:
+    circuit = tmp_path / "c17.bench"
+    circuit.write_text(C17_BENCH)
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(*_cli(["simulate", str(circuit), "--out", ""], capfd), "--out: expected a .npy file")
+    code, _ = _cli(["simulate", str(circuit), "--out", "probs"], capfd)
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["c17.bench", "probs.npy"]
