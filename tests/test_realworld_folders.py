@@ -238,3 +238,21 @@ def test_simulate_out_names_a_file(tmp_path: Path, capfd, monkeypatch) -> None:
     _one_line_error(*_cli(["simulate", str(circuit), "--out", ""], capfd), "--out: expected a .npy file")
     code, _ = _cli(["simulate", str(circuit), "--out", "probs"], capfd)
     assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["c17.bench", "probs.npy"]
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and PyG: several CPU seconds
+def test_building_an_encoder_leaves_no_pyg_template_file_in_the_temp_folder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import glob, os, tempfile\n"
+        "from circuitml.encoders import build_encoder\n"
+        "build_encoder('deepgcn', hidden=8, num_layers=1)\n"
+        "assert glob.glob(os.path.join(tempfile.gettempdir(), 'torch_geometric.*.py')), 'PyG wrote none'\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # every process that built a GENConv left torch_geometric.nn.conv.gen_conv_GENConv_propagate_*.py behind
+    assert not list(tmp_path.glob("torch_geometric.*.py"))
