@@ -38,6 +38,7 @@ JSON_MAX_INT_DIGITS = 40
 # refused from its size before anything is read, since the readers hold a few copies of it in memory.
 MAX_INPUT_BYTES = 1 << 30
 _UTF8_BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _umask() -> int:
@@ -286,7 +287,7 @@ def read_input(path: str | os.PathLike, *, what: str = "circuit file", limit: in
     """The bytes of an input file under the bounds of :func:`check_input`, checked on the open file itself.
 
     The open is non-blocking, so a FIFO is refused instead of waiting for a writer; a file that grows past
-    ``limit`` while it is read is refused too.
+    ``limit`` while it is read is refused too, and so is gzip-compressed data (under any name).
     """
     file = os.fspath(path)
     fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
@@ -305,7 +306,12 @@ def read_input(path: str | os.PathLike, *, what: str = "circuit file", limit: in
                 raise CircuitFormatError(file, f"a {what} of at most {limit >> 20} MiB", got="a growing file")
     finally:
         os.close(fd)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    if data.startswith(_GZIP_MAGIC):  # no circuit format starts so; the readers would report garbage bytes
+        from circuitml.errors import CircuitFormatError
+
+        raise CircuitFormatError(file, f"an uncompressed {what}", byte=0, got="gzip data (gunzip it first)")
+    return data
 
 
 def read_input_text(

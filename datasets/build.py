@@ -295,6 +295,8 @@ def _walk_circuit_files(
         for name in sorted(filenames):
             path = folder / name
             if path.suffix.lower() not in CIRCUIT_SUFFIXES:
+                if name.lower().endswith(tuple(f"{s}.gz" for s in CIRCUIT_SUFFIXES)):
+                    ignored.append((str(path), "gzip-compressed, not read (gunzip it first)"))
                 continue
             if not follow_symlinks and path.is_symlink() and not _real(path).is_relative_to(real_root):
                 ignored.append((str(path), f"symlink to a file outside {root}, not read (--follow-symlinks)"))

@@ -256,3 +256,20 @@ def test_building_an_encoder_leaves_no_pyg_template_file_in_the_temp_folder(tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     # every process that built a GENConv left torch_geometric.nn.conv.gen_conv_GENConv_propagate_*.py behind
     assert not list(tmp_path.glob("torch_geometric.*.py"))
+
+
+def test_gzip_compressed_circuits_are_named_as_such(tmp_path: Path, capfd) -> None:
+    import gzip
+
+    from datasets.build import discover_sources
+
+    packed = gzip.compress(C17_BENCH.encode(), mtime=0)
+    (tmp_path / "c17.bench.gz").write_bytes(packed)
+    (tmp_path / "c17.bench").write_bytes(packed)  # compressed under the plain name
+    (tmp_path / "c17.aig").write_bytes(packed)
+    for name in ("c17.bench", "c17.aig"):  # were "got '\x1f\x8b...'" and "got 'non-ASCII bytes'"
+        _one_line_error(*_cli(["simulate", str(tmp_path / name)], capfd), name, "gzip data (gunzip it first)")
+    _one_line_error(*_cli(["simulate", str(tmp_path / "c17.bench.gz")], capfd), "gunzip it first")
+    ignored: list[tuple[str, str]] = []
+    discover_sources([tmp_path], ignored=ignored)
+    assert (str(tmp_path / "c17.bench.gz"), "gzip-compressed, not read (gunzip it first)") in ignored

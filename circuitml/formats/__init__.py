@@ -65,6 +65,8 @@ def read_circuit(path: str | os.PathLike, *, top: str | None = None) -> AIG:
         from circuitml.verilog import verilog_to_aig  # Yosys is only needed for Verilog
 
         return verilog_to_aig([path], top=top)
+    if suffix == ".gz" and Path(path.stem).suffix.lower() in READ_SUFFIXES:
+        suffix = f"{Path(path.stem).suffix}.gz, gzip-compressed (gunzip it first)"
     raise CircuitFormatError(
         path, f"a file ending in one of {', '.join(READ_SUFFIXES)}", got=suffix or "no suffix"
     )
