@@ -273,3 +273,29 @@ def test_gzip_compressed_circuits_are_named_as_such(tmp_path: Path, capfd) -> No
     ignored: list[tuple[str, str]] = []
     discover_sources([tmp_path], ignored=ignored)
     assert (str(tmp_path / "c17.bench.gz"), "gzip-compressed, not read (gunzip it first)") in ignored
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("lr", float("nan")),
+        ("lr", -1.0),
+        ("encoder_lr", float("nan")),
+        ("lr", float("inf")),
+        ("weight_decay", float("nan")),
+    ],
+)
+def test_training_rates_at_the_edges_are_config_errors(key: str, value: float) -> None:
+    from circuitml.errors import ConfigError
+    from tasks.common import TrainConfig
+
+    # lr -1 / nan reached torch's AdamW (a bare ValueError, a traceback); encoder_lr nan passed "<= 0" and trained
+    with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
+        TrainConfig(**{key: value}).validate()
+
+
+def test_evaluate_with_no_seed_is_a_usage_error(tmp_path: Path, capfd) -> None:
+    argv = ["evaluate", "probability", "--data", str(tmp_path), "--out", str(tmp_path / "ev"), "--seeds", "0"]
+    _one_line_error(
+        *_cli(argv, capfd), "--seeds: expected at least 1"
+    )  # was a traceback in the report's plots
