@@ -50,6 +50,7 @@ __all__ = [
     "run_abc",
     "abc_cec",
     "abc_script_commands",
+    "check_timeout",
     "ABC_ALIASES",
     "yosys_command",
 ]
@@ -98,7 +99,8 @@ MAX_MEMORY_ENV = "CIRCUITML_MAX_MEMORY"
 MAX_TIMEOUT = 1e7
 
 
-def _check_timeout(timeout: float) -> float:
+def check_timeout(timeout: float) -> float:
+    """``timeout`` as a float, or :class:`ConfigError` when it is not in (0, :data:`MAX_TIMEOUT`] (nan too)."""
     if not 0 < timeout <= MAX_TIMEOUT:  # also refuses nan
         raise ConfigError(
             f"--timeout: expected a positive number of seconds up to {MAX_TIMEOUT:g}, got {timeout}"
@@ -109,7 +111,7 @@ def _check_timeout(timeout: float) -> float:
 def set_child_limits(*, timeout: float | None = None, max_memory: int | None = None) -> None:
     """Bound every Yosys/ABC child of this process (and of its workers): seconds and bytes of memory."""
     if timeout is not None:
-        os.environ[TIMEOUT_ENV] = repr(_check_timeout(timeout))
+        os.environ[TIMEOUT_ENV] = repr(check_timeout(timeout))
     if max_memory is not None:
         if max_memory < 1 << 24:
             raise ConfigError(f"--max-memory: expected at least 16M, got {max_memory} bytes")
@@ -136,7 +138,7 @@ def child_limits(timeout: float) -> tuple[float, int]:
     """``(timeout, max_memory)`` for one child: ``--timeout`` (when set) overrides a caller's default."""
     env_timeout = os.environ.get(TIMEOUT_ENV)
     memory = int(os.environ.get(MAX_MEMORY_ENV, "0") or 0)
-    return _check_timeout(float(env_timeout) if env_timeout else timeout), memory
+    return check_timeout(float(env_timeout) if env_timeout else timeout), memory
 
 
 def guarded_yosys(root: Path, max_memory: int) -> tuple[list[str], dict[str, str]]:

@@ -713,7 +713,11 @@ def build_dataset(
         DatasetError: ``out`` holds a corrupted manifest or is not a folder; with ``strict``, a failed source.
     """
     from circuitml.locking import folder_lock
+    from circuitml.yosys import check_timeout
 
+    check_timeout(
+        timeout
+    )  # up front: a resumed build with nothing left to do never starts a child to check it
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -299,3 +299,24 @@ def test_evaluate_with_no_seed_is_a_usage_error(tmp_path: Path, capfd) -> None:
     _one_line_error(
         *_cli(argv, capfd), "--seeds: expected at least 1"
     )  # was a traceback in the report's plots
+
+
+def test_pretrain_seed_and_stop_after_at_the_edges(tmp_path: Path) -> None:
+    from circuitml.errors import ConfigError
+    from circuitml.pretrain.config import PretrainConfig
+    from circuitml.pretrain.trainer import train
+
+    config = PretrainConfig()
+    config.run.seed = -1
+    with pytest.raises(ConfigError, match="run.seed: expected an integer >= 0"):  # numpy's ValueError before
+        config.validate()
+    for step in (0, -1):  # -1 ran no step and ended with exit 0
+        with pytest.raises(ConfigError, match="--stop-after: expected a step >= 1"):
+            train(PretrainConfig(), tmp_path / "run", stop_after=step)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", [["data", "build", "none"], ["data", "generate", "-n", "0"]])
+def test_build_timeout_is_checked_up_front(tmp_path: Path, capfd, command) -> None:
+    argv = [*command, "--out", str(tmp_path / "ds"), "--timeout", "nan"]
+    _one_line_error(*_cli(argv, capfd), "--timeout: expected a positive number")  # exit 0 when no child ran
