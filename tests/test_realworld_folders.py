@@ -320,3 +320,11 @@ def test_pretrain_seed_and_stop_after_at_the_edges(tmp_path: Path) -> None:
 def test_build_timeout_is_checked_up_front(tmp_path: Path, capfd, command) -> None:
     argv = [*command, "--out", str(tmp_path / "ds"), "--timeout", "nan"]
     _one_line_error(*_cli(argv, capfd), "--timeout: expected a positive number")  # exit 0 when no child ran
+
+
+def test_load_encoder_on_an_overlong_name_is_a_checkpoint_error() -> None:
+    from circuitml.encoders import load_encoder
+    from circuitml.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not an encoder directory nor a shipped encoder name"):
+        load_encoder("x" * 300)  # was OSError: [Errno 36] File name too long
