@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from circuitml import cli
 from circuitml.errors import CircuitFormatError
 from circuitml.fileio import MAX_INPUT_BYTES, read_input_text
 from circuitml.formats import read_aiger, read_bench, read_circuit
 from circuitml.verilog.preprocess import preprocess_file
+from tests.test_cli_invalid import _run
 
 C17_BENCH = """# c17
 INPUT(1)
@@ -35,18 +35,8 @@ TINY_AAG = "aag 3 2 0 1 1\n2\n4\n6\n6 2 4\n"
 
 
 def _cli(argv: list[str], capfd) -> tuple[int, str]:
-    def hang(signum, frame):
-        raise TimeoutError(f"circuitml {' '.join(argv)} hung")
-
-    previous = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(30)
-    try:
-        code = cli.main(argv)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    captured = capfd.readouterr()
-    return code, (captured.out + captured.err).strip()
+    code, text = _run(argv, capfd)  # cli.main under a 60 s alarm: a hang fails the test instead of the suite
+    return code, text.strip()
 
 
 def _one_line_error(code: int, text: str, *needles: str) -> None:
