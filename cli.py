@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         what = "no such file"
         if isinstance(exc, IsADirectoryError) or (exc.filename and Path(exc.filename).is_dir()):
             what = "is a directory, expected a file"
+        elif exc.filename and os.path.islink(exc.filename):
+            what = "a dangling symlink (its target does not exist)"
         elif isinstance(exc, NotADirectoryError):
             what = "a path component is a file, expected a directory"
         _error(f"{name}: {what}")
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (isinstance(exc, _USER_OS_ERRORS) or exc.errno in _USER_ERRNOS):
             raise
         what = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        if isinstance(exc, FileExistsError) and exc.filename and Path(exc.filename).is_file():
+            what = "is a file, expected a folder"  # a makedirs through a file
         _error(f"{exc.filename or ''}: {what.lower()}" if exc.filename else str(exc))
         code = 2
     except Exception:

@@ -11,6 +11,7 @@ from circuitml.errors import (
     CircuitmlError,
     ConfigError,
     DatasetError,
+    OutputError,
     SynthesisError,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "CircuitmlError",
     "ConfigError",
     "DatasetError",
+    "OutputError",
     "SynthesisError",
     "__version__",
 ]

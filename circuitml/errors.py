@@ -58,5 +58,10 @@ class CheckpointError(CircuitmlError):
     """A checkpoint or exported encoder is missing, truncated, corrupted or of another model."""
 
 
+class OutputError(CircuitmlError, OSError):
+    """An output path cannot be written: a folder where a file is meant, a file where a folder is meant, a
+    read-only or missing place. Also an ``OSError``, so code that handles failed writes still catches it."""
+
+
 class ConfigError(CircuitmlError, ValueError):
     """A configuration file or override is invalid (names the key and what was expected)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,16 @@ import numpy as np
 __all__ = [
     "atomic_write",
     "check_format",
+    "check_input",
     "load_json",
     "read_bytes",
+    "read_input",
+    "read_input_text",
     "read_json",
     "safetensors_bytes",
     "JSON_MAX_DEPTH",
     "JSON_MAX_INT_DIGITS",
+    "MAX_INPUT_BYTES",
 ]
 
 # Bounds of every JSON file the project reads. Our own files nest < 10 deep and hold 64-bit integers (20
@@ -26,6 +32,13 @@ __all__ = [
 # without these a small hostile file ends in an undocumented exception or a long computation.
 JSON_MAX_DEPTH = 200
 JSON_MAX_INT_DIGITS = 40
+
+# Bound of every circuit file read whole (AIGER, bench, Verilog): the largest public benchmarks (EPFL's
+# ten-million-gate AIGs) are ~100 MB binary and a few hundred MB as ASCII or netlist Verilog; a larger input is
+# refused from its size before anything is read, since the readers hold a few copies of it in memory.
+MAX_INPUT_BYTES = 1 << 30
+_UTF8_BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _umask() -> int:
@@ -47,10 +60,26 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
     (0666 minus the umask, usually 0644): ``mkstemp`` creates it 0600, which would hide shared datasets and
     encoders from colleagues.
     """
+    from circuitml.errors import OutputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def cannot_write(exc: OSError) -> OutputError:  # names the file asked for, never our temp file
+        return OutputError(f"{path}: cannot write ({(exc.strerror or str(exc)).lower()})")
+
+    if not path.name or path.is_dir():  # "" and "." name the working folder
+        raise OutputError(f"{path}: cannot write a file here, it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{path}: cannot write, a folder on its path is a file") from None
+    except OSError as exc:
+        raise cannot_write(exc) from None
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise cannot_write(exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
@@ -59,6 +88,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a target that became a folder
+        Path(tmp).unlink(missing_ok=True)
+        raise cannot_write(exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -213,3 +245,78 @@ def read_bytes(path: str | os.PathLike, *, error: type[Exception], what: str = "
 
 class _Bound(Exception):
     """A bound of :func:`load_json` crossed inside the parser (re-raised as the caller's error)."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _refuse(st: os.stat_result, file: str, what: str, limit: int) -> None:
+    from circuitml.errors import CircuitFormatError
+
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", file)
+    if not stat.S_ISREG(st.st_mode):
+        raise CircuitFormatError(file, f"a regular {what}", got=_file_kind(st.st_mode))
+    if st.st_size > limit:
+        raise CircuitFormatError(
+            file, f"a {what} of at most {limit >> 20} MiB", got=f"{st.st_size / (1 << 20):.0f} MiB"
+        )
+
+
+def check_input(path: str | os.PathLike, *, what: str = "circuit file", limit: int = MAX_INPUT_BYTES) -> None:
+    """Refuse, before reading, an input that is not a regular file (a FIFO would block, a device never ends)
+    or is larger than ``limit`` bytes: :class:`~circuitml.errors.CircuitFormatError` naming the file.
+
+    A missing file or dangling symlink raises ``FileNotFoundError``, a directory ``IsADirectoryError`` and a
+    symlink loop ``OSError`` (``ELOOP``), each naming the path.
+    """
+    _refuse(os.stat(path), os.fspath(path), what, limit)
+
+
+def read_input(path: str | os.PathLike, *, what: str = "circuit file", limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of an input file under the bounds of :func:`check_input`, checked on the open file itself.
+
+    The open is non-blocking, so a FIFO is refused instead of waiting for a writer; a file that grows past
+    ``limit`` while it is read is refused too, and so is gzip-compressed data (under any name).
+    """
+    file = os.fspath(path)
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        _refuse(st, file, what, limit)
+        chunk = max(st.st_size + 1, 1 << 16)
+        parts = []
+        total = 0
+        while part := os.read(fd, chunk):
+            parts.append(part)
+            total += len(part)
+            if total > limit:  # it grew while we read it
+                from circuitml.errors import CircuitFormatError
+
+                raise CircuitFormatError(file, f"a {what} of at most {limit >> 20} MiB", got="a growing file")
+    finally:
+        os.close(fd)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    if data.startswith(_GZIP_MAGIC):  # no circuit format starts so; the readers would report garbage bytes
+        from circuitml.errors import CircuitFormatError
+
+        raise CircuitFormatError(file, f"an uncompressed {what}", byte=0, got="gzip data (gunzip it first)")
+    return data
+
+
+def read_input_text(
+    path: str | os.PathLike, *, what: str = "circuit file", limit: int = MAX_INPUT_BYTES
+) -> str:
+    """:func:`read_input` decoded as UTF-8 (undecodable bytes replaced), without a leading byte-order mark
+    (Windows editors write one; Yosys and pyverilog reject it as an invalid token)."""
+    return read_input(path, what=what, limit=limit).removeprefix(_UTF8_BOM).decode("utf-8", errors="replace")

@@ -233,8 +233,26 @@ def simulate_outputs(aig: AIG, pi_words: np.ndarray) -> np.ndarray:
     return Simulator(aig).output_words(pi_words)
 
 
+# Bound of the input words drawn at once; node values are simulated in chunks, the inputs are not.
+MAX_PI_WORD_BYTES = 1 << 30
+
+
 def random_pi_words(num_pis: int, num_patterns: int = 4096, seed: int = 0) -> np.ndarray:
-    """``uint64 [num_pis, ceil(num_patterns / 64)]`` uniformly random input patterns (reproducible by seed)."""
+    """``uint64 [num_pis, ceil(num_patterns / 64)]`` uniformly random input patterns (reproducible by seed).
+
+    Raises:
+        ConfigError: a negative seed, or more patterns than fit in :data:`MAX_PI_WORD_BYTES` of input words.
+    """
+    from circuitml.errors import ConfigError
+
+    if seed < 0:  # numpy's SeedSequence raises a bare ValueError
+        raise ConfigError(f"--seed: expected a non-negative integer, got {seed}")
+    most = MAX_PI_WORD_BYTES // (8 * max(num_pis, 1)) * 64
+    if not 0 < num_patterns <= most:
+        raise ConfigError(
+            f"--patterns: expected 1 to {most} patterns for {num_pis} inputs ({MAX_PI_WORD_BYTES >> 30} GiB "
+            f"of input words), got {num_patterns}"
+        )
     num_words = max(1, math.ceil(num_patterns / 64))
     rng = np.random.default_rng(seed)
     raw = rng.bytes(8 * num_pis * num_words)

@@ -50,6 +50,7 @@ __all__ = [
     "run_abc",
     "abc_cec",
     "abc_script_commands",
+    "check_timeout",
     "ABC_ALIASES",
     "yosys_command",
 ]
@@ -94,12 +95,23 @@ TIMEOUT_ENV = "CIRCUITML_TIMEOUT"
 MAX_MEMORY_ENV = "CIRCUITML_MAX_MEMORY"
 
 
+# The longest --timeout: the child wait converts seconds to C integers (inf, nan and 1e300 raised there).
+MAX_TIMEOUT = 1e7
+
+
+def check_timeout(timeout: float) -> float:
+    """``timeout`` as a float, or :class:`ConfigError` when it is not in (0, :data:`MAX_TIMEOUT`] (nan too)."""
+    if not 0 < timeout <= MAX_TIMEOUT:  # also refuses nan
+        raise ConfigError(
+            f"--timeout: expected a positive number of seconds up to {MAX_TIMEOUT:g}, got {timeout}"
+        )
+    return float(timeout)
+
+
 def set_child_limits(*, timeout: float | None = None, max_memory: int | None = None) -> None:
     """Bound every Yosys/ABC child of this process (and of its workers): seconds and bytes of memory."""
     if timeout is not None:
-        if not timeout > 0:
-            raise ConfigError(f"--timeout: expected a positive number of seconds, got {timeout}")
-        os.environ[TIMEOUT_ENV] = repr(float(timeout))
+        os.environ[TIMEOUT_ENV] = repr(check_timeout(timeout))
     if max_memory is not None:
         if max_memory < 1 << 24:
             raise ConfigError(f"--max-memory: expected at least 16M, got {max_memory} bytes")
@@ -126,7 +138,7 @@ def child_limits(timeout: float) -> tuple[float, int]:
     """``(timeout, max_memory)`` for one child: ``--timeout`` (when set) overrides a caller's default."""
     env_timeout = os.environ.get(TIMEOUT_ENV)
     memory = int(os.environ.get(MAX_MEMORY_ENV, "0") or 0)
-    return (float(env_timeout) if env_timeout else timeout), memory
+    return check_timeout(float(env_timeout) if env_timeout else timeout), memory
 
 
 def guarded_yosys(root: Path, max_memory: int) -> tuple[list[str], dict[str, str]]:
@@ -382,7 +394,7 @@ def abc_script_commands(script: str | Iterable[str]) -> list[str]:
     expanded, since the in-process ABC does not load that file.
 
     Raises:
-        ValueError: on a command that would break the generated script (a newline,
+        ConfigError (a ValueError): on a command that would break the generated script (a newline,
             ``;`` inside a list item, or a command that reads/writes files, which would escape our contract).
     """
     if isinstance(script, str):
@@ -391,14 +403,16 @@ def abc_script_commands(script: str | Iterable[str]) -> list[str]:
         parts = []
         for item in script:
             if ";" in item or "\n" in item:
-                raise ValueError(f"ABC command {item!r}: give one command per list item")
+                raise ConfigError(f"ABC command {item!r}: give one command per list item")
             parts.append(item)
     cmds = [p.strip() for p in parts if p.strip() and not p.strip().startswith("#")]
     cmds = [c for cmd in cmds for c in _expand_alias(cmd)]
     for cmd in cmds:
         word = cmd.split()[0]
         if word.startswith(("read", "write", "&r", "&w")) or word in {"source", "quit", "exit", "cd", "ls"}:
-            raise ValueError(f"ABC command {cmd!r} is not allowed in a recipe (files are handled by run_abc)")
+            raise ConfigError(
+                f"ABC command {cmd!r} is not allowed in a recipe (files are handled by run_abc)"
+            )
     return cmds
 
 

@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from circuitml.errors import DatasetError
+from circuitml.errors import CircuitFormatError, DatasetError
+from circuitml.fileio import check_input, read_input_text
 
 from .format import (
     CIRCUITS_DIR,
@@ -164,8 +165,8 @@ def _verilog_groups(files: list[Path], top: str | None) -> list[tuple[list[Path]
     texts: dict[Path, str] = {}
     for f in files:
         try:
-            texts[f] = _COMMENTS.sub(" ", f.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
+            texts[f] = _COMMENTS.sub(" ", read_input_text(f, what="Verilog file"))
+        except (OSError, CircuitFormatError):
             texts[f] = ""
         defines[f] = set(_MODULE.findall(texts[f]))
     owners: dict[str, list[Path]] = {}
@@ -227,8 +228,8 @@ def _is_testbench(path: Path) -> bool:
     modules with ports (VerilogEval's ``stimulus_gen``) that only the port-less ``tb`` instantiates.
     """
     try:
-        text = _COMMENTS.sub(" ", path.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
+        text = _COMMENTS.sub(" ", read_input_text(path, what="Verilog file"))
+    except (OSError, CircuitFormatError):
         return False
     bodies = _MODULE_BODY.findall(text)
     if not bodies or _SIMULATION_ONLY.search(text) is None:
@@ -239,6 +240,20 @@ def _is_testbench(path: Path) -> bool:
     return bool(tops) and tops <= set(_PORTLESS_HEADER.findall(text))
 
 
+def _readable(path: Path, problems: list[tuple[str, str]]) -> bool:
+    """Whether ``path`` may be read whole; if not (a FIFO or device, too large, gone), the reason goes to
+    ``problems``, before the grouping, hashing and testbench checks that read every file."""
+    try:
+        check_input(path)
+    except CircuitFormatError as exc:
+        problems.append((str(path), f"expected {exc.expected}, got {exc.got}"))
+        return False
+    except OSError as exc:
+        problems.append((str(path), f"cannot read ({(exc.strerror or str(exc)).lower()})"))
+        return False
+    return True
+
+
 def _excluded(rel: PurePosixPath, globs: Sequence[str]) -> str | None:
     """The first glob that matches the path (relative to its source folder), its name, or a folder on the way."""
     for g in globs:
@@ -247,15 +262,24 @@ def _excluded(rel: PurePosixPath, globs: Sequence[str]) -> str | None:
     return None
 
 
-def _walk_circuit_files(root: Path, follow_symlinks: bool, ignored: list[tuple[str, str]]) -> list[Path]:
+def _real(path: Path) -> Path:
+    """``path`` with every symlink resolved; a symlink loop resolves as far as it goes (``Path.resolve`` raises
+    ``RuntimeError`` on one before Python 3.13)."""
+    return Path(os.path.realpath(path))
+
+
+def _walk_circuit_files(
+    root: Path, follow_symlinks: bool, ignored: list[tuple[str, str]], broken: list[tuple[str, str]]
+) -> list[Path]:
     """Circuit files under ``root``; symlinks leaving ``root`` are ignored (with a reason that names the link,
-    never its target) unless ``follow_symlinks``; symlink loops are walked once."""
-    real_root = root.resolve()
+    never its target) unless ``follow_symlinks``; folder symlink loops are walked once. Circuit-named symlinks
+    that lead nowhere (dangling, or a loop) go to ``broken`` as ``(path, reason)``."""
+    real_root = _real(root)
     found: list[Path] = []
     seen: set[Path] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
         folder = Path(dirpath)
-        real = folder.resolve()
+        real = _real(folder)
         if real in seen:  # a link back to a folder already walked
             dirnames[:] = []
             continue
@@ -264,19 +288,24 @@ def _walk_circuit_files(root: Path, follow_symlinks: bool, ignored: list[tuple[s
         if not follow_symlinks:
             for name in dirnames:
                 link = folder / name
-                if link.is_symlink() and not link.resolve().is_relative_to(real_root):
+                if link.is_symlink() and not _real(link).is_relative_to(real_root):
                     ignored.append(
                         (str(link), f"symlink to a folder outside {root}, not followed (--follow-symlinks)")
                     )
         for name in sorted(filenames):
             path = folder / name
             if path.suffix.lower() not in CIRCUIT_SUFFIXES:
+                if name.lower().endswith(tuple(f"{s}.gz" for s in CIRCUIT_SUFFIXES)):
+                    ignored.append((str(path), "gzip-compressed, not read (gunzip it first)"))
                 continue
-            if not follow_symlinks and path.is_symlink() and not path.resolve().is_relative_to(real_root):
+            if not follow_symlinks and path.is_symlink() and not _real(path).is_relative_to(real_root):
                 ignored.append((str(path), f"symlink to a file outside {root}, not read (--follow-symlinks)"))
                 continue
             if path.is_file():
                 found.append(path)
+            elif path.is_symlink() and not path.exists():
+                loop = _real(path).is_symlink()  # realpath stops inside a loop, at a link
+                broken.append((str(path), "symlink loop, not read" if loop else "dangling symlink, not read"))
     return sorted(found)
 
 
@@ -298,7 +327,7 @@ def discover_sources(
     relative to the given folder, the file name or a folder name), Verilog testbenches (no ports, only
     simulation code), and symlinks in a folder that point outside it (unless ``follow_symlinks``).
     """
-    skip = [Path(e).resolve() for e in exclude]
+    skip = [_real(Path(e)) for e in exclude]
     globs = list(exclude_globs)
     ignored = [] if ignored is None else ignored
     items: list[SourceItem] = []
@@ -308,7 +337,7 @@ def discover_sources(
         root = Path(src)
         if root.is_dir():
             before = len(ignored)
-            files = _walk_circuit_files(root, follow_symlinks, ignored)
+            files = _walk_circuit_files(root, follow_symlinks, ignored, problems)
             if globs:
                 kept = []
                 for f in files:
@@ -322,7 +351,7 @@ def discover_sources(
                 problems.append(
                     (str(root), f"no circuit files ({', '.join(CIRCUIT_SUFFIXES)}) in this folder")
                 )
-        elif root.is_file():
+        elif root.exists() or root.is_symlink():  # a FIFO, a device or a broken link is named by _readable
             if root.suffix.lower() not in CIRCUIT_SUFFIXES:
                 problems.append(
                     (str(root), f"expected a file ending in one of {', '.join(CIRCUIT_SUFFIXES)}")
@@ -332,10 +361,11 @@ def discover_sources(
         else:
             problems.append((str(root), "no such file or folder"))
             continue
-        files = [f for f in files if f.resolve() not in seen]
+        files = [f for f in files if _real(f) not in seen]
         if skip:
-            files = [f for f in files if not any(f.resolve().is_relative_to(d) for d in skip)]
-        seen.update(f.resolve() for f in files)
+            files = [f for f in files if not any(_real(f).is_relative_to(d) for d in skip)]
+        seen.update(_real(f) for f in files)
+        files = [f for f in files if _readable(f, problems)]
         by_folder: dict[Path, list[Path]] = {}
         for f in files:
             suffix = f.suffix.lower()
@@ -385,7 +415,7 @@ def _safe_id(text: str) -> str:
 def _verilog_text(item: SourceItem) -> str:
     parts = []
     for p in item.include_files + item.paths:
-        text = p.read_bytes().decode("utf-8", errors="replace")
+        text = read_input_text(p, what="Verilog file")
         if len(item.include_files) + len(item.paths) > 1:
             text = f"// ---- file: {p.name}\n{text}"
         parts.append(text if text.endswith("\n") else text + "\n")
@@ -683,7 +713,11 @@ def build_dataset(
         DatasetError: ``out`` holds a corrupted manifest or is not a folder; with ``strict``, a failed source.
     """
     from circuitml.locking import folder_lock
+    from circuitml.yosys import check_timeout
 
+    check_timeout(
+        timeout
+    )  # up front: a resumed build with nothing left to do never starts a child to check it
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():

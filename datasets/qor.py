@@ -341,7 +341,9 @@ def _expand_sources(
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            found = _walk_circuit_files(p, follow_symlinks, ignored if ignored is not None else [])
+            left_out = ignored if ignored is not None else []
+            # dangling symlinks and loops are left out with their reason too
+            found = _walk_circuit_files(p, follow_symlinks, left_out, left_out)
             if not found:
                 raise ConfigError(
                     f"{p}: expected circuit files ({', '.join(CIRCUIT_SUFFIXES)}) in the folder"

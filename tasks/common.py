@@ -124,6 +124,18 @@ class TrainConfig:
             )
         if self.zero_shot and self.head != "pretrained":
             raise ConfigError(f"train config: zero_shot needs head 'pretrained', got {self.head!r}")
+        for key in (
+            "lr",
+            "encoder_lr",
+        ):  # torch's optimizers raise a bare ValueError on these; nan would train
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                raise ConfigError(
+                    f"train config: {key} must be a finite number > 0, got {getattr(self, key)}"
+                )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                f"train config: weight_decay must be a finite number >= 0, got {self.weight_decay}"
+            )
         if not (math.isfinite(self.sp_alpha) and self.sp_alpha >= 0):
             raise ConfigError(f"train config: sp_alpha must be a finite number >= 0, got {self.sp_alpha}")
         if self.freeze_layers < 0 or self.encoder_lr <= 0:

@@ -234,6 +234,8 @@ def evaluate(
         load_task_head(encoder, task, setting)
     if compare and seeds < 3:
         raise ConfigError(f"--seeds: expected at least 3 with --compare {compare}, got {seeds}")
+    if seeds < 1:  # no run at all: the report's plots had nothing to draw (a traceback)
+        raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
     if compare and encoder == "scratch":
         raise ConfigError(f"--compare {compare}: expected a pretrained --encoder DIR to compare against")
     cfg_dict = load_json(encoder_config, "--encoder-config", error=ConfigError) if encoder_config else None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from circuitml.errors import ConfigError
+from circuitml.fileio import atomic_write
 
 METHODS = ("auto", "sim", "exhaustive", "cec")
 
@@ -73,6 +73,8 @@ def simulate(
 
     if patterns <= 0:
         raise ConfigError(f"--patterns: expected a positive integer, got {patterns}")
+    if out is not None and not out.name:  # "" and "." have no name to give a .npy suffix
+        raise ConfigError(f"--out: expected a .npy file path, got the folder {str(out)!r}")
     aig = _read(path)
     prob = signal_probability(aig, num_patterns=patterns, seed=seed)
     p_out = np.where(aig.pos & 1, 1 - prob[aig.pos >> 1], prob[aig.pos >> 1])
@@ -85,14 +87,9 @@ def simulate(
     Console().print(table)
     if out is not None:
         out = out.with_suffix(".npy") if out.suffix != ".npy" else out
-        fd, tmp = tempfile.mkstemp(suffix=".npy", dir=out.parent if str(out.parent) else ".")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, prob)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        np.save(buf, prob)
+        atomic_write(out, buf.getvalue())
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:

@@ -78,9 +78,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         max_len: int = typer.Option(None, help="Cut the id sequence to this length."),
     ) -> None:
         """The normalized token stream a Verilog encoder reads."""
+        from circuitml.fileio import read_input_text
         from circuitml.verilog import encode_tokens, tokenize_verilog
 
-        toks = tokenize_verilog(source.read_text(errors="replace"))
+        toks = tokenize_verilog(read_input_text(source, what="Verilog file"))
         if ids:
             typer.echo(json.dumps(encode_tokens(toks, max_len=max_len)))
         else:

@@ -38,8 +38,11 @@ def resolve_encoder(name_or_path: str | os.PathLike) -> Path:
         CheckpointError: neither an existing folder nor a shipped name (the message lists the shipped ones).
     """
     path = Path(name_or_path)
-    if path.exists():
-        return path
+    try:
+        if path.exists():
+            return path
+    except OSError:  # a name longer than the file system allows (ENAMETOOLONG): not a folder, maybe a name
+        pass
     shipped = shipped_encoders()
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from circuitml.aig import AIG
 from circuitml.errors import CircuitFormatError
+from circuitml.fileio import check_input
 from circuitml.formats.aiger import aiger_bytes, parse_aiger, read_aiger, write_aiger
 from circuitml.formats.bench import bench_text, parse_bench, read_bench, write_bench
 
@@ -47,14 +48,15 @@ def read_circuit(path: str | os.PathLike, *, top: str | None = None) -> AIG:
         top: top module for Verilog (detected when omitted).
 
     Raises:
-        CircuitFormatError: unknown suffix or malformed file (names the file and the place).
-        FileNotFoundError: the file does not exist.
+        CircuitFormatError: unknown suffix, malformed file (names the file and the place), not a regular
+            file (a FIFO, a device) or larger than :data:`circuitml.fileio.MAX_INPUT_BYTES`.
+        FileNotFoundError: the file does not exist (or is a dangling symlink).
+        IsADirectoryError: it is a directory.
         SynthesisError: Yosys rejected a Verilog design.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file", str(path))
+    check_input(path)  # a FIFO or device would block or never end; a huge file is refused before it is read
     if suffix in (".aag", ".aig"):
         return read_aiger(path)
     if suffix == ".bench":
@@ -63,6 +65,8 @@ def read_circuit(path: str | os.PathLike, *, top: str | None = None) -> AIG:
         from circuitml.verilog import verilog_to_aig  # Yosys is only needed for Verilog
 
         return verilog_to_aig([path], top=top)
+    if suffix == ".gz" and Path(path.stem).suffix.lower() in READ_SUFFIXES:
+        suffix = f"{Path(path.stem).suffix}.gz, gzip-compressed (gunzip it first)"
     raise CircuitFormatError(
         path, f"a file ending in one of {', '.join(READ_SUFFIXES)}", got=suffix or "no suffix"
     )

@@ -25,7 +25,7 @@ import numpy as np
 from circuitml import kernels
 from circuitml.aig import AIG, longest_path_levels
 from circuitml.errors import CircuitFormatError
-from circuitml.fileio import atomic_write
+from circuitml.fileio import atomic_write, read_input
 from circuitml.formats.aiger_compiled import ASCII, FALLBACK, decode_varints, parse_aiger_bytes
 
 __all__ = ["parse_aiger", "read_aiger", "aiger_bytes", "write_aiger"]
@@ -509,18 +509,11 @@ def read_aiger(path: str | os.PathLike) -> AIG:
     """Read an ``.aag`` or ``.aig`` file (format chosen by its header, not its suffix)."""
     file = os.fspath(path)
     # os-level reads and a string stem: pathlib and a buffered reader cost ~7 us, a third of a small file's parse
-    fd = os.open(file, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    try:
-        chunk = max(os.fstat(fd).st_size + 1, 1 << 16)
-        parts = []
-        while part := os.read(fd, chunk):
-            parts.append(part)
-    finally:
-        os.close(fd)
+    data = read_input(file, what="AIGER file")
     base = os.path.basename(file)
     dot = base.rfind(".")
     stem = base[:dot] if 0 < dot < len(base) - 1 else base  # what Path.stem gives
-    return parse_aiger(parts[0] if len(parts) == 1 else b"".join(parts), file=file, name=stem)
+    return parse_aiger(data, file=file, name=stem)
 
 
 def aiger_bytes(aig: AIG, binary: bool = True, symbols: bool = True) -> bytes:

@@ -26,7 +26,7 @@ import numpy as np
 from circuitml import kernels
 from circuitml.aig import AIG, AIGBuilder, longest_path_levels
 from circuitml.errors import CircuitFormatError
-from circuitml.fileio import atomic_write
+from circuitml.fileio import atomic_write, read_input
 from circuitml.formats.bench_compiled import GATE_CODES, build_gates
 
 __all__ = ["parse_bench", "read_bench", "bench_text", "write_bench"]
@@ -235,13 +235,16 @@ def _gate(b: AIGBuilder, gtype: str, args: list[int]) -> int:
 def read_bench(path: str | os.PathLike) -> AIG:
     """Read an ISCAS ``.bench`` file into an :class:`AIG`."""
     path = Path(path)
-    data = path.read_bytes()
+    data = read_input(path, what="bench file")
+    bom = (
+        3 if data.startswith(b"\xef\xbb\xbf") else 0
+    )  # Windows editors write a byte-order mark; it is no gate
     try:
-        text = data.decode("utf-8")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line = data[: bom + exc.start].count(b"\n") + 1
         raise CircuitFormatError(
-            path, "UTF-8 text", line=line, byte=exc.start, got="undecodable bytes"
+            path, "UTF-8 text", line=line, byte=bom + exc.start, got="undecodable bytes"
         ) from None
     return parse_bench(text, file=path, name=path.stem)
 

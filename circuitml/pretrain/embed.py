@@ -49,6 +49,12 @@ def embed_files(
         raise ConfigError("embed: expected at least one circuit file")
     if dtype not in ("float32", "bf16"):
         raise ConfigError(f"embed: --dtype must be float32 or bf16, got {dtype!r}")
+    out = Path(out)
+    if not out.name or out.is_dir():
+        raise ConfigError(f"embed: --out {out} is a directory, expected a .safetensors file path")
+    for file in files:  # atomic_write would replace the circuit by its embeddings
+        if out.exists() and Path(file).exists() and out.samefile(file):
+            raise ConfigError(f"embed: --out {out} is one of the input circuits, expected a new file")
     failures = [] if failures is None else failures
     encoder = load_encoder(encoder_dir).to(device)
     device_type = torch.device(device).type
@@ -83,8 +89,6 @@ def embed_files(
         raise DatasetError(
             f"embed: no circuit could be read ({len(failures)} failed); nothing written to {out}"
         )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": "circuitml.embeddings",
         "encoder": str(encoder_dir),

@@ -311,6 +311,8 @@ def train(
             used by tests and for chunked runs on preemptible machines.
     """
     # ---------------------------------------------------------------- config & processes
+    if stop_after is not None and stop_after < 1:  # -1 ran no step and ended with exit 0
+        raise ConfigError(f"--stop-after: expected a step >= 1, got {stop_after}")
     out = Path(out)
     ckpt_dir = out / "checkpoints"
     check_run_folder(out, resume=resume, overwrite=overwrite)

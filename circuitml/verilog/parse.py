@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuitml.errors import CircuitFormatError, SynthesisError
+from circuitml.fileio import read_input_text
 from circuitml.verilog.preprocess import preprocess_file
 from circuitml.verilog.tokens import lex_verilog
 
@@ -340,7 +341,7 @@ def _fallback_modules(
     from circuitml.verilog.synth import _collect_includes, _parse_ports
     from circuitml.yosys import run_yosys
 
-    texts = {p: p.read_text(errors="replace") for p in paths}
+    texts = {p: read_input_text(p, what="Verilog file") for p in paths}
     files: dict[str, bytes | str] = {}
     aliases: dict[str, str] = {}
     reads = []

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuitml.errors import CircuitFormatError
+from circuitml.fileio import read_input_text
 
 __all__ = ["Preprocessed", "preprocess_verilog", "preprocess_file"]
 
@@ -300,7 +301,7 @@ class _Preprocessor:
         if cur:  # text before the directive stays on its own line
             flush()
         try:
-            data = target.read_bytes().decode("utf-8", errors="replace")
+            data = read_input_text(target, what="include file")
         except OSError as exc:
             raise CircuitFormatError(
                 file, f"a readable include file {name!r}", line=line, got=str(exc)
@@ -556,13 +557,13 @@ def preprocess_file(
     """Preprocess a Verilog file (its own folder is searched first for ```include`` files)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        text = read_input_text(path, what="Verilog file")
     except IsADirectoryError:
         raise CircuitFormatError(path, "a Verilog file", got="a directory") from None
     except OSError as exc:
         raise CircuitFormatError(path, "a readable Verilog file", got=exc.strerror or str(exc)) from None
     return preprocess_verilog(
-        data.decode("utf-8", errors="replace"),
+        text,
         str(path),
         folder=path.parent,
         include_dirs=include_dirs,

@@ -37,6 +37,7 @@ import numpy as np
 
 from circuitml.aig import AIG
 from circuitml.errors import CircuitFormatError, CircuitmlError, SynthesisError
+from circuitml.fileio import check_input, read_input
 from circuitml.yosys import run_yosys
 
 __all__ = [
@@ -279,7 +280,8 @@ def _expand_sources(paths: str | Path | Iterable[str | Path]) -> list[Path]:
                         q, f"a Verilog file inside {p}", got="a symlink leaving the folder"
                     )
             out.extend(found)
-        elif p.is_file():
+        elif p.exists() or p.is_symlink():
+            check_input(p, what="Verilog file")  # a FIFO, a device, a symlink loop or a huge file: refused
             out.append(p)
         else:
             raise CircuitFormatError(p, "an existing Verilog file or folder", got="no such file")
@@ -315,7 +317,7 @@ def _collect_readmem(texts: dict[Path, str], roots: Sequence[Path]) -> dict[tupl
         for name in _READMEM_RE.findall(text):
             cand = _confine(path.parent / name, "$readmem", name, roots)
             if cand.is_file() and not Path(name).is_absolute() and ".." not in Path(name).parts:
-                found[(k, name)] = cand.read_bytes()
+                found[(k, name)] = read_input(cand, what="$readmem file")
     return found
 
 
@@ -336,7 +338,7 @@ def _collect_includes(
                 if roots:
                     _confine(cand, "`include", name, roots)
                 if cand.is_file():
-                    data = cand.read_bytes()
+                    data = read_input(cand, what="include file")
                     found[name] = data
                     queue.append((cand, data.decode(errors="replace")))
                     break
@@ -405,7 +407,9 @@ class _Job:
 def _prepare(paths, top, include_dirs, defines, out_dir: str) -> _Job:
     """Files, script and names for one design; ``out_dir`` keeps designs of one batch apart."""
     sources = _expand_sources(paths)
-    texts = {p: p.read_bytes().decode(errors="replace") for p in sources}
+    # one read per file; a byte-order mark (Windows editors) is dropped, Yosys rejects it as an invalid token
+    data = {p: read_input(p, what="Verilog file").removeprefix(b"\xef\xbb\xbf") for p in sources}
+    texts = {p: raw.decode(errors="replace") for p, raw in data.items()}
     if top is None:
         from circuitml.verilog.parse import find_top
 
@@ -416,7 +420,7 @@ def _prepare(paths, top, include_dirs, defines, out_dir: str) -> _Job:
     rel_sources = []
     for k, p in enumerate(sources):
         rel = f"{base}src{k}/{p.name}"
-        files[rel] = p.read_bytes()
+        files[rel] = data[p]
         aliases[rel] = str(p)
         rel_sources.append(rel)
     inc_dirs = [Path(d) for d in include_dirs]
