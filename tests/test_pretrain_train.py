@@ -376,3 +376,18 @@ def test_excluded_families_are_left_out_of_pretraining(tiny_dataset, tmp_path):
     a, b = load_encoder(result.encoder_dir).state_dict(), load_encoder(exported).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "loss" in json.loads((exported / "config.json").read_text())["card"]["metrics_last_10_steps"]
+
+
+def test_a_checkpoint_naming_an_overlong_tensor_file_is_a_checkpoint_error(tmp_path):
+    # fuzz seed 17: a 'tensors' name over the file system's 255-byte limit made Path.is_file raise OSError
+    import json
+
+    from circuitml.errors import CheckpointError
+    from circuitml.pretrain.checkpoint import load_checkpoint, save_checkpoint
+
+    record = save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"step": 1})
+    data = json.loads(record.read_text())
+    data["tensors"] = "x" * 300
+    record.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="'tensors'"):
+        load_checkpoint(record)

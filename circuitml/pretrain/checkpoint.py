@@ -290,7 +290,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not isinstance(record["size"], int) or not isinstance(record["sha256"], str):
         raise CheckpointError(f"{path}: keys 'size'/'sha256': expected an integer and a hex digest")
     tensor_path = path.parent / name
-    if not tensor_path.is_file():
+    try:
+        found = tensor_path.is_file()
+    except OSError as exc:  # a name over the file system's limit (ENAMETOOLONG) is not swallowed by is_file
+        raise CheckpointError(
+            f"{path}: key 'tensors': expected a readable file name, got {name!r:.60} ({exc.strerror})"
+        ) from None
+    if not found:
         raise CheckpointError(f"{tensor_path}: tensor file of checkpoint {path.name} not found")
     size = tensor_path.stat().st_size
     if size != record["size"]:
