@@ -245,6 +245,8 @@ def random_pi_words(num_pis: int, num_patterns: int = 4096, seed: int = 0) -> np
     """
     from circuitml.errors import ConfigError
 
+    if isinstance(num_patterns, bool) or not isinstance(num_patterns, (int, np.integer)):
+        raise ConfigError(f"--patterns: expected an integer number of patterns, got {num_patterns!r}")
     if seed < 0:  # numpy's SeedSequence raises a bare ValueError
         raise ConfigError(f"--seed: expected a non-negative integer, got {seed}")
     most = MAX_PI_WORD_BYTES // (8 * max(num_pis, 1)) * 64
@@ -270,8 +272,6 @@ def signal_probability(aig: AIG, num_patterns: int = 4096, seed: int = 0) -> np.
     The probability label of DeepGate (Li et al., DAC 2022) and of MGVGA's probability task, estimated by
     bit-parallel random simulation; exact for a node when all its patterns were enumerated.
     """
-    if num_patterns <= 0:
-        raise ValueError("num_patterns must be positive")
     words = random_pi_words(aig.num_pis, num_patterns, seed)
     ones = Simulator(aig).ones_count(words, num_patterns)
     return (ones / num_patterns).astype(np.float32)

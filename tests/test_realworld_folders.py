@@ -318,3 +318,41 @@ def test_load_encoder_on_an_overlong_name_is_a_checkpoint_error() -> None:
 
     with pytest.raises(CheckpointError, match="not an encoder directory nor a shipped encoder name"):
         load_encoder("x" * 300)  # was OSError: [Errno 36] File name too long
+
+
+def test_abc_refuses_an_output_suffix_it_cannot_write_before_running_abc(
+    tmp_path: Path, capfd, monkeypatch
+) -> None:
+    import circuitml.yosys
+
+    def never(*args, **kwargs):  # the suffix is checked first: ABC must not run for nothing
+        raise AssertionError("ABC ran before the output suffix was checked")
+
+    monkeypatch.setattr(circuitml.yosys, "run_abc", never)
+    circuit = tmp_path / "tiny.aag"
+    circuit.write_text(TINY_AAG)
+    out = tmp_path / "opt.txt"
+    _one_line_error(*_cli(["abc", str(circuit), "--out", str(out)], capfd), "an output suffix among")
+    assert not out.exists()
+
+
+def test_verilog_tokens_max_len_needs_ids_and_a_positive_length(tmp_path: Path, capfd) -> None:
+    src = tmp_path / "t.v"
+    src.write_text("module t(input a, output y); assign y = a; endmodule\n")
+    for options in (["--ids", "--max-len", "0"], ["--ids", "--max-len", "-1"], ["--max-len", "4"]):
+        _one_line_error(*_cli(["verilog", "tokens", str(src), *options], capfd), "--max-len")  # was ignored
+    code, text = _cli(["verilog", "tokens", str(src), "--ids", "--max-len", "4"], capfd)
+    assert code == 0 and len(__import__("json").loads(text.splitlines()[-1])) == 4
+
+
+@pytest.mark.parametrize("patterns", [0, -1, 1.5, True])
+def test_signal_probability_refuses_pattern_counts_it_cannot_honour(patterns) -> None:
+    from circuitml.aig import AIGBuilder
+    from circuitml.errors import ConfigError
+    from circuitml.sim import signal_probability
+
+    b = AIGBuilder("t")
+    x, y = b.add_pi(), b.add_pi()
+    b.add_po(b.and_(x, y))
+    with pytest.raises(ConfigError, match="--patterns"):  # 0 was a plain ValueError, 1.5 an IndexError
+        signal_probability(b.build(), patterns)

@@ -78,9 +78,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         max_len: int = typer.Option(None, help="Cut the id sequence to this length."),
     ) -> None:
         """The normalized token stream a Verilog encoder reads."""
+        from circuitml.errors import ConfigError
         from circuitml.fileio import read_input_text
         from circuitml.verilog import encode_tokens, tokenize_verilog
 
+        if max_len is not None and (not ids or max_len < 1):  # never silently ignored
+            raise ConfigError(f"--max-len: expected a length >= 1 together with --ids, got {max_len}")
         toks = tokenize_verilog(read_input_text(source, what="Verilog file"))
         if ids:
             typer.echo(json.dumps(encode_tokens(toks, max_len=max_len)))
@@ -127,9 +130,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         timeout: float = typer.Option(120.0, help="Seconds before ABC is killed."),
     ) -> None:
         """Run an ABC recipe on a circuit and print AND count and depth before and after."""
-        from circuitml.formats import read_circuit, write_circuit
+        from circuitml.formats import check_output_suffix, read_circuit, write_circuit
         from circuitml.yosys import run_abc
 
+        if out is not None:  # before ABC runs, not after
+            check_output_suffix(out)
         aig = read_circuit(source)
         res = run_abc(aig, script, timeout=timeout)
         before = aig.stats()

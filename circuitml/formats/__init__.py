@@ -24,6 +24,7 @@ from circuitml.formats.bench import bench_text, parse_bench, read_bench, write_b
 __all__ = [
     "READ_SUFFIXES",
     "WRITE_SUFFIXES",
+    "check_output_suffix",
     "aiger_bytes",
     "bench_text",
     "parse_aiger",
@@ -72,15 +73,21 @@ def read_circuit(path: str | os.PathLike, *, top: str | None = None) -> AIG:
     )
 
 
+def check_output_suffix(path: str | os.PathLike) -> str:
+    """The lower-cased suffix of an output ``path`` :func:`write_circuit` can write, else
+    :class:`CircuitFormatError` (checked before a long job, so it does not fail only at the end)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise CircuitFormatError(
+            Path(path), f"an output suffix among {', '.join(WRITE_SUFFIXES)}", got=suffix or "none"
+        )
+    return suffix
+
+
 def write_circuit(aig: AIG, path: str | os.PathLike) -> None:
     """Write ``aig`` in the format its suffix names (atomically: temp file, then rename)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".aag", ".aig"):
+    if check_output_suffix(path) in (".aag", ".aig"):
         write_aiger(aig, path)
-    elif suffix == ".bench":
-        write_bench(aig, path)
     else:
-        raise CircuitFormatError(
-            path, f"an output suffix among {', '.join(WRITE_SUFFIXES)}", got=suffix or "none"
-        )
+        write_bench(aig, path)
