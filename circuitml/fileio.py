@@ -16,6 +16,7 @@ __all__ = [
     "atomic_write",
     "check_format",
     "check_input",
+    "file_kind",
     "load_json",
     "read_bytes",
     "read_input",
@@ -247,7 +248,8 @@ class _Bound(Exception):
     """A bound of :func:`load_json` crossed inside the parser (re-raised as the caller's error)."""
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file is, in words ("a FIFO (named pipe)", …)."""
     for test, kind in (
         (stat.S_ISDIR, "a directory"),
         (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -266,7 +268,7 @@ def _refuse(st: os.stat_result, file: str, what: str, limit: int) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", file)
     if not stat.S_ISREG(st.st_mode):
-        raise CircuitFormatError(file, f"a regular {what}", got=_file_kind(st.st_mode))
+        raise CircuitFormatError(file, f"a regular {what}", got=file_kind(st.st_mode))
     if st.st_size > limit:
         raise CircuitFormatError(
             file, f"a {what} of at most {limit >> 20} MiB", got=f"{st.st_size / (1 << 20):.0f} MiB"

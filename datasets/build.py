@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from circuitml.errors import CircuitFormatError, DatasetError
-from circuitml.fileio import check_input, read_input_text
+from circuitml.fileio import check_input, file_kind, read_input_text
 
 from .format import (
     CIRCUITS_DIR,
@@ -306,6 +306,8 @@ def _walk_circuit_files(
             elif path.is_symlink() and not path.exists():
                 loop = _real(path).is_symlink()  # realpath stops inside a loop, at a link
                 broken.append((str(path), "symlink loop, not read" if loop else "dangling symlink, not read"))
+            elif path.exists() and not path.is_dir():  # a FIFO, device or socket named like a circuit
+                ignored.append((str(path), f"{file_kind(path.stat().st_mode)}, not read"))
     return sorted(found)
 
 

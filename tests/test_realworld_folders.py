@@ -356,3 +356,14 @@ def test_signal_probability_refuses_pattern_counts_it_cannot_honour(patterns) ->
     b.add_po(b.and_(x, y))
     with pytest.raises(ConfigError, match="--patterns"):  # 0 was a plain ValueError, 1.5 an IndexError
         signal_probability(b.build(), patterns)
+
+
+def test_a_fifo_inside_a_folder_is_listed_as_ignored_not_passed_over(tmp_path: Path) -> None:
+    from datasets.build import discover_sources
+
+    (tmp_path / "c17.bench").write_text(C17_BENCH)
+    os.mkfifo(tmp_path / "pipe.aig")
+    ignored: list[tuple[str, str]] = []
+    found = discover_sources([tmp_path], ignored=ignored)  # never opens the pipe (that would block)
+    assert (str(tmp_path / "pipe.aig"), "a FIFO (named pipe), not read") in ignored
+    assert "pipe.aig" not in str(found)
