@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from circuitml.errors import CircuitFormatError, OutputError
+
 __all__ = [
     "atomic_write",
     "check_format",
@@ -26,6 +28,7 @@ __all__ = [
     "JSON_MAX_DEPTH",
     "JSON_MAX_INT_DIGITS",
     "MAX_INPUT_BYTES",
+    "UTF8_BOM",
 ]
 
 # Bounds of every JSON file the project reads. Our own files nest < 10 deep and hold 64-bit integers (20
@@ -38,7 +41,7 @@ JSON_MAX_INT_DIGITS = 40
 # ten-million-gate AIGs) are ~100 MB binary and a few hundred MB as ASCII or netlist Verilog; a larger input is
 # refused from its size before anything is read, since the readers hold a few copies of it in memory.
 MAX_INPUT_BYTES = 1 << 30
-_UTF8_BOM = b"\xef\xbb\xbf"
+UTF8_BOM = b"\xef\xbb\xbf"  # Windows editors start UTF-8 text with it
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -61,8 +64,6 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
     (0666 minus the umask, usually 0644): ``mkstemp`` creates it 0600, which would hide shared datasets and
     encoders from colleagues.
     """
-    from circuitml.errors import OutputError
-
     path = Path(path)
 
     def cannot_write(exc: OSError) -> OutputError:  # names the file asked for, never our temp file
@@ -263,8 +264,6 @@ def file_kind(mode: int) -> str:
 
 
 def _refuse(st: os.stat_result, file: str, what: str, limit: int) -> None:
-    from circuitml.errors import CircuitFormatError
-
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "Is a directory", file)
     if not stat.S_ISREG(st.st_mode):
@@ -303,15 +302,11 @@ def read_input(path: str | os.PathLike, *, what: str = "circuit file", limit: in
             parts.append(part)
             total += len(part)
             if total > limit:  # it grew while we read it
-                from circuitml.errors import CircuitFormatError
-
                 raise CircuitFormatError(file, f"a {what} of at most {limit >> 20} MiB", got="a growing file")
     finally:
         os.close(fd)
     data = parts[0] if len(parts) == 1 else b"".join(parts)
     if data.startswith(_GZIP_MAGIC):  # no circuit format starts so; the readers would report garbage bytes
-        from circuitml.errors import CircuitFormatError
-
         raise CircuitFormatError(file, f"an uncompressed {what}", byte=0, got="gzip data (gunzip it first)")
     return data
 
@@ -321,4 +316,4 @@ def read_input_text(
 ) -> str:
     """:func:`read_input` decoded as UTF-8 (undecodable bytes replaced), without a leading byte-order mark
     (Windows editors write one; Yosys and pyverilog reject it as an invalid token)."""
-    return read_input(path, what=what, limit=limit).removeprefix(_UTF8_BOM).decode("utf-8", errors="replace")
+    return read_input(path, what=what, limit=limit).removeprefix(UTF8_BOM).decode("utf-8", errors="replace")

@@ -717,9 +717,8 @@ def build_dataset(
     from circuitml.locking import folder_lock
     from circuitml.yosys import check_timeout
 
-    check_timeout(
-        timeout
-    )  # up front: a resumed build with nothing left to do never starts a child to check it
+    # up front: a resumed build with nothing left to do never starts a child to check it
+    check_timeout(timeout)
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -124,10 +124,8 @@ class TrainConfig:
             )
         if self.zero_shot and self.head != "pretrained":
             raise ConfigError(f"train config: zero_shot needs head 'pretrained', got {self.head!r}")
-        for key in (
-            "lr",
-            "encoder_lr",
-        ):  # torch's optimizers raise a bare ValueError on these; nan would train
+        # torch's optimizers raise a bare ValueError on these; nan would train
+        for key in ("lr", "encoder_lr"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
                 raise ConfigError(
                     f"train config: {key} must be a finite number > 0, got {getattr(self, key)}"

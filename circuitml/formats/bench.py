@@ -26,7 +26,7 @@ import numpy as np
 from circuitml import kernels
 from circuitml.aig import AIG, AIGBuilder, longest_path_levels
 from circuitml.errors import CircuitFormatError
-from circuitml.fileio import atomic_write, read_input
+from circuitml.fileio import UTF8_BOM, atomic_write, read_input
 from circuitml.formats.bench_compiled import GATE_CODES, build_gates
 
 __all__ = ["parse_bench", "read_bench", "bench_text", "write_bench"]
@@ -236,9 +236,7 @@ def read_bench(path: str | os.PathLike) -> AIG:
     """Read an ISCAS ``.bench`` file into an :class:`AIG`."""
     path = Path(path)
     data = read_input(path, what="bench file")
-    bom = (
-        3 if data.startswith(b"\xef\xbb\xbf") else 0
-    )  # Windows editors write a byte-order mark; it is no gate
+    bom = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0  # no gate; error offsets still count it
     try:
         text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -242,11 +242,8 @@ class PretrainConfig:
             ("schedule.warmup_steps", self.schedule.warmup_steps >= 0, "an integer >= 0"),
             ("run.checkpoint_every", self.run.checkpoint_every >= 1, "an integer >= 1"),
             ("run.threads", self.run.threads >= 0, "an integer >= 0 (0 = torch's default)"),
-            (
-                "run.seed",
-                self.run.seed >= 0,
-                "an integer >= 0",
-            ),  # numpy's SeedSequence raises on a negative one
+            # numpy's SeedSequence raises on a negative seed
+            ("run.seed", self.run.seed >= 0, "an integer >= 0"),
             ("run.keep_checkpoints", self.run.keep_checkpoints >= 1, "an integer >= 1"),
             (
                 "run.device",

@@ -37,7 +37,7 @@ import numpy as np
 
 from circuitml.aig import AIG
 from circuitml.errors import CircuitFormatError, CircuitmlError, SynthesisError
-from circuitml.fileio import check_input, read_input
+from circuitml.fileio import UTF8_BOM, check_input, read_input
 from circuitml.yosys import run_yosys
 
 __all__ = [
@@ -408,7 +408,7 @@ def _prepare(paths, top, include_dirs, defines, out_dir: str) -> _Job:
     """Files, script and names for one design; ``out_dir`` keeps designs of one batch apart."""
     sources = _expand_sources(paths)
     # one read per file; a byte-order mark (Windows editors) is dropped, Yosys rejects it as an invalid token
-    data = {p: read_input(p, what="Verilog file").removeprefix(b"\xef\xbb\xbf") for p in sources}
+    data = {p: read_input(p, what="Verilog file").removeprefix(UTF8_BOM) for p in sources}
     texts = {p: raw.decode(errors="replace") for p, raw in data.items()}
     if top is None:
         from circuitml.verilog.parse import find_top

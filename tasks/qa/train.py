@@ -489,13 +489,17 @@ def _out_of_fold(
     return SpanPredictions(ids, texts, torch.cat(margins)), torch.cat(xs), order
 
 
+def _split_seed(cfg: QATrainConfig) -> int:
+    """The seed of the held-out and validation contexts: ``split_seed``, else the run's seed."""
+    return cfg.seed if cfg.split_seed is None else cfg.split_seed
+
+
 def _data_split(cfg: QATrainConfig) -> tuple[list[SquadExample], list[SquadExample], str]:
     """Training and held-out questions of ``cfg`` (the eval file, else held-out contexts) and the version."""
     examples, version = read_squad(cfg.data)
     if cfg.eval_data:
         return examples, read_squad(cfg.eval_data)[0], version
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    return (*split_by_context(examples, cfg.eval_fraction, split_seed), version)
+    return (*split_by_context(examples, cfg.eval_fraction, _split_seed(cfg)), version)
 
 
 def _validation_split(
@@ -507,8 +511,7 @@ def _validation_split(
         return train_ex, []
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"qa: val_fraction: expected a fraction in [0, 1), got {cfg.val_fraction}")
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    return split_by_context(train_ex, cfg.val_fraction, split_seed + 1)
+    return split_by_context(train_ex, cfg.val_fraction, _split_seed(cfg) + 1)
 
 
 def train_qa(
@@ -522,7 +525,7 @@ def train_qa(
 
     # data
     train_ex, eval_ex, version = _data_split(cfg)
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    split_seed = _split_seed(cfg)
     tuned = version == "v2.0" and cfg.null_threshold is None
     if cfg.oof_folds and not tuned:
         raise ConfigError(
@@ -618,8 +621,7 @@ def _decide_and_score(
     if held is not None:
         spans, x, questions = held
         golds = _golds(questions)
-        margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
-        texts = dict(zip(spans.ids, spans.texts, strict=True))
+        texts, margins = _texts_and_margins(spans)
         plain_threshold, metrics["val_f1"] = best_null_threshold(texts, margins, golds)
         metrics["val_reader"] = reader_diagnostics(texts, margins, golds)
         cfg.null_threshold = plain_threshold
@@ -630,9 +632,7 @@ def _decide_and_score(
             metrics["val_f1_plain_threshold"] = metrics["val_f1"]
             metrics["val_f1"] = verifier.fitted_f1
     metrics["null_threshold"] = cfg.null_threshold
-    if (
-        cfg.ensemble > 1 and member_metrics
-    ):  # each member alone, its threshold tuned as the ensemble's is: the before/after
+    if cfg.ensemble > 1 and member_metrics:  # each member alone, tuned as the ensemble is: the before/after
         metrics["members"] = [
             _member_metrics(m, tokenizer, cfg, version, val_ex, eval_ex) for m in model.members
         ]
@@ -719,10 +719,14 @@ def ensemble_qa(
     return metrics
 
 
+def _texts_and_margins(spans: SpanPredictions) -> tuple[dict[str, str], dict[str, float]]:
+    """Per question id: the predicted answer text and its null margin."""
+    texts = dict(zip(spans.ids, spans.texts, strict=True))
+    return texts, dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
+
+
 def _reader_metrics(spans: SpanPredictions, examples: list[SquadExample]) -> dict[str, Any]:
-    golds = _golds(examples)
-    margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
-    return reader_diagnostics(dict(zip(spans.ids, spans.texts, strict=True)), margins, golds)
+    return reader_diagnostics(*_texts_and_margins(spans), _golds(examples))
 
 
 def _member_metrics(member, tokenizer, cfg: QATrainConfig, version: str, val_ex, eval_ex) -> dict[str, Any]:
@@ -733,11 +737,7 @@ def _member_metrics(member, tokenizer, cfg: QATrainConfig, version: str, val_ex,
     threshold = None
     if val_ex:
         spans = predict_examples(member, tokenizer, val_ex, single)
-        golds = _golds(val_ex)
-        margins = dict(zip(spans.ids, spans.null_margin.tolist(), strict=True))
-        threshold, out["val_f1"] = best_null_threshold(
-            dict(zip(spans.ids, spans.texts, strict=True)), margins, golds
-        )
+        threshold, out["val_f1"] = best_null_threshold(*_texts_and_margins(spans), _golds(val_ex))
         out["val_reader"] = _reader_metrics(spans, val_ex)
     if eval_ex:
         spans = predict_examples(member, tokenizer, eval_ex, single)
