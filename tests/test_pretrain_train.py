@@ -318,6 +318,11 @@ def test_bad_settings_fail_before_any_data_is_built(tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err and not (out / "data").exists()
     assert cli_main(["pretrain", "--out", str(out), "--objectives", "mgm-only"]) == 2
     assert "mgvga+funcrec" in capsys.readouterr().err
+    for flag, value in (("--verilog", "shuffled"), ("--verilog-encoder", "builtin")):
+        assert cli_main(["pretrain", "--out", str(out), "--objectives", "funcrec", flag, value]) == 2
+        assert (
+            f"{flag} {value}: VGA is not enabled" in capsys.readouterr().err and not (out / "data").exists()
+        )
     (tmp_path / "file").write_text("x")
     assert cli_main(["pretrain", "--out", str(tmp_path / "file")]) == 2
     assert "found a file" in capsys.readouterr().err

@@ -40,7 +40,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None,
             "--objectives",
             help="Objective set: mgvga (the paper's MGM+VGA, default), mgvga+funcrec, mgvga+funcsim, "
-            "mgvga+contrast or all.",
+            "mgvga+contrast, all, or without MGM/VGA: funcrec, funcrec+funcsim, functional "
+            "(funcrec+funcsim+contrast).",
         ),
         verilog: str = typer.Option(
             None,
@@ -107,6 +108,14 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             cfg = load_config(config, overrides)
         if data is not None:
             cfg.data.root = str(data)
+        if not cfg.vga.enabled:  # both only feed VGA: refuse rather than ignore them
+            for flag, value in (("--verilog", verilog), ("--verilog-encoder", verilog_encoder)):
+                if value is not None:
+                    from circuitml.errors import ConfigError
+
+                    raise ConfigError(
+                        f"{flag} {value}: VGA is not enabled in this run, so there is no Verilog to use"
+                    )
         result = train(cfg, out, resume=resume, overwrite=overwrite, stop_after=stop_after)
         if result.interrupted:
             console.print(

@@ -176,7 +176,7 @@ def run_card(config: PretrainConfig, step: int, root: Path, circuits: int, wall:
         "vga_verilog": config.vga.verilog if config.vga.enabled else None,
         "data": str(root) if config.data.root else f"built-in generated dataset ({circuits} circuits)",
         "circuits": circuits,
-        "verilog_encoder": config.model.verilog_encoder,
+        "verilog_encoder": config.model.verilog_encoder if config.vga.enabled else None,
         "steps": step,
         "batch_size": config.data.batch_size,
         "wall_time_s": round(wall, 1),
