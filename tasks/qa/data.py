@@ -45,7 +45,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency:
     The vocabulary is a pure function of the texts and settings (:func:`~circuitml.tasks.qa.wordpiece.wordpiece_vocab`,
     canonical tie-break): HF's ``WordPieceTrainer`` breaks ties by hash-map order and differs from call to call.
     """
-    from collections import Counter
 
     from circuitml.tasks.qa.wordpiece import wordpiece_vocab
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -53,12 +52,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency:
 
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    # a QA corpus repeats each context once per question: split each distinct text once, weighted by its copies
-    words: Counter[str] = Counter()
-    for text, copies in Counter(texts).items():
-        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
-            words[word] += copies
-    vocab = wordpiece_vocab(words, vocab_size, min_frequency, SPECIAL_TOKENS)
+    vocab = wordpiece_vocab(
+        _word_counts(texts, normalizer, pre_tokenizer), vocab_size, min_frequency, SPECIAL_TOKENS
+    )
     tok = Tokenizer(
         models.WordPiece(
             {t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", continuing_subword_prefix="##"
@@ -81,6 +77,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency:
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
+
+
+def _word_counts(texts: Iterable[str], normalizer, pre_tokenizer) -> dict[str, int]:
+    """Occurrences of each word the tokenizer's normalizer and pre-tokenizer make of ``texts``."""
+    from collections import Counter
+
+    words: Counter[str] = Counter()
+    # a QA corpus repeats each context once per question: split each distinct text once, weighted by its copies
+    for text, copies in Counter(texts).items():
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            words[word] += copies
+    return words
 
 
 def load_tokenizer(path: str | os.PathLike):
