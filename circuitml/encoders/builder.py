@@ -9,6 +9,7 @@ import torch
 
 from circuitml.encoders.base import Encoder
 from circuitml.encoders.config import EncoderConfig
+from circuitml.encoders.pyg_templates import release_template_files
 from circuitml.errors import ConfigError
 
 ENCODERS: dict[str, type[Encoder]] = {}
@@ -80,7 +81,9 @@ def build_encoder(config: EncoderConfig | dict[str, Any] | str, **overrides: Any
             f"encoder config: kind {config.kind!r} with hidden={config.hidden}, num_layers={config.num_layers}: "
             f"{elements:,} parameters ({size / 2**30:.1f} GiB), expected at most {MAX_PARAMETERS:,}"
         )
-    return _encoder_class(config)(config)
+    encoder = _encoder_class(config)(config)
+    release_template_files()  # PyG rendered its conv templates to the temp folder: keep them in memory instead
+    return encoder
 
 
 def encoder_size(config: EncoderConfig, where: str = "encoder config", prefix: str = "") -> tuple[int, int]:
