@@ -65,7 +65,8 @@ def test_released_templates_keep_their_source_for_inspect_tracebacks_and_torchsc
     assert Path(file).parent.resolve() == Path(tempfile.gettempdir()).resolve() and not os.path.exists(file)
     linecache.clearcache()  # the source comes back from the module's loader
     assert inspect.getsource(SAGEConv.propagate).lstrip().startswith("def propagate(")
-    with pytest.raises(IndexError) as err:  # an edge from a node that does not exist fails inside the template
+    # an edge from a node that does not exist fails inside the template
+    with pytest.raises(IndexError) as err:
         conv(torch.zeros(3, 4), torch.tensor([[7], [0]]))
     text = "".join(traceback.format_exception(err.value))
     assert f'File "{file}"' in text and "def " not in text.split(f'File "{file}"')[1].splitlines()[0]
