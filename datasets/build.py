@@ -756,6 +756,19 @@ def _stored_id(rec: dict[str, Any]) -> str:
     return rec.get("alias_of") or rec["id"]
 
 
+def _content_key(kind: str | None, sha256: str) -> tuple[str | None, str]:
+    """What makes two sources one circuit: the same bytes read by the same reader (an empty ``.bench`` and an
+    empty ``.aig`` share a hash, not a circuit or an error)."""
+    return kind, sha256
+
+
+def _own_reason(error: str, failed: SourceItem, item: SourceItem) -> str:
+    """``failed``'s one-line error as the reader gives it for ``item``, whose bytes and reader are the same."""
+    for old, new in ((str(failed.paths[0]), str(item.paths[0])), (failed.source, item.source)):
+        error = error.replace(old, new)
+    return error
+
+
 def _build_locked(sources, out: Path, settings: _Settings, console, start: float) -> BuildReport:
     workers, timeout, strict, latch_error = (
         settings.workers,
@@ -790,18 +803,23 @@ def _build_locked(sources, out: Path, settings: _Settings, console, start: float
         if (out / CIRCUITS_DIR / f"{_stored_id(rec)}.safetensors").is_file()
     ]
     present = {(rec["source"], rec["sha256"]) for rec in manifest["records"]}
-    stored = {rec["sha256"]: rec for rec in manifest["records"] if not rec.get("alias_of")}
+    stored = {
+        _content_key(rec.get("format"), rec["sha256"]): rec
+        for rec in manifest["records"]
+        if not rec.get("alias_of")
+    }
     ids = _assign_ids(items, manifest)
     pending: list[Job] = []
     aliases: list[Job] = []
-    building: set[str] = set()
+    building: set[tuple[str | None, str]] = set()
     for it, cid in zip(items, ids, strict=True):
+        key = _content_key(it.kind, it.sha256)
         if (it.source, it.sha256) in present:
             report.skipped += 1
-        elif it.sha256 in stored or it.sha256 in building:
+        elif key in stored or key in building:
             aliases.append((it, cid))  # identical content: a record of its own, one stored circuit
         else:
-            building.add(it.sha256)
+            building.add(key)
             pending.append((it, cid))
     retried = {it.source for it, _ in pending + aliases}
     manifest["failures"] = [f for f in manifest.get("failures", []) if f.get("source") not in retried]
@@ -811,18 +829,20 @@ def _build_locked(sources, out: Path, settings: _Settings, console, start: float
             console.print(f"[yellow]skipped[/] {src}: {reason}", highlight=False, soft_wrap=True)
 
     last_write = 0.0
-    failed_sha: dict[str, str] = {}
+    failed_first: dict[
+        tuple[str | None, str], tuple[SourceItem, str]
+    ] = {}  # key -> the item that failed, why
 
     def finish(item: SourceItem, result: tuple[dict[str, Any] | None, str | None]) -> None:
         nonlocal last_write
         record, error = result
         if record is not None:
             manifest["records"].append(record)
-            stored.setdefault(item.sha256, record)
+            stored.setdefault(_content_key(item.kind, item.sha256), record)
             report.built += 1
             report.warnings += [(item.source, w) for w in record.get("warnings", [])]
         else:
-            failed_sha[item.sha256] = item.source
+            failed_first.setdefault(_content_key(item.kind, item.sha256), (item, error or "failed"))
             report.failed.append((item.source, error or "failed"))
             manifest["failures"].append({"source": item.source, "reason": error})
             if console is not None:
@@ -884,15 +904,10 @@ def _build_locked(sources, out: Path, settings: _Settings, console, start: float
                 ):
                     done(job, result)
         for it, cid in aliases:
-            original = stored.get(it.sha256)
+            original = stored.get(_content_key(it.kind, it.sha256))
             if original is None:
-                finish(
-                    it,
-                    (
-                        None,
-                        f"{it.source}: same content as {failed_sha.get(it.sha256, 'a source')}, which failed",
-                    ),
-                )
+                failed, error = failed_first[_content_key(it.kind, it.sha256)]
+                finish(it, (None, _own_reason(error, failed, it)))
                 continue
             record = dict(original)
             record.update(

@@ -25,7 +25,7 @@ def export_dataset(
     """Write every circuit of the dataset at ``root`` to ``out/<id><suffix>``; returns how many.
 
     Raises:
-        ConfigError: unsupported suffix.
+        ConfigError: unsupported suffix; ``out`` is the dataset folder or inside it (nothing is written).
         DatasetError: corrupted dataset files.
     """
     from circuitml.formats import write_circuit
@@ -33,8 +33,11 @@ def export_dataset(
     suffix = suffix if suffix.startswith(".") else f".{suffix}"
     if suffix not in EXPORT_SUFFIXES:
         raise ConfigError(f"--format: expected one of {', '.join(EXPORT_SUFFIXES)}, got {suffix!r}")
-    ds = CircuitDataset(root)
     out = Path(out)
+    # the exported files would join the dataset's own (an id named like a dataset file would replace it)
+    if out.resolve() == Path(root).resolve() or out.resolve().is_relative_to(Path(root).resolve()):
+        raise ConfigError(f"{out}: expected an export folder outside the dataset folder {root}")
+    ds = CircuitDataset(root)
     out.mkdir(parents=True, exist_ok=True)
     for i, rec in enumerate(ds.records):
         write_circuit(ds.aig(i), out / f"{rec['id']}{suffix}")

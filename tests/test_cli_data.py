@@ -39,6 +39,26 @@ def test_build_and_info(tmp_path, capsys):
     assert main(["data", "export", str(out), str(tmp_path / "x"), "--format", "blif"]) == 2
 
 
+def test_export_into_the_dataset_folder_is_refused_and_writes_nothing(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    _adder_bench(src / "fa.bench")
+    out = tmp_path / "ds"
+    assert main(["data", "build", str(src), "--out", str(out), "--workers", "1"]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    capsys.readouterr()
+    (tmp_path / "link").symlink_to(out)
+    for target in (out, out / "circuits", out / "new" / "deeper", tmp_path / "link" / "x", out / ".." / "ds"):
+        assert main(["data", "export", str(out), str(target), "--format", "bench"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{target}: expected an export folder outside the dataset folder {out}"), err
+        assert "\n" not in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (
+        main(["data", "export", str(out), str(tmp_path / "ds2"), "--format", "bench"]) == 0
+    )  # a sibling is fine
+
+
 def test_info_on_missing_dataset_is_one_line_exit_2(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()

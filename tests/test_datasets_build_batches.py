@@ -235,3 +235,29 @@ def test_testbenches_with_helper_modules_are_left_out_and_designs_kept(tmp_path:
     ]
     ids = sorted(r["source"].rsplit("/", 1)[-1] for r in _manifest(tmp_path / "ds")["records"])
     assert ids == ["Prob001_ref.sv", "Prob002_ref.sv", "Prob003_ref.sv", "rom.v"]
+
+
+def test_empty_and_garbage_files_fail_with_their_own_reader_errors(tmp_path: Path) -> None:
+    # an empty .aig and an empty .bench share a hash, not a reader: each file gets its own reader's one-line error
+    src = _files(
+        {"a.aig": "", "b.bench": "", "c.bench": " \n", "d.bench": "garbage\n", "e.bench": "garbage\n"},
+        tmp_path / "s",
+    )
+    report = build_dataset([src], tmp_path / "ds", workers=1, progress=False)
+    assert (report.built, report.aliased) == (0, 0)
+    reasons = {Path(p).name: r for p, r in report.failed}
+    assert (
+        reasons["a.aig"] == f"{src / 'a.aig'}:1: expected AIGER header 'aag|aig M I L O A', got 'end of file'"
+    )
+    for name in ("b.bench", "c.bench"):
+        assert reasons[name] == (
+            f"{src / name}:1: expected 'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)' lines, got 'an empty file'"
+        )
+    for name in (
+        "d.bench",
+        "e.bench",
+    ):  # the same bytes, the same reader: the same error, naming its own file
+        assert reasons[name].startswith(f"{src / name}:1: expected") and reasons[name].endswith(
+            "got 'garbage'"
+        )
+    assert len(reasons) == 5 and "same content" not in json.dumps(report.failed)

@@ -121,3 +121,37 @@ def test_deepgcn_checkpointing_changes_nothing() -> None:
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_oversized_configs_are_refused_before_anything_is_allocated() -> None:
+    import resource
+
+    from circuitml.encoders.builder import MAX_PARAMETERS, encoder_size
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(
+        ConfigError, match=r"^encoder config: key 'hidden': expected at most 16384, got 1000000000$"
+    ):
+        build_encoder("deepgcn", hidden=10**9)  # 24 GB of weights before the bound
+    with pytest.raises(ConfigError, match=r"key 'num_layers': expected at most 1024, got 2000000000$"):
+        build_encoder("gcn", num_layers=2 * 10**9)
+    with pytest.raises(ConfigError, match=r"key 'options.num_experts': expected at most 4096"):
+        build_encoder("moe_gnn", options={"num_experts": 10**6})
+    # within every per-setting bound, over the parameter bound: the message gives the count and the settings
+    elements, size = encoder_size(EncoderConfig(kind="deepgcn", hidden=16384, num_layers=8))
+    assert elements > MAX_PARAMETERS and size == 4 * elements
+    with pytest.raises(ConfigError) as err:
+        build_encoder("deepgcn", hidden=16384, num_layers=8)
+    assert str(err.value) == (
+        f"encoder config: kind 'deepgcn' with hidden=16384, num_layers=8: {elements:,} parameters "
+        f"({size / 2**30:.1f} GiB), expected at most {MAX_PARAMETERS:,}"
+    )
+    assert (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024
+    )  # KiB: nothing was allocated
+    # the probe counts what a real build holds
+    enc = build_encoder("gat", hidden=24, num_layers=2, options={"heads": 3})
+    assert encoder_size(enc.config) == (
+        sum(t.numel() for t in enc.state_dict().values()),
+        sum(t.numel() * t.element_size() for t in enc.state_dict().values()),
+    )

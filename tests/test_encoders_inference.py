@@ -131,3 +131,46 @@ def test_deepgcn_auto_checkpointing_starts_at_twice_min_edges_with_the_fused_ker
     monkeypatch.setattr(deepgcn_mod, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     enc(data).node.sum().backward()
     assert bool(calls) is expect
+
+
+def test_chunked_inference_leaves_every_thread_setting_alone(monkeypatch):
+    import threading
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)  # the user's setting (conftest puts the suite's back after the test)
+    data = Batch.from_data_list([aig_to_data(random_aig(s, 6, 90, 4)) for s in range(2)])
+    enc = build_encoder("deepgcn", hidden=16, num_layers=3).eval()
+    monkeypatch.setattr(deepgcn_mod, "_INFER_ROWS", 7)
+    monkeypatch.setattr(rowwise, "MIN_ROWS_PER_THREAD", 1)
+    plan, chunks, started = deepgcn_mod._mlp_plan, [], []
+
+    def traced_plan(mlp, dtype):
+        run = plan(mlp, dtype)
+
+        def traced(z, out, residual):
+            chunks.append((threading.current_thread().name, torch.get_num_threads()))
+            if not started:  # a thread whose first torch call falls inside the forward
+                t = threading.Thread(target=lambda: started.append(torch.get_num_threads()))
+                t.start()
+                t.join()
+            return run(z, out, residual)
+
+        return traced
+
+    monkeypatch.setattr(deepgcn_mod, "_mlp_plan", traced_plan)
+    with torch.no_grad():
+        enc(data)
+    assert chunks and {name.split("_")[0] for name, _ in chunks} == {"circuitml-rows"}
+    assert {n for _, n in chunks} == {1}  # the pool's workers run one intra-op thread each
+    assert started and set(started) == {2} and torch.get_num_threads() == 2
+
+    def failing_plan(mlp, dtype):
+        def fail(z, out, residual):
+            raise RuntimeError("chunk failed")
+
+        return fail
+
+    monkeypatch.setattr(deepgcn_mod, "_mlp_plan", failing_plan)
+    with pytest.raises(RuntimeError, match="chunk failed"), torch.no_grad():
+        enc(data)
+    assert torch.get_num_threads() == 2

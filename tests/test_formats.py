@@ -192,6 +192,8 @@ def test_binary_truncated_and_section_reports_byte() -> None:
         ("INPUT(a)\nINPUT(a)\n", 2, "defined once"),
         ("INPUT(a)\nOUTPUT(y)\ny = AND(a,\n", 3, "'INPUT(x)'"),
         ("INPUT(a)\nOUTPUT(q)\n", 2, "definition of output 'q'"),
+        ("", 1, "got 'an empty file'"),
+        (" \n\t\n", 1, "got 'an empty file'"),
     ],
 )
 def test_malformed_bench_names_the_line(text, line, what) -> None:
@@ -199,6 +201,11 @@ def test_malformed_bench_names_the_line(text, line, what) -> None:
         parse_bench(text, file="bad.bench")
     assert str(err.value).startswith(f"bad.bench:{line}:"), str(err.value)
     assert what in str(err.value)
+
+
+def test_empty_circuit_bench_round_trips_with_its_header() -> None:
+    back = parse_bench(bench_text(AIGBuilder("void").build()))
+    assert (back.num_pis, back.num_pos, back.num_ands) == (0, 0, 0)
 
 
 def test_bench_combinational_cycle_is_refused() -> None:

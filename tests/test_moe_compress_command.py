@@ -47,7 +47,9 @@ def qa_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("bits,extra", [("2", []), ("ternary", ["--zeros", "0.8"])])
-def test_compress_a_qa_model_and_run_it_compressed(qa_dir: Path, tmp_path: Path, bits: str, extra) -> None:
+def test_compress_a_qa_model_and_run_it_compressed(
+    qa_dir: Path, tmp_path: Path, bits: str, extra, capsys
+) -> None:
     from cli import main
 
     out, report = tmp_path / "experts.safetensors", tmp_path / "report.json"
@@ -67,8 +69,12 @@ def test_compress_a_qa_model_and_run_it_compressed(qa_dir: Path, tmp_path: Path,
     # `moe eval` loads the model directory with the compressed experts and reproduces the numbers after
     from circuitml.commands.moe import evaluate_compressed
 
-    again = evaluate_compressed(qa_dir, out)
+    again = evaluate_compressed(qa_dir, out, device="cpu")
     assert again == pytest.approx(rep["after"])
+    capsys.readouterr()
+    assert main(["moe", "eval", str(qa_dir), "--experts", str(out), "--device", "cpu"]) == 0
+    printed = dict(line.split(": ") for line in capsys.readouterr().out.strip().splitlines())
+    assert printed == {k: f"{v:.4f}" for k, v in again.items()}
     # the experts in the file are what runs: every FFNExperts of the model is replaced
     from circuitml.tasks.qa import load_qa_model
 
@@ -122,3 +128,27 @@ def test_compress_errors_are_one_line(tmp_path: Path, capsys) -> None:
         == 2
     )
     assert "--zeros: expected a fraction in [0, 1) with --bits ternary" in capsys.readouterr().err
+
+
+def test_moe_eval_refuses_a_device_it_cannot_use(tmp_path: Path, capsys, monkeypatch) -> None:
+    from cli import main
+
+    # a device this machine lacks, or no device at all: a one-line error before anything is read
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in [
+        ("cuda", "--device cuda: CUDA is not available on this machine (use --device cpu)"),
+        ("cuda:1", "--device cuda:1: CUDA is not available on this machine (use --device cpu)"),
+        ("tpu", "--device: expected auto, cpu or cuda[:N], got 'tpu'"),
+    ]:
+        args = [
+            "moe",
+            "eval",
+            str(tmp_path / "no-model"),
+            "--experts",
+            str(tmp_path / "none"),
+            "--device",
+            device,
+        ]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(message) and "\n" not in err, err

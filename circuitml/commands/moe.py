@@ -51,7 +51,7 @@ def _is_qa_dir(path: Path) -> bool:
         return False
 
 
-def _qa(model_dir: Path, data: Path | None, calib_windows: int) -> SavedModel:
+def _qa(model_dir: Path, data: Path | None, calib_windows: int, device: torch.device) -> SavedModel:
     import torch
 
     from circuitml.datasets.squad import read_squad
@@ -59,6 +59,7 @@ def _qa(model_dir: Path, data: Path | None, calib_windows: int) -> SavedModel:
     from circuitml.tasks.qa.train import evaluate_examples, load_qa_model, split_by_context
 
     model, tokenizer, cfg = load_qa_model(model_dir)
+    model.to(device)
     source = data or Path(cfg.data)
     examples, version = read_squad(source)
     if cfg.eval_data and data is None:
@@ -77,7 +78,8 @@ def _qa(model_dir: Path, data: Path | None, calib_windows: int) -> SavedModel:
         for lo in range(0, n, bs):
             mask = feats.attention_mask[lo : min(lo + bs, n)]
             t = max(1, int(mask.sum(1).max()))  # windows are right-padded: drop the shared padding
-            yield slice(lo, min(lo + bs, n)), feats.input_ids[lo : lo + mask.shape[0], :t], mask[:, :t]
+            ids = feats.input_ids[lo : lo + mask.shape[0], :t]
+            yield slice(lo, min(lo + bs, n)), ids.to(device), mask[:, :t].to(device)
 
     def calibrate(m: torch.nn.Module) -> None:
         for _, ids, mask in batches(calib, calib_windows):
@@ -91,8 +93,8 @@ def _qa(model_dir: Path, data: Path | None, calib_windows: int) -> SavedModel:
                 o = m(ids, mask)
                 loss = torch.nn.functional.cross_entropy
                 ce += 0.5 * float(
-                    loss(o.start_logits, held.start_positions[rows], reduction="sum")
-                    + loss(o.end_logits, held.end_positions[rows], reduction="sum")
+                    loss(o.start_logits, held.start_positions[rows].to(device), reduction="sum")
+                    + loss(o.end_logits, held.end_positions[rows].to(device), reduction="sum")
                 )
                 total += ids.shape[0]
         scores = evaluate_examples(m, tokenizer, eval_ex, cfg, version)
@@ -106,7 +108,9 @@ def _qa(model_dir: Path, data: Path | None, calib_windows: int) -> SavedModel:
     return SavedModel("qa", model, calibrate, evaluate, info)
 
 
-def _encoder(model_dir: Path, data: Path | None, calib_graphs: int, epochs: int) -> SavedModel:
+def _encoder(
+    model_dir: Path, data: Path | None, calib_graphs: int, epochs: int, device: torch.device
+) -> SavedModel:
     from circuitml.encoders import load_encoder
     from circuitml.tasks.common import TrainConfig, load_circuits, split_items
     from circuitml.tasks.probability import build_probability_graphs, run_probability
@@ -115,15 +119,15 @@ def _encoder(model_dir: Path, data: Path | None, calib_graphs: int, epochs: int)
         raise ConfigError(
             "moe compress: an encoder needs --data (a circuit folder) to calibrate and measure on"
         )
-    model = load_encoder(model_dir)
+    model = load_encoder(model_dir, map_location=device)
     circuits = load_circuits(data)
     graphs = build_probability_graphs(circuits, explicit_not=model.config.explicit_not)
-    cfg = TrainConfig(epochs=epochs, seed=0)
+    cfg = TrainConfig(epochs=epochs, seed=0, device=str(device))
     train_ids, _ = split_items(len(graphs), None, cfg)  # the probe's split: calibrate on its training part
 
     def calibrate(m: torch.nn.Module) -> None:
         for i in train_ids[:calib_graphs]:
-            m(graphs[int(i)])
+            m(graphs[int(i)].to(device))
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         requires = [p.requires_grad for p in m.parameters()]
@@ -139,16 +143,24 @@ def _encoder(model_dir: Path, data: Path | None, calib_graphs: int, epochs: int)
 
 
 def load_saved_model(
-    model_dir: str | Path, data: str | Path | None = None, calib: int = 256, epochs: int = 30
+    model_dir: str | Path,
+    data: str | Path | None = None,
+    calib: int = 256,
+    epochs: int = 30,
+    device: torch.device | str = "cpu",
 ) -> SavedModel:
-    """A QA model directory or an encoder directory, with its calibration run and held-out measure."""
+    """A QA model directory or an encoder directory on ``device``, with its calibration run and held-out
+    measure."""
+    import torch
+
+    device = torch.device(device)
     model_dir = Path(model_dir)
     data = None if data is None else Path(data)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: expected a model directory (qa train --out, or save_pretrained)")
     if _is_qa_dir(model_dir):
-        return _qa(model_dir, data, calib)
-    return _encoder(model_dir, data, calib, epochs)
+        return _qa(model_dir, data, calib, device)
+    return _encoder(model_dir, data, calib, epochs, device)
 
 
 def dense_expert_bytes(model: torch.nn.Module) -> tuple[int, int]:
@@ -220,14 +232,21 @@ def compress_saved_model(
 
 
 def evaluate_compressed(
-    model_dir: str | Path, experts_file: str | Path, data: str | Path | None = None, epochs: int = 30
+    model_dir: str | Path,
+    experts_file: str | Path,
+    data: str | Path | None = None,
+    epochs: int = 30,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """Held-out quality of a saved model run with the compressed experts of ``experts_file``."""
+    """Held-out quality of a saved model run with the compressed experts of ``experts_file``, on ``device``
+    (``cpu``, ``cuda[:N]`` or ``auto``; cuda where there is none is a :class:`ConfigError`)."""
     from circuitml.moe.systems.qmoe import apply_qmoe, load_qmoe
+    from circuitml.tasks.common import configure_runtime
 
-    saved = load_saved_model(model_dir, data, 0, epochs)
+    dev = configure_runtime(None, device)  # before anything is read: a bad device fails at once
+    saved = load_saved_model(model_dir, data, 0, epochs, device=dev)
     apply_qmoe(saved.model, load_qmoe(experts_file), where=experts_file)
-    return saved.evaluate(saved.model.eval())
+    return saved.evaluate(saved.model.to(dev).eval())
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -287,8 +306,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         experts: Path = typer.Option(..., "--experts", help="Compressed experts file (moe compress --out)."),
         data: Optional[Path] = typer.Option(None, "--data", help="As for compress."),
         epochs: int = typer.Option(30, "--epochs", help="Encoder: epochs of the probability probe."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (cuda when available)."),
     ) -> None:
         """Run a saved model with its compressed experts on the held-out data and print the metrics."""
-        scores = evaluate_compressed(model_dir, experts, data, epochs)
+        scores = evaluate_compressed(model_dir, experts, data, epochs, device=device)
         for key, value in scores.items():
             console.print(f"{key}: {value:.4f}")

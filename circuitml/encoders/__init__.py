@@ -6,7 +6,7 @@
 >>> enc.save_pretrained("enc/"); enc2 = load_encoder("enc/")
 """
 
-from circuitml.encoders import pyg_templates  # noqa: F401  (removes PyG's template files from /tmp at exit)
+from circuitml.encoders import pyg_templates  # noqa: F401  (PyG's template files: out of the temp folder)
 from circuitml.encoders.base import Encoder, EncoderOutput, load_encoder
 from circuitml.encoders.builder import ENCODERS, available_encoders, build_encoder, register_encoder
 from circuitml.encoders.config import EncoderConfig

@@ -300,29 +300,13 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
     return encoder.eval()
 
 
-# A config is only read with its weights, so the weights file bounds the model it may describe; these caps
-# come first so that even the size probe below cannot loop for long (num_layers = 2e9).
-MAX_HIDDEN = 1 << 14
-MAX_LAYERS = 1024
-MAX_COUNT_OPTION = 4096  # heads, experts, top_k, MLP layers
-_COUNT_OPTIONS = ("heads", "num_experts", "top_k", "mlp_layers")
-
-
 def _check_size(config: EncoderConfig, cfg_path: Path, weights_path: Path) -> None:
-    """Refuse a config whose model would not fit its weights file, before any real allocation."""
-    limits = [("hidden", config.hidden, MAX_HIDDEN), ("num_layers", config.num_layers, MAX_LAYERS)]
-    limits += [
-        (f"options.{k}", config.options[k], MAX_COUNT_OPTION) for k in _COUNT_OPTIONS if k in config.options
-    ]
-    limits.append(("in_types", config.in_types, 1 << 20))
-    for key, value, cap in limits:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cap:
-            raise CheckpointError(f"{cfg_path}: key 'config.{key}': expected at most {cap}, got {value!r}")
-    from circuitml.encoders.builder import build_encoder
+    """Refuse a config whose model would not fit its weights file, before any real allocation (a config is only
+    read with its weights, so the weights file bounds the model it may describe). Raises CheckpointError, or
+    ConfigError naming ``cfg_path`` and the key over its bound."""
+    from circuitml.encoders.builder import encoder_size
 
-    with torch.device("meta"):  # shapes only: no memory is allocated
-        probe = build_encoder(config)
-    need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    _, need = encoder_size(config, where=str(cfg_path), prefix="config.")
     have = weights_path.stat().st_size
     if need > 2 * have + (64 << 20):  # slack: small mismatches get the per-tensor message below
         raise CheckpointError(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
+
 from circuitml.encoders.base import Encoder
 from circuitml.encoders.config import EncoderConfig
+from circuitml.encoders.pyg_templates import release_template_files
 from circuitml.errors import ConfigError
 
 ENCODERS: dict[str, type[Encoder]] = {}
@@ -44,11 +47,23 @@ def available_encoders() -> list[str]:
     return sorted(kinds)
 
 
+# Bounds on what a config may ask for, checked before anything is allocated. The counts come first so that even
+# the shape probe of encoder_size cannot loop for long (num_layers = 2e9) or overflow a tensor's element count.
+MAX_HIDDEN = 1 << 14
+MAX_LAYERS = 1024
+MAX_COUNT_OPTION = 4096  # heads, experts, top_k, MLP layers
+MAX_IN_TYPES = 1 << 20
+MAX_PARAMETERS = 1 << 31  # state-dict elements (parameters and buffers): 8 GiB in float32
+_COUNT_OPTIONS = ("heads", "num_experts", "top_k", "mlp_layers")
+
+
 def build_encoder(config: EncoderConfig | dict[str, Any] | str, **overrides: Any) -> Encoder:
     """Build an encoder from a config, a dict (JSON form) or a kind name, with field overrides.
 
     ``build_encoder("deepgcn", hidden=128)`` and ``build_encoder({"kind": "gat", "options": {"heads": 2}})``
-    are both fine; unknown kinds, fields and options raise :class:`ConfigError` naming them.
+    are both fine; unknown kinds, fields and options raise :class:`ConfigError` naming them, and so does a
+    config above the bounds of :func:`encoder_size` (at most :data:`MAX_PARAMETERS` state-dict elements), before
+    any memory is allocated.
     """
     if isinstance(config, str):
         config = EncoderConfig(kind=config)
@@ -60,6 +75,42 @@ def build_encoder(config: EncoderConfig | dict[str, Any] | str, **overrides: Any
         )
     if overrides:
         config = config.replace(**overrides)
+    elements, size = encoder_size(config)
+    if elements > MAX_PARAMETERS:
+        raise ConfigError(
+            f"encoder config: kind {config.kind!r} with hidden={config.hidden}, num_layers={config.num_layers}: "
+            f"{elements:,} parameters ({size / 2**30:.1f} GiB), expected at most {MAX_PARAMETERS:,}"
+        )
+    encoder = _encoder_class(config)(config)
+    release_template_files()  # PyG rendered its conv templates to the temp folder: keep them in memory instead
+    return encoder
+
+
+def encoder_size(config: EncoderConfig, where: str = "encoder config", prefix: str = "") -> tuple[int, int]:
+    """``(elements, bytes)`` of the state dict of the encoder ``config`` describes, with nothing allocated.
+
+    The encoder is built on the meta device (shapes only), after the counts that drive its construction loops
+    are checked against ``MAX_*`` (a :class:`ConfigError` naming ``where`` and the key, ``prefix`` before it).
+    """
+    limits = [
+        ("hidden", config.hidden, MAX_HIDDEN),
+        ("num_layers", config.num_layers, MAX_LAYERS),
+        ("in_types", config.in_types, MAX_IN_TYPES),
+    ]
+    limits += [
+        (f"options.{k}", config.options[k], MAX_COUNT_OPTION) for k in _COUNT_OPTIONS if k in config.options
+    ]
+    for key, value, cap in limits:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cap:
+            raise ConfigError(f"{where}: key '{prefix}{key}': expected at most {cap}, got {value!r}")
+    cls = _encoder_class(config)
+    with torch.device("meta"):
+        probe = cls(config)
+    state = probe.state_dict().values()
+    return sum(t.numel() for t in state), sum(t.numel() * t.element_size() for t in state)
+
+
+def _encoder_class(config: EncoderConfig) -> type[Encoder]:
     _load_families()
     if config.kind not in ENCODERS and config.kind in _LAZY_KINDS:
         try:
@@ -72,4 +123,4 @@ def build_encoder(config: EncoderConfig | dict[str, Any] | str, **overrides: Any
     if cls is None:
         known = ", ".join(sorted(set(ENCODERS) | set(_LAZY_KINDS)))
         raise ConfigError(f"encoder config: kind {config.kind!r} is unknown (expected one of {known})")
-    return cls(config)
+    return cls

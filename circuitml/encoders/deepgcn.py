@@ -186,14 +186,10 @@ class DeepGCNEncoder(Encoder):
                         e = min(stop, s + _INFER_ROWS)
                         mlp(m[s:e], x[s:e], residual)
 
-            # One single-threaded chunk loop per core: small matmuls split across OpenMP threads lose more
-            # to synchronisation than they gain (measured at 1024 rows).
-            torch.set_num_threads(1)
-            try:
-                with record_function("deepgcn.mlp_chunks"):
-                    parallel_rows(mlp_rows, n, threads)
-            finally:
-                torch.set_num_threads(threads)
+            # One single-threaded chunk loop per core, on parallel_rows' workers: the caller's thread count (the
+            # user's setting) is never changed, during the call either.
+            with record_function("deepgcn.mlp_chunks"):
+                parallel_rows(mlp_rows, n, threads, one_thread_ops=True)
 
         def norm_act_into(layer: DeepGCNLayer, out: Tensor) -> None:
             if isinstance(layer.norm, nn.LayerNorm) and isinstance(layer.act, nn.ReLU):

@@ -20,6 +20,7 @@ the compiled passes then use both cores as torch's matmuls do.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,18 +82,57 @@ _POOL: ThreadPoolExecutor | None = None
 MIN_ROWS_PER_THREAD = 4096
 
 
-def parallel_rows(fn: Callable[[int, int], object], n: int, threads: int) -> None:
+def parallel_rows(
+    fn: Callable[[int, int], object], n: int, threads: int, *, one_thread_ops: bool = False
+) -> None:
     """Run ``fn(start, stop)`` over ``threads`` contiguous row ranges of ``0 .. n`` at once (``fn`` must release
-    the GIL, as the nogil kernels do, and write disjoint rows)."""
-    global _POOL
+    the GIL, as the nogil kernels do, and write disjoint rows).
+
+    The pool's threads run torch ops on one intra-op thread each: a row range per core already, and small matmuls
+    split across OpenMP threads lose more to synchronisation than they gain (measured at 1024 rows: 3.5x slower
+    on 2 threads). With ``one_thread_ops`` a single range also goes to a pool thread, unless the caller runs on
+    one thread itself: the caller's own count (the user's setting) is never changed.
+    """
     # Below a few thousand rows a thread hop costs more than it saves.
     threads = max(1, min(threads, n // MIN_ROWS_PER_THREAD or 1))
-    if threads == 1:
+    if threads == 1 and not (one_thread_ops and torch.get_num_threads() > 1):
         fn(0, n)
         return
-    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001 - grow the shared pool when asked for more
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="circuitml-rows")
+    pool = _pool(threads)
     bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-    futures = [_POOL.submit(fn, int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+    futures = [pool.submit(fn, int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
     for f in futures:
         f.result()
+
+
+def _one_intra_op_thread(started: threading.Barrier) -> None:
+    torch.get_num_threads()  # torch's lazy per-thread start first, or it would reset the count at the first op
+    torch.set_num_threads(1)
+    started.wait()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The shared pool, grown when asked for more threads, its workers started at one intra-op thread each.
+
+    ``torch.set_num_threads`` in a worker also sets the count that threads started later begin with; the caller
+    puts its own count back once every worker has started, so no thread of the user's changes its setting.
+    """
+    global _POOL
+    if _POOL is not None and _POOL._max_workers >= threads:  # noqa: SLF001
+        return _POOL
+    caller = torch.get_num_threads()
+    started = threading.Barrier(threads + 1)
+    pool = ThreadPoolExecutor(
+        max_workers=threads,
+        thread_name_prefix="circuitml-rows",
+        initializer=_one_intra_op_thread,
+        initargs=(started,),
+    )
+    for _ in range(threads):  # no worker is idle before the barrier opens: each submit starts one
+        pool.submit(int)
+    started.wait(timeout=60)
+    torch.set_num_threads(caller)
+    if _POOL is not None:
+        _POOL.shutdown(wait=False)
+    _POOL = pool
+    return pool

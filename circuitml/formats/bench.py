@@ -44,8 +44,8 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
     """Parse ``.bench`` text into an :class:`AIG` (structurally hashed).
 
     Raises:
-        CircuitFormatError: naming the file, the line, and what was expected (unknown gate, wrong fanin count,
-            undefined or twice-defined signal, combinational cycle).
+        CircuitFormatError: naming the file, the line, and what was expected (an empty text, unknown gate, wrong
+            fanin count, undefined or twice-defined signal, combinational cycle).
     """
     # The reader makes a few small containers per line and frees none: each cyclic-GC pass would walk all of
     # them again (a third of a 125k-gate file's read). None of them can form a cycle, so the GC pauses.
@@ -59,6 +59,11 @@ def parse_bench(text: str, file: str | os.PathLike | None = None, name: str = ""
 
 
 def _parse_bench(text: str, file: str, name: str) -> AIG:
+    if not text or text.isspace():
+        # nothing at all is no circuit (an empty AIG is written with its header comment, and reads back)
+        raise CircuitFormatError(
+            file, "'INPUT(x)', 'OUTPUT(x)' or 'y = GATE(a, ...)' lines", line=1, got="an empty file"
+        )
     inputs: list[str] = []
     outputs: list[tuple[str, int]] = []
     gates: list[tuple[str, str, list[str], int]] = []  # (output, type, fanins, line)

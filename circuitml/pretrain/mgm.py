@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GINConv
 
+from circuitml.encoders.pyg_templates import release_template_files
 from circuitml.pretrain.signatures import degree_lookup_accuracy
 
 __all__ = ["LatentDecoder", "MGMHead", "MGMOutput", "random_node_mask", "node_degrees"]
@@ -75,6 +76,7 @@ class LatentDecoder(nn.Module):
         self.forward_convs = nn.ModuleList(GINConv(_mlp(hidden), train_eps=True) for _ in range(num_layers))
         self.reverse_convs = nn.ModuleList(GINConv(_mlp(hidden), train_eps=True) for _ in range(num_layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(num_layers))
+        release_template_files()  # GINConv's rendered template: in memory, not left in the temp folder
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.mask_token, std=0.02)

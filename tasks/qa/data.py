@@ -40,18 +40,29 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2):
-    """Train a lower-cased WordPiece tokenizer (BERT's scheme) on ``texts``; returns a fast HF tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Train a lower-cased WordPiece tokenizer (BERT's scheme) on ``texts``; returns a fast HF tokenizer.
+
+    The vocabulary is a pure function of the texts and settings (:func:`~circuitml.tasks.qa.wordpiece.wordpiece_vocab`,
+    canonical tie-break): HF's ``WordPieceTrainer`` breaks ties by hash-map order and differs from call to call.
+    """
+
+    from circuitml.tasks.qa.wordpiece import wordpiece_vocab
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab = wordpiece_vocab(
+        _word_counts(texts, normalizer, pre_tokenizer), vocab_size, min_frequency, SPECIAL_TOKENS
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok = Tokenizer(
+        models.WordPiece(
+            {t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", continuing_subword_prefix="##"
+        )
+    )
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -66,6 +77,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency:
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
+
+
+def _word_counts(texts: Iterable[str], normalizer, pre_tokenizer) -> dict[str, int]:
+    """Occurrences of each word the tokenizer's normalizer and pre-tokenizer make of ``texts``."""
+    from collections import Counter
+
+    words: Counter[str] = Counter()
+    # a QA corpus repeats each context once per question: split each distinct text once, weighted by its copies
+    for text, copies in Counter(texts).items():
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            words[word] += copies
+    return words
 
 
 def load_tokenizer(path: str | os.PathLike):

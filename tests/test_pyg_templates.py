@@ -1,0 +1,75 @@
+"""PyG's rendered conv templates leave no file in the temp folder, even when the process dies by a signal."""
+
+from __future__ import annotations
+
+import inspect
+import linecache
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+_CHILD = """
+import sys, tempfile, time
+from pathlib import Path
+from torch_geometric.nn import GCNConv
+from circuitml.encoders import build_encoder
+from circuitml.pretrain.mgm import LatentDecoder
+
+GCNConv(4, 4)  # PyG renders GCNConv's template to the temp folder
+rendered = len(list(Path(tempfile.gettempdir()).glob("torch_geometric*.py")))
+for kind, options in [("deepgcn", {}), ("gat", {"heads": 2}), ("moe_gnn", {})]:
+    build_encoder(kind, hidden=8, num_layers=1, options=options)
+LatentDecoder(8, 1)
+print("ready", rendered, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_process_killed_by_sigterm_leaves_no_template_file(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("ready"), child.stderr.read()[-2000:] if not line else line
+        assert int(line.split()[1]) >= 1  # PyG did write its template there
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == -signal.SIGTERM  # the default action: no handler was installed
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert sorted(p.name for p in tmp.glob("torch_geometric*")) == []
+
+
+def test_released_templates_keep_their_source_for_inspect_tracebacks_and_torchscript() -> None:
+    from torch_geometric.nn import SAGEConv
+
+    from circuitml.encoders import build_encoder
+    from circuitml.encoders.pyg_templates import release_template_files
+
+    conv = SAGEConv(4, 4)  # not through build_encoder: rendered (or rendered earlier), maybe still on disk
+    release_template_files()
+    build_encoder("sage", hidden=4, num_layers=1)
+    file = inspect.getsourcefile(SAGEConv.propagate)
+    assert Path(file).parent.resolve() == Path(tempfile.gettempdir()).resolve() and not os.path.exists(file)
+    linecache.clearcache()  # the source comes back from the module's loader
+    assert inspect.getsource(SAGEConv.propagate).lstrip().startswith("def propagate(")
+    # an edge from a node that does not exist fails inside the template
+    with pytest.raises(IndexError) as err:
+        conv(torch.zeros(3, 4), torch.tensor([[7], [0]]))
+    text = "".join(traceback.format_exception(err.value))
+    assert f'File "{file}"' in text and "def " not in text.split(f'File "{file}"')[1].splitlines()[0]
+    assert text.split(f'File "{file}"')[1].splitlines()[1].strip()  # the source line is shown
+    scripted = torch.jit.script(SAGEConv(4, 4))
+    assert scripted(torch.randn(3, 4), torch.tensor([[0, 1], [1, 2]])).shape == (3, 4)
