@@ -134,6 +134,21 @@ def test_save_replaces_atomically(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
+def test_saved_files_get_a_plain_opens_mode_and_a_file_in_the_way_is_one_error(tmp_path) -> None:
+    import os
+
+    from circuitml.errors import OutputError
+
+    enc, d = _saved(tmp_path)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for f in d.iterdir():  # mkstemp's 0600 would hide a shared encoder from colleagues
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f.name
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="file"):
+        enc.save_pretrained(tmp_path / "file" / "enc")
+
+
 def test_embed_inputs(tmp_path) -> None:
     from circuitml.formats import write_circuit
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,12 +180,10 @@ class Encoder(nn.Module):
         Each file is written to a temporary name in the same folder and renamed into place, weights first and
         ``config.json`` last, so a reader never sees a half-written checkpoint.
         """
-        from safetensors.torch import save_file
-
         import circuitml
+        from circuitml.fileio import atomic_write, safetensors_bytes
 
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(directory)  # atomic_write creates it (an OutputError when it cannot)
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
         meta = {
             "format": FORMAT_NAME,
@@ -197,23 +194,10 @@ class Encoder(nn.Module):
         }
         if card:
             meta["card"] = card
-
-        def write(name: str, writer) -> None:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            os.close(fd)
-            try:
-                writer(tmp)
-                os.replace(tmp, out / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-
-        write(WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT_NAME}))
-        write(CARD_FILE, lambda p: Path(p).write_text(_model_card(meta), encoding="utf-8"))
-        write(
-            CONFIG_FILE,
-            lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8"),
-        )
+        # atomic_write: the files get a plain open()'s mode (mkstemp's 0600 hid shared encoders from colleagues)
+        atomic_write(out / WEIGHTS_FILE, safetensors_bytes(tensors, {"format": FORMAT_NAME}))
+        atomic_write(out / CARD_FILE, _model_card(meta))
+        atomic_write(out / CONFIG_FILE, json.dumps(meta, indent=2, default=str) + "\n")
         return out
 
     @classmethod
