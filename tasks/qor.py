@@ -127,17 +127,39 @@ class QoRHead(nn.Module):
 
 
 def split_rows(
-    labels: QoRLabels, split: str, test_fraction: float, seed: int, *, validation: bool = False
+    labels: QoRLabels,
+    split: str,
+    test_fraction: float,
+    seed: int,
+    *,
+    validation: bool = False,
+    test_designs: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train/test rows: whole designs held out (``designs``), or a share of the recipes on every design
     (``recipes``; the same recipes are held out on all designs); with ``validation``, train/validation rows
-    inside the training side."""
+    inside the training side.
+
+    ``test_designs``: hold out exactly these design ids at every seed (e.g. train on generated designs, test on
+    real ones) instead of a seeded share; ``designs`` split only.
+    """
     if split not in SPLITS:
         raise ConfigError(f"qor split: expected one of {', '.join(SPLITS)}, got {split!r}")
     key = labels.design if split == "designs" else labels.recipe
-    present = np.unique(key)
-    tr, te = split_groups(len(present), test_fraction, seed)
-    train, test = np.flatnonzero(np.isin(key, present[tr])), np.flatnonzero(np.isin(key, present[te]))
+    if test_designs:
+        if split != "designs":
+            raise ConfigError(f"qor test designs: expected the 'designs' split, got {split!r}")
+        index = {name: d for d, name in enumerate(labels.design_ids)}
+        missing = sorted(set(test_designs) - set(index))
+        if missing:
+            raise ConfigError(f"qor test designs: expected designs of the labels, got {', '.join(missing)}")
+        is_test = np.isin(key, [index[name] for name in test_designs])
+        train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+        if train.size == 0:
+            raise ConfigError("qor test designs: every design is held out, none is left to train on")
+    else:
+        present = np.unique(key)
+        tr, te = split_groups(len(present), test_fraction, seed)
+        train, test = np.flatnonzero(np.isin(key, present[tr])), np.flatnonzero(np.isin(key, present[te]))
     if validation:
         return validation_split(key, train, test_fraction, seed)
     return train, test
@@ -182,7 +204,9 @@ def run_qor(
         graphs = [
             aig_to_data(labels.aig(d), explicit_not=explicit_not) for d in range(len(labels.design_ids))
         ]
-    train_rows, test_rows = split_rows(labels, split, cfg.test_fraction, cfg.seed, validation=cfg.validation)
+    train_rows, test_rows = split_rows(
+        labels, split, cfg.test_fraction, cfg.seed, validation=cfg.validation, test_designs=cfg.test_groups
+    )
     z = torch.from_numpy(labels.targets(metric)).to(device)
     recipes = torch.from_numpy(labels.recipes.astype(np.int64)).to(device)
     torch.manual_seed(cfg.seed)
@@ -235,6 +259,8 @@ def run_qor(
         "spearman": 0.0,
     }
     held_out = "designs" if split == "designs" else "recipes (on every design)"
+    if cfg.test_groups:
+        held_out = f"the {len(cfg.test_groups)} designs named by --test-designs"
     return TaskResult(
         "qor",
         result_label(encoder_source, mode),
