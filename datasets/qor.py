@@ -750,6 +750,18 @@ class QoRLabels:
         y = self._metric(metric)
         return ((y - mean[self.design]) / std[self.design]).astype(np.float32)
 
+    def log_ratios(self, metric: str = "ands") -> np.ndarray:
+        """``log(y / y_0)``, ``float32 [rows]``: the metric after the recipe over the unoptimized design's (how much
+        the recipe removes), in log so a design's shrink and a recipe's add up. Counts below 1 count as 1."""
+        y = self._metric(metric)
+        orig = self.originals.get(metric)
+        if orig is None or not np.isfinite(orig).all():
+            raise DatasetError(
+                f"{self.root}: {metric}: expected the unoptimized design's value of every design (meta.json "
+                "designs) for ratio targets"
+            )
+        return (np.log(np.maximum(y, 1.0)) - np.log(np.maximum(orig, 1.0))[self.design]).astype(np.float32)
+
     def denormalize(self, z: np.ndarray, rows: np.ndarray | None, metric: str = "ands") -> np.ndarray:
         """Raw ``metric`` values from z-scores of the given rows (all rows when ``rows`` is None).
 

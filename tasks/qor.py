@@ -54,6 +54,8 @@ __all__ = ["RecipeEncoder", "QoRHead", "recipe_means", "run_qor"]
 
 RECIPE_ENCODERS = ("conv", "gru", "transformer")
 SPLITS = ("designs", "recipes")
+# z: OpenABC-D's per-design z-score; ratio: log(y / y_unoptimized), which keeps how much a design shrinks
+QOR_TARGETS = ("z", "ratio")
 
 
 class RecipeEncoder(nn.Module):
@@ -165,13 +167,13 @@ def split_rows(
     return train, test
 
 
-def recipe_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``float [num_recipes]`` mean target of each recipe over ``rows`` (0 for a recipe absent from them): the
-    prediction of a model that ignores the design."""
+def recipe_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """``float [num_recipes]`` mean target of each recipe over ``rows`` (``fill`` for a recipe absent from them):
+    the prediction of a model that ignores the design."""
     n = int(labels.recipe.max()) + 1
     total = np.bincount(labels.recipe[rows], weights=z[rows], minlength=n)
     count = np.bincount(labels.recipe[rows], minlength=n)
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    return np.where(count > 0, total / np.maximum(count, 1), fill)
 
 
 def run_qor(
@@ -183,6 +185,7 @@ def run_qor(
     metric: str = "ands",
     recipe_kind: str = "conv",
     split: str = "designs",
+    target: str = "z",
     graphs: Sequence | None = None,
     encoder_config: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
@@ -195,6 +198,8 @@ def run_qor(
     from circuitml.graph import aig_to_data
 
     cfg.validate()
+    if target not in QOR_TARGETS:
+        raise ConfigError(f"qor target: expected one of {', '.join(QOR_TARGETS)}, got {target!r}")
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     encoder, trainable = make_encoder(encoder_source, mode, seed=cfg.seed, config=encoder_config)
@@ -207,7 +212,8 @@ def run_qor(
     train_rows, test_rows = split_rows(
         labels, split, cfg.test_fraction, cfg.seed, validation=cfg.validation, test_designs=cfg.test_groups
     )
-    z = torch.from_numpy(labels.targets(metric)).to(device)
+    y = labels.targets(metric) if target == "z" else labels.log_ratios(metric)
+    z = torch.from_numpy(y).to(device)
     recipes = torch.from_numpy(labels.recipes.astype(np.int64)).to(device)
     torch.manual_seed(cfg.seed)
     head = QoRHead(encoder.out_dim, recipe_kind=recipe_kind, head=cfg.head).to(device)
@@ -240,8 +246,15 @@ def run_qor(
         )
     true = z[test_rows].cpu().numpy()
     raw_true = labels.values[metric][test_rows]
-    raw_pred = labels.denormalize(pred, test_rows, metric)
-    raw_base = labels.denormalize(np.zeros_like(pred), test_rows, metric)
+    # trivial: z = 0 (each design's mean), or for ratios the training rows' mean shrink
+    const = 0.0 if target == "z" else float(y[train_rows].mean())
+    base_pred = np.full_like(true, const)
+    if target == "z":
+        raw_pred = labels.denormalize(pred, test_rows, metric)
+        raw_base = labels.denormalize(base_pred, test_rows, metric)
+    else:
+        orig = np.maximum(labels.originals[metric][labels.design[test_rows]], 1.0)
+        raw_pred, raw_base = np.exp(pred) * orig, np.exp(base_pred) * orig
     metrics = {
         "mse": mse(pred, true),
         "mape": mape(raw_pred, raw_true),
@@ -249,13 +262,13 @@ def run_qor(
         "spearman": spearman(pred, true),
     }
     baseline = {
-        "mse": mse(np.zeros_like(true), true),
-        # no graph at all: each recipe's mean z over the training rows (what the recipe alone tells)
+        "mse": mse(base_pred, true),
+        # no graph at all: each recipe's mean target over the training rows (what the recipe alone tells)
         "mse_recipe_mean": mse(
-            recipe_means(labels, z.cpu().numpy(), train_rows)[labels.recipe[test_rows]], true
+            recipe_means(labels, y, train_rows, fill=const)[labels.recipe[test_rows]], true
         ),
         "mape": mape(raw_base, raw_true),
-        "r2": r2_score(np.zeros_like(true), true),
+        "r2": r2_score(base_pred, true),
         "spearman": 0.0,
     }
     held_out = "designs" if split == "designs" else "recipes (on every design)"
@@ -278,5 +291,10 @@ def run_qor(
             f"z-scores; MAPE (%) on de-normalized {metric} (z*sigma_d + mu_d vs the raw count); baseline predicts "
             "z = 0 (each design's mean); baseline mse_recipe_mean predicts each recipe's mean z over the training rows "
             "(no graph)."
+            if target == "z"
+            else f"target: log({metric} after the recipe / {metric} of the unoptimized design); held out: "
+            f"{held_out}; head: {cfg.head}; MSE/R2/Spearman on that log ratio; MAPE (%) on exp(pred) * the "
+            f"unoptimized {metric}; baseline predicts the training rows' mean ratio; baseline mse_recipe_mean "
+            "predicts each recipe's mean ratio over the training rows (no graph)."
         ),
     )

@@ -29,7 +29,7 @@ from circuitml.errors import DatasetError
 
 __all__ = ["anova_two_way", "qor_matrix", "shared_interaction", "design_family", "qor_variance"]
 
-TARGETS = ("raw", "log", "z")
+TARGETS = ("raw", "log", "ratio", "z")
 _FAMILY = re.compile(r"^(?P<family>.+)_w\d+_s\d+$")  # circuitml data generate's design names
 
 
@@ -58,13 +58,16 @@ def anova_two_way(y: np.ndarray) -> dict[str, float]:
 
 def qor_matrix(labels: QoRLabels, metric: str = "ands", target: str = "z") -> tuple[np.ndarray, np.ndarray]:
     """``([D', R] table, design indices)`` over the designs labelled under every recipe; ``target``: ``raw``
-    counts, ``log`` counts (multiplicative effects become additive) or the per-design ``z`` score."""
+    counts, ``log`` counts (multiplicative effects become additive), ``ratio``, the log of the count over the
+    unoptimized design's (how much the recipe removes), or the per-design ``z`` score."""
     if target not in TARGETS:
         raise DatasetError(f"anova target: expected one of {', '.join(TARGETS)}, got {target!r}")
     d_n, r_n = len(labels.design_ids), labels.recipes.shape[0]
     y = labels.targets(metric) if target == "z" else labels.values[metric]
-    if target == "log":
+    if target in ("log", "ratio"):
         y = np.log(np.maximum(y, 1.0))
+    if target == "ratio":
+        y = y - np.log(np.maximum(labels.originals[metric], 1.0))[labels.design]
     table = np.full((d_n, r_n), np.nan)
     table[labels.design, labels.recipe] = y
     complete = np.flatnonzero(~np.isnan(table).any(axis=1))
@@ -102,7 +105,7 @@ def design_family(name: str) -> str | None:
 
 
 def qor_variance(labels: QoRLabels, metric: str = "ands") -> dict[str, dict]:
-    """For each target (raw, log, z): the ANOVA shares, and the interaction share the design's family predicts."""
+    """For each target (raw, log, ratio, z): the ANOVA shares, and the interaction share the design's family predicts."""
     out: dict[str, dict] = {}
     for target in TARGETS:
         table, designs = qor_matrix(labels, metric, target)

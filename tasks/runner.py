@@ -147,7 +147,8 @@ def _run_one(
     encoder_config: dict | None,
     metric: str,
     recipe_kind: str,
-    progress,
+    qor_target: str = "z",
+    progress=None,
     cache: list | None,
 ) -> TaskResult:
     common = dict(encoder_config=encoder_config, progress=progress, cache=cache)
@@ -156,7 +157,7 @@ def _run_one(
 
         return run_qor(
             data.labels, variant.source, variant.mode, cfg, metric=metric, recipe_kind=recipe_kind,
-            split=data.split, graphs=data.prepared, **common,
+            split=data.split, target=qor_target, graphs=data.prepared, **common,
         )  # fmt: skip
     if data.task == "equivalence":
         from circuitml.tasks.equivalence import run_equivalence
@@ -181,6 +182,7 @@ def run_variants(
     encoder_config: dict | None = None,
     metric: str = "ands",
     recipe_kind: str = "conv",
+    qor_target: str = "z",
     progress: Callable[[str, int, int, float], None] | None = None,
 ) -> dict[str, list[TaskResult]]:
     """Every variant at every seed (same budget); ``progress(run_label, epoch, epochs, loss)`` after each epoch."""
@@ -200,7 +202,7 @@ def run_variants(
 
             result = _run_one(
                 data, v, run_cfg, encoder_config=encoder_config, metric=metric, recipe_kind=recipe_kind,
-                progress=tick, cache=cache,
+                qor_target=qor_target, progress=tick, cache=cache,
             )  # fmt: skip
             runs.setdefault(v.name, []).append(result)
     return runs

@@ -162,3 +162,26 @@ def test_qor_variance_on_z_scores_has_no_design_effect(tmp_path: Path) -> None:
     assert v["z"]["frac_design"] < 1e-12
     assert v["z"]["frac_recipe"] + v["z"]["frac_interaction"] == pytest.approx(1.0)
     assert v["raw"]["designs"] == 6 and v["raw"]["family"]["groups"] == 2
+
+
+def test_ratio_target_is_the_log_shrink_and_its_baselines_use_the_training_rows(tmp_path: Path) -> None:
+    labels = load_qor_labels(_labels_folder(tmp_path / "q", NAMES, SOURCES))
+    meta = json.loads((tmp_path / "q" / "meta.json").read_text())
+    orig = {d["id"]: d["ands"] for d in meta["designs"]}
+    naive = [
+        np.log(max(labels.values["ands"][i], 1)) - np.log(orig[labels.design_ids[labels.design[i]]])
+        for i in range(len(labels))
+    ]
+    assert np.allclose(labels.log_ratios("ands"), naive, atol=1e-6)
+    cfg = TrainConfig(epochs=1, seed=0)
+    res = run_qor(labels, "scratch", "scratch", cfg, target="ratio", encoder_config=SMALL)
+    tr, te = split_rows(labels, "designs", cfg.test_fraction, 0)
+    y = labels.log_ratios("ands")
+    assert np.allclose(res.true, y[te])
+    assert res.baseline["mse"] == pytest.approx(float(np.mean((y[te] - y[tr].mean()) ** 2)), rel=1e-5)
+    per_recipe = {r: y[tr][labels.recipe[tr] == r].mean() for r in np.unique(labels.recipe[tr])}
+    ref = np.mean([(y[i] - per_recipe[labels.recipe[i]]) ** 2 for i in te])
+    assert res.baseline["mse_recipe_mean"] == pytest.approx(float(ref), rel=1e-5)
+    assert "log(ands" in res.notes
+    with pytest.raises(ConfigError, match="qor target"):
+        run_qor(labels, "scratch", "scratch", cfg, target="raw", encoder_config=SMALL)
