@@ -2,7 +2,7 @@
 
     python bench/qor_scale.py --data QOR_DIR --out DIR --encoder deepgcn64-allobj-corpus \
         --encoder deepgcn64-funcrec-corpus [--split designs|recipes] [--test-designs '/work/shared/data/*'] \
-        [--exclude-seen CORPUS] [--validation] [--seeds 3] [--epochs 30]
+        [--exclude-seen CORPUS] [--validation] [--target z|ratio] [--seeds 3] [--epochs 30]
 
 The same runs as ``circuitml evaluate qor --encoder E --compare scratch --encoder-lr 1e-3 --freeze-layers 3
 --threads 1`` for each ``E`` (every run seeds itself, so a variant's numbers do not depend on what ran before it),
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--encoder-lr", type=float, default=1e-3)
     ap.add_argument("--freeze-layers", type=int, default=3)
     ap.add_argument("--metric", default="ands")
+    ap.add_argument("--target", default="z", help="z | ratio (evaluate qor --target)")
     args = ap.parse_args()
     configure_runtime(1, "cpu")
     arch = [load_encoder(e).config for e in args.encoder]
@@ -60,7 +61,16 @@ def main() -> None:
     )  # fmt: skip
     variants = [Variant(e, e, "finetune") for e in args.encoder]
     variants.append(Variant("scratch", args.encoder[0], "scratch"))
-    runs = run_variants(data, variants, range(args.seeds), cfg, metric=args.metric)
+
+    def tick(label: str, epoch: int, epochs: int, loss: float) -> None:
+        if epoch == epochs:
+            print(
+                f"{label}: {epochs} epochs, loss {loss:.4f}, {time.process_time() - t0:.0f} CPU-s", flush=True
+            )
+
+    runs = run_variants(
+        data, variants, range(args.seeds), cfg, metric=args.metric, qor_target=args.target, progress=tick
+    )
     cpu = time.process_time() - t0
     config = {**vars(args), "data": str(args.data), "out": str(args.out), "heldout": data.heldout,
               "test_designs": list(data.test_designs), "cpu_seconds": round(cpu, 1),
