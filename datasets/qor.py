@@ -703,12 +703,14 @@ class QoRLabels:
         )
 
     def match_designs(self, patterns: Sequence[str]) -> np.ndarray:
-        """Indices of the designs whose id or source path matches one of the shell ``patterns`` (fnmatch)."""
+        """Indices of the designs whose id or source path matches one of the shell ``patterns`` (fnmatch); a
+        relative path pattern is taken from the working folder, as the sources were recorded absolute."""
         from fnmatch import fnmatchcase
 
         sources = self.sources or [""] * len(self.design_ids)
+        paths = [os.path.abspath(p) if "/" in p else p for p in patterns]
         hit = [
-            any(fnmatchcase(name, p) or fnmatchcase(src, p) for p in patterns)
+            any(fnmatchcase(name, p) for p in patterns) or any(fnmatchcase(src, p) for p in paths)
             for name, src in zip(self.design_ids, sources, strict=True)
         ]
         return np.flatnonzero(np.asarray(hit, dtype=bool))

@@ -50,10 +50,12 @@ SOURCES = [f"/gen/circuits/{n}.aig" for n in NAMES[:4]] + [
 ]
 
 
-def test_test_designs_hold_out_exactly_the_named_designs_at_every_seed(tmp_path: Path) -> None:
+def test_test_designs_hold_out_exactly_the_named_designs_at_every_seed(tmp_path: Path, monkeypatch) -> None:
     labels = load_qor_labels(_labels_folder(tmp_path / "q", NAMES, SOURCES))
     assert labels.match_designs(["/real/*"]).tolist() == [4, 5]
     assert labels.match_designs(["mux_*", "c880"]).tolist() == [2, 3, 5]
+    monkeypatch.chdir("/")  # a relative path pattern starts at the working folder
+    assert labels.match_designs(["real/iscas85/c4*"]).tolist() == [4]
     for seed in (0, 1, 2):
         tr, te = split_rows(labels, "designs", 0.25, seed, test_designs=("c432", "c880"))
         assert set(labels.design[te]) == {4, 5} and set(labels.design[tr]) == {0, 1, 2, 3}
