@@ -187,3 +187,23 @@ def test_ratio_target_is_the_log_shrink_and_its_baselines_use_the_training_rows(
     assert "log(ands" in res.notes
     with pytest.raises(ConfigError, match="qor target"):
         run_qor(labels, "scratch", "scratch", cfg, target="raw", encoder_config=SMALL)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["qor", "--test-designs", " , "],
+        ["probability", "--target", "ratio"],
+        ["qor", "--target", "raw"],
+        ["qor", "--test-designs", "zzz*"],
+        ["qor", "--test-designs", "c432", "--split", "recipes"],
+    ],
+)
+def test_evaluate_rejects_impossible_qor_options_in_one_line(tmp_path: Path, capsys, bad) -> None:
+    from circuitml.cli import main
+
+    root = _labels_folder(tmp_path / "q", NAMES, SOURCES)
+    code = main(["evaluate", bad[0], "--data", str(root), "--out", str(tmp_path / "o"), *bad[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert bad[1] in err and not (tmp_path / "o").exists()
