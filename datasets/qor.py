@@ -674,9 +674,46 @@ class QoRLabels:
     values: dict[str, np.ndarray]
     originals: dict[str, np.ndarray]
     aig_files: list[Path | None] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # each design's source file, as meta.json records it
 
     def __len__(self) -> int:
         return int(self.design.shape[0])
+
+    def subset(self, designs: Sequence[int] | np.ndarray) -> QoRLabels:
+        """The table restricted to ``designs`` (indices, kept in the given order) and their rows."""
+        keep = np.asarray(designs, dtype=np.int64).reshape(-1)
+        new_index = np.full(len(self.design_ids), -1, dtype=np.int64)
+        new_index[keep] = np.arange(keep.size)
+        rows = np.flatnonzero(new_index[self.design] >= 0)
+        pick = keep.tolist()
+
+        def take(items: list) -> list:
+            return [items[d] for d in pick] if items else []
+
+        return QoRLabels(
+            root=self.root,
+            design_ids=take(self.design_ids),
+            recipes=self.recipes,
+            design=new_index[self.design[rows]],
+            recipe=self.recipe[rows],
+            values={m: v[rows] for m, v in self.values.items()},
+            originals={m: v[keep] for m, v in self.originals.items()},
+            aig_files=take(self.aig_files),
+            sources=take(self.sources),
+        )
+
+    def match_designs(self, patterns: Sequence[str]) -> np.ndarray:
+        """Indices of the designs whose id or source path matches one of the shell ``patterns`` (fnmatch); a
+        relative path pattern is taken from the working folder, as the sources were recorded absolute."""
+        from fnmatch import fnmatchcase
+
+        sources = self.sources or [""] * len(self.design_ids)
+        paths = [os.path.abspath(p) if "/" in p else p for p in patterns]
+        hit = [
+            any(fnmatchcase(name, p) for p in patterns) or any(fnmatchcase(src, p) for p in paths)
+            for name, src in zip(self.design_ids, sources, strict=True)
+        ]
+        return np.flatnonzero(np.asarray(hit, dtype=bool))
 
     @property
     def metrics(self) -> list[str]:
@@ -714,6 +751,18 @@ class QoRLabels:
         mean, std = self.design_stats(metric)
         y = self._metric(metric)
         return ((y - mean[self.design]) / std[self.design]).astype(np.float32)
+
+    def log_ratios(self, metric: str = "ands") -> np.ndarray:
+        """``log(y / y_0)``, ``float32 [rows]``: the metric after the recipe over the unoptimized design's (how much
+        the recipe removes), in log so a design's shrink and a recipe's add up. Counts below 1 count as 1."""
+        y = self._metric(metric)
+        orig = self.originals.get(metric)
+        if orig is None or not np.isfinite(orig).all():
+            raise DatasetError(
+                f"{self.root}: {metric}: expected the unoptimized design's value of every design (meta.json "
+                "designs) for ratio targets"
+            )
+        return (np.log(np.maximum(y, 1.0)) - np.log(np.maximum(orig, 1.0))[self.design]).astype(np.float32)
 
     def denormalize(self, z: np.ndarray, rows: np.ndarray | None, metric: str = "ands") -> np.ndarray:
         """Raw ``metric`` values from z-scores of the given rows (all rows when ``rows`` is None).
@@ -782,4 +831,5 @@ def load_qor_labels(root: str | os.PathLike) -> QoRLabels:
         values={m: np.asarray(v, dtype=np.float64) for m, v in values.items()},
         originals=originals,
         aig_files=[root / "designs" / f"{d}.aig" for d in ids],
+        sources=[str(d.get("source", "")) for d in meta["designs"]],
     )

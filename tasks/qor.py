@@ -54,6 +54,8 @@ __all__ = ["RecipeEncoder", "QoRHead", "recipe_means", "run_qor"]
 
 RECIPE_ENCODERS = ("conv", "gru", "transformer")
 SPLITS = ("designs", "recipes")
+# z: OpenABC-D's per-design z-score; ratio: log(y / y_unoptimized), which keeps how much a design shrinks
+QOR_TARGETS = ("z", "ratio")
 
 
 class RecipeEncoder(nn.Module):
@@ -127,29 +129,51 @@ class QoRHead(nn.Module):
 
 
 def split_rows(
-    labels: QoRLabels, split: str, test_fraction: float, seed: int, *, validation: bool = False
+    labels: QoRLabels,
+    split: str,
+    test_fraction: float,
+    seed: int,
+    *,
+    validation: bool = False,
+    test_designs: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train/test rows: whole designs held out (``designs``), or a share of the recipes on every design
     (``recipes``; the same recipes are held out on all designs); with ``validation``, train/validation rows
-    inside the training side."""
+    inside the training side.
+
+    ``test_designs``: hold out exactly these design ids at every seed (e.g. train on generated designs, test on
+    real ones) instead of a seeded share; ``designs`` split only.
+    """
     if split not in SPLITS:
         raise ConfigError(f"qor split: expected one of {', '.join(SPLITS)}, got {split!r}")
     key = labels.design if split == "designs" else labels.recipe
-    present = np.unique(key)
-    tr, te = split_groups(len(present), test_fraction, seed)
-    train, test = np.flatnonzero(np.isin(key, present[tr])), np.flatnonzero(np.isin(key, present[te]))
+    if test_designs:
+        if split != "designs":
+            raise ConfigError(f"qor test designs: expected the 'designs' split, got {split!r}")
+        index = {name: d for d, name in enumerate(labels.design_ids)}
+        missing = sorted(set(test_designs) - set(index))
+        if missing:
+            raise ConfigError(f"qor test designs: expected designs of the labels, got {', '.join(missing)}")
+        is_test = np.isin(key, [index[name] for name in test_designs])
+        train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+        if train.size == 0:
+            raise ConfigError("qor test designs: every design is held out, none is left to train on")
+    else:
+        present = np.unique(key)
+        tr, te = split_groups(len(present), test_fraction, seed)
+        train, test = np.flatnonzero(np.isin(key, present[tr])), np.flatnonzero(np.isin(key, present[te]))
     if validation:
         return validation_split(key, train, test_fraction, seed)
     return train, test
 
 
-def recipe_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``float [num_recipes]`` mean target of each recipe over ``rows`` (0 for a recipe absent from them): the
-    prediction of a model that ignores the design."""
+def recipe_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """``float [num_recipes]`` mean target of each recipe over ``rows`` (``fill`` for a recipe absent from them):
+    the prediction of a model that ignores the design."""
     n = int(labels.recipe.max()) + 1
     total = np.bincount(labels.recipe[rows], weights=z[rows], minlength=n)
     count = np.bincount(labels.recipe[rows], minlength=n)
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    return np.where(count > 0, total / np.maximum(count, 1), fill)
 
 
 def run_qor(
@@ -161,6 +185,7 @@ def run_qor(
     metric: str = "ands",
     recipe_kind: str = "conv",
     split: str = "designs",
+    target: str = "z",
     graphs: Sequence | None = None,
     encoder_config: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
@@ -173,6 +198,8 @@ def run_qor(
     from circuitml.graph import aig_to_data
 
     cfg.validate()
+    if target not in QOR_TARGETS:
+        raise ConfigError(f"qor target: expected one of {', '.join(QOR_TARGETS)}, got {target!r}")
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     encoder, trainable = make_encoder(encoder_source, mode, seed=cfg.seed, config=encoder_config)
@@ -182,8 +209,11 @@ def run_qor(
         graphs = [
             aig_to_data(labels.aig(d), explicit_not=explicit_not) for d in range(len(labels.design_ids))
         ]
-    train_rows, test_rows = split_rows(labels, split, cfg.test_fraction, cfg.seed, validation=cfg.validation)
-    z = torch.from_numpy(labels.targets(metric)).to(device)
+    train_rows, test_rows = split_rows(
+        labels, split, cfg.test_fraction, cfg.seed, validation=cfg.validation, test_designs=cfg.test_groups
+    )
+    y = labels.targets(metric) if target == "z" else labels.log_ratios(metric)
+    z = torch.from_numpy(y).to(device)
     recipes = torch.from_numpy(labels.recipes.astype(np.int64)).to(device)
     torch.manual_seed(cfg.seed)
     head = QoRHead(encoder.out_dim, recipe_kind=recipe_kind, head=cfg.head).to(device)
@@ -216,8 +246,15 @@ def run_qor(
         )
     true = z[test_rows].cpu().numpy()
     raw_true = labels.values[metric][test_rows]
-    raw_pred = labels.denormalize(pred, test_rows, metric)
-    raw_base = labels.denormalize(np.zeros_like(pred), test_rows, metric)
+    # trivial: z = 0 (each design's mean), or for ratios the training rows' mean shrink
+    const = 0.0 if target == "z" else float(y[train_rows].mean())
+    base_pred = np.full_like(true, const)
+    if target == "z":
+        raw_pred = labels.denormalize(pred, test_rows, metric)
+        raw_base = labels.denormalize(base_pred, test_rows, metric)
+    else:
+        orig = np.maximum(labels.originals[metric][labels.design[test_rows]], 1.0)
+        raw_pred, raw_base = np.exp(pred) * orig, np.exp(base_pred) * orig
     metrics = {
         "mse": mse(pred, true),
         "mape": mape(raw_pred, raw_true),
@@ -225,16 +262,18 @@ def run_qor(
         "spearman": spearman(pred, true),
     }
     baseline = {
-        "mse": mse(np.zeros_like(true), true),
-        # no graph at all: each recipe's mean z over the training rows (what the recipe alone tells)
+        "mse": mse(base_pred, true),
+        # no graph at all: each recipe's mean target over the training rows (what the recipe alone tells)
         "mse_recipe_mean": mse(
-            recipe_means(labels, z.cpu().numpy(), train_rows)[labels.recipe[test_rows]], true
+            recipe_means(labels, y, train_rows, fill=const)[labels.recipe[test_rows]], true
         ),
         "mape": mape(raw_base, raw_true),
-        "r2": r2_score(np.zeros_like(true), true),
+        "r2": r2_score(base_pred, true),
         "spearman": 0.0,
     }
     held_out = "designs" if split == "designs" else "recipes (on every design)"
+    if cfg.test_groups:
+        held_out = f"the {len(cfg.test_groups)} designs named by --test-designs"
     return TaskResult(
         "qor",
         result_label(encoder_source, mode),
@@ -252,5 +291,10 @@ def run_qor(
             f"z-scores; MAPE (%) on de-normalized {metric} (z*sigma_d + mu_d vs the raw count); baseline predicts "
             "z = 0 (each design's mean); baseline mse_recipe_mean predicts each recipe's mean z over the training rows "
             "(no graph)."
+            if target == "z"
+            else f"target: log({metric} after the recipe / {metric} of the unoptimized design); held out: "
+            f"{held_out}; head: {cfg.head}; MSE/R2/Spearman on that log ratio; MAPE (%) on exp(pred) * the "
+            f"unoptimized {metric}; baseline predicts the training rows' mean ratio; baseline mse_recipe_mean "
+            "predicts each recipe's mean ratio over the training rows (no graph)."
         ),
     )

@@ -51,6 +51,7 @@ class TaskData:
     prepared: object = None  # equivalence pairs / probability graphs / QoR graphs
     groups: list[str] | None = None  # family per circuit for the families split
     heldout: dict | None = None  # what excluding the pretraining corpus removed (tasks.heldout.unseen)
+    test_designs: tuple[str, ...] = ()  # QoR: the design ids held out at every seed (--test-designs)
 
 
 def prepare_task(
@@ -62,18 +63,23 @@ def prepare_task(
     limit: int | None = None,
     explicit_not: bool = True,
     exclude_seen: str | Path | None = None,
+    test_designs: Sequence[str] = (),
     log: Callable[[str], None] = lambda s: None,
 ) -> TaskData:
     """Load and prepare ``task``'s data from ``data`` (QoR labels folder, dataset or circuit folder).
 
     ``exclude_seen``: a pretraining corpus (dataset folder); circuits whose function or name is in it are dropped
-    (QoR: the count of seen designs is recorded, and any seen design is an error).
+    (QoR: whole designs with all their rows; the counts go to ``heldout``).
+    ``test_designs``: QoR only, shell patterns (fnmatch) over design ids and source paths; the matching designs
+    are the test set at every seed (``designs`` split).
     """
     if task not in TASKS:
         raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
     split = split or SPLITS[task][0]
     if split not in SPLITS[task]:
         raise ConfigError(f"--split for {task}: expected one of {', '.join(SPLITS[task])}, got {split!r}")
+    if test_designs and (task != "qor" or split != "designs"):
+        raise ConfigError(f"--test-designs: only with qor and --split designs, got {task} {split}")
     out = TaskData(task, setting=setting, split=split)
     if task == "qor":
         from circuitml.datasets.qor import load_qor_labels
@@ -85,12 +91,27 @@ def prepare_task(
         if exclude_seen is not None:
             from circuitml.tasks.heldout import unseen
 
+            log(f"fingerprinting the pretraining corpus {exclude_seen} to hold its designs out")
             keep, out.heldout = unseen([out.labels.aig(d) for d in range(n)], exclude_seen)
             if keep.size < n:
                 seen = sorted(set(out.labels.design_ids) - {out.labels.design_ids[k] for k in keep})
+                out.heldout["dropped"] = seen
+                log(f"qor: dropped {len(seen)} designs of the pretraining corpus: {', '.join(seen)}")
+                out.labels = out.labels.subset(keep)
+                n = keep.size
+            if n < 2:
                 raise DatasetError(
-                    f"{data}: designs {', '.join(seen)} are in the pretraining corpus {exclude_seen}"
+                    f"{data}: {n} designs left outside the pretraining corpus; expected 2 or more"
                 )
+        if test_designs:
+            picked = out.labels.match_designs(test_designs)
+            for pattern in test_designs:
+                if out.labels.match_designs([pattern]).size == 0:
+                    raise ConfigError(f"--test-designs: {pattern!r} matches no design id or source of {data}")
+            out.test_designs = tuple(out.labels.design_ids[d] for d in picked)
+            if len(out.test_designs) == n:
+                raise ConfigError(f"--test-designs: every design of {data} matches; none is left to train on")
+            log(f"qor: {len(out.test_designs)} test designs named by --test-designs")
         log(f"qor: {n} designs, {len(out.labels)} labelled (design, recipe) rows; encoding graphs")
         out.prepared = [aig_to_data(out.labels.aig(d), explicit_not=explicit_not) for d in range(n)]
         return out
@@ -126,7 +147,8 @@ def _run_one(
     encoder_config: dict | None,
     metric: str,
     recipe_kind: str,
-    progress,
+    qor_target: str = "z",
+    progress=None,
     cache: list | None,
 ) -> TaskResult:
     common = dict(encoder_config=encoder_config, progress=progress, cache=cache)
@@ -135,7 +157,7 @@ def _run_one(
 
         return run_qor(
             data.labels, variant.source, variant.mode, cfg, metric=metric, recipe_kind=recipe_kind,
-            split=data.split, graphs=data.prepared, **common,
+            split=data.split, target=qor_target, graphs=data.prepared, **common,
         )  # fmt: skip
     if data.task == "equivalence":
         from circuitml.tasks.equivalence import run_equivalence
@@ -160,6 +182,7 @@ def run_variants(
     encoder_config: dict | None = None,
     metric: str = "ands",
     recipe_kind: str = "conv",
+    qor_target: str = "z",
     progress: Callable[[str, int, int, float], None] | None = None,
 ) -> dict[str, list[TaskResult]]:
     """Every variant at every seed (same budget); ``progress(run_label, epoch, epochs, loss)`` after each epoch."""
@@ -169,6 +192,8 @@ def run_variants(
         cache: list | None = [] if v.mode == "frozen" else None
         for seed in seeds:
             run_cfg = replace(cfg, seed=seed, head=v.head, zero_shot=v.zero_shot)
+            if data.test_designs:
+                run_cfg = replace(run_cfg, test_groups=data.test_designs)
             label = f"{data.task} {v.name} seed {seed}"
 
             def tick(epoch: int, loss: float, label: str = label) -> None:
@@ -177,7 +202,7 @@ def run_variants(
 
             result = _run_one(
                 data, v, run_cfg, encoder_config=encoder_config, metric=metric, recipe_kind=recipe_kind,
-                progress=tick, cache=cache,
+                qor_target=qor_target, progress=tick, cache=cache,
             )  # fmt: skip
             runs.setdefault(v.name, []).append(result)
     return runs

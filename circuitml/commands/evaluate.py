@@ -184,6 +184,11 @@ def evaluate(
     ),
     metric: str = typer.Option("ands", "--metric", help="qor: ands | depth (or area/delay when labelled)."),
     recipe_encoder: str = typer.Option("conv", "--recipe-encoder", help="qor: conv | gru | transformer."),
+    target: str = typer.Option(
+        "z",
+        "--target",
+        help="qor: z (OpenABC-D's per-design z-score) | ratio (log of the metric over the unoptimized design's).",
+    ),
     encoder_config: Optional[str] = typer.Option(
         None,
         "--encoder-config",
@@ -200,6 +205,12 @@ def evaluate(
         None,
         "--exclude-seen",
         help="Pretraining corpus (dataset folder): drop circuits whose function or name is in it.",
+    ),
+    test_designs: Optional[str] = typer.Option(
+        None,
+        "--test-designs",
+        help="qor, --split designs: comma-separated shell patterns over design ids and source paths; the "
+        "matching designs are the test set at every seed (e.g. '/work/shared/data/*': train on the others).",
     ),
     encoder_lr: float = ENCODER_LR,
     probe_epochs: int = PROBE_EPOCHS,
@@ -240,6 +251,10 @@ def evaluate(
         raise ConfigError(f"--compare {compare}: expected a pretrained --encoder DIR to compare against")
     cfg_dict = load_json(encoder_config, "--encoder-config", error=ConfigError) if encoder_config else None
     held = tuple(f.strip() for f in test_families.split(",") if f.strip()) if test_families else ()
+    if test_designs is not None and not test_designs.strip(", "):
+        raise ConfigError("--test-designs: expected comma-separated design patterns, got none")
+    if target not in ("z", "ratio") or (target != "z" and task != "qor"):
+        raise ConfigError(f"--target: expected z or ratio (qor only), got {target!r} for {task}")
     if held and split != "families":
         raise ConfigError("--test-families: only with --split families")
     dev = configure_runtime(threads, device)
@@ -281,20 +296,22 @@ def evaluate(
         limit=limit,
         explicit_not=explicit_not,
         exclude_seen=exclude_seen,
+        test_designs=tuple(p.strip() for p in test_designs.split(",") if p.strip()) if test_designs else (),
         log=console.print,
     )
     on_terminal = console.is_terminal
     with _progress() if on_terminal else nullcontext() as bar:
         runs = run_variants(
             prepared, variants, range(seeds), cfg, encoder_config=cfg_dict, metric=metric,
-            recipe_kind=recipe_encoder, progress=_epoch_logger(bar),
+            recipe_kind=recipe_encoder, qor_target=target, progress=_epoch_logger(bar),
         )  # fmt: skip
     config = {
         "task": task, "encoder": encoder, "data": str(data), "compare": compare, "seeds": seeds, "epochs": epochs,
         "lr": lr, "batch_size": batch_size, "finetune": finetune, "head": head, "setting": setting,
-        "split": prepared.split, "metric": metric, "recipe_encoder": recipe_encoder, "encoder_config": cfg_dict,
+        "split": prepared.split, "metric": metric, "recipe_encoder": recipe_encoder, "target": target, "encoder_config": cfg_dict,
         "test_fraction": test_fraction, "test_families": list(held), "threads": threads, "device": str(dev),
         "exclude_seen": str(exclude_seen) if exclude_seen else None, "heldout": prepared.heldout,
+        "test_designs": list(prepared.test_designs),
         "encoder_lr": encoder_lr, "probe_epochs": probe_epochs, "freeze_layers": freeze_layers,
         "sp_alpha": sp_alpha, "validation": validation, "zero_shot": zero_shot,
     }  # fmt: skip
