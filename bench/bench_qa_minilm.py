@@ -164,7 +164,8 @@ def main() -> None:
                 f"{key}: EM {ev['exact']:.1f} F1 {ev['f1']:.1f} HasAns F1 {ev.get('HasAns_f1', 0):.1f} "
                 f"NoAns {ev.get('NoAns_exact', 0):.1f} | no-answer F1 {base['f1']:.1f} | "
                 f"threshold {m['null_threshold']:.2f} ({_alternative(m)}) | "
-                f"{m['steps']} steps, {m['cpu_seconds']:.0f} cpu-s | reader: val {_reader(m.get('val_reader'))}, "
+                f"{m['steps']} steps, {m['cpu_seconds']:.0f} cpu-s | {_held(m)} | reader: "
+                f"{'oof' if m.get('oof_questions') else 'val'} {_reader(m.get('val_reader'))}, "
                 f"test {_reader(m.get('eval_reader'))}",
                 flush=True,
             )
@@ -184,6 +185,13 @@ def _reader(d: dict | None) -> str:
     if not d:
         return "-"
     return f"forced HasAns F1 {d['forced_HasAns_f1']:.1f} AUC {d.get('answerability_auc', float('nan')):.3f}"
+
+
+def _held(m: dict) -> str:
+    """The F1 on the questions the decision was fitted on (validation, or out of fold), at the tuned threshold:
+    the number settings are chosen by, never the held-out test's."""
+    where = f"oof ({m['oof_questions']} q)" if m.get("oof_questions") else f"val ({m['val_questions']} q)"
+    return f"{where} F1 at the tuned threshold {m.get('val_f1_plain_threshold', m.get('val_f1', float('nan'))):.1f}"
 
 
 def _alternative(m: dict) -> str:
