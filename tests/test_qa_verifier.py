@@ -253,3 +253,28 @@ def test_qa_train_cli_fits_the_verifier_out_of_fold_and_refuses_a_fixed_threshol
     assert main(bad + tiny) == 2
     err = capsys.readouterr().err
     assert "qa: verifier:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_qa_train_cli_refuses_a_validation_fraction_that_out_of_fold_fitting_would_ignore(
+    tmp_path, capsys
+) -> None:
+    from cli import main
+
+    data = _squad(tmp_path)
+    out = tmp_path / "m"
+    args = [
+        "qa",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--oof-folds",
+        "2",
+        "--val-fraction",
+        "0.2",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--val-fraction 0.2 with --oof-folds 2" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

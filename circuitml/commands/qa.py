@@ -69,8 +69,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         ),
         threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (cuda when available)."),
-        val_fraction: float = typer.Option(
-            0.1, help="SQuAD v2.0: training contexts held out to tune the null threshold on."
+        val_fraction: Optional[float] = typer.Option(
+            None,
+            help="SQuAD v2.0: training contexts held out to tune the null threshold on (default 0.1; "
+            "not with --oof-folds, which tunes on out-of-fold questions instead).",
         ),
         null_threshold: Optional[float] = typer.Option(
             None, help="Fixed null threshold (default: tuned on the validation contexts)."
@@ -135,6 +137,14 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from circuitml.tasks.qa.model import SwitchQAConfig, parse_uoe
         from circuitml.tasks.qa.train import QATrainConfig, train_qa
 
+        if val_fraction is not None and oof_folds:
+            from circuitml.errors import ConfigError
+
+            raise ConfigError(
+                f"--val-fraction {val_fraction} with --oof-folds {oof_folds}: out-of-fold fitting holds out no "
+                "validation contexts (it tunes on every training question); drop one of them"
+            )
+
         model = SwitchQAConfig(
             d_model=d_model,
             num_layers=layers,
@@ -169,7 +179,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             split_seed=split_seed,
             threads=threads,
             device=device,
-            val_fraction=val_fraction,
+            val_fraction=0.1 if val_fraction is None else val_fraction,
             null_threshold=null_threshold,
             verifier=verifier,
             oof_folds=oof_folds,
