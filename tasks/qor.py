@@ -255,9 +255,11 @@ def run_qor(
     else:
         orig = np.maximum(labels.originals[metric][labels.design[test_rows]], 1.0)
         raw_pred, raw_base = np.exp(pred) * orig, np.exp(base_pred) * orig
+    # a recipe can reduce a design to constants (0 ANDs), where a percentage error is undefined: MAPE skips them
+    nonzero = raw_true != 0
     metrics = {
         "mse": mse(pred, true),
-        "mape": mape(raw_pred, raw_true),
+        "mape": mape(raw_pred[nonzero], raw_true[nonzero]) if nonzero.any() else float("nan"),
         "r2": r2_score(pred, true),
         "spearman": spearman(pred, true),
     }
@@ -267,13 +269,15 @@ def run_qor(
         "mse_recipe_mean": mse(
             recipe_means(labels, y, train_rows, fill=const)[labels.recipe[test_rows]], true
         ),
-        "mape": mape(raw_base, raw_true),
+        "mape": mape(raw_base[nonzero], raw_true[nonzero]) if nonzero.any() else float("nan"),
         "r2": r2_score(base_pred, true),
         "spearman": 0.0,
     }
     held_out = "designs" if split == "designs" else "recipes (on every design)"
     if cfg.test_groups:
         held_out = f"the {len(cfg.test_groups)} designs named by --test-designs"
+    zero_rows = int((~nonzero).sum())
+    skipped = f" MAPE leaves out the {zero_rows} test rows whose {metric} is 0." if zero_rows else ""
     return TaskResult(
         "qor",
         result_label(encoder_source, mode),
@@ -296,5 +300,6 @@ def run_qor(
             f"{held_out}; head: {cfg.head}; MSE/R2/Spearman on that log ratio; MAPE (%) on exp(pred) * the "
             f"unoptimized {metric}; baseline predicts the training rows' mean ratio; baseline mse_recipe_mean "
             "predicts each recipe's mean ratio over the training rows (no graph)."
-        ),
+        )
+        + skipped,
     )

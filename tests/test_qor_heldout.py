@@ -207,3 +207,21 @@ def test_evaluate_rejects_impossible_qor_options_in_one_line(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert bad[1] in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("target", ["z", "ratio"])
+def test_a_recipe_that_leaves_zero_ands_is_left_out_of_mape_not_a_crash(tmp_path: Path, target: str) -> None:
+    # a recipe can reduce a design to constants; MAPE (a percentage of the true count) skips those rows, and
+    # --split recipes puts every design in the test set, so one such row used to end the run with a ValueError
+    root = _labels_folder(tmp_path / "q", NAMES, SOURCES)
+    cfg = TrainConfig(epochs=1, seed=0)
+    _, te = split_rows(load_qor_labels(root), "recipes", cfg.test_fraction, 0)
+    rows = [json.loads(line) for line in (root / "labels.jsonl").read_text().splitlines()]
+    for i in te[:2]:  # labels.jsonl rows are in label order
+        rows[int(i)]["ands"] = 0
+    (root / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labels = load_qor_labels(root)
+    assert int((labels.values["ands"][te] == 0).sum()) == 2
+    res = run_qor(labels, "scratch", "scratch", cfg, target=target, split="recipes", encoder_config=SMALL)
+    assert np.isfinite(res.metrics["mape"]) and np.isfinite(res.baseline["mape"])
+    assert "leaves out the 2 test rows" in res.notes
