@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["AIG", "AIGBuilder", "lit", "lit_node", "lit_compl", "longest_path_levels", "segment_gather"]
+__all__ = [
+    "AIG",
+    "AIGBuilder",
+    "merge_with_copy",
+    "lit",
+    "lit_node",
+    "lit_compl",
+    "longest_path_levels",
+    "segment_gather",
+]
 
 
 def lit(node: int | np.ndarray, compl: int | np.ndarray = 0) -> int | np.ndarray:
@@ -241,6 +250,31 @@ class AIG:
             f"AIG(name={self.name!r}, pis={self.num_inputs}, pos={self.num_outputs}, "
             f"latches={self.num_latches}, ands={self.num_ands})"
         )
+
+
+def merge_with_copy(a: AIG, b: AIG) -> AIG:
+    """One AIG holding ``a`` and ``b`` over the same PIs (``b``'s ANDs appended, outputs of both kept).
+
+    With ``b`` a recipe variant of ``a`` (the same function, another structure), the merged graph holds
+    functionally equal but structurally different gates: the gate-equivalence task builds its pairs from it, and
+    pretraining can sample them (``data.merge_variants``). Cut latches stay cut: their pseudo-PIs are shared PIs
+    of the merged AIG and their next-state pseudo-POs are plain outputs.
+    """
+    from circuitml.errors import ConfigError
+
+    if a.num_pis != b.num_pis:
+        raise ConfigError(f"merge: expected the same number of PIs, got {a.num_pis} and {b.num_pis}")
+
+    def remap(lits: np.ndarray) -> np.ndarray:
+        node = lits >> 1
+        return np.where(node > b.num_pis, lits + 2 * a.num_ands, lits)
+
+    return AIG(
+        num_pis=a.num_pis,
+        ands=np.concatenate([a.ands, remap(b.ands)]),
+        pos=np.concatenate([a.pos, remap(b.pos)]),
+        name=a.name,
+    )
 
 
 class AIGBuilder:

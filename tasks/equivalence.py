@@ -43,29 +43,12 @@ from circuitml.tasks.common import (
 )
 from torch import Tensor
 
-from circuitml.aig import AIG
+from circuitml.aig import AIG, merge_with_copy
 from circuitml.errors import ConfigError
 
 __all__ = ["merge_with_copy", "node_signatures", "gate_pairs", "flip_one_fanin", "run_equivalence"]
 
 SETTINGS = ("gates", "circuits")
-
-
-def merge_with_copy(a: AIG, b: AIG) -> AIG:
-    """One AIG holding ``a`` and ``b`` over the same PIs (``b``'s ANDs appended, outputs of both kept)."""
-    if a.num_pis != b.num_pis:
-        raise ConfigError(f"merge: expected the same number of PIs, got {a.num_pis} and {b.num_pis}")
-
-    def remap(lits: np.ndarray) -> np.ndarray:
-        node = lits >> 1
-        return np.where(node > b.num_pis, lits + 2 * a.num_ands, lits)
-
-    return AIG(
-        num_pis=a.num_pis,
-        ands=np.concatenate([a.ands, remap(b.ands)]),
-        pos=np.concatenate([a.pos, remap(b.pos)]),
-        name=a.name,
-    )
 
 
 def node_signatures(aig: AIG, *, num_patterns: int = 4096, seed: int = 0) -> np.ndarray:

@@ -56,6 +56,10 @@ class DataConfig:
         max_tokens: Verilog token sequences are cut to this length.
         max_nodes: circuits with more graph nodes are skipped (keeps a step's memory bounded).
         exclude_families: circuits of these families are left out (to evaluate on families never pretrained on).
+        merge_variants: each circuit is merged with another recipe variant of its design (same PIs, both
+            structures in one graph, :func:`circuitml.aig.merge_with_copy`), so equal functions with different
+            structures meet in one graph, as the gate-equivalence task builds its pairs (a design without another
+            variant stays alone).
     """
 
     root: str | None = None
@@ -64,6 +68,7 @@ class DataConfig:
     max_tokens: int = 512
     max_nodes: int = 3000
     exclude_families: list[str] = field(default_factory=list)
+    merge_variants: bool = False
 
 
 @dataclass
@@ -123,9 +128,10 @@ class FuncRecConfig:
 class FuncSimConfig:
     """Functional similarity (DeepGate2): embedding distance regresses signature Hamming distance.
 
-    ``sampling``: ``uniform`` pairs within a graph, or ``prob``: pairs of similar signal probability (at most
+    ``sampling``: ``uniform`` pairs within a graph, ``prob``: pairs of similar signal probability (at most
     ``window`` of the graph's gates apart in probability order), whose distance a trivial predictor cannot read
-    off the two probabilities.
+    off the two probabilities, or ``equiv``: equal-function gate pairs balanced with different ones (with
+    ``data.merge_variants``, mostly one gate in each of two structures of one function).
     """
 
     enabled: bool = False
@@ -260,7 +266,16 @@ class PretrainConfig:
             ("funcrec.mask_ratio", 0.0 < self.funcrec.mask_ratio <= 1.0, "a fraction in (0, 1]"),
             ("funcrec.decoder_layers", self.funcrec.decoder_layers >= 1, "an integer >= 1"),
             ("funcsim.pairs_per_node", self.funcsim.pairs_per_node > 0, "a positive number"),
-            ("funcsim.sampling", self.funcsim.sampling in ("uniform", "prob"), "'uniform' or 'prob'"),
+            (
+                "funcsim.sampling",
+                self.funcsim.sampling in ("uniform", "prob", "equiv"),
+                "'uniform', 'prob' or 'equiv'",
+            ),
+            (
+                "data.merge_variants",
+                not (self.data.merge_variants and self.contrast.enabled),
+                "false with contrast.enabled (the contrastive objective pairs whole circuits, not merged ones)",
+            ),
             ("funcsim.window", 0.0 < self.funcsim.window <= 1.0, "a fraction in (0, 1]"),
             ("contrast.temperature", self.contrast.temperature > 0, "a positive number"),
             (

@@ -95,6 +95,22 @@ def collate(samples: list[PretrainSample]) -> PretrainBatch:
     return PretrainBatch(graph, tokens, text_hidden, text_mask, has_text)
 
 
+def _merge_partners(records: list[dict], seed: int) -> dict[int, int]:
+    """Circuit index → another circuit of its design (records' ``design`` key), drawn per circuit from
+    ``(seed, index)``; designs with one circuit have no entry."""
+    groups: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        if rec.get("design"):
+            groups.setdefault(str(rec["design"]), []).append(i)
+    out = {}
+    for members in groups.values():
+        for k, i in enumerate(members):
+            if len(members) > 1:
+                pick = int(np.random.default_rng([seed, 11, i]).integers(len(members) - 1))
+                out[i] = members[pick + (pick >= k)]
+    return out
+
+
 class PretrainData:
     """All samples of a dataset, held in memory (AIG graphs are small; the dataset is read once).
 
@@ -112,7 +128,9 @@ class PretrainData:
             to every graph, for the functional objectives.
         contrast: also keep one proved non-equivalent one-gate mutant per circuit and the design groups
             (records' ``design`` key; a circuit without one is its own design) for contrastive pairs.
-        seed: draws the derangement and the mutants.
+        merge_variants: each circuit's graph holds it merged with another circuit of its design (drawn by
+            ``seed``, same PI count; alone when there is none), see ``data.merge_variants``.
+        seed: draws the derangement, the mutants and the merge partners.
     """
 
     def __init__(
@@ -126,8 +144,10 @@ class PretrainData:
         verilog: str = "own",
         signatures: bool = False,
         contrast: bool = False,
+        merge_variants: bool = False,
         seed: int = 0,
     ):
+        from circuitml.aig import merge_with_copy
         from circuitml.graph import aig_to_data
         from circuitml.pretrain.signatures import node_signatures, one_gate_mutant
 
@@ -137,12 +157,19 @@ class PretrainData:
         kept: list[int] = []
         designs: list[str] = []
         records = getattr(dataset, "records", None)
+        partner = _merge_partners(records, seed) if merge_variants and records is not None else {}
+        self.merged = 0
         for i in range(len(dataset)):
             rec = records[i] if records is not None else {}
             if sum(rec.get(k, 0) for k in ("num_pis", "num_ands", "num_pos")) > max_nodes:
                 self.skipped += 1  # a lower bound on the graph's nodes already exceeds the cap: skip unread
                 continue
             aig = dataset.aig(i)
+            if i in partner:
+                other = dataset.aig(partner[i])
+                if other.num_pis == aig.num_pis:
+                    aig = merge_with_copy(aig, other)
+                    self.merged += 1
             graph = aig_to_data(aig, explicit_not=explicit_not)
             if graph.num_nodes > max_nodes:
                 self.skipped += 1

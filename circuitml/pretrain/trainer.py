@@ -376,6 +376,7 @@ def train(
             verilog=config.vga.verilog,
             signatures=config.funcrec.enabled or config.funcsim.enabled,
             contrast=config.contrast.enabled,
+            merge_variants=config.data.merge_variants,
             seed=config.run.seed,
         )
 
