@@ -176,6 +176,16 @@ def recipe_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray, fill: float
     return np.where(count > 0, total / np.maximum(count, 1), fill)
 
 
+def design_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """``float [num_designs]`` mean target of each design over ``rows`` (``fill`` for a design absent from them):
+    with held-out recipes on seen designs, the prediction of a lookup that remembers each design and ignores
+    the recipe (no graph needed)."""
+    n = len(labels.design_ids)
+    total = np.bincount(labels.design[rows], weights=z[rows], minlength=n)
+    count = np.bincount(labels.design[rows], minlength=n)
+    return np.where(count > 0, total / np.maximum(count, 1), fill)
+
+
 def run_qor(
     labels: QoRLabels,
     encoder_source,
@@ -270,12 +280,28 @@ def run_qor(
             recipe_means(labels, y, train_rows, fill=const)[labels.recipe[test_rows]], true
         ),
         "mape": mape(raw_base[nonzero], raw_true[nonzero]) if nonzero.any() else float("nan"),
+        # seen designs: remembering each design's mean (no graph, no recipe) is the bar an encoder must clear
+        **(
+            {
+                "mse_design_mean": mse(
+                    design_means(labels, y, train_rows, fill=const)[labels.design[test_rows]], true
+                )
+            }
+            if split == "recipes"
+            else {}
+        ),
         "r2": r2_score(base_pred, true),
         "spearman": 0.0,
     }
     held_out = "designs" if split == "designs" else "recipes (on every design)"
     if cfg.test_groups:
         held_out = f"the {len(cfg.test_groups)} designs named by --test-designs"
+    design_note = (
+        " Baseline mse_design_mean predicts each design's mean target over its training rows (seen designs, no "
+        "graph, no recipe)."
+        if split == "recipes"
+        else ""
+    )
     zero_rows = int((~nonzero).sum())
     skipped = f" MAPE leaves out the {zero_rows} test rows whose {metric} is 0." if zero_rows else ""
     return TaskResult(
@@ -294,12 +320,12 @@ def run_qor(
             f"target: per-design z-scored {metric}; held out: {held_out}; head: {cfg.head}; MSE/R2/Spearman on "
             f"z-scores; MAPE (%) on de-normalized {metric} (z*sigma_d + mu_d vs the raw count); baseline predicts "
             "z = 0 (each design's mean); baseline mse_recipe_mean predicts each recipe's mean z over the training rows "
-            "(no graph)."
+            "(no graph)." + design_note
             if target == "z"
             else f"target: log({metric} after the recipe / {metric} of the unoptimized design); held out: "
             f"{held_out}; head: {cfg.head}; MSE/R2/Spearman on that log ratio; MAPE (%) on exp(pred) * the "
             f"unoptimized {metric}; baseline predicts the training rows' mean ratio; baseline mse_recipe_mean "
-            "predicts each recipe's mean ratio over the training rows (no graph)."
+            "predicts each recipe's mean ratio over the training rows (no graph)." + design_note
         )
         + skipped,
     )

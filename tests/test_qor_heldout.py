@@ -225,3 +225,17 @@ def test_a_recipe_that_leaves_zero_ands_is_left_out_of_mape_not_a_crash(tmp_path
     res = run_qor(labels, "scratch", "scratch", cfg, target=target, split="recipes", encoder_config=SMALL)
     assert np.isfinite(res.metrics["mape"]) and np.isfinite(res.baseline["mape"])
     assert "leaves out the 2 test rows" in res.notes
+
+
+def test_held_out_recipes_report_the_design_mean_lookup_as_a_baseline(tmp_path: Path) -> None:
+    labels = load_qor_labels(_labels_folder(tmp_path / "q", NAMES, SOURCES))
+    cfg = TrainConfig(epochs=1, seed=0)
+    res = run_qor(labels, "scratch", "scratch", cfg, target="ratio", split="recipes", encoder_config=SMALL)
+    tr, te = split_rows(labels, "recipes", cfg.test_fraction, 0)
+    y = labels.log_ratios("ands")
+    seen = {d: y[tr][labels.design[tr] == d].mean() for d in np.unique(labels.design[tr])}
+    ref = np.mean([(y[i] - seen[labels.design[i]]) ** 2 for i in te])
+    assert res.baseline["mse_design_mean"] == pytest.approx(float(ref), rel=1e-5)
+    assert "mse_design_mean" in res.notes
+    held_out_designs = run_qor(labels, "scratch", "scratch", cfg, target="ratio", encoder_config=SMALL)
+    assert "mse_design_mean" not in held_out_designs.baseline  # unseen designs have no mean to remember
