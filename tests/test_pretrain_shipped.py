@@ -60,3 +60,19 @@ def test_package_data_globs_cover_every_shipped_file():
     for folder in SHIPPED.values():
         for f in folder.iterdir():
             assert f in covered, f
+
+
+def test_loading_a_shipped_encoder_probes_its_size_once(monkeypatch):
+    import circuitml.encoders.builder as builder
+
+    calls = []
+    real = builder.encoder_size
+
+    def spy(config, *args, **kwargs):
+        calls.append(config.kind)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "encoder_size", spy)
+    name = sorted(SHIPPED)[0]
+    encoder = circuitml.load_encoder(name)
+    assert calls == [encoder.config.kind]  # the meta-device probe (4-26 ms) runs once, not per check
