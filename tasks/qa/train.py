@@ -634,13 +634,15 @@ def _decide_and_score(
         texts, margins = _texts_and_margins(spans)
         plain_threshold, metrics["val_f1"] = best_null_threshold(texts, margins, golds)
         metrics["val_reader"] = reader_diagnostics(texts, margins, golds)
-        cfg.null_threshold = plain_threshold
+        metrics["plain_null_threshold"] = cfg.null_threshold = plain_threshold
         if cfg.verifier:
             verifier = AnswerVerifier.fit(x, spans, golds)
             cfg.verifier_state = verifier.to_dict()
-            cfg.null_threshold = verifier.threshold
+            # the saved decision compares the verifier's score with its own threshold
+            metrics["verifier_threshold"] = cfg.null_threshold = verifier.threshold
             metrics["val_f1_plain_threshold"] = metrics["val_f1"]
             metrics["val_f1"] = verifier.fitted_f1
+    # the threshold the saved model applies (the verifier's with one): the key older metrics files have
     metrics["null_threshold"] = cfg.null_threshold
     if cfg.ensemble > 1 and member_metrics:  # each member alone, tuned as the ensemble is: the before/after
         metrics["members"] = [
