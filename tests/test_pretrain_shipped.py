@@ -78,12 +78,13 @@ def test_loading_a_shipped_encoder_probes_its_size_once(monkeypatch):
     assert calls == [encoder.config.kind]  # the meta-device probe (4-26 ms) runs once, not per check
 
 
-def test_encoders_listing_is_complete_when_piped():
+def test_encoders_listing_is_complete_when_piped(monkeypatch):
     from typer.testing import CliRunner
 
     from circuitml.cli import app
     from circuitml.encoders.shipped import describe_encoder
 
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a CI log that asks for colour is still no terminal
     result = CliRunner().invoke(app, ["encoders"])  # stdout is not a terminal: no 80-column squeeze
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip()}

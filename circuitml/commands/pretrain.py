@@ -186,7 +186,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                     f"{d['bytes'] / 1e6:.1f} MB",
                 )
             )
-        if not console.is_terminal:
+        if not console.file.isatty():  # the stream itself: FORCE_COLOR in a CI log must not cut the table
             # logs and pipes: rich would squeeze the table into 80 columns and cut names and objectives
             widths = [max(len(r[k]) for r in (columns, *rows)) for k in range(len(columns))]
             for row in (columns, *rows):
