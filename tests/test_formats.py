@@ -241,7 +241,13 @@ def test_read_aiger_names_the_circuit_by_the_file_stem(tmp_path, filename) -> No
 
 @pytest.mark.parametrize(
     "suffix, expected",
-    [(".aig", "AIGER header"), (".aag", "AIGER header"), (".bench", "UTF-8 text"), (".v", "expected text")],
+    [
+        (".aig", "AIGER header"),
+        (".aag", "AIGER header"),
+        (".bench", "UTF-8 text"),
+        (".v", "expected text"),
+        (".lib", "expected text"),
+    ],
 )
 def test_a_large_binary_file_is_refused_from_its_first_64_kib(
     tmp_path, monkeypatch, suffix, expected
@@ -263,12 +269,14 @@ def test_a_large_binary_file_is_refused_from_its_first_64_kib(
         return data
 
     monkeypatch.setattr(os, "read", spy)
+    from circuitml.liberty import read_liberty
+
     with pytest.raises(CircuitFormatError, match=expected) as err:
-        read_circuit(path)
+        (read_liberty if suffix == ".lib" else read_circuit)(path)
     monkeypatch.undo()
     assert sum(got) <= PREFIX_BYTES, got  # not the 200 MB
     assert str(err.value).startswith(f"{path}:") and "byte" in str(err.value) or suffix in (".aig", ".aag")
-    assert str(err.value).startswith(f"{path}:1") or suffix in (".bench", ".v")  # AIGER: the header line
+    assert str(err.value).startswith(f"{path}:1") or suffix in (".bench", ".v", ".lib")  # AIGER: the header
     assert "\n" not in str(err.value)
 
 
