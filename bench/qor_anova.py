@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 
 from circuitml.datasets.qor import load_qor_labels
 from circuitml.tasks.qor_anova import qor_variance
 
 
 def main() -> None:
+    if hasattr(signal, "SIGPIPE"):  # `| head`: end quietly when the reader goes away, as cat and grep do
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
     ap.add_argument("--metric", default="ands")

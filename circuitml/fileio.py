@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import errno
+import functools
 import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ __all__ = [
     "atomic_write",
     "check_format",
     "check_input",
+    "check_text_prefix",
     "file_kind",
     "load_json",
     "read_bytes",
@@ -28,6 +32,7 @@ __all__ = [
     "JSON_MAX_DEPTH",
     "JSON_MAX_INT_DIGITS",
     "MAX_INPUT_BYTES",
+    "PREFIX_BYTES",
     "UTF8_BOM",
 ]
 
@@ -41,6 +46,9 @@ JSON_MAX_INT_DIGITS = 40
 # ten-million-gate AIGs) are ~100 MB binary and a few hundred MB as ASCII or netlist Verilog; a larger input is
 # refused from its size before anything is read, since the readers hold a few copies of it in memory.
 MAX_INPUT_BYTES = 1 << 30
+# What a reader's prefix check (read_input's ``check``) sees before the rest of a file is read: enough for any
+# header, and for a binary file given to a text reader to show a NUL byte or invalid UTF-8.
+PREFIX_BYTES = 1 << 16
 UTF8_BOM = b"\xef\xbb\xbf"  # Windows editors start UTF-8 text with it
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -284,17 +292,31 @@ def check_input(path: str | os.PathLike, *, what: str = "circuit file", limit: i
     _refuse(os.stat(path), os.fspath(path), what, limit)
 
 
-def read_input(path: str | os.PathLike, *, what: str = "circuit file", limit: int = MAX_INPUT_BYTES) -> bytes:
+def read_input(
+    path: str | os.PathLike,
+    *,
+    what: str = "circuit file",
+    limit: int = MAX_INPUT_BYTES,
+    check: Callable[[bytes, int], None] | None = None,
+) -> bytes:
     """The bytes of an input file under the bounds of :func:`check_input`, checked on the open file itself.
 
     The open is non-blocking, so a FIFO is refused instead of waiting for a writer; a file that grows past
     ``limit`` while it is read is refused too, and so is gzip-compressed data (under any name).
+
+    ``check(prefix, size)`` sees the first :data:`PREFIX_BYTES` bytes (all of a smaller file) and the file's
+    size before the rest is read, and raises to refuse it: a wrong header or a binary file given to a text
+    reader then costs 64 KiB of reading, not up to 1 GiB.
     """
     file = os.fspath(path)
     fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         st = os.fstat(fd)
         _refuse(st, file, what, limit)
+        if st.st_size > PREFIX_BYTES:  # smaller files are read whole at once and checked below
+            prefix = os.read(fd, PREFIX_BYTES)
+            _check_prefix(prefix, st.st_size, file, what, check)
+            os.lseek(fd, 0, os.SEEK_SET)
         chunk = max(st.st_size + 1, 1 << 16)
         parts = []
         total = 0
@@ -306,14 +328,50 @@ def read_input(path: str | os.PathLike, *, what: str = "circuit file", limit: in
     finally:
         os.close(fd)
     data = parts[0] if len(parts) == 1 else b"".join(parts)
-    if data.startswith(_GZIP_MAGIC):  # no circuit format starts so; the readers would report garbage bytes
-        raise CircuitFormatError(file, f"an uncompressed {what}", byte=0, got="gzip data (gunzip it first)")
+    if st.st_size <= PREFIX_BYTES:  # not checked before the read
+        _check_prefix(data[:PREFIX_BYTES], len(data), file, what, check)
     return data
+
+
+def _check_prefix(
+    prefix: bytes, size: int, file: str, what: str, check: Callable[[bytes, int], None] | None
+) -> None:
+    if prefix.startswith(_GZIP_MAGIC):  # no circuit format starts so; the readers would report garbage bytes
+        raise CircuitFormatError(file, f"an uncompressed {what}", byte=0, got="gzip data (gunzip it first)")
+    if check is not None:
+        check(prefix, size)
+
+
+def check_text_prefix(prefix: bytes, size: int, file: str, *, utf8: bool = True) -> None:
+    """Refuse a binary file given to a text reader from its first bytes (a :func:`read_input` ``check``): a NUL
+    byte, or (``utf8``) bytes that are not UTF-8, as :class:`CircuitFormatError` naming the line and byte.
+
+    A leading byte-order mark is allowed and counted in the offsets; a multi-byte character cut by the end of
+    the prefix is not an error (the rest of the file is decoded by the reader)."""
+    bom = len(UTF8_BOM) if prefix.startswith(UTF8_BOM) else 0
+    nul = prefix.find(b"\0", bom)
+    end = nul if nul >= 0 else len(prefix)
+    if utf8:
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(prefix[bom:end], final=nul >= 0 or end == size)
+        except UnicodeDecodeError as exc:
+            at = bom + exc.start
+            raise CircuitFormatError(
+                file, "UTF-8 text", line=prefix[:at].count(b"\n") + 1, byte=at, got="undecodable bytes"
+            ) from None
+    if nul >= 0:
+        raise CircuitFormatError(
+            file, "text", line=prefix[:nul].count(b"\n") + 1, byte=nul, got="a NUL byte (a binary file?)"
+        )
 
 
 def read_input_text(
     path: str | os.PathLike, *, what: str = "circuit file", limit: int = MAX_INPUT_BYTES
 ) -> str:
     """:func:`read_input` decoded as UTF-8 (undecodable bytes replaced), without a leading byte-order mark
-    (Windows editors write one; Yosys and pyverilog reject it as an invalid token)."""
-    return read_input(path, what=what, limit=limit).removeprefix(UTF8_BOM).decode("utf-8", errors="replace")
+    (Windows editors write one; Yosys and pyverilog reject it as an invalid token). A NUL byte in the first
+    64 KiB refuses the file before the rest is read (:func:`check_text_prefix`): no source text holds one, a
+    binary file does."""
+    text = functools.partial(check_text_prefix, file=os.fspath(path), utf8=False)
+    data = read_input(path, what=what, limit=limit, check=text)
+    return data.removeprefix(UTF8_BOM).decode("utf-8", errors="replace")

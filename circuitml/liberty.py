@@ -14,6 +14,7 @@ segment outside it, the convention of ABC's ``Scl_LibLookup`` and of commercial 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from circuitml.errors import CircuitFormatError
+from circuitml.fileio import check_text_prefix, read_input
 
 __all__ = [
     "Group",
@@ -435,7 +437,9 @@ def read_liberty(path: str | os.PathLike) -> Library:
             )
         if path.stat().st_size > MAX_LIBERTY_BYTES:
             raise CircuitFormatError(path, f"a Liberty file of at most {MAX_LIBERTY_BYTES >> 20} MiB")
-        data = path.read_bytes()
+        # a binary file (a NUL byte in its first 64 KiB) is refused before the rest is read; so is a .lib.gz
+        text_only = functools.partial(check_text_prefix, file=str(path), utf8=False)
+        data = read_input(path, what="Liberty file", limit=MAX_LIBERTY_BYTES, check=text_only)
     except OSError as exc:
         raise CircuitFormatError(path, "a readable Liberty file", got=exc.strerror) from None
     text = data.decode("utf-8", errors="replace")

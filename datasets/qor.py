@@ -21,7 +21,8 @@ reads its area and NLDM delay (ps) against the same library — the figures ABC'
 equal in the tests when a system ABC is present, whose ``stime -c`` lines are then also recorded as ``abc_area`` /
 ``abc_delay``).
 
-On disk (``OUT/``): ``meta.json`` (format, recipes, backend, designs with their original sizes),
+On disk (``OUT/``): ``meta.json`` (format, recipes and how they were made — ``recipes_source``: drawn with a
+seed, or read from a file — backend, designs with their original sizes),
 ``recipes.csv``, ``designs/<id>.aig`` (the combinational AIG every recipe started from), ``labels.jsonl`` (one
 JSON line per (design, recipe), appended and flushed per chunk; a torn last line from an interrupted run is
 ignored and redone), ``errors.jsonl`` (designs or chunks that failed, with ABC's message).
@@ -419,6 +420,7 @@ def _generate_qor_labels(
     *,
     num_recipes: int = 100,
     recipes: np.ndarray | None = None,
+    recipes_from: str | os.PathLike | None = None,
     seed: int = 0,
     workers: int = 2,
     timeout: float = 600.0,
@@ -435,6 +437,8 @@ def _generate_qor_labels(
         out: output folder; an existing one with the same recipes is resumed (finished pairs are skipped).
         num_recipes: how many recipes to draw with ``seed`` (ignored when ``recipes`` is given).
         recipes: explicit ``int [R, 20]`` step ids, e.g. from OpenABC-D's table.
+        recipes_from: the file ``recipes`` were read from, recorded in ``meta.json`` (``recipes_source``).
+        seed: the generator's seed when ``recipes`` is not given (``meta.json`` records it only then).
         workers: ABC processes run at once.
         timeout: seconds allowed to one ABC process (one chunk of recipes on one design).
         chunk_size: recipes per ABC process: larger amortizes the start, smaller loses less on interruption.
@@ -447,8 +451,14 @@ def _generate_qor_labels(
     from circuitml.formats import aiger_bytes, read_circuit
 
     out = Path(out)
+    source: dict[str, Any]
     if recipes is None:
         recipes = generate_recipes(num_recipes, seed=seed)
+        source = {"kind": "generated", "seed": seed}
+    elif recipes_from is not None:
+        source = {"kind": "file", "path": str(Path(recipes_from).resolve()), "rows": len(recipes)}
+    else:
+        source = {"kind": "given"}
     recipes = np.asarray(recipes, dtype=np.int8)
     if recipes.ndim != 2 or recipes.shape[0] == 0:
         raise ConfigError("recipes: expected at least one recipe (an int array [R, steps])")
@@ -474,8 +484,15 @@ def _generate_qor_labels(
     meta = _load_meta(meta_path) if meta_path.is_file() else None
     if meta is not None and meta["recipes"] != [recipe_text(r) for r in recipes]:
         raise DatasetError(
-            f"{meta_path}: expected the same recipes to resume into this folder (use a new --out)"
+            f"{meta_path}: expected the same recipes to resume into this folder: it holds "
+            f"{len(meta['recipes'])} {_describe_source(meta)}, this run asks for {len(recipes)} "
+            f"{_describe_source({'recipes_source': source})} (use a new --out, or --recipes-csv "
+            f"{out / 'recipes.csv'} to continue with the folder's recipes)"
         )
+    if meta is not None and "recipes_source" not in meta:
+        # a folder from before the source was recorded: its "seed" was written even when the recipes came from
+        # a file (qor25 says seed 0 for OpenABC-D's first 20 rows); they equal this run's, so its source is true
+        meta["recipes_source"], meta["seed"] = source, source.get("seed")
     if meta is not None:
         had = meta.get("mapping")
         same = (had is None and mapping is None) or (
@@ -492,7 +509,8 @@ def _generate_qor_labels(
         meta = {
             "format": LABEL_FORMAT,
             "version": LABEL_VERSION,
-            "seed": seed,
+            "seed": source.get("seed"),  # None unless generated: the seed then made nothing
+            "recipes_source": source,
             "recipe_length": int(recipes.shape[1]),
             "recipes": [recipe_text(r) for r in recipes],
             "metrics": ["ands", "depth"] + (["area", "delay"] if mapping else []),
@@ -622,6 +640,18 @@ def _generate_qor_labels(
             for e in errors:
                 fh.write(json.dumps(e) + "\n")
     return GenerationReport(len(designs), ran, skipped, seconds, errors, ignored)
+
+
+def _describe_source(meta: dict) -> str:
+    """How a folder's (or a request's) recipes were made, for messages: ``recipes drawn with seed 0``."""
+    source = meta.get("recipes_source")
+    if not isinstance(source, dict):
+        return "recipes (source not recorded)"
+    if source.get("kind") == "generated":
+        return f"recipes drawn with seed {source.get('seed')}"
+    if source.get("kind") == "file":
+        return f"recipes from {source.get('path')}"
+    return "recipes given by the caller"
 
 
 def _write_recipes_csv(path: Path, recipes: np.ndarray) -> None:

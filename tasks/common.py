@@ -39,6 +39,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ __all__ = [
     "TrainConfig",
     "seed_everything",
     "configure_runtime",
+    "scoped_runtime",
     "make_encoder",
     "make_head",
     "load_circuits",
@@ -149,21 +151,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def configure_runtime(threads: int | None = None, device: str = "cpu") -> torch.device:
+def configure_runtime(
+    threads: int | None = None, device: str = "cpu", *, deterministic: bool = True
+) -> torch.device:
     """Thread count and device of a task run, and deterministic kernels so that a seed gives the same numbers.
 
     ``device`` is ``cpu``, ``cuda[:N]`` or ``auto`` (cuda when available); cuda asked on a machine without it is
-    a :class:`ConfigError`, never a silent fall-back to the CPU.
+    a :class:`ConfigError`, never a silent fall-back to the CPU. Both arguments are checked before anything is
+    changed, so a refused value leaves the process as it was.
 
     With more than one intra-op thread, CPU scatter-adds (the GNN aggregations) sum in an order that depends on
     thread timing: ``evaluate equivalence`` gave accuracy 0.7157 and 0.7269 on two runs of one seed.
     ``torch.use_deterministic_algorithms`` makes those kernels order-fixed (same numbers at any thread count).
+
+    The settings are process-wide (``torch.set_num_threads``, ``torch.use_deterministic_algorithms(True,
+    warn_only=True)`` unless ``deterministic=False``, and ``CUBLAS_WORKSPACE_CONFIG`` for cuda), as a CLI command
+    wants; library code that must hand the caller's settings back uses :func:`scoped_runtime`.
     """
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads: expected a positive number, got {threads}")
-        torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads: expected a positive number, got {threads}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -174,10 +180,34 @@ def configure_runtime(threads: int | None = None, device: str = "cpu") -> torch.
         raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if dev.type == "cuda":
-        # cuBLAS needs a fixed workspace for deterministic matmuls
+        # cuBLAS needs a fixed workspace for deterministic matmuls (read when cuBLAS starts: left set)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return dev
+
+
+@contextmanager
+def scoped_runtime(
+    threads: int | None = None, device: str = "cpu", *, deterministic: bool = True
+) -> Iterator[torch.device]:
+    """:func:`configure_runtime` for the duration of a ``with`` block: the thread count and torch's
+    deterministic-algorithms mode are restored on leaving it, so a library call does not change them for the
+    caller's process. Yields the device."""
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    dev = configure_runtime(threads, device, deterministic=deterministic)
+    try:
+        yield dev
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
 
 
 def make_encoder(

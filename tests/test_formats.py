@@ -237,3 +237,64 @@ def test_read_aiger_names_the_circuit_by_the_file_stem(tmp_path, filename) -> No
         assert got.name == Path(filename).stem and got.pi_names == ["a", "b"] and got.po_names == ["y"]
     with pytest.raises(FileNotFoundError):
         read_aiger(tmp_path / "missing.aig")
+
+
+@pytest.mark.parametrize(
+    "suffix, expected",
+    [
+        (".aig", "AIGER header"),
+        (".aag", "AIGER header"),
+        (".bench", "UTF-8 text"),
+        (".v", "expected text"),
+        (".lib", "expected text"),
+    ],
+)
+def test_a_large_binary_file_is_refused_from_its_first_64_kib(
+    tmp_path, monkeypatch, suffix, expected
+) -> None:
+    import os
+
+    from circuitml.fileio import PREFIX_BYTES
+
+    path = tmp_path / f"garbage{suffix}"
+    with open(path, "wb") as fh:
+        fh.write(np.random.default_rng(0).integers(0, 256, 1 << 16, dtype=np.uint8).tobytes())
+        fh.truncate(200 << 20)  # 200 MB on paper, a hole on disk
+    got = []
+    real_read = os.read
+
+    def spy(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        got.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "read", spy)
+    from circuitml.liberty import read_liberty
+
+    with pytest.raises(CircuitFormatError, match=expected) as err:
+        (read_liberty if suffix == ".lib" else read_circuit)(path)
+    monkeypatch.undo()
+    assert sum(got) <= PREFIX_BYTES, got  # not the 200 MB
+    assert str(err.value).startswith(f"{path}:") and "byte" in str(err.value) or suffix in (".aig", ".aag")
+    assert str(err.value).startswith(f"{path}:1") or suffix in (".bench", ".v", ".lib")  # AIGER: the header
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".aig", ".aag", ".bench"])
+def test_files_larger_than_the_checked_prefix_read_as_before(tmp_path, suffix) -> None:
+    from circuitml.fileio import PREFIX_BYTES
+
+    rng = np.random.default_rng(1)
+    pis, n = 64, 20_000
+    node = pis + 1 + np.arange(n)  # AND node ids; each reads two earlier nodes
+    fanin = (rng.random((n, 2)) * (node[:, None] - 1)).astype(np.int64) + 1
+    ands = -np.sort(-(2 * fanin + rng.integers(0, 2, (n, 2))), axis=1)  # AIGER order: rhs0 >= rhs1
+    aig = AIG(num_pis=pis, ands=ands, pos=2 * node[-8:], name="big")
+    path = tmp_path / f"big{suffix}"
+    write_circuit(aig, path)
+    assert path.stat().st_size > PREFIX_BYTES  # read as a checked prefix, then whole
+    again = read_circuit(path)
+    if suffix == ".bench":  # bench text renames the nodes: compare what a bench round trip in memory gives
+        assert again.same_structure(parse_bench(bench_text(aig)))
+    else:
+        assert again.same_structure(aig)

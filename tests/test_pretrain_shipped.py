@@ -60,3 +60,37 @@ def test_package_data_globs_cover_every_shipped_file():
     for folder in SHIPPED.values():
         for f in folder.iterdir():
             assert f in covered, f
+
+
+def test_loading_a_shipped_encoder_probes_its_size_once(monkeypatch):
+    import circuitml.encoders.builder as builder
+
+    calls = []
+    real = builder.encoder_size
+
+    def spy(config, *args, **kwargs):
+        calls.append(config.kind)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "encoder_size", spy)
+    name = sorted(SHIPPED)[0]
+    encoder = circuitml.load_encoder(name)
+    assert calls == [encoder.config.kind]  # the meta-device probe (4-26 ms) runs once, not per check
+
+
+def test_encoders_listing_is_complete_when_piped(monkeypatch):
+    from typer.testing import CliRunner
+
+    from circuitml.cli import app
+    from circuitml.encoders.shipped import describe_encoder
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a CI log that asks for colour is still no terminal
+    result = CliRunner().invoke(app, ["encoders"])  # stdout is not a terminal: no 80-column squeeze
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip()}
+    assert rows["name"][:2] == ["name", "kind"]
+    for name, folder in SHIPPED.items():
+        d = describe_encoder(folder)
+        assert rows[name][1] == d["kind"]
+        assert "+".join(d["objectives"] or []) in rows[name], rows[name]
+        assert "…" not in result.output

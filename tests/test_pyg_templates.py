@@ -24,7 +24,8 @@ from circuitml.pretrain.mgm import LatentDecoder
 
 GCNConv(4, 4)  # PyG renders GCNConv's template to the temp folder
 rendered = len(list(Path(tempfile.gettempdir()).glob("torch_geometric*.py")))
-for kind, options in [("deepgcn", {}), ("gat", {"heads": 2}), ("moe_gnn", {})]:
+# gcn's conv is circuitml's own CSRGCNConv: its template module is named circuitml.encoders.pyg_stacks_...
+for kind, options in [("deepgcn", {}), ("gat", {"heads": 2}), ("moe_gnn", {}), ("gcn", {})]:
     build_encoder(kind, hidden=8, num_layers=1, options=options)
 LatentDecoder(8, 1)
 print("ready", rendered, flush=True)
@@ -49,7 +50,35 @@ def test_a_process_killed_by_sigterm_leaves_no_template_file(tmp_path: Path) -> 
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert sorted(p.name for p in tmp.glob("torch_geometric*")) == []
+    assert sorted(p.name for p in tmp.glob("*.py")) == []
+
+
+_FORK = """
+import inspect, os, sys, tempfile
+import torch
+from torch_geometric.nn import GCNConv
+from circuitml.encoders import build_encoder
+
+GCNConv(4, 4)  # rendered outside circuitml's builders: the file stays until this process exits
+(file,) = [str(p) for p in Path(tempfile.gettempdir()).glob("*GCNConv_propagate_*.py")]
+pid = os.fork()
+if pid == 0:  # the child builds an encoder (which releases templates) and exits normally (atexit runs)
+    build_encoder("sage", hidden=4, num_layers=1)
+    sys.exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+assert os.path.exists(file), "the child deleted its parent's template file"
+assert inspect.getsource(GCNConv.propagate).lstrip().startswith("def propagate(")
+torch.jit.script(GCNConv(4, 4))  # TorchScript reads the template's source
+print("ok", flush=True)
+""".replace("import inspect,", "from pathlib import Path\nimport inspect,")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_leaves_its_parents_template_files_alone(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _FORK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == []  # and the parent removed it at exit
 
 
 def test_released_templates_keep_their_source_for_inspect_tracebacks_and_torchscript() -> None:

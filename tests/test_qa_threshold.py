@@ -71,6 +71,7 @@ def test_threshold_is_tuned_on_training_contexts_stored_and_used(tmp_path: Path)
     # 2 held-out contexts, then 1 of the remaining 4 carved off for validation: no question is in two sets
     assert (m["eval_questions"], m["val_questions"], m["train_questions"]) == (4, 2, 6)
     assert isinstance(m["null_threshold"], float) and "val_f1" in m
+    assert m["plain_null_threshold"] == m["null_threshold"] and "verifier_threshold" not in m
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["train"]["null_threshold"] == m["null_threshold"]
     # `qa eval` decodes with the stored threshold: scoring the training file again gives the same F1 per split

@@ -226,6 +226,39 @@ def test_verifier_model_round_trips_through_qa_eval(tmp_path) -> None:
     assert evaluate_qa(tmp_path / "model", data) == metrics["eval"]
 
 
+def test_verifier_run_stores_the_plain_tuned_threshold_beside_the_verifiers(tmp_path) -> None:
+    import dataclasses
+
+    torch.manual_seed(0)
+    data = _squad(tmp_path)
+    cfg = QATrainConfig(
+        data=str(data),
+        eval_fraction=0.34,
+        val_fraction=0.3,
+        epochs=1,
+        batch_size=4,
+        max_length=48,
+        stride=16,
+        threads=1,
+        verifier=True,
+        model=SwitchQAConfig(**TINY),
+    )
+    metrics = train_qa(cfg, tmp_path / "model")
+    model, tok, saved = load_qa_model(tmp_path / "model")
+    # the saved decision is the verifier's; null_threshold keeps naming the threshold the model applies
+    assert metrics["verifier_threshold"] == saved.verifier_state["threshold"] == metrics["null_threshold"]
+    # the plain threshold: tuned on the reader's null margins of the same validation questions
+    examples, _ = read_squad(data)
+    train_ex, eval_ex = qa_train.split_by_context(examples, 0.34, 0)
+    _, val_ex = qa_train.split_by_context(train_ex, 0.3, 1)
+    reader_cfg = dataclasses.replace(saved, verifier_state=None)
+    spans = qa_train.predict_examples(model, tok, val_ex, reader_cfg)
+    want, val_f1 = best_null_threshold(*qa_train._texts_and_margins(spans), qa_train._golds(val_ex))
+    assert metrics["plain_null_threshold"] == want and metrics["val_f1_plain_threshold"] == val_f1
+    spans = qa_train.predict_examples(model, tok, eval_ex, reader_cfg)
+    assert squad_scores(spans.answers(want), qa_train._golds(eval_ex)) == metrics["eval_plain_threshold"]
+
+
 def test_qa_train_cli_fits_the_verifier_out_of_fold_and_refuses_a_fixed_threshold(tmp_path, capsys) -> None:
     from cli import main
 

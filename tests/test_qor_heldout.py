@@ -189,6 +189,25 @@ def test_ratio_target_is_the_log_shrink_and_its_baselines_use_the_training_rows(
         run_qor(labels, "scratch", "scratch", cfg, target="raw", encoder_config=SMALL)
 
 
+def test_anova_script_exits_quietly_when_its_reader_goes_away(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    if not hasattr(signal, "SIGPIPE"):
+        pytest.skip("no SIGPIPE on this platform")
+    folder = _labels_folder(tmp_path / "q", NAMES, SOURCES)
+    script = Path(__file__).resolve().parents[1] / "bench" / "qor_anova.py"
+    # `qor_anova.py LABELS | head -1`: the reader is gone before the script prints its first line
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == -signal.SIGPIPE and err == b"", err.decode()[-500:]
+
+
 @pytest.mark.parametrize(
     "bad",
     [

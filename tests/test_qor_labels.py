@@ -187,3 +187,45 @@ def test_shared_openabc_recipe_table_matches_its_scripts(shared_data) -> None:
     table = read_recipes_csv(csv_path)
     assert table.shape == (1500, 20)
     assert np.array_equal(table, read_reference_scripts(zip_path))
+
+
+def test_data_qor_records_how_its_recipes_were_made_and_reproduces_them(tmp_path, capsys) -> None:
+    from cli import main
+
+    write_aiger(adder(3, "add3"), tmp_path / "add3.aig")
+    design = str(tmp_path / "add3.aig")
+    drawn = ["data", "qor", design, "--recipes", "3", "--seed", "7", "--workers", "1"]
+    for name in ("a", "b"):
+        assert main([*drawn, "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a" / "recipes.csv").read_bytes() == (tmp_path / "b" / "recipes.csv").read_bytes()
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["seed"] == 7 and meta["recipes_source"] == {"kind": "generated", "seed": 7}
+
+    table = tmp_path / "table.csv"
+    table.write_text("synth_id,recipe_abc,synthID2Vec\n0,rewrite; balance,2 6\n1,resub -z; refactor,5 0\n")
+    from_file = ["data", "qor", design, "--recipes-csv", str(table), "--workers", "1"]
+    out = tmp_path / "c"
+    assert main([*from_file, "--out", str(out)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seed"] is None  # a seed that drew nothing is not recorded
+    assert meta["recipes_source"] == {"kind": "file", "path": str(table.resolve()), "rows": 2}
+    capsys.readouterr()
+    assert main([*from_file, "--seed", "0", "--out", str(tmp_path / "d")]) == 2  # the seed would be unused
+    err = capsys.readouterr().err
+    assert "--seed" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+    # resuming: other recipes are refused, naming both sources and how to reuse the folder's
+    assert main([*drawn, "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"recipes from {table.resolve()}" in err and "drawn with seed 7" in err
+    assert f"--recipes-csv {out / 'recipes.csv'}" in err
+    assert main(["data", "qor", design, "--recipes-csv", str(out / "recipes.csv"), "--out", str(out)]) == 0
+
+    # a folder from before the source was recorded (qor25: "seed": 0 for recipes read from OpenABC-D's table)
+    meta.pop("recipes_source")
+    meta["seed"] = 0
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert main([*drawn[:3], "--recipes", "2", "--seed", "0", "--out", str(out)]) == 2
+    assert "source not recorded" in " ".join(capsys.readouterr().err.split())
+    assert main([*from_file, "--out", str(out)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seed"] is None and meta["recipes_source"]["kind"] == "file"

@@ -37,14 +37,16 @@ def data_qor(
     out: Path = typer.Option(
         ..., "--out", help="Output folder (resumed when it exists with the same recipes)."
     ),
-    recipes: int = typer.Option(100, "--recipes", help="Recipes to draw (ignored with --recipes-csv)."),
+    recipes: int = typer.Option(100, "--recipes", help="Recipes to draw (with --recipes-csv: rows to take)."),
     recipes_csv: Optional[Path] = typer.Option(
         None,
         "--recipes-csv",
         help="OpenABC-D openabc_recipes.csv (or referenceScripts.zip); first --recipes rows.",
     ),
     workers: int = typer.Option(2, "--workers", help="ABC processes at once."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the recipe generator."),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seed of the recipe generator (default 0; not with --recipes-csv)."
+    ),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds allowed to one ABC process (one chunk)."),
     chunk_size: int = typer.Option(25, "--chunk-size", help="Recipes per ABC process."),
     liberty: Optional[Path] = typer.Option(
@@ -65,6 +67,8 @@ def data_qor(
 
     apply_cli_limits(max_memory=max_memory)
     table = None
+    if recipes_csv is not None and seed is not None:
+        raise ConfigError("--seed: it draws recipes; with --recipes-csv the recipes come from the file")
     if recipes_csv is not None:
         from circuitml.datasets.openabc import read_recipes_csv, read_reference_scripts
 
@@ -87,7 +91,8 @@ def data_qor(
             out,
             num_recipes=recipes,
             recipes=table,
-            seed=seed,
+            recipes_from=recipes_csv,
+            seed=0 if seed is None else seed,
             workers=workers,
             timeout=timeout,
             chunk_size=chunk_size,

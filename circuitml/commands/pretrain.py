@@ -170,21 +170,33 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if not found:
             console.print("no pretrained encoders are shipped with this installation")
             return
-        table = Table(title="shipped pretrained encoders")
-        for col in ("name", "kind", "hidden", "layers", "parameters", "objectives", "steps", "size"):
-            table.add_column(col, no_wrap=col == "name")
+        columns = ("name", "kind", "hidden", "layers", "parameters", "objectives", "steps", "size")
+        rows = []
         for folder in found.values():
             d = describe_encoder(folder)
-            table.add_row(
-                d["name"],
-                str(d["kind"]),
-                str(d["hidden"]),
-                str(d["layers"]),
-                f"{d['parameters']:,}" if d["parameters"] else "-",
-                "+".join(d["objectives"] or []) or "-",
-                str(d["steps"] or "-"),
-                f"{d['bytes'] / 1e6:.1f} MB",
+            rows.append(
+                (
+                    d["name"],
+                    str(d["kind"]),
+                    str(d["hidden"]),
+                    str(d["layers"]),
+                    f"{d['parameters']:,}" if d["parameters"] else "-",
+                    "+".join(d["objectives"] or []) or "-",
+                    str(d["steps"] or "-"),
+                    f"{d['bytes'] / 1e6:.1f} MB",
+                )
             )
+        if not console.file.isatty():  # the stream itself: FORCE_COLOR in a CI log must not cut the table
+            # logs and pipes: rich would squeeze the table into 80 columns and cut names and objectives
+            widths = [max(len(r[k]) for r in (columns, *rows)) for k in range(len(columns))]
+            for row in (columns, *rows):
+                typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+            return
+        table = Table(title="shipped pretrained encoders")
+        for col in columns:
+            table.add_column(col, no_wrap=col == "name")
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
 
     @app.command("embed")

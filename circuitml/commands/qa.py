@@ -213,9 +213,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         held = metrics.get("oof_questions") or metrics.get("val_questions")
         if held:
             where = "out-of-fold" if metrics.get("oof_questions") else "validation"
+            plain = metrics.get("plain_null_threshold")
+            beside = (
+                f"; the reader's null threshold alone: {plain:.3f}" if verifier and plain is not None else ""
+            )
             console.print(
                 f"{'verifier' if verifier else 'null'} threshold {metrics['null_threshold']:.3f} "
-                f"(tuned on {held} {where} questions from training contexts)"
+                f"(tuned on {held} {where} questions from training contexts{beside})"
             )
         if "eval_reader" in metrics:
             r = metrics["eval_reader"]

@@ -223,7 +223,7 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from circuitml.encoders.builder import build_encoder
+    from circuitml.encoders.builder import _build_sized
     from circuitml.encoders.shipped import resolve_encoder
 
     root = resolve_encoder(directory)
@@ -249,8 +249,7 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
         raise CheckpointError(f"{cfg_path}: key 'config': missing")
     try:
         config = EncoderConfig.from_dict(meta["config"], where=f"{cfg_path}: key 'config'")
-        _check_size(config, cfg_path, weights_path)
-        encoder = build_encoder(config)
+        encoder = _build_sized(config, _check_size(config, cfg_path, weights_path))
     except CircuitmlError as exc:
         text = str(exc)
         raise CheckpointError(text if str(cfg_path) in text else f"{cfg_path}: {text}") from None
@@ -284,18 +283,21 @@ def load_encoder(directory: str | os.PathLike, *, map_location: str | torch.devi
     return encoder.eval()
 
 
-def _check_size(config: EncoderConfig, cfg_path: Path, weights_path: Path) -> None:
+def _check_size(config: EncoderConfig, cfg_path: Path, weights_path: Path) -> tuple[int, int]:
     """Refuse a config whose model would not fit its weights file, before any real allocation (a config is only
     read with its weights, so the weights file bounds the model it may describe). Raises CheckpointError, or
-    ConfigError naming ``cfg_path`` and the key over its bound."""
+    ConfigError naming ``cfg_path`` and the key over its bound; returns :func:`encoder_size`'s ``(elements,
+    bytes)``."""
     from circuitml.encoders.builder import encoder_size
 
-    _, need = encoder_size(config, where=str(cfg_path), prefix="config.")
+    size = encoder_size(config, where=str(cfg_path), prefix="config.")
+    need = size[1]
     have = weights_path.stat().st_size
     if need > 2 * have + (64 << 20):  # slack: small mismatches get the per-tensor message below
         raise CheckpointError(
             f"{cfg_path}: key 'config': describes {need} bytes of weights, but {weights_path.name} holds {have}"
         )
+    return size
 
 
 def _names(keys: Sequence[str], limit: int = 3) -> str:

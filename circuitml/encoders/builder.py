@@ -75,11 +75,17 @@ def build_encoder(config: EncoderConfig | dict[str, Any] | str, **overrides: Any
         )
     if overrides:
         config = config.replace(**overrides)
-    elements, size = encoder_size(config)
+    return _build_sized(config, encoder_size(config))
+
+
+def _build_sized(config: EncoderConfig, size: tuple[int, int]) -> Encoder:
+    """:func:`build_encoder` of a config whose :func:`encoder_size` is already known (``load_encoder`` measures
+    it to check the weights file first; the meta-device probe costs 4-26 ms, so it runs once per load)."""
+    elements, nbytes = size
     if elements > MAX_PARAMETERS:
         raise ConfigError(
             f"encoder config: kind {config.kind!r} with hidden={config.hidden}, num_layers={config.num_layers}: "
-            f"{elements:,} parameters ({size / 2**30:.1f} GiB), expected at most {MAX_PARAMETERS:,}"
+            f"{elements:,} parameters ({nbytes / 2**30:.1f} GiB), expected at most {MAX_PARAMETERS:,}"
         )
     encoder = _encoder_class(config)(config)
     release_template_files()  # PyG rendered its conv templates to the temp folder: keep them in memory instead

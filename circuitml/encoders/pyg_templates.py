@@ -13,6 +13,14 @@ take a directory it ignores. So once the classes are built (:func:`~circuitml.en
 line cache gets the lines, and the file is deleted: tracebacks, ``inspect.getsource`` and TorchScript read the
 source as before, and a process killed at any later moment leaves nothing behind. Files of templates rendered
 outside circuitml's builders are still removed at exit.
+
+The template module of a class defined outside PyG is named after that class's module
+(``circuitml.encoders.pyg_stacks_CSRGCNConv_propagate``), so modules are recognized by their name's suffix and their
+file, ``<module name>_<random>.py`` in the temp folder, not by a ``torch_geometric.`` prefix.
+
+A file belongs to the process that rendered it: a forked child (``multiprocessing``, DataLoader workers) serves
+the templates it inherits from memory as soon as it starts (``os.register_at_fork``), so it never deletes a file
+its parent still reads, and never needs one its parent has deleted.
 """
 
 from __future__ import annotations
@@ -46,32 +54,51 @@ def _template_modules() -> Iterator[tuple[ModuleType, str]]:
     tmp = os.path.realpath(tempfile.gettempdir())
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if not (file and name.startswith("torch_geometric.") and name.endswith(_SUFFIXES)):
+        if not (file and name.endswith(_SUFFIXES)):
             continue
         if isinstance(getattr(module, "__loader__", None), _SourceInMemory):
             continue  # released already
-        if os.path.dirname(os.path.realpath(file)) == tmp:
+        base = os.path.basename(file)
+        if (
+            base.startswith(f"{name}_")
+            and base.endswith(".py")
+            and os.path.dirname(os.path.realpath(file)) == tmp
+        ):
             yield module, file
+
+
+def _serve_from_memory(module: ModuleType, file: str) -> bool:
+    """Give ``module`` a loader and line-cache entry holding its source; False when the file is gone."""
+    try:
+        with open(file, encoding="utf-8") as fh:
+            source = fh.read()
+    except OSError:
+        return False
+    module.__loader__ = _SourceInMemory(source)
+    # mtime None: checkcache never drops the entry, as for any source served by a loader
+    linecache.cache[file] = (len(source), None, source.splitlines(keepends=True), file)
+    return True
 
 
 def release_template_files() -> list[str]:
     """Serve the source of every rendered template module from memory and delete its file; returns the paths."""
     released = []
     for module, file in _template_modules():
-        try:
-            with open(file, encoding="utf-8") as fh:
-                source = fh.read()
-        except OSError:
-            continue  # gone (another process forked from this one released it first): nothing to keep
-        module.__loader__ = _SourceInMemory(source)
-        # mtime None: checkcache never drops the entry, as for any source served by a loader
-        linecache.cache[file] = (len(source), None, source.splitlines(keepends=True), file)
+        if not _serve_from_memory(module, file):
+            continue  # gone: nothing to keep
         try:
             os.unlink(file)
             released.append(file)
         except OSError:
             pass
     return released
+
+
+def _keep_inherited_in_memory() -> None:
+    """In a forked child: the template files on disk are its parent's, which deletes them (released or at
+    exit); the child serves their source from memory, so it neither deletes nor needs them."""
+    for module, file in _template_modules():
+        _serve_from_memory(module, file)
 
 
 def remove_template_files() -> list[str]:
@@ -87,3 +114,5 @@ def remove_template_files() -> list[str]:
 
 
 atexit.register(remove_template_files)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_keep_inherited_in_memory)

@@ -16,6 +16,7 @@ becomes a pseudo-PI and its data input a pseudo-PO, like AIGER latches.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import re
@@ -26,7 +27,7 @@ import numpy as np
 from circuitml import kernels
 from circuitml.aig import AIG, AIGBuilder, longest_path_levels
 from circuitml.errors import CircuitFormatError
-from circuitml.fileio import UTF8_BOM, atomic_write, read_input
+from circuitml.fileio import UTF8_BOM, atomic_write, check_text_prefix, read_input
 from circuitml.formats.bench_compiled import GATE_CODES, build_gates
 
 __all__ = ["parse_bench", "read_bench", "bench_text", "write_bench"]
@@ -240,7 +241,8 @@ def _gate(b: AIGBuilder, gtype: str, args: list[int]) -> int:
 def read_bench(path: str | os.PathLike) -> AIG:
     """Read an ISCAS ``.bench`` file into an :class:`AIG`."""
     path = Path(path)
-    data = read_input(path, what="bench file")
+    # a binary file is refused from its first 64 KiB, not after reading up to 1 GiB
+    data = read_input(path, what="bench file", check=functools.partial(check_text_prefix, file=str(path)))
     bom = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0  # no gate; error offsets still count it
     try:
         text = data[bom:].decode("utf-8")

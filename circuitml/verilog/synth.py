@@ -27,6 +27,7 @@ then paid once per batch: 0.14 s instead of 0.73 s per small generated design in
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +38,7 @@ import numpy as np
 
 from circuitml.aig import AIG
 from circuitml.errors import CircuitFormatError, CircuitmlError, SynthesisError
-from circuitml.fileio import UTF8_BOM, check_input, read_input
+from circuitml.fileio import UTF8_BOM, check_input, check_text_prefix, read_input
 from circuitml.yosys import run_yosys
 
 __all__ = [
@@ -404,11 +405,19 @@ class _Job:
         return f"{self.out_dir}/{name}" if self.out_dir else name
 
 
+def _read_source(path: Path) -> bytes:
+    """A Verilog file's bytes without a byte-order mark; a NUL byte in its first 64 KiB (a binary file, never
+    source text) refuses it before the rest is read. Other bytes that are not UTF-8 pass: old sources carry
+    Latin-1 in comments, and Yosys reads them."""
+    text = functools.partial(check_text_prefix, file=str(path), utf8=False)
+    return read_input(path, what="Verilog file", check=text).removeprefix(UTF8_BOM)
+
+
 def _prepare(paths, top, include_dirs, defines, out_dir: str) -> _Job:
     """Files, script and names for one design; ``out_dir`` keeps designs of one batch apart."""
     sources = _expand_sources(paths)
     # one read per file; a byte-order mark (Windows editors) is dropped, Yosys rejects it as an invalid token
-    data = {p: read_input(p, what="Verilog file").removeprefix(UTF8_BOM) for p in sources}
+    data = {p: _read_source(p) for p in sources}
     texts = {p: raw.decode(errors="replace") for p, raw in data.items()}
     if top is None:
         from circuitml.verilog.parse import find_top

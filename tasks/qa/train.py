@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from circuitml.datasets.squad import SquadExample, read_squad
 from circuitml.moe.schedule import step_routers
-from circuitml.tasks.common import configure_runtime
+from circuitml.tasks.common import scoped_runtime
 from circuitml.tasks.qa.augment import SynonymTable, augment_examples
 from circuitml.tasks.qa.cloze import cloze_examples
 from circuitml.tasks.qa.data import (
@@ -517,8 +517,18 @@ def _validation_split(
 def train_qa(
     cfg: QATrainConfig, out: str | os.PathLike, on_step: Callable[[int, int, float], None] | None = None
 ) -> dict[str, Any]:
-    """Train on ``cfg.data``, evaluate on the held-out split, save to ``out``; returns the metrics."""
-    dev = configure_runtime(cfg.threads, cfg.device)
+    """Train on ``cfg.data``, evaluate on the held-out split, save to ``out``; returns the metrics. The caller's
+    thread count and deterministic-algorithms mode are restored on return (:func:`scoped_runtime`)."""
+    with scoped_runtime(cfg.threads, cfg.device) as dev:
+        return _train_qa(cfg, out, on_step, dev)
+
+
+def _train_qa(
+    cfg: QATrainConfig,
+    out: str | os.PathLike,
+    on_step: Callable[[int, int, float], None] | None,
+    dev: torch.device,
+) -> dict[str, Any]:
     _seed_everything(cfg.seed)
     t0 = time.time()
     cfg.verifier_state = None  # fitted below, on this run's held-out questions
@@ -624,13 +634,15 @@ def _decide_and_score(
         texts, margins = _texts_and_margins(spans)
         plain_threshold, metrics["val_f1"] = best_null_threshold(texts, margins, golds)
         metrics["val_reader"] = reader_diagnostics(texts, margins, golds)
-        cfg.null_threshold = plain_threshold
+        metrics["plain_null_threshold"] = cfg.null_threshold = plain_threshold
         if cfg.verifier:
             verifier = AnswerVerifier.fit(x, spans, golds)
             cfg.verifier_state = verifier.to_dict()
-            cfg.null_threshold = verifier.threshold
+            # the saved decision compares the verifier's score with its own threshold
+            metrics["verifier_threshold"] = cfg.null_threshold = verifier.threshold
             metrics["val_f1_plain_threshold"] = metrics["val_f1"]
             metrics["val_f1"] = verifier.fitted_f1
+    # the threshold the saved model applies (the verifier's with one): the key older metrics files have
     metrics["null_threshold"] = cfg.null_threshold
     if cfg.ensemble > 1 and member_metrics:  # each member alone, tuned as the ensemble is: the before/after
         metrics["members"] = [
@@ -666,7 +678,13 @@ def ensemble_qa(
     the decision is fitted again on the ensemble's logits over the same validation contexts the readers were
     tuned on, the held-out questions are scored, and the ensemble is saved to ``out``; returns the metrics
     (``member_metrics``: with each reader alone at its own tuned threshold, K more passes)."""
-    dev = configure_runtime(threads, device)
+    with scoped_runtime(threads, device) as dev:
+        return _ensemble_qa(model_dirs, out, dev, member_metrics)
+
+
+def _ensemble_qa(
+    model_dirs: list[str | os.PathLike], out: str | os.PathLike, dev: torch.device, member_metrics: bool
+) -> dict[str, Any]:
     if len(model_dirs) < 2:
         raise ConfigError(f"qa ensemble: expected at least two model directories, got {len(model_dirs)}")
     loaded = [load_qa_model(d) for d in model_dirs]
@@ -819,7 +837,7 @@ def evaluate_qa(
     threads: int | None = None,
 ) -> dict[str, float]:
     """EM/F1 of a saved model on a SQuAD file, on ``device`` (cpu, cuda[:N] or auto)."""
-    dev = configure_runtime(threads, device)
-    model, tokenizer, cfg = load_qa_model(model_dir)
-    examples, version = read_squad(data)
-    return evaluate_examples(model.to(dev), tokenizer, examples, cfg, version)
+    with scoped_runtime(threads, device) as dev:
+        model, tokenizer, cfg = load_qa_model(model_dir)
+        examples, version = read_squad(data)
+        return evaluate_examples(model.to(dev), tokenizer, examples, cfg, version)
