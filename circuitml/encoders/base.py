@@ -58,6 +58,9 @@ class Encoder(nn.Module):
         self.config = config
         self.hidden = config.hidden
         self.type_embedding = nn.Embedding(config.in_types, config.hidden)
+        self.pi_projection = (
+            nn.Linear(config.pi_features, config.hidden, bias=False) if config.pi_features else None
+        )
         self.attention_pool = (
             AttentionalAggregation(nn.Linear(config.hidden, 1)) if config.pool == "attention" else None
         )
@@ -89,8 +92,15 @@ class Encoder(nn.Module):
         types = types.view(-1).long()
         self._aux_losses = {}
         self.input_types = types  # for layers that route by type (hash routers); masked types stay masked
-        node = self.encode_nodes(data, self.type_embedding(types))
+        h = self.type_embedding(types)
         batch = getattr(data, "batch", None)
+        if self.pi_projection is not None:
+            from circuitml.encoders.random_features import pi_positions, random_pi_vectors
+
+            nodes, rank = pi_positions(types, batch)
+            r = random_pi_vectors(rank, self.config.pi_features, self.training, h.dtype)
+            h = h.index_add(0, nodes, self.pi_projection(r))
+        node = self.encode_nodes(data, h)
         num_graphs = int(getattr(data, "num_graphs", 1)) if batch is not None else 1
         if batch is None:
             batch = torch.zeros(node.size(0), dtype=torch.long, device=node.device)

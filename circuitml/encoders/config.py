@@ -32,6 +32,8 @@ class EncoderConfig:
             with ``explicit_not=False``).
         explicit_not: how graphs are built from AIGs by :meth:`Encoder.embed` (NOT gates as nodes or edge bits).
         options: kind-specific settings (GENConv ``aggr``/``t``, GAT ``heads``, MoE ``router``/``num_experts``...).
+        pi_features: width of the random vector each primary input gets (random node initialization,
+            :mod:`circuitml.encoders.random_features`); 0 = anonymous inputs.
     """
 
     kind: str = "deepgcn"
@@ -43,6 +45,7 @@ class EncoderConfig:
     use_edge_attr: bool = False
     explicit_not: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    pi_features: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +66,11 @@ class EncoderConfig:
             ("use_edge_attr", isinstance(self.use_edge_attr, bool), "true or false"),
             ("explicit_not", isinstance(self.explicit_not, bool), "true or false"),
             ("options", isinstance(self.options, dict), "a JSON object"),
+            (
+                "pi_features",
+                _is_int(self.pi_features) and 0 <= self.pi_features <= 4096,
+                "an integer in [0, 4096]",
+            ),
         ]
         for key, ok, expected in checks:
             if not ok:
@@ -73,7 +81,10 @@ class EncoderConfig:
             raise ConfigError(f"encoder config: options must be JSON-serializable ({exc})") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.pi_features:  # omitted at 0: configs of encoders without it read as before
+            del out["pi_features"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "encoder config") -> EncoderConfig:
