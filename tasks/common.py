@@ -684,6 +684,8 @@ def _bottom_parameters(encoder: nn.Module, num_layers: int) -> list[nn.Parameter
             f"--freeze-layers {num_layers}: the encoder ({type(encoder).__name__}) has {have} blocks to freeze"
         )
     params = list(encoder.type_embedding.parameters())
+    if getattr(encoder, "pi_projection", None) is not None:  # the input embedding of random PI features
+        params.extend(encoder.pi_projection.parameters())
     for layer in layers[:num_layers]:
         params.extend(layer.parameters())
     return params

@@ -80,3 +80,15 @@ def test_config_round_trip_save_load_and_bounds(tmp_path) -> None:
     for bad in (-1, 1.5, 10**6):
         with pytest.raises(ConfigError, match="pi_features"):
             EncoderConfig(pi_features=bad)
+
+
+def test_freezing_the_bottom_also_freezes_the_random_feature_projection() -> None:
+    from circuitml.tasks.common import TrainConfig, param_groups
+
+    enc = build_encoder(EncoderConfig(kind="deepgcn", hidden=8, num_layers=3, pi_features=4))
+    groups = param_groups(torch.nn.Linear(8, 1), enc, True, True, TrainConfig(freeze_layers=1))
+    trained = {id(p) for p in groups[1]["params"]}
+    assert all(id(p) not in trained and not p.requires_grad for p in enc.pi_projection.parameters())
+    unfrozen = build_encoder(EncoderConfig(kind="deepgcn", hidden=8, num_layers=3, pi_features=4))
+    groups = param_groups(torch.nn.Linear(8, 1), unfrozen, True, True, TrainConfig(freeze_layers=0))
+    assert {id(p) for p in unfrozen.pi_projection.parameters()} <= {id(p) for p in groups[1]["params"]}
