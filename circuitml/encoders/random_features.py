@@ -12,7 +12,8 @@ vector :math:`r_i \sim \mathcal N(0, I_d)`, projected and added to its type embe
 
 Training draws fresh vectors every forward pass (the model must not depend on particular values, only on which
 gates share an input); evaluation uses a fixed table indexed by an input's position in its circuit, so a graph's
-embedding does not depend on the batch it is in or on the global random state.
+embedding does not depend on the batch it is in or on the global random state. It does depend on the order of
+the inputs: the same circuit with its inputs listed in another order embeds slightly differently.
 """
 
 from __future__ import annotations
