@@ -38,3 +38,11 @@ def test_dgl_encoder_save_load(tmp_path) -> None:
     torch.testing.assert_close(
         load_encoder(tmp_path / "d")(batch).node, enc.eval()(batch).node, rtol=0, atol=0
     )
+
+
+def test_dgl_matches_pyg_with_random_input_features() -> None:
+    batch = circuit_batch(with_prob=False)
+    pyg = build_encoder("gcn", hidden=16, num_layers=2, pi_features=4).double().eval()
+    dgl_enc = build_encoder("dgl_gcn", hidden=16, num_layers=2, pi_features=4).double().eval()
+    dgl_enc.load_pyg_state_dict(pyg.state_dict())
+    torch.testing.assert_close(dgl_enc(batch).node, pyg(batch).node, rtol=1e-10, atol=1e-10)

@@ -71,6 +71,8 @@ class DGLStackEncoder(Encoder):
     def load_pyg_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load the weights of the PyG encoder of the same kind and config."""
         mapped = {"type_embedding.weight": state["type_embedding.weight"]}
+        if "pi_projection.weight" in state:  # random input features (EncoderConfig.pi_features)
+            mapped["pi_projection.weight"] = state["pi_projection.weight"]
         for i in range(len(self.convs)):
             mapped.update(self.map_conv(state, f"gnn.convs.{i}.", f"convs.{i}."))
         if "attention_pool.gate_nn.weight" in state:
