@@ -170,19 +170,20 @@ def split_rows(
 def recipe_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray, fill: float = 0.0) -> np.ndarray:
     """``float [num_recipes]`` mean target of each recipe over ``rows`` (``fill`` for a recipe absent from them):
     the prediction of a model that ignores the design."""
-    n = int(labels.recipe.max()) + 1
-    total = np.bincount(labels.recipe[rows], weights=z[rows], minlength=n)
-    count = np.bincount(labels.recipe[rows], minlength=n)
-    return np.where(count > 0, total / np.maximum(count, 1), fill)
+    return _means_by(labels.recipe, int(labels.recipe.max()) + 1, z, rows, fill)
 
 
 def design_means(labels: QoRLabels, z: np.ndarray, rows: np.ndarray, fill: float = 0.0) -> np.ndarray:
     """``float [num_designs]`` mean target of each design over ``rows`` (``fill`` for a design absent from them):
     with held-out recipes on seen designs, the prediction of a lookup that remembers each design and ignores
     the recipe (no graph needed)."""
-    n = len(labels.design_ids)
-    total = np.bincount(labels.design[rows], weights=z[rows], minlength=n)
-    count = np.bincount(labels.design[rows], minlength=n)
+    return _means_by(labels.design, len(labels.design_ids), z, rows, fill)
+
+
+def _means_by(key: np.ndarray, n: int, z: np.ndarray, rows: np.ndarray, fill: float) -> np.ndarray:
+    """``float [n]`` mean of ``z`` over ``rows`` per value of ``key`` (``fill`` where ``rows`` has none)."""
+    total = np.bincount(key[rows], weights=z[rows], minlength=n)
+    count = np.bincount(key[rows], minlength=n)
     return np.where(count > 0, total / np.maximum(count, 1), fill)
 
 
