@@ -18,6 +18,8 @@ the inputs: the same circuit with its inputs listed in another order embeds slig
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -54,5 +56,6 @@ def random_pi_vectors(rank: Tensor, width: int, training: bool, dtype: torch.dty
 _BLOCK = 1024
 
 
+@functools.lru_cache(maxsize=64)  # evaluation reads the same blocks on every forward pass
 def _block(index: int, width: int) -> Tensor:
     return torch.randn(_BLOCK, width, generator=torch.Generator().manual_seed(EVAL_SEED * 1_000_003 + index))
