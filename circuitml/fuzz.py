@@ -498,7 +498,7 @@ def make_targets(workdir: Path) -> list[Target]:
         tensors, record = load_checkpoint(ck_json)
         resume_config(ck_dir.parent)
         with _saved_rng():
-            restore_rng_state(tensors, record["state"]["rng"])
+            restore_rng_state(tensors, record["state"]["rng"], str(ck_json))
         return record
 
     targets.append(Target("checkpoint", [ck_seed], run_checkpoint, str(ck_dir), 0.5))

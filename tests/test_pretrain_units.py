@@ -304,3 +304,19 @@ def test_overrides_round_trip_values(lr, steps, amp, name):
     )
     assert cfg.optim.lr == lr and cfg.schedule.steps == steps and cfg.run.amp is amp
     assert cfg.model.hf_cache_dir == name  # string fields keep the text as typed (".inf", "1e3", "yes")
+
+
+def test_a_python_rng_state_of_another_version_is_refused_before_any_rng_is_set():
+    # random.setstate accepts only its own version; the check must refuse it before torch's and numpy's RNGs
+    # are overwritten from the same record (found by bench/fuzz.py seed 25)
+    from circuitml.errors import CheckpointError
+    from circuitml.pretrain.checkpoint import check_rng_meta
+
+    rng_t, rng_meta = capture_rng_state()
+    bad = {**rng_meta, "python": [1, *rng_meta["python"][1:]]}
+    with pytest.raises(CheckpointError, match=r"run/step_1\.json: key 'rng\.python': expected \[3,"):
+        check_rng_meta(bad, "run/step_1.json")
+    before = torch.get_rng_state()
+    with pytest.raises(CheckpointError, match="rng.python"):
+        restore_rng_state(rng_t, bad, "run/step_1.json")
+    assert torch.equal(torch.get_rng_state(), before)

@@ -130,6 +130,10 @@ def _is_int(value: Any, lo: int, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value < hi
 
 
+# the only state version random.setstate accepts (3 since Python 2.4)
+_PY_RNG_VERSION = random.Random().getstate()[0]
+
+
 def check_rng_meta(meta: Any, where: str) -> None:
     """Refuse an RNG record that :func:`restore_rng_state` could not restore (names the key)."""
     numpy_ok = (
@@ -152,7 +156,8 @@ def check_rng_meta(meta: Any, where: str) -> None:
     python_ok = (
         isinstance(py, list)
         and len(py) == 3
-        and _is_int(py[0], 0, 1 << 31)
+        and py[0]
+        == _PY_RNG_VERSION  # random.setstate refuses any other version, after the other RNGs were set
         and isinstance(py[1], list)
         and len(py[1]) == 625
         and all(_is_int(k, 0, 1 << 32) for k in py[1])
@@ -160,7 +165,9 @@ def check_rng_meta(meta: Any, where: str) -> None:
         and (py[2] is None or isinstance(py[2], (int, float)))
     )
     if not python_ok:
-        raise CheckpointError(f"{where}: key 'rng.python': expected [version, 625 uint32 words, gauss]")
+        raise CheckpointError(
+            f"{where}: key 'rng.python': expected [{_PY_RNG_VERSION}, 625 uint32 words, gauss]"
+        )
 
 
 def restore_rng_state(
