@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from circuitml.datasets.squad import SquadAnswer, read_squad
-from circuitml.tasks.common import configure_runtime
+from circuitml.tasks.common import configure_runtime, scoped_runtime
 from circuitml.tasks.qa.data import SpanPredictions
 from circuitml.tasks.qa.metrics import best_null_threshold, squad_scores
 from circuitml.tasks.qa.model import SwitchQAConfig, UpcycledHFQA
@@ -176,8 +176,11 @@ def test_device_auto_and_cpu_and_refused_cuda(tmp_path: Path, capsys) -> None:
     from cli import main
 
     want = "cuda" if torch.cuda.is_available() else "cpu"
-    assert configure_runtime(1, "auto").type == want
-    assert configure_runtime(1, "cpu").type == "cpu"
+    # scoped: the accepted calls must not leave this pytest process at 1 thread in deterministic mode
+    with scoped_runtime(1, "auto") as dev:
+        assert dev.type == want
+    with scoped_runtime(1, "cpu") as dev:
+        assert dev.type == "cpu"
     with pytest.raises(ConfigError, match="--device"):
         configure_runtime(1, "tpu")
     if torch.cuda.is_available():
