@@ -94,3 +94,38 @@ def test_encoders_listing_is_complete_when_piped(monkeypatch):
         assert rows[name][1] == d["kind"]
         assert "+".join(d["objectives"] or []) in rows[name], rows[name]
         assert "…" not in result.output
+
+
+def _chain(first_compl: int, depth: int = 8):
+    """``AND(...AND(AND(p0, p1 ^ first_compl), p2)..., p3)``: ``depth`` + 1 ANDs deep, one output at the top."""
+    from circuitml.aig import AIGBuilder
+
+    b = AIGBuilder("chain")
+    p = [b.add_pi() for _ in range(4)]
+    g = b.and_(p[0], p[1] ^ first_compl)
+    for k in range(depth):
+        g = b.and_(g, p[2 + k % 2])
+    b.add_po(g)
+    return b.build()
+
+
+@pytest.mark.skipif("dag64pi-equiv5k-corpus" not in SHIPPED, reason="the dag encoder is not shipped here")
+def test_the_shipped_dag_encoder_sees_deeper_into_the_fan_in_cone_than_deepgcn():
+    """The reason the dag encoder ships: after one forward sweep the output's embedding depends on its whole
+    fan-in cone, so complementing one input 9 levels down changes it, where 7 rounds of deepgcn (with NOT and PO
+    nodes taking hops) cannot see it at all. The influence fades with depth (measured: about 0.35 at 1 level,
+    4e-4 at 9, 3e-6 at 13), so the bound below is loose."""
+    from circuitml.graph import PO, aig_to_data
+
+    def out_row(name: str, first_compl: int) -> torch.Tensor:
+        enc = circuitml.load_encoder(name).eval()
+        data = aig_to_data(_chain(first_compl), explicit_not=enc.config.explicit_not)
+        with torch.no_grad():
+            node = enc.embed(data).node
+        return node[data.x.view(-1) == PO][0]
+
+    dag = out_row("dag64pi-equiv5k-corpus", 0) - out_row("dag64pi-equiv5k-corpus", 1)
+    assert dag.abs().max() > 5e-5
+    if "deepgcn64pi-equiv3k-corpus" in SHIPPED:
+        deep = out_row("deepgcn64pi-equiv3k-corpus", 0) - out_row("deepgcn64pi-equiv3k-corpus", 1)
+        assert deep.abs().max() == 0
