@@ -153,11 +153,11 @@ def check_rng_meta(meta: Any, where: str) -> None:
             f"{where}: key 'rng.numpy': expected [\"MT19937\", 624 uint32 keys, pos, has_gauss, cached]"
         )
     py = meta.get("python")
+    # random.setstate refuses any other version, and only after torch's and numpy's RNGs were set: check it here
     python_ok = (
         isinstance(py, list)
         and len(py) == 3
-        and py[0]
-        == _PY_RNG_VERSION  # random.setstate refuses any other version, after the other RNGs were set
+        and py[0] == _PY_RNG_VERSION
         and isinstance(py[1], list)
         and len(py[1]) == 625
         and all(_is_int(k, 0, 1 << 32) for k in py[1])
