@@ -41,7 +41,19 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             "--objectives",
             help="Objective set: mgvga (the paper's MGM+VGA, default), mgvga+funcrec, mgvga+funcsim, "
             "mgvga+contrast, all, or without MGM/VGA: funcrec, funcrec+funcsim, functional "
-            "(funcrec+funcsim+contrast).",
+            "(funcrec+funcsim+contrast), funcrec+funcsim+qor (+ recipe response: needs --qor-labels).",
+        ),
+        qor_labels: Path = typer.Option(
+            None,
+            "--qor-labels",
+            help="QoR labels (`circuitml data qor` on the corpus's exported circuits) for the qor objective "
+            "(qor.labels).",
+        ),
+        init_encoder: str = typer.Option(
+            None,
+            "--init-encoder",
+            help="Continue pretraining this encoder (a folder or a shipped name; model.init): its weights and "
+            "architecture start the run.",
         ),
         verilog: str = typer.Option(
             None,
@@ -90,6 +102,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             "model.encoder.kind": encoder,
             "run.threads": threads,
             "run.device": device,
+            "qor.labels": qor_labels,
+            "model.init": init_encoder,
         }
         overrides += [f"{key}={value}" for key, value in options.items() if value is not None]
         # paths and settings are checked before anything is built or written
@@ -106,6 +120,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             cfg = resume_config(out, overrides)
         if cfg is None:
             cfg = load_config(config, overrides)
+            explicit = any(item.split("=", 1)[0].strip().startswith("model.encoder") for item in set_)
+            if init_encoder is not None and not explicit:  # its architecture replaces a config file's
+                cfg.model.encoder = {}
         if data is not None:
             cfg.data.root = str(data)
         if not cfg.vga.enabled:  # both only feed VGA: refuse rather than ignore them
@@ -116,6 +133,19 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                     raise ConfigError(
                         f"{flag} {value}: VGA is not enabled in this run, so there is no Verilog to use"
                     )
+        if qor_labels is not None and not cfg.qor.enabled:
+            from circuitml.errors import ConfigError
+
+            raise ConfigError(
+                f"--qor-labels {qor_labels}: the qor objective is not enabled in this run (e.g. --objectives "
+                "funcrec+funcsim+qor)"
+            )
+        if init_encoder is not None and encoder is not None:
+            from circuitml.errors import ConfigError
+
+            raise ConfigError(
+                f"--init-encoder {init_encoder} and --encoder {encoder}: the continued encoder's kind is its own"
+            )
         result = train(cfg, out, resume=resume, overwrite=overwrite, stop_after=stop_after)
         if result.interrupted:
             console.print(

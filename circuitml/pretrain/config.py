@@ -31,6 +31,7 @@ __all__ = [
     "FuncRecConfig",
     "FuncSimConfig",
     "ContrastConfig",
+    "QoRConfig",
     "OBJECTIVE_PRESETS",
     "objective_overrides",
     "OptimConfig",
@@ -81,9 +82,12 @@ class ModelConfig:
             of a LOCAL Hugging Face encoder / causal LM directory (frozen, hidden states cached on disk).
         verilog_hidden, verilog_layers, verilog_heads: size of the built-in Verilog transformer.
         hf_cache_dir: where Hugging Face hidden states are cached (``None`` = ``<out>/verilog_cache``).
+        init: continued pretraining: a saved encoder folder (or a shipped encoder's name) whose weights start the
+            run; its config is the encoder's, so ``encoder`` must be left empty or equal to it.
     """
 
     encoder: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
     verilog_encoder: str = "builtin"
     verilog_hidden: int = 64
     verilog_layers: int = 2
@@ -151,6 +155,23 @@ class ContrastConfig:
     po_weight: float = 1.0
 
 
+@dataclass
+class QoRConfig:
+    """Recipe-response pretraining (:mod:`circuitml.pretrain.qor`): predict each labelled recipe's z-scored QoR
+    from the graph embedding of a corpus design.
+
+    ``labels``: a ``circuitml data qor`` folder made on the corpus's own circuits (``circuitml data export``);
+    ``designs_per_step``: labelled designs drawn per micro-batch, encoded on their own (unmerged) beside the batch.
+    """
+
+    enabled: bool = False
+    weight: float = 1.0
+    labels: str | None = None
+    metric: str = "ands"
+    designs_per_step: int = 4
+    recipe_kind: str = "conv"
+
+
 #: Named objective sets (``circuitml pretrain --objectives``); ``mgvga`` is the paper's.
 OBJECTIVE_PRESETS: dict[str, tuple[str, ...]] = {
     "mgvga": ("mgm", "vga"),
@@ -163,8 +184,10 @@ OBJECTIVE_PRESETS: dict[str, tuple[str, ...]] = {
     "funcrec": ("funcrec",),
     "funcrec+funcsim": ("funcrec", "funcsim"),
     "functional": ("funcrec", "funcsim", "contrast"),
+    # + recipe-response labels (qor.labels): the functional objectives and how ABC's recipes rank on a design
+    "funcrec+funcsim+qor": ("funcrec", "funcsim", "qor"),
 }
-OBJECTIVES = ("mgm", "vga", "funcrec", "funcsim", "contrast")
+OBJECTIVES = ("mgm", "vga", "funcrec", "funcsim", "contrast", "qor")
 
 
 def objective_overrides(preset: str) -> list[str]:
@@ -234,6 +257,7 @@ class PretrainConfig:
     funcrec: FuncRecConfig = field(default_factory=FuncRecConfig)
     funcsim: FuncSimConfig = field(default_factory=FuncSimConfig)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    qor: QoRConfig = field(default_factory=QoRConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -279,7 +303,19 @@ class PretrainConfig:
             ("funcsim.window", 0.0 < self.funcsim.window <= 1.0, "a fraction in (0, 1]"),
             ("contrast.temperature", self.contrast.temperature > 0, "a positive number"),
             (
-                "mgm.enabled/vga.enabled/funcrec.enabled/funcsim.enabled/contrast.enabled",
+                "qor.labels",
+                not self.qor.enabled or bool(self.qor.labels),
+                "a QoR labels folder (`circuitml data qor` on the corpus's circuits) with qor.enabled",
+            ),
+            ("qor.metric", self.qor.metric in ("ands", "depth"), "'ands' or 'depth'"),
+            ("qor.designs_per_step", self.qor.designs_per_step >= 1, "an integer >= 1"),
+            (
+                "qor.recipe_kind",
+                self.qor.recipe_kind in ("conv", "gru", "transformer"),
+                "'conv', 'gru' or 'transformer'",
+            ),
+            (
+                "mgm.enabled/vga.enabled/funcrec.enabled/funcsim.enabled/contrast.enabled/qor.enabled",
                 any(getattr(self, name).enabled for name in OBJECTIVES),
                 "at least one objective enabled",
             ),

@@ -54,6 +54,7 @@ class PretrainBatch:
     text_mask: Tensor
     has_text: Tensor
     contrast: ContrastBatch | None = None
+    qor: Any = None  # QoRBatch (circuitml.pretrain.qor) when recipe-response pretraining is on
 
     @property
     def num_graphs(self) -> int:
@@ -67,6 +68,7 @@ class PretrainBatch:
             text_mask=self.text_mask.to(device),
             has_text=self.has_text.to(device),
             contrast=None if self.contrast is None else self.contrast.to(device),
+            qor=None if self.qor is None else self.qor.to(device),
         )
 
 

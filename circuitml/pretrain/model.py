@@ -4,8 +4,9 @@ the built-in Verilog encoder, returning every loss of one micro-batch.
 Wu et al., "Circuit Representation Learning with Masked Gate Modeling and Verilog-AIG Alignment", ICLR 2025:
 :math:`\\mathcal L = w_{MGM}\\mathcal L_{MGM} + w_{VGA}\\mathcal L_{VGA}` (+ the MoE balancing losses of the
 encoder, when it has MoE layers), plus, when enabled, the functional objectives
-:math:`w_{FR}\\mathcal L_{FR} + w_{FS}\\mathcal L_{FS} + w_{CL}\\mathcal L_{CL}` (:mod:`~circuitml.pretrain.funcrec`,
-:mod:`~circuitml.pretrain.funcsim`, :mod:`~circuitml.pretrain.contrastive`). The latent-space objectives (MGM,
+:math:`w_{FR}\\mathcal L_{FR} + w_{FS}\\mathcal L_{FS} + w_{CL}\\mathcal L_{CL} + w_{QoR}\\mathcal L_{QoR}`
+(:mod:`~circuitml.pretrain.funcrec`, :mod:`~circuitml.pretrain.funcsim`, :mod:`~circuitml.pretrain.contrastive`,
+:mod:`~circuitml.pretrain.qor`). The latent-space objectives (MGM,
 FR, FS, CL's anchors) share one encoding of the intact graph; VGA encodes the input-masked graph.
 """
 
@@ -21,6 +22,7 @@ from circuitml.pretrain.data import PretrainBatch
 from circuitml.pretrain.funcrec import FunctionalReconstructionHead
 from circuitml.pretrain.funcsim import FunctionalSimilarityHead
 from circuitml.pretrain.mgm import MGMHead, node_degrees, random_node_mask
+from circuitml.pretrain.qor import QoRPretrainHead
 from circuitml.pretrain.signatures import SIGNATURE_WORDS, degree_lookup_accuracy
 from circuitml.pretrain.verilog_encoder import BuiltinVerilogEncoder
 from circuitml.pretrain.vga import VGAHead, VGAOutput
@@ -53,6 +55,9 @@ LOSS_COLUMNS = [
     "acc_contrast",
     "acc_contrast_po",
     "base_contrast",
+    "loss_qor",
+    "mse_qor",
+    "base_qor",
 ]
 
 
@@ -64,9 +69,18 @@ class MGVGAModel(nn.Module):
         config: the pretraining config (mgm/vga/model sections are read).
         text_hidden: width of the Verilog states (the built-in encoder's width, or the HF model's).
         vocab_size: Verilog vocabulary size when the built-in Verilog encoder is used, else None.
+        qor_labels: the recipe-response labels (:class:`~circuitml.pretrain.qor.QoRLabelSet`) when
+            ``qor.enabled``; their recipes and design-blind baseline become buffers of the QoR head.
     """
 
-    def __init__(self, encoder: nn.Module, config: PretrainConfig, text_hidden: int, vocab_size: int | None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        config: PretrainConfig,
+        text_hidden: int,
+        vocab_size: int | None,
+        qor_labels=None,
+    ):
         super().__init__()
         self.config = config
         self.encoder = encoder
@@ -98,6 +112,13 @@ class MGVGAModel(nn.Module):
             if config.contrast.enabled
             else None
         )
+        self.qor = None
+        if config.qor.enabled:
+            if qor_labels is None:
+                raise ValueError("qor.enabled: the model needs the QoR label set (its recipes)")
+            self.qor = QoRPretrainHead(
+                hidden, qor_labels.recipes, qor_labels.recipe_mean, recipe_kind=config.qor.recipe_kind
+            )
         self.verilog = None
         if config.vga.enabled and vocab_size is not None:
             m = config.model
@@ -194,6 +215,12 @@ class MGVGAModel(nn.Module):
                 acc_contrast_po=cl.po_accuracy,
                 base_contrast=cl.baseline_accuracy,
             )
+        if self.qor is not None:
+            q = self.encoder(batch.qor.graph)  # the labelled designs, whole (not merged with a variant)
+            aux = aux + self.encoder.aux_loss()
+            qo = self.qor(q.graph, batch.qor.z)
+            total = total + cfg.qor.weight * qo.loss
+            metrics.update(loss_qor=qo.loss, mse_qor=qo.mse, base_qor=qo.baseline_mse)
         total = total + aux
         metrics.update(loss=total, loss_aux=aux)
         return metrics

@@ -11,6 +11,7 @@ process accumulating ``world`` times as many.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -45,11 +46,12 @@ from circuitml.pretrain.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from circuitml.pretrain.config import OBJECTIVES, PretrainConfig, config_to_dict
+from circuitml.pretrain.config import OBJECTIVES, PretrainConfig, config_from_dict, config_to_dict
 from circuitml.pretrain.data import BatchOrder, PretrainData, collate
 from circuitml.pretrain.heads import save_heads
 from circuitml.pretrain.logging import MetricsLogger, plot_losses
 from circuitml.pretrain.model import LOSS_COLUMNS, MGVGAModel
+from circuitml.pretrain.qor import QoRLabelSet
 
 __all__ = [
     "train",
@@ -83,7 +85,7 @@ class TrainResult:
 
 
 #: Sections a resumed run must share with its checkpoint (schedule and run may change, e.g. more steps).
-RESUME_SECTIONS = ("data", "model", "mgm", "vga", "funcrec", "funcsim", "contrast", "optim")
+RESUME_SECTIONS = ("data", "model", "mgm", "vga", "funcrec", "funcsim", "contrast", "qor", "optim")
 
 
 def learning_rate(step: int, config: PretrainConfig) -> float:
@@ -119,7 +121,7 @@ def prepare_dataset(config: PretrainConfig, out: Path, is_main: bool) -> Path:
 def resume_config(out: str | Path, overrides: list[str] | None = None) -> PretrainConfig | None:
     """The config stored in the newest checkpoint of ``out`` with ``section.key=value`` overrides applied,
     or None when there is no checkpoint yet."""
-    from circuitml.pretrain.config import apply_overrides, config_from_dict
+    from circuitml.pretrain.config import apply_overrides
 
     path = latest_checkpoint(Path(out) / "checkpoints")
     if path is None:
@@ -288,6 +290,25 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _continue_encoder(config: PretrainConfig) -> tuple[PretrainConfig, torch.nn.Module]:
+    """Continued pretraining: load ``model.init`` and record its encoder config as ``model.encoder`` (so the run's
+    config, checkpoints and exports rebuild the right architecture); a different ``model.encoder`` is refused."""
+    from circuitml.encoders import EncoderConfig, load_encoder
+
+    init = load_encoder(config.model.init)
+    wanted = init.config.to_dict()
+    if (
+        config.model.encoder
+        and EncoderConfig.from_dict(config.model.encoder, where="model.encoder").to_dict() != wanted
+    ):
+        raise ConfigError(
+            f"model.init: {config.model.init}: its encoder config differs from model.encoder; leave model.encoder "
+            "(and --encoder) unset to continue that encoder"
+        )
+    model = dataclasses.replace(config.model, encoder=wanted)
+    return dataclasses.replace(config, model=model), init
+
+
 def train(
     config: PretrainConfig,
     out: str | Path,
@@ -327,12 +348,17 @@ def train(
         resume_tensors, resume_record = load_checkpoint(path)
         saved = check_resume_state(resume_record, path)["config"]
         given = config_to_dict(config)
+        # a checkpoint written before a section (or key) existed holds that section's defaults
+        saved = config_to_dict(config_from_dict(saved, f"{path}: key 'state.config'"))
         for section in RESUME_SECTIONS:
             if saved.get(section) != given[section]:
                 raise ConfigError(
                     f"{path}: resume: section [{section}] differs from the checkpoint's; resume with the same "
                     "settings (circuitml pretrain --resume reads them from the checkpoint)"
                 )
+    init_encoder = None
+    if config.model.init is not None and resume_record is None:
+        config, init_encoder = _continue_encoder(config)
     accum = config.optim.grad_accum
     if config.data.batch_size < world * accum:
         raise ConfigError(
@@ -358,6 +384,11 @@ def train(
 
     # settings that can be wrong are checked before any data is built (generation takes minutes)
     enc_config = EncoderConfig.from_dict(config.model.encoder, where="model.encoder")
+    qor_labels_raw = None
+    if config.qor.enabled:
+        from circuitml.datasets.qor import load_qor_labels
+
+        qor_labels_raw = load_qor_labels(config.qor.labels)
     text, text_hidden, vocab_size = _build_text(config, out, device)
     root = prepare_dataset(config, out, is_main)
     _barrier(world)
@@ -386,11 +417,26 @@ def train(
     if data is None:
         data = load_data()
     order = BatchOrder(len(data), config.data.batch_size, config.run.seed)
+    qor_set = None
+    if qor_labels_raw is not None:
+        dataset = CircuitDataset(root)
+        if config.data.exclude_families:  # a held-out family's labels stay out too
+            drop = set(config.data.exclude_families)
+            dataset = dataset.subset([i for i, r in enumerate(dataset.records) if r["family"] not in drop])
+        qor_set = QoRLabelSet(
+            qor_labels_raw,
+            dataset,
+            explicit_not=enc_config.explicit_not,
+            max_nodes=config.data.max_nodes,
+            metric=config.qor.metric,
+        )
 
     # ---------------------------------------------------------------- model
     torch.manual_seed(config.run.seed)
     encoder = build_encoder(enc_config)
-    model = MGVGAModel(encoder, config, text_hidden, vocab_size).to(device)
+    if init_encoder is not None:
+        encoder.load_state_dict(init_encoder.state_dict())
+    model = MGVGAModel(encoder, config, text_hidden, vocab_size, qor_labels=qor_set).to(device)
     if resume_record is not None:
         state = {k[len("model.") :]: v for k, v in resume_tensors.items() if k.startswith("model.")}
         try:
@@ -502,6 +548,8 @@ def train(
                 batch = collate([data.samples[i] for i in idx])
                 if config.contrast.enabled:
                     batch.contrast = data.contrast_batch(idx, gen)
+                if qor_set is not None:
+                    batch.qor = qor_set.batch(config.qor.designs_per_step, gen)
                 batch = batch.to(device)
                 sync = micro == accum - 1 or world == 1
                 ctx = ddp_model.no_sync() if not sync and world > 1 else contextlib.nullcontext()
@@ -566,6 +614,15 @@ def train(
     if is_main and finished and not interrupted:
         encoder_dir = out / "encoder"
         card = run_card(config, step, root, len(data), wall)
+        if qor_set is not None:
+            card["qor_labels"] = {
+                "folder": str(config.qor.labels),
+                "designs": len(qor_set),
+                "recipes": int(qor_set.recipes.shape[0]),
+                "metric": config.qor.metric,
+            }
+        if config.model.init is not None:
+            card["init"] = str(config.model.init)
         card["final_losses"] = {k: round(v, 6) for k, v in last.items() if k.startswith("loss")}
         model.encoder.save_pretrained(encoder_dir, card=card)
         save_heads(
