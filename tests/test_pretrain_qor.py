@@ -190,3 +190,31 @@ def test_continued_pretraining_starts_from_the_saved_encoder(corpus, tmp_path):
     other = [*sets, "model.encoder={kind: gcn, hidden: 32, num_layers: 2}"]
     with pytest.raises(ConfigError, match="model.init: .*differs from model.encoder"):
         train(load_config(None, objective_overrides("funcrec") + other), tmp_path / "bad")
+
+
+def test_cli_continues_an_encoder_whatever_the_config_file_says(corpus, tmp_path):
+    from circuitml.encoders import build_encoder, load_encoder
+
+    start = build_encoder({"kind": "gcn", "hidden": 16, "num_layers": 2})
+    start.save_pretrained(tmp_path / "start")
+    config = (
+        Path(__file__).resolve().parents[1] / "configs" / "pretrain_corpus.toml"
+    )  # sets a deepgcn encoder
+    args = ["pretrain", "--config", str(config), "--data", str(corpus), "--objectives", "funcrec",
+            "--init-encoder", str(tmp_path / "start"), "--steps", "1", "--out", str(tmp_path / "run"),
+            "--set", "run.tensorboard=false", "--set", "run.plot=false", "--set", "data.batch_size=4"]  # fmt: skip
+    assert cli_main(args) in (0, None)
+    assert load_encoder(tmp_path / "run" / "encoder").config.to_dict() == start.config.to_dict()
+
+
+def test_a_checkpoint_from_before_the_qor_section_resumes(corpus, tmp_path):
+    sets = [s for s in TINY if not s.startswith("qor.")] + [f"data.root={corpus}", "schedule.steps=4"]
+    cfg = load_config(None, objective_overrides("funcrec") + sets)
+    train(cfg, tmp_path / "run", stop_after=2)
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002.json"
+    record = json.loads(ckpt.read_text())
+    del record["state"]["config"]["qor"]  # as written by an older circuitml
+    del record["state"]["config"]["model"]["init"]
+    ckpt.write_text(json.dumps(record))
+    result = train(cfg, tmp_path / "run", resume=True)
+    assert result.step == 4 and result.encoder_dir is not None
