@@ -38,6 +38,7 @@ from circuitml.tasks.common import (
     mlp,
     mse,
     param_groups,
+    pretrained_head,
     r2_score,
     result_label,
     seed_everything,
@@ -146,6 +147,12 @@ def _means_by(key: np.ndarray, n: int, z: np.ndarray, rows: np.ndarray, fill: fl
     return np.where(count > 0, total / np.maximum(count, 1), fill)
 
 
+def _recipes_seen(pretrained: np.ndarray, recipes: np.ndarray) -> int:
+    """How many of ``recipes`` (``[R, L]`` step ids) are rows of ``pretrained``."""
+    known = {tuple(r) for r in np.asarray(pretrained).tolist()}
+    return sum(tuple(r) in known for r in np.asarray(recipes).tolist())
+
+
 def run_qor(
     labels: QoRLabels,
     encoder_source,
@@ -186,7 +193,16 @@ def run_qor(
     z = torch.from_numpy(y).to(device)
     recipes = torch.from_numpy(labels.recipes.astype(np.int64)).to(device)
     torch.manual_seed(cfg.seed)
-    head = QoRHead(encoder.out_dim, recipe_kind=recipe_kind, head=cfg.head).to(device)
+    if cfg.head == "pretrained":  # the pretraining recipe-response head (circuitml.pretrain.qor)
+        head = pretrained_head(encoder_source, mode, cfg, "qor", split).to(device)
+        seen = _recipes_seen(head.recipes.cpu().numpy(), labels.recipes)
+        if cfg.zero_shot:
+            raise ConfigError(
+                "qor --zero-shot: the recipe-response head has no calibration to fit; fine-tune it"
+            )
+    else:
+        head = QoRHead(encoder.out_dim, recipe_kind=recipe_kind, head=cfg.head).to(device)
+        seen = None
     enc = GraphEncoding(encoder, graphs, trainable, device=device, cache=cache)
 
     def predict(rows: np.ndarray) -> Tensor:
@@ -262,6 +278,11 @@ def run_qor(
         if split == "recipes"
         else ""
     )
+    if seen is not None:
+        design_note += (
+            f" Head: the encoder's recipe-response pretraining head; {seen} of the {len(labels.recipes)} recipes "
+            "were among the recipes it was pretrained on (on other designs)."
+        )
     zero_rows = int((~nonzero).sum())
     skipped = f" MAPE leaves out the {zero_rows} test rows whose {metric} is 0." if zero_rows else ""
     return TaskResult(

@@ -149,6 +149,50 @@ def test_qor_objective_trains_logs_its_baseline_and_resumes_exactly(corpus, tmp_
     assert card["objectives"] == ["funcrec", "funcsim", "qor"]
     assert card["qor_labels"]["designs"] == len(_records(corpus)) and card["qor_labels"]["recipes"] == 5
 
+    from circuitml.pretrain.trainer import export_encoder
+
+    again = export_encoder(
+        tmp_path / "one", tmp_path / "exported"
+    )  # from the checkpoint: the same card and head
+    card2 = json.loads((again / "config.json").read_text())["card"]
+    assert card2["qor_labels"]["recipes"] == 5 and card2["qor_labels"]["folder"] == str(labels)
+    assert (again / "heads.json").is_file() and "qor" in json.loads((again / "heads.json").read_text())[
+        "heads"
+    ]
+
+    # the exported recipe-response head scores (graph, recipe) rows as the pretraining head scored them
+    from circuitml.pretrain.heads import load_task_head, read_heads
+
+    task_head = load_task_head(one.encoder_dir, "qor", "designs").eval()
+    tensors, _ = read_heads(one.encoder_dir)
+    ref = QoRPretrainHead(16, tensors["qor.recipes"], torch.zeros(5)).eval()
+    ref.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("qor.")}, strict=False)
+    g = torch.randn(3, 16)
+    with torch.no_grad():
+        full = ref.predict(g)
+        rows = task_head(g.repeat_interleave(5, 0), tensors["qor.recipes"].repeat(3, 1))
+    assert torch.allclose(rows.view(3, 5), full, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"no pretraining head for qor \(recipes\)"):
+        load_task_head(one.encoder_dir, "qor", "recipes")  # its recipes could be the held-out ones
+
+    # the QoR task starts from that head (held-out designs only) and says how many of its recipes it has seen
+    from circuitml.tasks.common import TrainConfig
+    from circuitml.tasks.qor import run_qor
+
+    from tests.test_qor_heldout import NAMES, SOURCES, _labels_folder
+
+    task_labels = load_qor_labels(_labels_folder(tmp_path / "task", NAMES, SOURCES))
+    res = run_qor(task_labels, one.encoder_dir, "finetune", TrainConfig(epochs=1, head="pretrained"))
+    assert np.isfinite(res.metrics["mse"]) and "0 of the 6 recipes were among" in res.notes
+    with pytest.raises(ConfigError, match=r"no pretraining head for qor \(recipes\)"):
+        run_qor(
+            task_labels,
+            one.encoder_dir,
+            "finetune",
+            TrainConfig(epochs=1, head="pretrained"),
+            split="recipes",
+        )
+
     cfg2 = load_config(None, objective_overrides("funcrec+funcsim+qor") + sets)
     part = train(cfg2, tmp_path / "two", stop_after=7)
     assert part.interrupted is False and part.step == 7

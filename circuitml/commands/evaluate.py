@@ -247,7 +247,7 @@ def evaluate(
     if head == "pretrained":  # before any data work: a missing head is an error, never a fresh head
         from circuitml.pretrain.heads import load_task_head
 
-        load_task_head(encoder, task, setting)
+        load_task_head(encoder, task, (split or "designs") if task == "qor" else setting)
     if compare and seeds < 3:
         raise ConfigError(f"--seeds: expected at least 3 with --compare {compare}, got {seeds}")
     if seeds < 1:  # no run at all: the report's plots had nothing to draw (a traceback)

@@ -58,6 +58,7 @@ __all__ = [
     "TASK_HEADS",
     "ProbabilityDecoderHead",
     "SimilarityPairHead",
+    "QoRTaskHead",
     "heads_from_state",
     "save_heads",
     "read_heads",
@@ -74,10 +75,18 @@ TASK_HEADS = {
     ("probability", "gates"): "funcrec",
     ("equivalence", "gates"): "funcsim",
     ("equivalence", "circuits"): "contrast",
+    # held-out designs only: the head was trained on the corpus under its labels' recipes, which a held-out-recipes
+    # evaluation must not have seen
+    ("qor", "designs"): "qor",
 }
 # tensors kept per head: funcrec's bit head has no downstream use, the contrastive PO projection neither
-_PREFIXES = {"funcrec": "funcrec.", "funcsim": "funcsim.proj.", "contrast": "contrast.graph_proj."}
-_DROP = ("funcrec.bit_head.",)
+_PREFIXES = {
+    "funcrec": "funcrec.",
+    "funcsim": "funcsim.proj.",
+    "contrast": "contrast.graph_proj.",
+    "qor": "qor.",
+}
+_DROP = ("funcrec.bit_head.", "qor.recipe_mean")
 
 
 def _projection(hidden: int) -> nn.Sequential:
@@ -171,6 +180,36 @@ class SimilarityPairHead(nn.Module):
         return self.log_scale.exp() * (self.threshold - dist) + res
 
 
+class QoRTaskHead(nn.Module):
+    """The recipe-response head of :mod:`circuitml.pretrain.qor` in the QoR task's interface:
+    ``z_hat = MLP([g ; RecipeEncoder(recipe)])`` for a batch of (graph embedding, recipe) rows.
+
+    ``recipes`` (a buffer) holds the recipes it was pretrained on, so a task can tell which of its recipes the
+    head has seen. Shapes: ``graph [B, hidden]``, ``recipes long [B, L]`` → ``[B]``.
+    """
+
+    def __init__(self, hidden: int, recipe_dim: int = 32, mlp_hidden: int = 64, recipe_kind: str = "conv"):
+        super().__init__()
+        from circuitml.encoders.recipe import RecipeEncoder
+
+        self.register_buffer("recipes", torch.zeros(0, 0, dtype=torch.long))
+        self.recipe = RecipeEncoder(recipe_dim, recipe_kind)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden + recipe_dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, 1)
+        )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, *args, **kwargs
+    ):  # the recipes buffer takes any shape
+        key = prefix + "recipes"
+        if key in state_dict:
+            self.recipes = state_dict[key].long().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, graph: Tensor, recipes: Tensor) -> Tensor:
+        return self.mlp(torch.cat([graph.float(), self.recipe(recipes)], dim=-1)).squeeze(-1)
+
+
 def heads_from_state(state: dict[str, Tensor], prefix: str = "model.") -> dict[str, Tensor]:
     """The shippable head tensors of a pretraining model's state (keys under ``prefix``), renamed without it."""
     out = {}
@@ -179,7 +218,9 @@ def heads_from_state(state: dict[str, Tensor], prefix: str = "model.") -> dict[s
             continue
         name = key[len(prefix) :]
         if any(name.startswith(p) for p in _PREFIXES.values()) and not name.startswith(_DROP):
-            out[name] = value.detach().to("cpu", torch.float32).contiguous()
+            value = value.detach().to("cpu")
+            # the qor head's recipes stay step ids; weights are stored as float32
+            out[name] = (value.float() if value.is_floating_point() else value).contiguous()
     return out
 
 
@@ -194,7 +235,11 @@ def save_heads(folder: str | os.PathLike, state: dict[str, Tensor], config: dict
     tensors = heads_from_state(state)
     if not tensors:
         return None
-    hidden = int(next(iter(tensors.values())).shape[-1])
+    hidden = (
+        int(next(v for k, v in tensors.items() if not k.startswith("qor.")).shape[-1])
+        if any(not k.startswith("qor.") for k in tensors)
+        else 0
+    )
     heads: dict[str, dict] = {}
     if any(k.startswith("funcrec.") for k in tensors):
         fr = config.get("funcrec", {})
@@ -208,6 +253,16 @@ def save_heads(folder: str | os.PathLike, state: dict[str, Tensor], config: dict
         heads["funcsim"] = {"hidden": hidden, "task": "equivalence (gates)"}
     if any(k.startswith("contrast.") for k in tensors):
         heads["contrast"] = {"hidden": hidden, "task": "equivalence (circuits)"}
+    if "qor.recipes" in tensors:
+        q = config.get("qor", {})
+        heads["qor"] = {
+            "hidden": int(tensors["qor.mlp.0.weight"].shape[1] - tensors["qor.recipe.step.weight"].shape[1]),
+            "recipe_dim": int(tensors["qor.recipe.step.weight"].shape[1]),
+            "mlp_hidden": int(tensors["qor.mlp.0.weight"].shape[0]),
+            "recipe_kind": str(q.get("recipe_kind", "conv")),
+            "metric": str(q.get("metric", "ands")),
+            "task": "qor (designs)",
+        }
     folder = Path(folder)
     path = folder / HEADS_FILE
     atomic_write(path, save_tensors(tensors, metadata={"format": HEADS_FORMAT}))
@@ -275,6 +330,14 @@ def load_task_head(folder: str | os.PathLike, task: str, setting: str = "gates")
     if name == "funcrec":
         head: nn.Module = ProbabilityDecoderHead(
             hidden, int(cfg.get("decoder_layers", 2)), float(cfg.get("mask_ratio", 0.3))
+        )
+        target = head
+    elif name == "qor":
+        head = QoRTaskHead(
+            hidden,
+            int(cfg.get("recipe_dim", 32)),
+            int(cfg.get("mlp_hidden", 64)),
+            str(cfg.get("recipe_kind", "conv")),
         )
         target = head
     else:

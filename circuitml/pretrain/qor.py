@@ -143,12 +143,17 @@ class QoRPretrainHead(nn.Module):
         self.recipe = RecipeEncoder(recipe_dim, recipe_kind)
         self.mlp = nn.Sequential(nn.Linear(graph_dim + recipe_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
+    def predict(self, graph: Tensor) -> Tensor:
+        """``z_hat [B, R]``: every recipe of the labels on every graph embedding ``[B, H]``."""
+        b, r = graph.size(0), self.recipes.size(0)
+        rec = self.recipe(self.recipes)  # [R, D]: every recipe encoded once
+        x = torch.cat([graph.float()[:, None, :].expand(b, r, -1), rec[None].expand(b, r, -1)], dim=-1)
+        return self.mlp(x).squeeze(-1)
+
     def forward(self, graph: Tensor, z: Tensor) -> QoRPretrainOutput:
         """Loss over the labelled (design, recipe) cells of ``z`` ``[B, R]`` given graph embeddings ``[B, H]``."""
         b, r = z.shape
-        rec = self.recipe(self.recipes)  # [R, D]: every recipe once per step
-        x = torch.cat([graph.float()[:, None, :].expand(b, r, -1), rec[None].expand(b, r, -1)], dim=-1)
-        pred = self.mlp(x).squeeze(-1)
+        pred = self.predict(graph)
         seen = ~torch.isnan(z)
         err = (pred - torch.nan_to_num(z)) ** 2
         count = seen.sum().clamp(min=1)

@@ -183,6 +183,12 @@ def run_card(config: PretrainConfig, step: int, root: Path, circuits: int, wall:
         "batch_size": config.data.batch_size,
         "wall_time_s": round(wall, 1),
         "seed": config.run.seed,
+        **({"init": str(config.model.init)} if config.model.init else {}),
+        **(
+            {"qor_labels": {"folder": str(config.qor.labels), "metric": config.qor.metric}}
+            if config.qor.enabled
+            else {}
+        ),
     }
 
 
@@ -208,6 +214,8 @@ def export_encoder(out: str | Path, dest: str | Path, checkpoint: str | Path | N
     root = Path(config.data.root) if config.data.root else out / "data"
     circuits = sum(1 for _ in (root / "circuits").glob("*.safetensors")) if root.is_dir() else 0
     card = run_card(config, record["step"], root, circuits, record["state"].get("wall_time_s", 0.0))
+    if "model.qor.recipes" in tensors:
+        card["qor_labels"]["recipes"] = int(tensors["model.qor.recipes"].shape[0])
     if (out / "metrics.csv").is_file():  # training metrics (and their base_* diagnostics), last 10 steps
         from circuitml.pretrain.logging import read_metrics
 
@@ -615,14 +623,7 @@ def train(
         encoder_dir = out / "encoder"
         card = run_card(config, step, root, len(data), wall)
         if qor_set is not None:
-            card["qor_labels"] = {
-                "folder": str(config.qor.labels),
-                "designs": len(qor_set),
-                "recipes": int(qor_set.recipes.shape[0]),
-                "metric": config.qor.metric,
-            }
-        if config.model.init is not None:
-            card["init"] = str(config.model.init)
+            card["qor_labels"].update(designs=len(qor_set), recipes=int(qor_set.recipes.shape[0]))
         card["final_losses"] = {k: round(v, 6) for k, v in last.items() if k.startswith("loss")}
         model.encoder.save_pretrained(encoder_dir, card=card)
         save_heads(
