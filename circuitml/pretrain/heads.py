@@ -314,6 +314,11 @@ def load_task_head(folder: str | os.PathLike, task: str, setting: str = "gates")
         CheckpointError: the encoder was exported without heads, or pretrained without that objective.
     """
     name = TASK_HEADS.get((task, setting))
+    if (task, setting) == ("qor", "recipes"):
+        raise ConfigError(
+            "--head pretrained: no pretraining head for qor (recipes): the recipe-response head learned its "
+            "labels' recipes, which held-out recipes must not be; use it with --split designs"
+        )
     if name is None:
         have = ", ".join(f"{t} ({s})" for t, s in TASK_HEADS)
         raise ConfigError(
