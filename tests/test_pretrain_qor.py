@@ -151,14 +151,15 @@ def test_qor_objective_trains_logs_its_baseline_and_resumes_exactly(corpus, tmp_
 
     from circuitml.pretrain.trainer import export_encoder
 
-    again = export_encoder(
-        tmp_path / "one", tmp_path / "exported"
-    )  # from the checkpoint: the same card and head
+    # from the checkpoint: the same card and heads
+    again = export_encoder(tmp_path / "one", tmp_path / "exported")
     card2 = json.loads((again / "config.json").read_text())["card"]
     assert card2["qor_labels"]["recipes"] == 5 and card2["qor_labels"]["folder"] == str(labels)
-    assert (again / "heads.json").is_file() and "qor" in json.loads((again / "heads.json").read_text())[
-        "heads"
-    ]
+    heads_run = json.loads((one.encoder_dir / "heads.json").read_text())["heads"]
+    assert (
+        json.loads((again / "heads.json").read_text())["heads"] == heads_run
+    )  # widths too, whatever the key order
+    assert heads_run["funcrec"]["hidden"] == 16 and heads_run["qor"]["hidden"] == 16
 
     # the exported recipe-response head scores (graph, recipe) rows as the pretraining head scored them
     from circuitml.pretrain.heads import load_task_head, read_heads

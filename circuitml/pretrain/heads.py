@@ -235,29 +235,31 @@ def save_heads(folder: str | os.PathLike, state: dict[str, Tensor], config: dict
     tensors = heads_from_state(state)
     if not tensors:
         return None
-    hidden = (
-        int(next(v for k, v in tensors.items() if not k.startswith("qor.")).shape[-1])
-        if any(not k.startswith("qor.") for k in tensors)
-        else 0
-    )
+
+    def width(key: str) -> int:  # each head's own input width (a checkpoint's tensors come in sorted order)
+        return int(tensors[key].shape[1])
+
     heads: dict[str, dict] = {}
     if any(k.startswith("funcrec.") for k in tensors):
         fr = config.get("funcrec", {})
         heads["funcrec"] = {
-            "hidden": hidden,
+            "hidden": width("funcrec.prob_head.weight"),
             "decoder_layers": int(fr.get("decoder_layers", 2)),
             "mask_ratio": float(fr.get("mask_ratio", 0.3)),
             "task": "probability",
         }
     if any(k.startswith("funcsim.") for k in tensors):
-        heads["funcsim"] = {"hidden": hidden, "task": "equivalence (gates)"}
+        heads["funcsim"] = {"hidden": width("funcsim.proj.0.weight"), "task": "equivalence (gates)"}
     if any(k.startswith("contrast.") for k in tensors):
-        heads["contrast"] = {"hidden": hidden, "task": "equivalence (circuits)"}
+        heads["contrast"] = {
+            "hidden": width("contrast.graph_proj.0.weight"),
+            "task": "equivalence (circuits)",
+        }
     if "qor.recipes" in tensors:
         q = config.get("qor", {})
         heads["qor"] = {
-            "hidden": int(tensors["qor.mlp.0.weight"].shape[1] - tensors["qor.recipe.step.weight"].shape[1]),
-            "recipe_dim": int(tensors["qor.recipe.step.weight"].shape[1]),
+            "hidden": width("qor.mlp.0.weight") - width("qor.recipe.step.weight"),
+            "recipe_dim": width("qor.recipe.step.weight"),
             "mlp_hidden": int(tensors["qor.mlp.0.weight"].shape[0]),
             "recipe_kind": str(q.get("recipe_kind", "conv")),
             "metric": str(q.get("metric", "ands")),
