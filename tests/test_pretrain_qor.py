@@ -18,6 +18,7 @@ from circuitml.pretrain.config import OBJECTIVE_PRESETS, load_config, objective_
 from circuitml.pretrain.logging import read_metrics
 from circuitml.pretrain.qor import QoRLabelSet, QoRPretrainHead
 from circuitml.pretrain.trainer import train
+from tests.test_pretrain_train import _restore_threads  # noqa: F401  (autouse: run.threads=1 is undone)
 
 TINY = [
     "model.encoder={kind: gcn, hidden: 16, num_layers: 2}",
@@ -29,13 +30,6 @@ TINY = [
     "run.progress=false",
     "run.threads=1",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
