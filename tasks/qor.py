@@ -195,6 +195,11 @@ def run_qor(
     torch.manual_seed(cfg.seed)
     if cfg.head == "pretrained":  # the pretraining recipe-response head (circuitml.pretrain.qor)
         head = pretrained_head(encoder_source, mode, cfg, "qor", split).to(device)
+        if head.mlp[0].in_features != encoder.out_dim + head.recipe.out_dim:
+            raise ConfigError(
+                f"qor head pretrained: expected a head for {encoder.out_dim}-wide graph embeddings, got one for "
+                f"{head.mlp[0].in_features - head.recipe.out_dim}"
+            )
         seen = _recipes_seen(head.recipes.cpu().numpy(), labels.recipes)
         if cfg.zero_shot:
             raise ConfigError(

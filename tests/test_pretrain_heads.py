@@ -223,3 +223,18 @@ def test_suite_zero_shot_rows_and_the_pretrained_fine_tuning_head(tiny_run, tmp_
     code = cli_main([*args, "--tables", "zeroshot", "--tasks", "probability"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "no pretraining heads" in err, err
+
+
+@pytest.mark.parametrize(
+    "key, value", [("hidden", 10**9), ("hidden", -4), ("decoder_layers", "two"), ("mask_ratio", "x")]
+)
+def test_head_sizes_in_heads_json_are_bounded_before_any_layer_is_built(tiny_run, tmp_path, key, value):
+    import shutil
+
+    folder = shutil.copytree(tiny_run / "encoder", tmp_path / "enc")
+    meta = json.loads((folder / HEADS_CONFIG).read_text())
+    meta["heads"]["funcrec"][key] = value
+    (folder / HEADS_CONFIG).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"head 'funcrec': {key}: expected") as err:
+        load_task_head(folder, "probability")
+    assert "\n" not in str(err.value)

@@ -198,9 +198,8 @@ class QoRTaskHead(nn.Module):
             nn.Linear(hidden + recipe_dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, 1)
         )
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, *args, **kwargs
-    ):  # the recipes buffer takes any shape
+    # the recipes buffer takes the stored shape (the recipes the head was pretrained on)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "recipes"
         if key in state_dict:
             self.recipes = state_dict[key].long().clone()
@@ -333,18 +332,27 @@ def load_task_head(folder: str | os.PathLike, task: str, setting: str = "gates")
             f"{', '.join(heads) or 'none'})"
         )
     cfg = heads[name]
-    hidden = int(cfg.get("hidden", 0))
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{folder}: {HEADS_CONFIG}: head {name!r}: expected an object")
+
+    def size(key: str, default: int) -> int:  # bounded before any layer is allocated
+        value = cfg.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
+            raise CheckpointError(
+                f"{folder}: {HEADS_CONFIG}: head {name!r}: {key}: expected an integer in [1, 65536], got {value!r}"
+            )
+        return value
+
+    hidden = size("hidden", 0)
     if name == "funcrec":
-        head: nn.Module = ProbabilityDecoderHead(
-            hidden, int(cfg.get("decoder_layers", 2)), float(cfg.get("mask_ratio", 0.3))
-        )
+        ratio = cfg.get("mask_ratio", 0.3)
+        if not isinstance(ratio, int | float) or isinstance(ratio, bool):
+            raise CheckpointError(f"{folder}: {HEADS_CONFIG}: head 'funcrec': mask_ratio: expected a number")
+        head: nn.Module = ProbabilityDecoderHead(hidden, size("decoder_layers", 2), float(ratio))
         target = head
     elif name == "qor":
         head = QoRTaskHead(
-            hidden,
-            int(cfg.get("recipe_dim", 32)),
-            int(cfg.get("mlp_hidden", 64)),
-            str(cfg.get("recipe_kind", "conv")),
+            hidden, size("recipe_dim", 32), size("mlp_hidden", 64), str(cfg.get("recipe_kind", "conv"))
         )
         target = head
     else:
