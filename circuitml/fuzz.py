@@ -467,6 +467,32 @@ def make_targets(workdir: Path) -> list[Target]:
 
     targets.append(Target("encoder-dir", [enc_seed], run_encoder, str(enc_dir), 0.5))
 
+    # --- pretraining heads beside an encoder (heads.json mutated, tensors kept), read as `--head pretrained` does
+    from circuitml.pretrain.funcrec import FunctionalReconstructionHead
+    from circuitml.pretrain.funcsim import FunctionalSimilarityHead
+    from circuitml.pretrain.heads import HEADS_CONFIG, load_task_head, save_heads
+    from circuitml.pretrain.qor import QoRPretrainHead
+
+    heads_dir = workdir / "heads"
+    build_encoder("gcn", hidden=8, num_layers=1).save_pretrained(heads_dir)
+    parts = {
+        "funcrec": FunctionalReconstructionHead(8, 64, 1),
+        "funcsim": FunctionalSimilarityHead(8),
+        "qor": QoRPretrainHead(8, torch.zeros(2, 20, dtype=torch.long), torch.zeros(2)),
+    }
+    head_state = {f"model.{n}.{k}": v for n, m in parts.items() for k, v in m.state_dict().items()}
+    save_heads(heads_dir, head_state, {"funcrec": {"decoder_layers": 1}})
+    heads_seed = (heads_dir / HEADS_CONFIG).read_bytes()
+
+    def run_heads(data: bytes) -> Any:
+        (heads_dir / HEADS_CONFIG).write_bytes(data)
+        return [
+            load_task_head(heads_dir, *ts)
+            for ts in (("probability", "gates"), ("equivalence", "gates"), ("qor", "designs"))
+        ]
+
+    targets.append(Target("pretraining-heads", [heads_seed], run_heads, str(heads_dir), 0.5))
+
     # --- checkpoint (JSON state mutated, tensors kept), read the way `pretrain --resume` reads it
     ck_dir = workdir / "run" / "checkpoints"
     from circuitml.pretrain.checkpoint import optimizer_state_to_tensors

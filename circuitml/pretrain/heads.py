@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from circuitml.errors import CheckpointError, ConfigError
+from circuitml.errors import CheckpointError, CircuitmlError, ConfigError
 from circuitml.fileio import atomic_write, check_format, read_json
 from circuitml.pretrain.mgm import LatentDecoder
 
@@ -335,29 +335,49 @@ def load_task_head(folder: str | os.PathLike, task: str, setting: str = "gates")
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{folder}: {HEADS_CONFIG}: head {name!r}: expected an object")
 
-    def size(key: str, default: int) -> int:  # bounded before any layer is allocated
+    where = f"{folder}: {HEADS_CONFIG}: head {name!r}"
+
+    def width(key: str, dim: int = 1) -> int:  # what the stored tensors hold: the sizes a config must repeat
+        t = tensors.get(key)
+        if t is None or t.dim() != 2:
+            raise CheckpointError(f"{folder}: {HEADS_FILE}: head {name!r}: expected a 2-d tensor {key!r}")
+        return int(t.shape[dim])
+
+    def size(key: str, default: int, expected: int | None = None, limit: int = 16) -> int:
+        # checked before any layer is allocated
         value = cfg.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
-            raise CheckpointError(
-                f"{folder}: {HEADS_CONFIG}: head {name!r}: {key}: expected an integer in [1, 65536], got {value!r}"
-            )
+        if expected is not None and value != expected:
+            raise CheckpointError(f"{where}: {key}: expected {expected} (its stored tensors), got {value!r}")
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 1 <= value <= max(limit, expected or 0)
+        ):
+            raise CheckpointError(f"{where}: {key}: expected an integer in [1, {limit}], got {value!r}")
         return value
 
-    hidden = size("hidden", 0)
-    if name == "funcrec":
-        ratio = cfg.get("mask_ratio", 0.3)
-        if not isinstance(ratio, int | float) or isinstance(ratio, bool):
-            raise CheckpointError(f"{folder}: {HEADS_CONFIG}: head 'funcrec': mask_ratio: expected a number")
-        head: nn.Module = ProbabilityDecoderHead(hidden, size("decoder_layers", 2), float(ratio))
-        target = head
-    elif name == "qor":
-        head = QoRTaskHead(
-            hidden, size("recipe_dim", 32), size("mlp_hidden", 64), str(cfg.get("recipe_kind", "conv"))
-        )
-        target = head
-    else:
-        head = SimilarityPairHead(hidden)
-        target = head.proj
+    try:
+        if name == "funcrec":
+            hidden = size("hidden", 0, width("funcrec.prob_head.weight"))
+            ratio = cfg.get("mask_ratio", 0.3)
+            if not isinstance(ratio, int | float) or isinstance(ratio, bool):
+                raise CheckpointError(f"{where}: mask_ratio: expected a number, got {ratio!r}")
+            head: nn.Module = ProbabilityDecoderHead(hidden, size("decoder_layers", 2), float(ratio))
+            target = head
+        elif name == "qor":
+            recipe_dim = size("recipe_dim", 32, width("qor.recipe.step.weight"))
+            hidden = size("hidden", 0, width("qor.mlp.0.weight") - recipe_dim)
+            mlp_hidden = size("mlp_hidden", 64, width("qor.mlp.0.weight", 0))
+            head = QoRTaskHead(hidden, recipe_dim, mlp_hidden, str(cfg.get("recipe_kind", "conv")))
+            target = head
+        else:
+            proj = "funcsim.proj.0.weight" if name == "funcsim" else "contrast.graph_proj.0.weight"
+            head = SimilarityPairHead(size("hidden", 0, width(proj)))
+            target = head.proj
+    except CheckpointError:
+        raise
+    except CircuitmlError as exc:  # a setting the head refuses (mask ratio, recipe encoder kind)
+        raise CheckpointError(f"{where}: {exc}") from None
     prefix = _PREFIXES[name]
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     # every pretrained tensor must land; only the task-side residual MLP starts fresh (at zero)
