@@ -20,9 +20,17 @@ EXPORT_SUFFIXES = (".aig", ".aag", ".bench")
 
 
 def export_dataset(
-    root: str | os.PathLike, out: str | os.PathLike, *, suffix: str = ".aig", with_verilog: bool = False
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    suffix: str = ".aig",
+    with_verilog: bool = False,
+    designs_only: bool = False,
 ) -> int:
     """Write every circuit of the dataset at ``root`` to ``out/<id><suffix>``; returns how many.
+
+    ``designs_only``: leave out the recipe variants of a ``circuitml data corpus`` (records with a ``recipe``), so
+    each design is written once, as generated (e.g. to label a corpus with ``circuitml data qor``).
 
     Raises:
         ConfigError: unsupported suffix; ``out`` is the dataset folder or inside it (nothing is written).
@@ -39,10 +47,14 @@ def export_dataset(
         raise ConfigError(f"{out}: expected an export folder outside the dataset folder {root}")
     ds = CircuitDataset(root)
     out.mkdir(parents=True, exist_ok=True)
+    written = 0
     for i, rec in enumerate(ds.records):
+        if designs_only and rec.get("recipe") is not None:
+            continue
         write_circuit(ds.aig(i), out / f"{rec['id']}{suffix}")
+        written += 1
         if with_verilog:
             text = ds.verilog_source(i)
             if text is not None:
                 atomic_write(out / f"{rec['id']}.v", text)
-    return len(ds)
+    return written

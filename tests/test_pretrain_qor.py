@@ -257,3 +257,19 @@ def test_a_checkpoint_from_before_the_qor_section_resumes(corpus, tmp_path):
     ckpt.write_text(json.dumps(record))
     result = train(cfg, tmp_path / "run", resume=True)
     assert result.step == 4 and result.encoder_dir is not None
+
+
+def test_export_designs_only_leaves_out_a_corpus_s_recipe_variants(corpus, tmp_path):
+    import shutil
+
+    root = shutil.copytree(corpus, tmp_path / "ds")
+    manifest = json.loads((root / "manifest.json").read_text())
+    variant = manifest["records"][0]
+    variant["recipe"] = "balance; rewrite"  # as `data corpus` marks an ABC-recipe variant of a design
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert cli_main(["data", "export", str(root), str(tmp_path / "all")]) in (0, None)
+    assert cli_main(["data", "export", str(root), str(tmp_path / "base"), "--designs-only"]) in (0, None)
+    everything = {p.stem for p in (tmp_path / "all").glob("*.aig")}
+    base = {p.stem for p in (tmp_path / "base").glob("*.aig")}
+    assert everything == {r["id"] for r in manifest["records"]}
+    assert base == everything - {variant["id"]}

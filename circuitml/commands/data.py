@@ -209,11 +209,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         out: Path = typer.Argument(..., help="Folder for the circuit files."),
         fmt: str = typer.Option("aig", "--format", "-f", help="aig, aag or bench."),
         verilog: bool = typer.Option(False, "--verilog", help="Also write each circuit's Verilog (<id>.v)."),
+        designs_only: bool = typer.Option(
+            False,
+            "--designs-only",
+            help="Leave out a corpus's recipe variants: each design once, as generated (e.g. for `data qor`).",
+        ),
     ) -> None:
         """Write a dataset's circuits as AIGER/bench files (with --verilog: Verilog + AIG pairs)."""
         from circuitml.datasets import export_dataset
 
-        n = export_dataset(root, out, suffix=fmt, with_verilog=verilog)
+        n = export_dataset(root, out, suffix=fmt, with_verilog=verilog, designs_only=designs_only)
         console.print(f"{n} circuits written to {out}", highlight=False)
 
     @app.command("convert")
