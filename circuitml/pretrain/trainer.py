@@ -401,13 +401,17 @@ def train(
     root = prepare_dataset(config, out, is_main)
     _barrier(world)
 
-    def load_data() -> PretrainData:
+    def circuits() -> CircuitDataset:
+        """The dataset without the held-out families (their QoR labels stay out too)."""
         dataset = CircuitDataset(root)
         if config.data.exclude_families:
             drop = set(config.data.exclude_families)
             dataset = dataset.subset([i for i, r in enumerate(dataset.records) if r["family"] not in drop])
+        return dataset
+
+    def load_data() -> PretrainData:
         return PretrainData(
-            dataset,
+            circuits(),
             explicit_not=enc_config.explicit_not,
             text=text,
             max_tokens=config.data.max_tokens,
@@ -427,13 +431,9 @@ def train(
     order = BatchOrder(len(data), config.data.batch_size, config.run.seed)
     qor_set = None
     if qor_labels_raw is not None:
-        dataset = CircuitDataset(root)
-        if config.data.exclude_families:  # a held-out family's labels stay out too
-            drop = set(config.data.exclude_families)
-            dataset = dataset.subset([i for i, r in enumerate(dataset.records) if r["family"] not in drop])
         qor_set = QoRLabelSet(
             qor_labels_raw,
-            dataset,
+            circuits(),
             explicit_not=enc_config.explicit_not,
             max_nodes=config.data.max_nodes,
             metric=config.qor.metric,
