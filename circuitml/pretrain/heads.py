@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from circuitml.errors import CheckpointError, CircuitmlError, ConfigError
 from circuitml.fileio import atomic_write, check_format, read_json
 from circuitml.pretrain.mgm import LatentDecoder
+from circuitml.pretrain.qor import QoRPretrainHead
 
 __all__ = [
     "HEADS_FILE",
@@ -86,7 +87,7 @@ _PREFIXES = {
     "contrast": "contrast.graph_proj.",
     "qor": "qor.",
 }
-_DROP = ("funcrec.bit_head.", "qor.recipe_mean")
+_DROP = ("funcrec.bit_head.",)
 
 
 def _projection(hidden: int) -> nn.Sequential:
@@ -180,33 +181,28 @@ class SimilarityPairHead(nn.Module):
         return self.log_scale.exp() * (self.threshold - dist) + res
 
 
-class QoRTaskHead(nn.Module):
-    """The recipe-response head of :mod:`circuitml.pretrain.qor` in the QoR task's interface:
-    ``z_hat = MLP([g ; RecipeEncoder(recipe)])`` for a batch of (graph embedding, recipe) rows.
+class QoRTaskHead(QoRPretrainHead):
+    """The recipe-response head of :mod:`circuitml.pretrain.qor` in the QoR task's interface: the same
+    ``z_hat = MLP([g ; RecipeEncoder(recipe)])``, scored for a batch of (graph embedding, recipe) rows.
 
-    ``recipes`` (a buffer) holds the recipes it was pretrained on, so a task can tell which of its recipes the
-    head has seen. Shapes: ``graph [B, hidden]``, ``recipes long [B, L]`` → ``[B]``.
+    Its ``recipes`` buffer ``[num_recipes, recipe_len]`` holds the recipes it was pretrained on, so a task can
+    tell which of its recipes the head has seen. Shapes: ``graph [B, hidden]``, ``recipes long [B, L]`` → ``[B]``.
     """
 
-    def __init__(self, hidden: int, recipe_dim: int = 32, mlp_hidden: int = 64, recipe_kind: str = "conv"):
-        super().__init__()
-        from circuitml.encoders.recipe import RecipeEncoder
+    def __init__(
+        self,
+        hidden: int,
+        num_recipes: int,
+        recipe_len: int,
+        recipe_dim: int = 32,
+        mlp_hidden: int = 64,
+        recipe_kind: str = "conv",
+    ):
+        recipes = torch.zeros(num_recipes, recipe_len, dtype=torch.long)
+        super().__init__(hidden, recipes, torch.zeros(num_recipes), recipe_dim, mlp_hidden, recipe_kind)
 
-        self.register_buffer("recipes", torch.zeros(0, 0, dtype=torch.long))
-        self.recipe = RecipeEncoder(recipe_dim, recipe_kind)
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden + recipe_dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, 1)
-        )
-
-    # the recipes buffer takes the stored shape (the recipes the head was pretrained on)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "recipes"
-        if key in state_dict:
-            self.recipes = state_dict[key].long().clone()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def forward(self, graph: Tensor, recipes: Tensor) -> Tensor:
-        return self.mlp(torch.cat([graph.float(), self.recipe(recipes)], dim=-1)).squeeze(-1)
+    def forward(self, graph: Tensor, recipes: Tensor) -> Tensor:  # type: ignore[override]
+        return self.score(graph, self.recipe(recipes))
 
 
 def heads_from_state(state: dict[str, Tensor], prefix: str = "model.") -> dict[str, Tensor]:
@@ -368,7 +364,14 @@ def load_task_head(folder: str | os.PathLike, task: str, setting: str = "gates")
             recipe_dim = size("recipe_dim", 32, width("qor.recipe.step.weight"))
             hidden = size("hidden", 0, width("qor.mlp.0.weight") - recipe_dim)
             mlp_hidden = size("mlp_hidden", 64, width("qor.mlp.0.weight", 0))
-            head = QoRTaskHead(hidden, recipe_dim, mlp_hidden, str(cfg.get("recipe_kind", "conv")))
+            head = QoRTaskHead(
+                hidden,
+                width("qor.recipes", 0),
+                width("qor.recipes"),
+                recipe_dim,
+                mlp_hidden,
+                str(cfg.get("recipe_kind", "conv")),
+            )
             target = head
         else:
             proj = "funcsim.proj.0.weight" if name == "funcsim" else "contrast.graph_proj.0.weight"

@@ -143,12 +143,15 @@ class QoRPretrainHead(nn.Module):
         self.recipe = RecipeEncoder(recipe_dim, recipe_kind)
         self.mlp = nn.Sequential(nn.Linear(graph_dim + recipe_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
+    def score(self, graph: Tensor, recipe: Tensor) -> Tensor:
+        """``MLP([g ; r])`` for matching rows of graph embeddings ``[..., H]`` and recipe embeddings ``[..., D]``."""
+        return self.mlp(torch.cat([graph.float(), recipe], dim=-1)).squeeze(-1)
+
     def predict(self, graph: Tensor) -> Tensor:
         """``z_hat [B, R]``: every recipe of the labels on every graph embedding ``[B, H]``."""
         b, r = graph.size(0), self.recipes.size(0)
         rec = self.recipe(self.recipes)  # [R, D]: every recipe encoded once
-        x = torch.cat([graph.float()[:, None, :].expand(b, r, -1), rec[None].expand(b, r, -1)], dim=-1)
-        return self.mlp(x).squeeze(-1)
+        return self.score(graph[:, None, :].expand(b, r, -1), rec[None].expand(b, r, -1))
 
     def forward(self, graph: Tensor, z: Tensor) -> QoRPretrainOutput:
         """Loss over the labelled (design, recipe) cells of ``z`` ``[B, R]`` given graph embeddings ``[B, H]``."""
