@@ -273,3 +273,13 @@ def test_export_designs_only_leaves_out_a_corpus_s_recipe_variants(corpus, tmp_p
     base = {p.stem for p in (tmp_path / "base").glob("*.aig")}
     assert everything == {r["id"] for r in manifest["records"]}
     assert base == everything - {variant["id"]}
+
+
+def test_a_bad_encoder_kind_or_labels_folder_fails_before_anything_is_written(tmp_path, capsys):
+    for extra in (["--set", "model.encoder={kind: nope}"], ["--objectives", "funcrec+funcsim+qor",
+                  "--qor-labels", str(tmp_path / "nolabels")]):  # fmt: skip
+        out = tmp_path / "run"
+        assert cli_main(["pretrain", "--out", str(out), "--steps", "1", *extra]) == 2
+        err = capsys.readouterr().err
+        assert ("kind 'nope' is unknown" in err or "QoR labels folder" in err) and "Traceback" not in err
+        assert not out.exists()  # no config.json, no generated data/

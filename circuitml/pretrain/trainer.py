@@ -367,6 +367,17 @@ def train(
     init_encoder = None
     if config.model.init is not None and resume_record is None:
         config, init_encoder = _continue_encoder(config)
+    # settings that can be wrong are checked before anything is written or built (generation takes minutes)
+    from circuitml.encoders import EncoderConfig, build_encoder
+    from circuitml.encoders.builder import encoder_size
+
+    enc_config = EncoderConfig.from_dict(config.model.encoder, where="model.encoder")
+    encoder_size(enc_config, where="model.encoder")  # an unknown kind or an oversized one, on the meta device
+    qor_labels_raw = None
+    if config.qor.enabled:
+        from circuitml.datasets.qor import load_qor_labels
+
+        qor_labels_raw = load_qor_labels(config.qor.labels)
     accum = config.optim.grad_accum
     if config.data.batch_size < world * accum:
         raise ConfigError(
@@ -388,15 +399,7 @@ def train(
     # ---------------------------------------------------------------- data
     started = time.perf_counter()
     from circuitml.datasets import CircuitDataset
-    from circuitml.encoders import EncoderConfig, build_encoder
 
-    # settings that can be wrong are checked before any data is built (generation takes minutes)
-    enc_config = EncoderConfig.from_dict(config.model.encoder, where="model.encoder")
-    qor_labels_raw = None
-    if config.qor.enabled:
-        from circuitml.datasets.qor import load_qor_labels
-
-        qor_labels_raw = load_qor_labels(config.qor.labels)
     text, text_hidden, vocab_size = _build_text(config, out, device)
     root = prepare_dataset(config, out, is_main)
     _barrier(world)
