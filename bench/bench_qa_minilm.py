@@ -8,8 +8,9 @@ optimizer steps. The null threshold is tuned on 10 % of the training contexts (`
 variants upcycle with ``unit_weight`` (top-1, value 1, router gradient kept) and no capacity limit, so they start
 as the dense model. Every variant shares the reader options: ``--span-head``, ``--sentence-prior``,
 ``--independent-span`` and ``--head-lr``, and the decision options ``--verifier`` (Read + Verify's answer verifier;
-the F1 at the tuned null threshold of the same reader is printed beside it), ``--oof-folds`` and
-``--val-fraction`` (see ``circuitml qa train --help``), and ``--synthetic-cloze N`` (a first stage on N cloze
+the F1 at the tuned null threshold of the same reader is printed beside it), ``--oof-folds`` (with
+``--oof-ensemble``: the fold readers answer as an ensemble, cross-fitting, and each one's own F1 at the
+out-of-fold threshold is printed under the run) and ``--val-fraction`` (see ``circuitml qa train --help``), and ``--synthetic-cloze N`` (a first stage on N cloze
 questions from the training paragraphs, ``tasks.qa.cloze``), ``--ensemble K`` (K readers' logits averaged,
 ``tasks.qa.ensemble``), ``--layer-lr-decay`` and ``--keep-models DIR`` (the trained readers, for
 ``bench_qa_ensemble.py``). Each run also prints the reader's forced-answer HasAns F1 and answerability AUC on the
@@ -75,6 +76,9 @@ def main() -> None:
     ap.add_argument("--layer-lr-decay", type=float, default=1.0, help="lr * decay^(L - l) per layer (1: off)")
     ap.add_argument("--verifier", action="store_true", help="Read+Verify's answer verifier decides")
     ap.add_argument("--oof-folds", type=int, default=0, help="fit the decision out-of-fold (K readers)")
+    ap.add_argument(
+        "--oof-ensemble", action="store_true", help="the fold readers answer as an ensemble (cross-fitting)"
+    )
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument(
         "--ensemble", type=int, default=1, help="readers averaged per run (seeds seed, seed+1, ...; K passes)"
@@ -143,6 +147,7 @@ def main() -> None:
                 freeze_bottom=args.freeze_bottom,
                 verifier=args.verifier,
                 oof_folds=args.oof_folds,
+                oof_ensemble=args.oof_ensemble,
                 ensemble=args.ensemble,
                 val_fraction=args.val_fraction,
                 synthetic_cloze=args.synthetic_cloze,
@@ -172,7 +177,7 @@ def main() -> None:
             for k, member in enumerate(m.get("members", [])):
                 me = member["eval"]
                 print(
-                    f"  member {k} (seed {seed + k}) alone: F1 {me['f1']:.1f} HasAns F1 {me.get('HasAns_f1', 0):.1f} "
+                    f"  {f'fold reader {k}' if args.oof_ensemble else f'member {k} (seed {seed + k})'} alone: F1 {me['f1']:.1f} HasAns F1 {me.get('HasAns_f1', 0):.1f} "
                     f"| val F1 {member.get('val_f1', float('nan')):.1f} | reader: val "
                     f"{_reader(member.get('val_reader'))}, test {_reader(member.get('eval_reader'))}",
                     flush=True,

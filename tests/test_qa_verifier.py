@@ -140,6 +140,8 @@ def test_verifier_and_oof_fitting_refuse_what_they_cannot_honour(tmp_path) -> No
         train_qa(QATrainConfig(**base, verifier=True, null_threshold=0.0), tmp_path / "m")
     with pytest.raises(ConfigError, match="oof_folds"):
         train_qa(QATrainConfig(**base, oof_folds=50), tmp_path / "m")
+    with pytest.raises(ConfigError, match="oof_ensemble.*oof_folds"):
+        train_qa(QATrainConfig(**base, oof_ensemble=True), tmp_path / "m")
     v1 = _squad(tmp_path, with_impossible=False)
     v1.write_text(v1.read_text().replace('"v2.0"', '"1.1"').replace(', "is_impossible": false', ""))
     with pytest.raises(ConfigError, match="v2.0"):
@@ -311,3 +313,58 @@ def test_qa_train_cli_refuses_a_validation_fraction_that_out_of_fold_fitting_wou
     err = capsys.readouterr().err
     assert "--val-fraction 0.2 with --oof-folds 2" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_cross_fitted_model_is_its_fold_readers_and_its_decision_their_out_of_fold_scores(
+    tmp_path, monkeypatch
+) -> None:
+    data = _squad(tmp_path)
+    trained_on: list[tuple[object, set[str]]] = []  # (reader, contexts it trained on), in training order
+    fit_reader = qa_train._fit_reader
+
+    def spy_fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step=None):
+        model, stats = fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step)
+        trained_on.append((model, {e.context for e in train_ex}))
+        return model, stats
+
+    monkeypatch.setattr(qa_train, "_fit_reader", spy_fit_reader)
+    steps: list[tuple[int, int]] = []
+    cfg = QATrainConfig(
+        data=str(data),
+        eval_fraction=0.2,
+        epochs=2,
+        batch_size=4,
+        max_length=48,
+        stride=16,
+        lr=1e-3,
+        oof_folds=3,
+        oof_ensemble=True,
+        model=SwitchQAConfig(**TINY),
+    )
+    metrics = train_qa(cfg, tmp_path / "model", on_step=lambda s, t, loss: steps.append((s, t)))
+    examples, _ = read_squad(data)
+    train_ex, eval_ex = qa_train.split_by_context(examples, 0.2, 0)
+    everything = {e.context for e in train_ex}
+    # three fold readers and no final one: each left out a third of the training contexts
+    assert len(trained_on) == 3 and all(ctx < everything for _, ctx in trained_on)
+    assert metrics["oof_questions"] == len(train_ex) and metrics["val_questions"] == 0
+    assert metrics["steps"] == len(steps) and steps[-1][0] == steps[-1][1]  # every fold's steps shown
+    model, tok, saved = load_qa_model(tmp_path / "model")
+    # the decision: the best threshold on the fold readers' out-of-fold margins, recomputed here
+    texts, margins = {}, {}
+    for reader, ctx in trained_on:
+        spans = qa_train.predict_examples(reader, tok, [e for e in train_ex if e.context not in ctx], saved)
+        texts.update(zip(spans.ids, spans.texts, strict=True))
+        margins.update(zip(spans.ids, spans.null_margin.tolist(), strict=True))
+    assert len(margins) == len(train_ex)
+    threshold, _ = best_null_threshold(texts, margins, qa_train._golds(train_ex))
+    assert saved.null_threshold == metrics["plain_null_threshold"] == threshold
+    # the saved model is the fold readers themselves, and a reload answers as the run did
+    assert isinstance(model, qa_train.ReaderEnsemble) and len(model.members) == 3
+    for member, (reader, _) in zip(model.members, trained_on, strict=True):
+        for a, b in zip(member.state_dict().values(), reader.state_dict().values(), strict=True):
+            assert torch.equal(a, b.cpu())
+    spans = qa_train.predict_examples(model, tok, eval_ex, saved)
+    assert squad_scores(spans.answers(saved.null_threshold), qa_train._golds(eval_ex)) == metrics["eval"]
+    assert len(metrics["members"]) == 3 and all("eval" in m for m in metrics["members"])
+    assert evaluate_qa(tmp_path / "model", data)["f1"] >= 0  # qa eval reloads the ensemble

@@ -88,6 +88,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             help="SQuAD v2.0: fit the null threshold / verifier on out-of-fold predictions of K readers over "
             "the training contexts (K >= 2, K extra trainings) instead of on --val-fraction; 0: off.",
         ),
+        oof_ensemble: bool = typer.Option(
+            False,
+            "--oof-ensemble/--no-oof-ensemble",
+            help="With --oof-folds K: the K fold readers answer as an ensemble (cross-fitting: the decision "
+            "is fitted on their own out-of-fold scores) instead of a final reader trained on all contexts.",
+        ),
         ensemble: int = typer.Option(
             1,
             help="Readers averaged (seeds seed, seed+1, ...): K trainings, K passes at inference; the decision "
@@ -183,6 +189,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             null_threshold=null_threshold,
             verifier=verifier,
             oof_folds=oof_folds,
+            oof_ensemble=oof_ensemble,
             ensemble=ensemble,
             eda_copies=eda_copies,
             eda_synonyms=eda_synonyms,

@@ -107,6 +107,9 @@ class QATrainConfig:
     # where the tuned threshold (and the verifier) are fitted: 0 on the validation contexts (val_fraction); K >= 2
     # on out-of-fold predictions over all training contexts (K extra readers, each trained without one fold)
     oof_folds: int = 0
+    # with oof_folds: the K fold readers answer as an ensemble (cross-fitting) instead of a final reader trained
+    # on every training context; the decision is then fitted on the same readers' out-of-fold scores
+    oof_ensemble: bool = False
     # readers averaged (tasks.qa.ensemble): K trained with seeds seed, seed + 1, ...; inference costs K passes
     ensemble: int = 1
     verifier_state: dict[str, Any] | None = None  # the fitted verifier (written by train_qa)
@@ -464,10 +467,17 @@ def _train_stage(
 
 
 def _out_of_fold(
-    cfg: QATrainConfig, model_cfg: SwitchQAConfig, tokenizer, train_ex: list[SquadExample], dev, seed: int
-) -> tuple[SpanPredictions, torch.Tensor, list[SquadExample]]:
+    cfg: QATrainConfig,
+    model_cfg: SwitchQAConfig,
+    tokenizer,
+    train_ex: list[SquadExample],
+    dev,
+    seed: int,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[tuple[SpanPredictions, torch.Tensor, list[SquadExample]], list[tuple[Any, dict[str, Any]]]]:
     """K-fold over the training *contexts*: each fold's questions are read by a reader trained on the other
-    folds. Returns every training question's spans and verifier features, and the questions in that order."""
+    folds. Returns every training question's spans and verifier features with the questions in that order, and
+    the K fold readers with their training statistics."""
     contexts = sorted({e.context for e in train_ex})
     if cfg.oof_folds < 2 or cfg.oof_folds > len(contexts):
         raise ConfigError(
@@ -475,18 +485,29 @@ def _out_of_fold(
         )
     random.Random(seed + 2).shuffle(contexts)
     fold = {c: k % cfg.oof_folds for k, c in enumerate(contexts)}
-    ids, texts, margins, xs, order = [], [], [], [], []
+    ids, texts, margins, xs, order, readers = [], [], [], [], [], []
     for k in range(cfg.oof_folds):
         inside = [e for e in train_ex if fold[e.context] != k]
         held = [e for e in train_ex if fold[e.context] == k]
-        reader, _ = _fit_reader(cfg, model_cfg, tokenizer, inside, dev)
+        # progress counts every fold's steps (folds differ a little in size: the total is the current one's)
+        fold_step = (
+            None if on_step is None else lambda s, t, loss, k=k: on_step(k * t + s, cfg.oof_folds * t, loss)
+        )
+        reader, stats = _fit_reader(cfg, model_cfg, tokenizer, inside, dev, fold_step)
         spans, x = predict_with_features(reader, tokenizer, held, cfg)
         ids += spans.ids
         texts += spans.texts
         margins.append(spans.null_margin)
         xs.append(x)
         order += held
-    return SpanPredictions(ids, texts, torch.cat(margins)), torch.cat(xs), order
+        readers.append((reader, stats) if cfg.oof_ensemble else (None, stats))  # freed unless kept
+    return (SpanPredictions(ids, texts, torch.cat(margins)), torch.cat(xs), order), readers
+
+
+def reader_count(cfg: QATrainConfig) -> int:
+    """How many readers a model trained with ``cfg`` holds: the fold readers of a cross-fitted model, else
+    the ensemble's members (1: a single reader)."""
+    return cfg.oof_folds if cfg.oof_ensemble else cfg.ensemble
 
 
 def _split_seed(cfg: QATrainConfig) -> int:
@@ -543,6 +564,10 @@ def _train_qa(
             "without a fixed null_threshold"
         )
     member_seeds(cfg.seed, cfg.ensemble)  # validates the count
+    if cfg.oof_ensemble and not cfg.oof_folds:
+        raise ConfigError(
+            "qa: oof_ensemble: the fold readers answer as an ensemble; set oof_folds >= 2 (how many)"
+        )
     if cfg.ensemble > 1 and cfg.oof_folds:
         raise ConfigError(
             "qa: ensemble: out-of-fold fitting trains single readers, which would not match the ensemble the "
@@ -584,13 +609,20 @@ def _train_qa(
     # the decision's held-out questions: out-of-fold readers' predictions, else the validation contexts later
     held: tuple[SpanPredictions, torch.Tensor, list[SquadExample]] | None = None
     if cfg.oof_folds:
-        held = _out_of_fold(cfg, model_cfg, tokenizer, train_ex, dev, split_seed)
+        held, folds = _out_of_fold(cfg, model_cfg, tokenizer, train_ex, dev, split_seed, on_step)
 
-    fitted = [
-        _fit_reader(dataclasses.replace(cfg, seed=s), model_cfg, tokenizer, train_ex, dev, on_step)
-        for s in member_seeds(cfg.seed, cfg.ensemble)
-    ]
-    model, stats = fitted[0] if cfg.ensemble == 1 else (ReaderEnsemble([m for m, _ in fitted]), fitted[0][1])
+    if cfg.oof_ensemble:  # cross-fitting: the readers that gave the out-of-fold scores answer the questions
+        fitted = folds
+        stats = dict(fitted[-1][1], steps=sum(s["steps"] for _, s in fitted))
+        model = ReaderEnsemble([m for m, _ in fitted]).to(dev)
+    else:
+        fitted = [
+            _fit_reader(dataclasses.replace(cfg, seed=s), model_cfg, tokenizer, train_ex, dev, on_step)
+            for s in member_seeds(cfg.seed, cfg.ensemble)
+        ]
+        model, stats = (
+            fitted[0] if cfg.ensemble == 1 else (ReaderEnsemble([m for m, _ in fitted]), fitted[0][1])
+        )
 
     # the answer decision: a threshold on the null margin, or the verifier, fitted on held-out questions
     metrics: dict[str, Any] = {
@@ -644,9 +676,11 @@ def _decide_and_score(
             metrics["val_f1"] = verifier.fitted_f1
     # the threshold the saved model applies (the verifier's with one): the key older metrics files have
     metrics["null_threshold"] = cfg.null_threshold
-    if cfg.ensemble > 1 and member_metrics:  # each member alone, tuned as the ensemble is: the before/after
+    # each member alone, tuned as the ensemble is (a fold reader: at the out-of-fold threshold): the before/after
+    if isinstance(model, ReaderEnsemble) and member_metrics:
         metrics["members"] = [
-            _member_metrics(m, tokenizer, cfg, version, val_ex, eval_ex) for m in model.members
+            _member_metrics(m, tokenizer, cfg, version, val_ex, eval_ex, plain_threshold)
+            for m in model.members
         ]
     if eval_ex:
         if cfg.verifier:
@@ -747,12 +781,20 @@ def _reader_metrics(spans: SpanPredictions, examples: list[SquadExample]) -> dic
     return reader_diagnostics(*_texts_and_margins(spans), _golds(examples))
 
 
-def _member_metrics(member, tokenizer, cfg: QATrainConfig, version: str, val_ex, eval_ex) -> dict[str, Any]:
+def _member_metrics(
+    member,
+    tokenizer,
+    cfg: QATrainConfig,
+    version: str,
+    val_ex,
+    eval_ex,
+    threshold: float | None = None,
+) -> dict[str, Any]:
     """One ensemble member on its own: its reader diagnostics, and its held-out scores at the null threshold
-    tuned on its own validation predictions (the decision a single reader of that seed would use)."""
+    tuned on its own validation predictions (the decision a single reader of that seed would use), else at
+    ``threshold`` (a cross-fitted model's fold readers: the one fitted on their out-of-fold scores)."""
     single = dataclasses.replace(cfg, verifier_state=None)
     out: dict[str, Any] = {}
-    threshold = None
     if val_ex:
         spans = predict_examples(member, tokenizer, val_ex, single)
         threshold, out["val_f1"] = best_null_threshold(*_texts_and_margins(spans), _golds(val_ex))
@@ -802,7 +844,7 @@ def load_qa_model(path: str | os.PathLike):
     model_cfg = SwitchQAConfig.from_dict(train.pop("model"))
     cfg = QATrainConfig(**train, model=model_cfg)
     members = []
-    for _ in range(cfg.ensemble):
+    for _ in range(reader_count(cfg)):
         if (path / "backbone").is_dir():
             from transformers import AutoConfig
 
@@ -814,7 +856,7 @@ def load_qa_model(path: str | os.PathLike):
         if cfg.freeze_bottom:
             _freeze_bottom(member, cfg.freeze_bottom)
         members.append(member)
-    model = members[0] if cfg.ensemble == 1 else ReaderEnsemble(members)
+    model = members[0] if len(members) == 1 else ReaderEnsemble(members)
     try:
         state = load_file(str(path / "model.safetensors"))
     except Exception as exc:  # safetensors raises several types on truncated or corrupted files
