@@ -550,6 +550,10 @@ def make_targets(workdir: Path) -> list[Target]:
 
     targets.append(Target("qmoe-experts", [qmoe_seed], run_qmoe, "experts.safetensors", 0.5))
 
+    # --- saved QA models (config.json, or an upcycled reader's backbone/config.json, mutated; weights kept), read
+    # the way `qa eval --model` reads them
+    targets.extend(_qa_model_targets(workdir))
+
     # --- OpenABC-D
     recipes = generate_recipes(4, seed=0)
     csv_seed = "synth_id,recipe_abc,synthID2Vec\n" + "".join(
@@ -628,6 +632,63 @@ def make_targets(workdir: Path) -> list[Target]:
         return load_config(None, overrides=[data.decode("utf-8", "surrogateescape")])
 
     targets.append(Target("config-set", _SETS, run_set, "--set", 1.0))
+    return targets
+
+
+def _qa_model_targets(workdir: Path) -> list[Target]:
+    """A single scratch reader, a cross-fitted pair and an upcycled tiny BERT, saved as `qa train` saves them."""
+    try:
+        import transformers
+    except ImportError:  # the QA extra is optional: no QA model can be read without it
+        return []
+    import torch
+
+    from circuitml.tasks.qa.data import train_tokenizer
+    from circuitml.tasks.qa.ensemble import ReaderEnsemble
+    from circuitml.tasks.qa.model import SwitchQAConfig, build_qa_model
+    from circuitml.tasks.qa.train import QATrainConfig, load_qa_model, save_qa_model
+
+    tokenizer = train_tokenizer(["where is paris", "paris is in france"] * 3, vocab_size=120)
+    tiny = dict(d_model=8, num_layers=1, num_heads=2, d_ff=16, num_experts=2, capacity_factor=None)
+    bert_dir = workdir / "qa-bert"
+    with _saved_rng():
+        torch.manual_seed(0)
+        bert = transformers.BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=8,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=16,
+            max_position_embeddings=64,
+        )
+        transformers.BertModel(bert).save_pretrained(str(bert_dir))
+        scratch = SwitchQAConfig(vocab_size=len(tokenizer), max_position=64, **tiny)
+        upcycled = SwitchQAConfig(
+            init_from=str(bert_dir), moe_layers=[1], num_experts=2, capacity_factor=None
+        )
+        models = {
+            "qa-model": (build_qa_model(scratch), QATrainConfig(max_length=32, stride=8, model=scratch)),
+            "qa-model-crossfit": (
+                ReaderEnsemble([build_qa_model(scratch), build_qa_model(scratch)]),
+                QATrainConfig(max_length=32, stride=8, oof_folds=2, oof_ensemble=True, model=scratch),
+            ),
+            "qa-model-backbone": (
+                build_qa_model(upcycled),
+                QATrainConfig(max_length=32, stride=8, null_threshold=0.5, model=upcycled),
+            ),
+        }
+    targets = []
+    for name, (model, cfg) in models.items():
+        folder = workdir / name
+        save_qa_model(model, tokenizer, cfg, folder, {})
+        mutated = folder / ("backbone/config.json" if name == "qa-model-backbone" else "config.json")
+
+        def run(data: bytes, folder: Path = folder, mutated: Path = mutated) -> Any:
+            mutated.write_bytes(data)
+            return load_qa_model(folder)
+
+        # an error may name the config file or the weights it disagrees with: either is the model folder's
+        targets.append(Target(name, [mutated.read_bytes()], run, str(folder), 0.3))
     return targets
 
 

@@ -26,6 +26,7 @@ from circuitml.datasets.squad import SquadExample, read_squad
 from circuitml.moe.schedule import step_routers
 from circuitml.tasks.common import scoped_runtime
 from circuitml.tasks.qa.augment import SynonymTable, augment_examples
+from circuitml.tasks.qa.checkpoint import check_built, check_sizes, one_line, stored_shapes, typed_fields
 from circuitml.tasks.qa.cloze import cloze_examples
 from circuitml.tasks.qa.data import (
     QAFeatures,
@@ -832,44 +833,101 @@ def save_qa_model(
 
 
 def load_qa_model(path: str | os.PathLike):
-    """Load a saved QA model directory: returns ``(model, tokenizer, train_config)``."""
+    """Load a saved QA model directory: returns ``(model, tokenizer, train_config)``. Nothing in it is trusted:
+    settings are type-checked and sizes checked against the stored tensors before the model is allocated
+    (:mod:`circuitml.tasks.qa.checkpoint`)."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{cfg_file}: expected a QA model directory with config.json")
     raw = read_json(cfg_file, error=CheckpointError, what="QA model config")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_file}: expected format {FORMAT!r}, got {raw.get('format')!r}")
-    train = dict(raw["train"])
-    model_cfg = SwitchQAConfig.from_dict(train.pop("model"))
-    cfg = QATrainConfig(**train, model=model_cfg)
-    members = []
-    for _ in range(reader_count(cfg)):
-        if (path / "backbone").is_dir():
-            from transformers import AutoConfig
-
-            member = UpcycledHFQA(
-                model_cfg, backbone_config=AutoConfig.from_pretrained(str(path / "backbone"))
-            )
-        else:
-            member = build_qa_model(model_cfg)
-        if cfg.freeze_bottom:
-            _freeze_bottom(member, cfg.freeze_bottom)
-        members.append(member)
-    model = members[0] if len(members) == 1 else ReaderEnsemble(members)
-    try:
-        state = load_file(str(path / "model.safetensors"))
-    except Exception as exc:  # safetensors raises several types on truncated or corrupted files
+        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{cfg_file}: expected format {FORMAT!r}, got {got!r}")
+    train = raw.get("train")
+    if not isinstance(train, dict):
+        raise CheckpointError(f"{cfg_file}: train: expected a mapping of the training settings")
+    model_cfg = SwitchQAConfig(**typed_fields(SwitchQAConfig, train.get("model"), f"{cfg_file}: train.model"))
+    cfg = QATrainConfig(
+        **typed_fields(QATrainConfig, train, f"{cfg_file}: train", skip=("model",)), model=model_cfg
+    )
+    weights = path / "model.safetensors"
+    shapes = stored_shapes(weights)
+    n = reader_count(cfg)
+    stored = {k.split(".", 2)[1] for k in shapes if k.startswith("members.")}
+    readers_stored = len(stored) if stored else 1
+    if n != readers_stored or (n > 1 and stored != {str(k) for k in range(n)}):
         raise CheckpointError(
-            f"{path / 'model.safetensors'}: expected a valid safetensors file ({exc})"
-        ) from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path / 'model.safetensors'}: expected the model's tensors (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{cfg_file}: train: the settings name {n} reader(s), {weights} stores {readers_stored}"
         )
+    upcycled = (path / "backbone").is_dir()
+    check_sizes(dataclasses.asdict(model_cfg), shapes, f"{cfg_file}: train.model", widths=not upcycled)
+    check_sizes({"ensemble": cfg.ensemble, "oof_folds": cfg.oof_folds}, shapes, f"{cfg_file}: train")
+    backbone_config = _backbone_config(path / "backbone", shapes) if upcycled else None
+    positions = getattr(backbone_config, "max_position_embeddings", None) or model_cfg.max_position
+    _check_reading(cfg, cfg_file, positions)
+
+    def build() -> Any:
+        members = []
+        for _ in range(n):
+            member = (
+                UpcycledHFQA(model_cfg, backbone_config=backbone_config)
+                if backbone_config is not None
+                else build_qa_model(model_cfg)
+            )
+            if cfg.freeze_bottom:
+                _freeze_bottom(member, cfg.freeze_bottom)
+            members.append(member)
+        return members[0] if n == 1 else ReaderEnsemble(members)
+
+    check_built(build, shapes, weights, f"{cfg_file}: train")
+    model = build()
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises several types on truncated or corrupted files
+        raise CheckpointError(f"{weights}: expected a valid safetensors file ({one_line(exc)})") from None
+    model.load_state_dict(state, strict=True)  # names and shapes were checked against the header above
     model.eval()
     return model, load_tokenizer(path / "tokenizer"), cfg
+
+
+def _check_reading(cfg: QATrainConfig, cfg_file: Path, positions: int) -> None:
+    """The settings prediction reads: windows (at most ``positions`` tokens), stride, answer length, the
+    decision."""
+    if not 8 <= cfg.max_length <= positions:  # a window longer than the model's positions cannot be read
+        raise CheckpointError(
+            f"{cfg_file}: train.max_length: expected 8..{positions} tokens, got {cfg.max_length}"
+        )
+    if not 0 <= cfg.stride < cfg.max_length:
+        raise CheckpointError(f"{cfg_file}: train.stride: expected 0..{cfg.max_length - 1}, got {cfg.stride}")
+    if not 1 <= cfg.max_answer_length <= cfg.max_length:
+        raise CheckpointError(
+            f"{cfg_file}: train.max_answer_length: expected 1..{cfg.max_length}, got {cfg.max_answer_length}"
+        )
+    if cfg.freeze_bottom < 0 or cfg.batch_size < 1:
+        raise CheckpointError(f"{cfg_file}: train: expected freeze_bottom >= 0 and batch_size >= 1")
+    if cfg.verifier_state is not None:
+        try:
+            AnswerVerifier.from_dict(cfg.verifier_state)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{cfg_file}: train.verifier_state: expected a fitted verifier ({one_line(exc)})"
+            ) from None
+
+
+def _backbone_config(folder: Path, shapes: dict[str, tuple[int, ...]]) -> Any:
+    """The transformers config saved beside an upcycled reader, its sizes bounded before it is used."""
+    from transformers import AutoConfig
+
+    file = folder / "config.json"
+    raw = read_json(file, error=CheckpointError, what="backbone config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file}: expected a mapping of the backbone's settings")
+    check_sizes(raw, shapes, str(file), hf=True)
+    try:
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a config it cannot use
+        raise CheckpointError(f"{file}: expected a BERT/DistilBERT config ({one_line(exc)})") from None
 
 
 def evaluate_qa(

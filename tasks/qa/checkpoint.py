@@ -1,0 +1,166 @@
+"""Reading a saved QA model directory without trusting it.
+
+A model directory (``qa train --out``, ``qa ensemble --out``) may come from someone else. Its ``config.json``
+decides what is built before any weight is read, so every setting is type-checked here, and every size is checked
+against the shapes stored in ``model.safetensors`` (read from the file's header, no tensor data) before the model
+is allocated: first a bound (no count above the number of stored tensors, no width above the largest stored
+dimension), then the model is built on the ``meta`` device, which allocates nothing, and its tensor names and
+shapes must be the stored ones exactly. Only then is it built for real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from circuitml.errors import CheckpointError, ConfigError
+
+__all__ = ["check_built", "check_sizes", "one_line", "stored_shapes", "typed_fields"]
+
+# settings that count things (layers, heads, experts, readers) and settings that are widths
+_COUNTS = ("num_layers", "num_heads", "num_experts", "top_k", "ensemble", "oof_folds")
+_WIDTHS = ("vocab_size", "max_position", "d_model", "d_ff")
+_HF_COUNTS = ("num_hidden_layers", "n_layers", "num_attention_heads", "n_heads")
+_HF_WIDTHS = (
+    "hidden_size",
+    "dim",
+    "intermediate_size",
+    "hidden_dim",
+    "vocab_size",
+    "max_position_embeddings",
+)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's type and message on one line (libraries' messages may span several, shortened)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text if len(text) <= 300 else text[:297] + '...'}"
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        return _typed(value, next(a for a in args if a is not type(None)), where)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise CheckpointError(f"{where}: expected true or false, got {_show(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise CheckpointError(f"{where}: expected an integer, got {_show(value)}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if math.isfinite(number):
+                return number
+        raise CheckpointError(f"{where}: expected a finite number, got {_show(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise CheckpointError(f"{where}: expected a string, got {_show(value)}")
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise CheckpointError(f"{where}: expected a list, got {_show(value)}")
+        return [_typed(v, inner, f"{where}[{k}]") for k, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        key_hint, value_hint = typing.get_args(hint) or (str, Any)
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{where}: expected a mapping, got {_show(value)}")
+        return {_typed(k, key_hint, where): _typed(v, value_hint, f"{where}.{k}") for k, v in value.items()}
+    raise CheckpointError(f"{where}: a setting of a type this reader does not know ({hint!r})")
+
+
+def typed_fields(cls: type, values: Any, where: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``values`` (a parsed JSON object) checked against the dataclass ``cls``'s fields: known keys only, each of
+    its field's type; raises :class:`CheckpointError` naming ``where`` and the key. Keys in ``skip`` are left
+    out (a nested section the caller checks)."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where}: expected a mapping of settings, got {_show(values)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in values.items():
+        if key in skip:
+            continue
+        if key not in names:
+            raise CheckpointError(f"{where}: unknown key {_show(key)}; expected one of {sorted(names)}")
+        out[key] = _typed(value, hints[key], f"{where}.{key}")
+    return out
+
+
+def stored_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Each stored tensor's shape, from the safetensors header (no tensor data is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types on truncated or corrupted files
+        raise CheckpointError(f"{file}: expected a valid safetensors file ({one_line(exc)})") from None
+
+
+def check_sizes(
+    values: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    where: str,
+    hf: bool = False,
+    widths: bool = True,
+) -> None:
+    """No count of ``values`` above the number of stored tensors and no width above the largest stored dimension
+    (``widths``: off for an upcycled reader, whose widths are its backbone config's): a bound that holds for
+    every model this project saves, checked before anything is built."""
+    counts, width_keys = (_HF_COUNTS, _HF_WIDTHS) if hf else (_COUNTS, _WIDTHS if widths else ())
+    most = max((d for s in shapes.values() for d in s), default=0)
+    for name in counts:
+        v = values.get(name)
+        if isinstance(v, int) and not 0 <= v <= max(1, len(shapes)):
+            raise CheckpointError(
+                f"{where}.{name}: expected at most {len(shapes)} (the stored tensors), got {_show(v)}"
+            )
+    for name in width_keys:
+        v = values.get(name)
+        if isinstance(v, int) and not 0 <= v <= most:
+            raise CheckpointError(
+                f"{where}.{name}: expected at most {most} (the largest stored size), got {_show(v)}"
+            )
+
+
+def check_built(
+    build: typing.Callable[[], Any], shapes: dict[str, tuple[int, ...]], file: Path, where: str
+) -> None:
+    """Build the model on the ``meta`` device (nothing allocated) and check its tensors are the stored ones."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (ConfigError, CheckpointError) as exc:
+        raise CheckpointError(f"{where}: {' '.join(str(exc).split())}") from None
+    except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError, KeyError) as exc:
+        raise CheckpointError(f"{where}: expected settings that build a QA model ({one_line(exc)})") from None
+    built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for k in sorted(built.keys() | shapes.keys()):
+        if built.get(k) != shapes.get(k):
+            raise CheckpointError(
+                f"{where}: the settings build tensor {_show(k)} of shape {built.get(k)}, {file.name} stores "
+                f"{shapes.get(k)}"
+            )
