@@ -689,6 +689,17 @@ def _qa_model_targets(workdir: Path) -> list[Target]:
 
         # an error may name the config file or the weights it disagrees with: either is the model folder's
         targets.append(Target(name, [mutated.read_bytes()], run, str(folder), 0.3))
+
+    from circuitml.tasks.qa.data import load_tokenizer
+
+    tok_file = workdir / "qa-model" / "tokenizer" / "tokenizer.json"
+
+    def run_tokenizer(data: bytes) -> Any:  # loaded, then used as prediction uses it
+        tok_file.write_bytes(data)
+        tok = load_tokenizer(tok_file.parent)
+        return tok("where is paris", "paris is in france", return_offsets_mapping=True)
+
+    targets.append(Target("qa-tokenizer", [tok_file.read_bytes()], run_tokenizer, str(tok_file.parent), 0.3))
     return targets
 
 

@@ -113,3 +113,13 @@ def test_a_model_saved_before_cross_fitting_existed_still_loads(tmp_path) -> Non
         torch.equal(a, b)
         for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
     )
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path) -> None:
+    folder, _ = _saved(tmp_path)
+    big = train_tokenizer([f"word{k} other{k}" for k in range(200)] * 2, vocab_size=400)
+    big.save_pretrained(str(folder / "tokenizer"))
+    with pytest.raises(
+        CheckpointError, match=r"tokenizer: expected at most \d+ tokens \(the model's embeddings\)"
+    ):
+        load_qa_model(folder)

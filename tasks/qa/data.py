@@ -100,8 +100,16 @@ def load_tokenizer(path: str | os.PathLike):
         raise CheckpointError(f"{path}: expected a tokenizer directory")
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: expected a saved tokenizer ({exc})") from None
+        if getattr(
+            tok, "is_fast", False
+        ):  # a tokenizer that loads but cannot encode a pair fails here, named
+            tok("a question", "a context", return_offsets_mapping=True)
+    except (
+        Exception
+    ) as exc:  # tokenizers and transformers raise many types (even bare Exception) on bad files
+        from circuitml.tasks.qa.checkpoint import one_line
+
+        raise CheckpointError(f"{path}: expected a saved tokenizer ({one_line(exc)})") from None
     if not getattr(tok, "is_fast", False):
         raise ConfigError(f"{path}: expected a fast tokenizer (offset mappings are needed for answer spans)")
     return tok

@@ -888,7 +888,13 @@ def load_qa_model(path: str | os.PathLike):
         raise CheckpointError(f"{weights}: expected a valid safetensors file ({one_line(exc)})") from None
     model.load_state_dict(state, strict=True)  # names and shapes were checked against the header above
     model.eval()
-    return model, load_tokenizer(path / "tokenizer"), cfg
+    tokenizer = load_tokenizer(path / "tokenizer")
+    rows = backbone_config.vocab_size if backbone_config is not None else model_cfg.vocab_size
+    if len(tokenizer) > rows:  # an id past the embedding table would fail in the middle of reading
+        raise CheckpointError(
+            f"{path / 'tokenizer'}: expected at most {rows} tokens (the model's embeddings), got {len(tokenizer)}"
+        )
+    return model, tokenizer, cfg
 
 
 def _check_reading(cfg: QATrainConfig, cfg_file: Path, positions: int) -> None:
