@@ -582,6 +582,37 @@ def make_targets(workdir: Path) -> list[Target]:
         1.0,
     )
 
+    # --- QoR labels (`data qor`'s folder, read by `evaluate qor --labels` and `pretrain --qor-labels`)
+    from circuitml.datasets.qor import load_qor_labels
+
+    labels_dir = workdir / "qor-labels"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    qor_recipes = generate_recipes(3, seed=0)
+    qor_meta = {
+        "format": "circuitml-qor-labels", "version": 1, "seed": 0, "recipe_length": int(qor_recipes.shape[1]),
+        "recipes": [recipe_text(r) for r in qor_recipes], "metrics": ["ands", "depth"],
+        "designs": [{"id": f"d{k}", "source": f"d{k}.aig", "ands": 10 + k, "depth": 3} for k in range(2)],
+    }  # fmt: skip
+    qor_rows = "".join(
+        json.dumps({"design": f"d{k}", "recipe": r, "ands": 8 + k + r, "depth": 2}) + "\n"
+        for k in range(2)
+        for r in range(3)
+    ).encode()
+    qor_meta_bytes = json.dumps(qor_meta, indent=1).encode()
+
+    def run_labels(meta: bytes, rows: bytes) -> Any:
+        (labels_dir / "meta.json").write_bytes(meta)
+        (labels_dir / "labels.jsonl").write_bytes(rows)
+        labels = load_qor_labels(labels_dir)
+        return labels.subset(np.arange(len(labels.design_ids)))
+
+    targets.append(
+        Target("qor-labels-meta", [qor_meta_bytes], lambda d: run_labels(d, qor_rows), str(labels_dir), 1.0)
+    )
+    targets.append(
+        Target("qor-labels-rows", [qor_rows], lambda d: run_labels(qor_meta_bytes, d), str(labels_dir), 1.0)
+    )
+
     # --- SQuAD
     squad = {
         "version": "v2.0",

@@ -679,7 +679,28 @@ def _load_meta(path: Path) -> dict:
     for key in ("recipes", "designs"):
         if not isinstance(meta.get(key), list):
             raise DatasetError(f"{path}: {key}: expected a list")
+    for i, text in enumerate(meta["recipes"]):
+        if not isinstance(text, str):
+            raise DatasetError(f"{path}: recipes[{i}]: expected a recipe string, got {_short(text)}")
+    metrics = meta.get("metrics", ["ands", "depth"])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise DatasetError(f"{path}: metrics: expected a list of metric names, got {_short(metrics)}")
+    ids: set[str] = set()
+    for i, d in enumerate(meta["designs"]):
+        if not isinstance(d, dict) or not isinstance(d.get("id"), str) or d["id"] in ids:
+            raise DatasetError(
+                f"{path}: designs[{i}]: expected an object with a unique string id, got {_short(d)}"
+            )
+        ids.add(d["id"])
+        for m in metrics:  # the unoptimized design's value: a number, or absent
+            if m in d and (not isinstance(d[m], int | float) or isinstance(d[m], bool)):
+                raise DatasetError(f"{path}: designs[{i}].{m}: expected a number, got {_short(d[m])}")
     return meta
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -824,9 +845,13 @@ def load_qor_labels(root: str | os.PathLike) -> QoRLabels:
     if not meta_path.is_file():
         raise DatasetError(f"{root}: expected a QoR labels folder with meta.json (from `circuitml data qor`)")
     meta = _load_meta(meta_path)
-    recipes = np.stack(
-        [parse_recipe(t, where=f"{meta_path}: recipes[{i}]") for i, t in enumerate(meta["recipes"])]
-    )
+    parsed = [parse_recipe(t, where=f"{meta_path}: recipes[{i}]") for i, t in enumerate(meta["recipes"])]
+    lengths = sorted({len(r) for r in parsed})
+    if not parsed or len(lengths) != 1 or lengths[0] == 0:
+        raise DatasetError(
+            f"{meta_path}: recipes: expected one or more recipes of one length (steps), got lengths {lengths}"
+        )
+    recipes = np.stack(parsed)
     ids = [d["id"] for d in meta["designs"]]
     index = {d: i for i, d in enumerate(ids)}
     rows = _read_jsonl(root / "labels.jsonl")
@@ -835,21 +860,21 @@ def load_qor_labels(root: str | os.PathLike) -> QoRLabels:
     seen: set[tuple[int, int]] = set()
     for i, r in enumerate(rows):
         where = f"{root / 'labels.jsonl'}:{i + 1}"
-        if r.get("design") not in index:
+        if not isinstance(r.get("design"), str) or r["design"] not in index:
             raise DatasetError(
-                f"{where}: design: expected one of the designs in meta.json, got {r.get('design')!r}"
+                f"{where}: design: expected one of the designs in meta.json, got {_short(r.get('design'))}"
             )
         d, k = index[r["design"]], r.get("recipe")
-        if not isinstance(k, int) or not 0 <= k < len(recipes):
-            raise DatasetError(f"{where}: recipe: expected an index below {len(recipes)}, got {k!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(recipes):
+            raise DatasetError(f"{where}: recipe: expected an index below {len(recipes)}, got {_short(k)}")
         if (d, k) in seen:  # a chunk redone after an interruption: the first result stands
             continue
         seen.add((d, k))
         design.append(d)
         recipe.append(k)
         for m in metrics:
-            if not isinstance(r.get(m), int | float):
-                raise DatasetError(f"{where}: {m}: expected a number, got {r.get(m)!r}")
+            if not isinstance(r.get(m), int | float) or isinstance(r.get(m), bool):
+                raise DatasetError(f"{where}: {m}: expected a number, got {_short(r.get(m))}")
             values[m].append(float(r[m]))
     originals = {m: np.array([float(d.get(m, np.nan)) for d in meta["designs"]]) for m in metrics}
     return QoRLabels(

@@ -229,3 +229,54 @@ def test_data_qor_records_how_its_recipes_were_made_and_reproduces_them(tmp_path
     assert main([*from_file, "--out", str(out)]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["seed"] is None and meta["recipes_source"]["kind"] == "file"
+
+
+def _labels_folder(root, meta_change=None, rows=None):
+    recipes = generate_recipes(2, seed=0)
+    meta = {
+        "format": "circuitml-qor-labels", "version": 1, "seed": 0, "recipe_length": int(recipes.shape[1]),
+        "recipes": [recipe_text(r) for r in recipes], "metrics": ["ands", "depth"],
+        "designs": [{"id": "d0", "source": "d0.aig", "ands": 10, "depth": 3}],
+    }  # fmt: skip
+    if meta_change:
+        meta_change(meta)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "meta.json").write_text(json.dumps(meta))
+    rows = (
+        rows if rows is not None else [{"design": "d0", "recipe": r, "ands": 8, "depth": 2} for r in range(2)]
+    )
+    (root / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.mark.parametrize(
+    "meta_change, rows, message",
+    [
+        (
+            lambda m: m["recipes"].__setitem__(0, 7),
+            None,
+            r"meta\.json: recipes\[0\]: expected a recipe string",
+        ),
+        (lambda m: m["recipes"].__setitem__(0, "balance"), None, r"meta\.json: recipes: expected .* one length"),
+        (lambda m: m.__setitem__("metrics", "ands"), None, r"meta\.json: metrics: expected a list"),
+        (lambda m: m["designs"].append("d1"), None, r"meta\.json: designs\[1\]: expected an object"),
+        (lambda m: m["designs"].append({"id": "d0"}), None, r"designs\[1\]: expected .* unique string id"),
+        (lambda m: m["designs"][0].__setitem__("ands", "x"), None, r"designs\[0\]\.ands: expected a number"),
+        (
+            None,
+            [{"design": ["d0"], "recipe": 0, "ands": 1, "depth": 1}],
+            r"labels\.jsonl:1: design: expected",
+        ),
+        (
+            None,
+            [{"design": "d0", "recipe": True, "ands": 1, "depth": 1}],
+            r"labels\.jsonl:1: recipe: expected",
+        ),
+    ],
+)
+def test_a_malformed_labels_folder_is_refused_naming_the_file_and_place(tmp_path, meta_change, rows, message):
+    # each of these raised TypeError, AttributeError or ValueError from deep inside the loader (found by fuzzing)
+    root = _labels_folder(tmp_path / "labels", meta_change, rows)
+    with pytest.raises(DatasetError, match=message):
+        load_qor_labels(root)
+    assert len(load_qor_labels(_labels_folder(tmp_path / "good"))) == 2
