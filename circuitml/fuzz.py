@@ -721,6 +721,19 @@ def _qa_model_targets(workdir: Path) -> list[Target]:
         # an error may name the config file or the weights it disagrees with: either is the model folder's
         targets.append(Target(name, [mutated.read_bytes()], run, str(folder), 0.3))
 
+    from circuitml.lm import load_lm
+
+    tokenizer.save_pretrained(str(bert_dir))
+    bert_config = bert_dir / "config.json"
+
+    def run_lm(
+        data: bytes,
+    ) -> Any:  # a local checkpoint, as `--init-from DIR` and the Verilog encoder read it
+        bert_config.write_bytes(data)
+        return load_lm(bert_dir)
+
+    targets.append(Target("lm-folder", [bert_config.read_bytes()], run_lm, str(bert_dir), 0.3))
+
     from circuitml.tasks.qa.data import load_tokenizer
 
     tok_file = workdir / "qa-model" / "tokenizer" / "tokenizer.json"

@@ -172,12 +172,18 @@ def resolve_lm(name_or_path: str | Path) -> Path:
 
 
 def require_safetensors(path: str | Path, where: str, error: type[Exception] = ConfigError) -> None:
-    """Refuse a model folder whose weights are only a pickle (``pytorch_model.bin``): one line, no unpickling.
+    """Refuse a model folder whose weights are only a pickle (``pytorch_model.bin``): one line, no unpickling;
+    and one whose ``config.json`` sizes exceed what its safetensors files store (:func:`~circuitml.untrusted.
+    check_hf_folder`).
 
     transformers would load such weights through ``torch.load(weights_only=True)`` and end in an
     UnpicklingError traceback for any real checkpoint; only safetensors is accepted, and this says so.
     """
     folder = Path(path)
+    if folder.is_dir():  # the config's sizes must fit the stored tensors before anything is allocated
+        from circuitml.untrusted import check_hf_folder
+
+        check_hf_folder(folder, where, error)
     if folder.is_dir() and not any(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         if pickles:
@@ -200,10 +206,13 @@ def load_lm(name_or_path: str | Path, *, device: str = "cpu"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModel.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (
+        Exception
+    ) as exc:  # transformers raises many types for a folder it cannot use (even dataclass errors)
+        from circuitml.untrusted import one_line
+
         raise ConfigError(
-            f"language model {name_or_path}: cannot load model/tokenizer from {path} ({first})"
+            f"language model {name_or_path}: cannot load model/tokenizer from {path} ({one_line(exc)})"
         ) from None
     return model.to(device).eval(), tokenizer
 

@@ -1,5 +1,6 @@
 """A saved QA model directory is read without trusting it: typed settings, sizes checked against the stored
-tensors' shapes before anything is allocated (tasks/qa/checkpoint.py)."""
+tensors' shapes before anything is allocated (circuitml/untrusted.py); and a local transformers checkpoint's
+config is bounded by its safetensors before ``from_pretrained`` builds it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from circuitml.tasks.qa.ensemble import ReaderEnsemble
 from circuitml.tasks.qa.model import SwitchQAConfig, build_qa_model
 from circuitml.tasks.qa.train import QATrainConfig, load_qa_model, save_qa_model
 
-from circuitml.errors import CheckpointError
+from circuitml.errors import CheckpointError, ConfigError
 
 TINY = dict(d_model=8, num_layers=1, num_heads=2, d_ff=16, num_experts=2, capacity_factor=None)
 
@@ -123,3 +124,21 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path) -> Non
         CheckpointError, match=r"tokenizer: expected at most \d+ tokens \(the model's embeddings\)"
     ):
         load_qa_model(folder)
+
+
+def test_a_local_checkpoint_whose_config_outgrows_its_weights_is_refused_before_it_is_built(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from circuitml.lm import load_lm
+    from tests.test_qa import tiny_bert_config
+
+    folder = tmp_path / "bert"
+    transformers.BertModel(tiny_bert_config()).save_pretrained(str(folder))
+    raw = json.loads((folder / "config.json").read_text())
+    raw["hidden_size"] = 10**6  # 60 x 10**6 floats for the embeddings alone, before any weight is read
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(
+        CheckpointError, match=r"--init-from: .*config\.json\.hidden_size: expected at most 64"
+    ):
+        build_qa_model(SwitchQAConfig(init_from=str(folder)))
+    with pytest.raises(ConfigError, match=r"config\.json\.hidden_size: expected at most 64"):
+        load_lm(folder)

@@ -257,7 +257,11 @@ def _labels_folder(root, meta_change=None, rows=None):
             None,
             r"meta\.json: recipes\[0\]: expected a recipe string",
         ),
-        (lambda m: m["recipes"].__setitem__(0, "balance"), None, r"meta\.json: recipes: expected .* one length"),
+        (
+            lambda m: m["recipes"].__setitem__(0, "balance"),
+            None,
+            r"meta\.json: recipes: expected .* one length",
+        ),
         (lambda m: m.__setitem__("metrics", "ands"), None, r"meta\.json: metrics: expected a list"),
         (lambda m: m["designs"].append("d1"), None, r"meta\.json: designs\[1\]: expected an object"),
         (lambda m: m["designs"].append({"id": "d0"}), None, r"designs\[1\]: expected .* unique string id"),

@@ -136,10 +136,11 @@ class HFVerilogFeatures:
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
             model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except Exception as exc:  # transformers raises many types for a folder it cannot use
+            from circuitml.untrusted import one_line
+
             raise ConfigError(
-                f"model.verilog_encoder: {self.path}: cannot load model/tokenizer ({first})"
+                f"model.verilog_encoder: {self.path}: cannot load model/tokenizer ({one_line(exc)})"
             ) from None
         if getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()

@@ -107,7 +107,7 @@ def load_tokenizer(path: str | os.PathLike):
     except (
         Exception
     ) as exc:  # tokenizers and transformers raise many types (even bare Exception) on bad files
-        from circuitml.tasks.qa.checkpoint import one_line
+        from circuitml.untrusted import one_line
 
         raise CheckpointError(f"{path}: expected a saved tokenizer ({one_line(exc)})") from None
     if not getattr(tok, "is_fast", False):

@@ -454,9 +454,11 @@ class UpcycledHFQA(_QABase):
             require_safetensors(config.init_from, "--init-from", CheckpointError)
             try:
                 self.backbone = AutoModel.from_pretrained(config.init_from, local_files_only=True)
-            except (OSError, ValueError) as exc:
+            except Exception as exc:  # transformers raises many types for a folder it cannot use
+                from circuitml.untrusted import one_line
+
                 raise CheckpointError(
-                    f"{config.init_from}: expected a local DistilBERT/BERT checkpoint ({exc})"
+                    f"{config.init_from}: expected a local DistilBERT/BERT checkpoint ({one_line(exc)})"
                 ) from None
         self.config = config
         hf = self.backbone.config

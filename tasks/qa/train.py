@@ -26,7 +26,6 @@ from circuitml.datasets.squad import SquadExample, read_squad
 from circuitml.moe.schedule import step_routers
 from circuitml.tasks.common import scoped_runtime
 from circuitml.tasks.qa.augment import SynonymTable, augment_examples
-from circuitml.tasks.qa.checkpoint import check_built, check_sizes, one_line, stored_shapes, typed_fields
 from circuitml.tasks.qa.cloze import cloze_examples
 from circuitml.tasks.qa.data import (
     QAFeatures,
@@ -50,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from circuitml.errors import CheckpointError, ConfigError
 from circuitml.fileio import read_json
 from circuitml.lm import SHIPPED_LMS, resolve_lm
+from circuitml.untrusted import check_built, check_sizes, one_line, stored_shapes, typed_fields
 
 __all__ = [
     "QATrainConfig",
@@ -835,7 +835,7 @@ def save_qa_model(
 def load_qa_model(path: str | os.PathLike):
     """Load a saved QA model directory: returns ``(model, tokenizer, train_config)``. Nothing in it is trusted:
     settings are type-checked and sizes checked against the stored tensors before the model is allocated
-    (:mod:`circuitml.tasks.qa.checkpoint`)."""
+    (:mod:`circuitml.untrusted`)."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():

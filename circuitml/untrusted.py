@@ -1,11 +1,12 @@
-"""Reading a saved QA model directory without trusting it.
+"""Reading model folders someone else may have written, without trusting them.
 
-A model directory (``qa train --out``, ``qa ensemble --out``) may come from someone else. Its ``config.json``
-decides what is built before any weight is read, so every setting is type-checked here, and every size is checked
-against the shapes stored in ``model.safetensors`` (read from the file's header, no tensor data) before the model
-is allocated: first a bound (no count above the number of stored tensors, no width above the largest stored
-dimension), then the model is built on the ``meta`` device, which allocates nothing, and its tensor names and
-shapes must be the stored ones exactly. Only then is it built for real.
+A model folder's JSON decides what is built before any weight is read. So every setting is type-checked
+(:func:`typed_fields`), and every size is checked against the shapes stored in the folder's safetensors files,
+read from their headers with no tensor data: first a bound (:func:`check_sizes`: no count above the number of
+stored tensors, no width above the largest stored dimension), then the model is built on the ``meta`` device,
+which allocates nothing, and its tensor names and shapes must be the stored ones exactly (:func:`check_built`).
+Only then is it built for real. Used by the QA model reader (``qa eval``, ``qa ensemble``) and, for a local
+transformers checkpoint (``--init-from``, ``load_lm``), by :func:`check_hf_folder`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from circuitml.errors import CheckpointError, ConfigError
 
-__all__ = ["check_built", "check_sizes", "one_line", "stored_shapes", "typed_fields"]
+__all__ = ["check_built", "check_hf_folder", "check_sizes", "one_line", "stored_shapes", "typed_fields"]
 
 # settings that count things (layers, heads, experts, readers) and settings that are widths
 _COUNTS = ("num_layers", "num_heads", "num_experts", "top_k", "ensemble", "oof_folds")
@@ -107,7 +108,7 @@ def typed_fields(cls: type, values: Any, where: str, skip: tuple[str, ...] = ())
     return out
 
 
-def stored_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+def stored_shapes(file: Path, error: type[Exception] = CheckpointError) -> dict[str, tuple[int, ...]]:
     """Each stored tensor's shape, from the safetensors header (no tensor data is read)."""
     from safetensors import safe_open
 
@@ -115,7 +116,7 @@ def stored_shapes(file: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(file), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # safetensors raises several types on truncated or corrupted files
-        raise CheckpointError(f"{file}: expected a valid safetensors file ({one_line(exc)})") from None
+        raise error(f"{file}: expected a valid safetensors file ({one_line(exc)})") from None
 
 
 def check_sizes(
@@ -124,6 +125,7 @@ def check_sizes(
     where: str,
     hf: bool = False,
     widths: bool = True,
+    error: type[Exception] = CheckpointError,
 ) -> None:
     """No count of ``values`` above the number of stored tensors and no width above the largest stored dimension
     (``widths``: off for an upcycled reader, whose widths are its backbone config's): a bound that holds for
@@ -133,15 +135,13 @@ def check_sizes(
     for name in counts:
         v = values.get(name)
         if isinstance(v, int) and not 0 <= v <= max(1, len(shapes)):
-            raise CheckpointError(
+            raise error(
                 f"{where}.{name}: expected at most {len(shapes)} (the stored tensors), got {_show(v)}"
             )
     for name in width_keys:
         v = values.get(name)
         if isinstance(v, int) and not 0 <= v <= most:
-            raise CheckpointError(
-                f"{where}.{name}: expected at most {most} (the largest stored size), got {_show(v)}"
-            )
+            raise error(f"{where}.{name}: expected at most {most} (the largest stored size), got {_show(v)}")
 
 
 def check_built(
@@ -156,7 +156,7 @@ def check_built(
     except (ConfigError, CheckpointError) as exc:
         raise CheckpointError(f"{where}: {' '.join(str(exc).split())}") from None
     except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError, KeyError) as exc:
-        raise CheckpointError(f"{where}: expected settings that build a QA model ({one_line(exc)})") from None
+        raise CheckpointError(f"{where}: expected settings that build the model ({one_line(exc)})") from None
     built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for k in sorted(built.keys() | shapes.keys()):
         if built.get(k) != shapes.get(k):
@@ -164,3 +164,21 @@ def check_built(
                 f"{where}: the settings build tensor {_show(k)} of shape {built.get(k)}, {file.name} stores "
                 f"{shapes.get(k)}"
             )
+
+
+def check_hf_folder(folder: Path, where: str, error: type[Exception] = CheckpointError) -> None:
+    """A local transformers checkpoint's ``config.json`` sizes bounded by its safetensors files (every shard),
+    before ``from_pretrained`` builds it: a config claiming ``hidden_size: 10**6`` would allocate first."""
+    from circuitml.fileio import read_json
+
+    config = folder / "config.json"
+    files = sorted(folder.glob("*.safetensors"))
+    if not config.is_file() or not files:
+        return  # transformers says what is missing
+    raw = read_json(config, error=error, what="model config")
+    if not isinstance(raw, dict):
+        raise error(f"{where}: {config}: expected a mapping of the model's settings")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        shapes.update(stored_shapes(f, error))
+    check_sizes(raw, shapes, f"{where}: {config}", hf=True, error=error)
