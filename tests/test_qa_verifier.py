@@ -149,19 +149,41 @@ def test_verifier_and_oof_fitting_refuse_what_they_cannot_honour(tmp_path) -> No
     assert not (tmp_path / "m").exists()
 
 
+def _spy_fit_reader(monkeypatch) -> list[tuple[object, set[str]]]:
+    """Every reader ``_fit_reader`` trains from now on, with the contexts it trained on, in training order."""
+    trained: list[tuple[object, set[str]]] = []
+    fit_reader = qa_train._fit_reader
+
+    def spy(cfg, model_cfg, tokenizer, train_ex, dev, on_step=None):
+        model, stats = fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step)
+        trained.append((model, {e.context for e in train_ex}))
+        return model, stats
+
+    monkeypatch.setattr(qa_train, "_fit_reader", spy)
+    return trained
+
+
+def _tiny_cfg(data, **overrides) -> QATrainConfig:
+    """Two epochs of the tiny scratch reader on ``data``, a fifth of the contexts held out."""
+    return QATrainConfig(
+        data=str(data),
+        eval_fraction=0.2,
+        epochs=2,
+        batch_size=4,
+        max_length=48,
+        stride=16,
+        lr=1e-3,
+        model=SwitchQAConfig(**TINY),
+        **overrides,
+    )
+
+
 def test_verifier_is_fitted_on_out_of_fold_questions_only(tmp_path, monkeypatch) -> None:
     data = _squad(tmp_path)
-    trained_on: dict[int, set[str]] = {}  # reader -> contexts it trained on
+    trained = _spy_fit_reader(monkeypatch)  # the list keeps the readers alive, so no id() is reused
     read: list[tuple[int, list[str]]] = []  # (reader, contexts of the questions it predicted)
     fitted: list[list[str]] = []
-    alive: list = []  # readers are keyed by id(): keep them alive so a freed one's id is never reused
-    fit_reader, predict, fit = qa_train._fit_reader, qa_train.predict_with_features, AnswerVerifier.fit
-
-    def spy_fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step=None):
-        model, stats = fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step)
-        alive.append(model)
-        trained_on[id(model)] = {e.context for e in train_ex}
-        return model, stats
+    predict, fit = qa_train.predict_with_features, AnswerVerifier.fit
 
     def spy_predict(model, tokenizer, examples, cfg):
         read.append((id(model), [e.context for e in examples]))
@@ -171,22 +193,10 @@ def test_verifier_is_fitted_on_out_of_fold_questions_only(tmp_path, monkeypatch)
         fitted.append(list(spans.ids))
         return fit(x, spans, golds, l2)
 
-    monkeypatch.setattr(qa_train, "_fit_reader", spy_fit_reader)
     monkeypatch.setattr(qa_train, "predict_with_features", spy_predict)
     monkeypatch.setattr(AnswerVerifier, "fit", staticmethod(spy_fit))
-    cfg = QATrainConfig(
-        data=str(data),
-        eval_fraction=0.2,
-        epochs=2,
-        batch_size=4,
-        max_length=48,
-        stride=16,
-        lr=1e-3,
-        verifier=True,
-        oof_folds=2,
-        model=SwitchQAConfig(**TINY),
-    )
-    metrics = train_qa(cfg, tmp_path / "model")
+    metrics = train_qa(_tiny_cfg(data, verifier=True, oof_folds=2), tmp_path / "model")
+    trained_on = {id(model): contexts for model, contexts in trained}
     examples, _ = read_squad(data)
     train_ex, eval_ex = qa_train.split_by_context(examples, 0.2, 0)
     # two fold readers, then the final one on every training context (no validation split is carved out)
@@ -319,28 +329,9 @@ def test_a_cross_fitted_model_is_its_fold_readers_and_its_decision_their_out_of_
     tmp_path, monkeypatch
 ) -> None:
     data = _squad(tmp_path)
-    trained_on: list[tuple[object, set[str]]] = []  # (reader, contexts it trained on), in training order
-    fit_reader = qa_train._fit_reader
-
-    def spy_fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step=None):
-        model, stats = fit_reader(cfg, model_cfg, tokenizer, train_ex, dev, on_step)
-        trained_on.append((model, {e.context for e in train_ex}))
-        return model, stats
-
-    monkeypatch.setattr(qa_train, "_fit_reader", spy_fit_reader)
+    trained_on = _spy_fit_reader(monkeypatch)
     steps: list[tuple[int, int]] = []
-    cfg = QATrainConfig(
-        data=str(data),
-        eval_fraction=0.2,
-        epochs=2,
-        batch_size=4,
-        max_length=48,
-        stride=16,
-        lr=1e-3,
-        oof_folds=3,
-        oof_ensemble=True,
-        model=SwitchQAConfig(**TINY),
-    )
+    cfg = _tiny_cfg(data, oof_folds=3, oof_ensemble=True)
     metrics = train_qa(cfg, tmp_path / "model", on_step=lambda s, t, loss: steps.append((s, t)))
     examples, _ = read_squad(data)
     train_ex, eval_ex = qa_train.split_by_context(examples, 0.2, 0)
