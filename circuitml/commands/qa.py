@@ -236,10 +236,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             )
         for k, member in enumerate(metrics.get("members", [])):
             if "eval" in member:
-                console.print(
-                    f"ensemble member {k} (seed {seed + k}) alone: F1 {member['eval']['f1']:.2f} "
-                    f"(its own tuned threshold)"
+                who, how = (
+                    (f"fold reader {k}", "the out-of-fold threshold")
+                    if oof_ensemble
+                    else (f"ensemble member {k} (seed {seed + k})", "its own tuned threshold")
                 )
+                console.print(f"{who} alone: F1 {member['eval']['f1']:.2f} ({how})")
         if metrics.get("synthetic_questions"):
             console.print(f"trained on {metrics['synthetic_questions']} synthetic cloze questions too")
         console.print(f"model written to {out} ({metrics['steps']} steps, {metrics['wall_seconds']:.0f} s)")
