@@ -91,24 +91,31 @@ def _word_counts(texts: Iterable[str], normalizer, pre_tokenizer) -> dict[str, i
     return words
 
 
+# a (question, context) pair with letters, digits, punctuation and non-ASCII text, encoded once at load
+_PROBE = ("Where is Paris? 1,234 - naïve café", "Paris is in France; it's 2.5 km² (about) ünd 東京.")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """A fast tokenizer from a local directory (ours, or one saved with a DistilBERT/BERT checkpoint)."""
+    """A fast tokenizer from a local directory (ours, or one saved with a DistilBERT/BERT checkpoint). It must
+    encode a probe pair: a tokenizer that loads but cannot encode fails here, naming the folder."""
     from transformers import AutoTokenizer
+
+    from circuitml.untrusted import one_line
 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: expected a tokenizer directory")
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        if getattr(
-            tok, "is_fast", False
-        ):  # a tokenizer that loads but cannot encode a pair fails here, named
-            tok("a question", "a context", return_offsets_mapping=True)
-    except (
-        Exception
-    ) as exc:  # tokenizers and transformers raise many types (even bare Exception) on bad files
-        from circuitml.untrusted import one_line
-
+        if getattr(tok, "is_fast", False):
+            tok(*_PROBE, return_offsets_mapping=True)
+    # tokenizers and transformers raise many types on bad files, even a bare Exception
+    except Exception as exc:
+        raise CheckpointError(f"{path}: expected a saved tokenizer ({one_line(exc)})") from None
+    # the Rust tokenizer's panics are BaseExceptions (pyo3's PanicException): only those are caught here
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
         raise CheckpointError(f"{path}: expected a saved tokenizer ({one_line(exc)})") from None
     if not getattr(tok, "is_fast", False):
         raise ConfigError(f"{path}: expected a fast tokenizer (offset mappings are needed for answer spans)")
