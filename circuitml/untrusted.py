@@ -22,10 +22,11 @@ from circuitml.errors import CheckpointError, ConfigError
 
 __all__ = ["check_built", "check_hf_folder", "check_sizes", "one_line", "stored_shapes", "typed_fields"]
 
-# settings that count things (layers, heads, experts, readers) and settings that are widths
-_COUNTS = ("num_layers", "num_heads", "num_experts", "top_k", "ensemble", "oof_folds")
+# settings that count things that are stored (layers, experts, readers) and settings that are widths; head
+# counts allocate nothing (they split a width), and the meta build refuses a count that does not divide it
+_COUNTS = ("num_layers", "num_experts", "top_k", "ensemble", "oof_folds")
 _WIDTHS = ("vocab_size", "max_position", "d_model", "d_ff")
-_HF_COUNTS = ("num_hidden_layers", "n_layers", "num_attention_heads", "n_heads")
+_HF_COUNTS = ("num_hidden_layers", "n_layers")
 _HF_WIDTHS = (
     "hidden_size",
     "dim",
