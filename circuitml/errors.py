@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's type and message on one line (libraries' messages may span several, shortened)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text if len(text) <= 300 else text[:297] + '...'}"
+
+
 class CircuitmlError(Exception):
     """Base class of every error circuitml raises on bad input; the CLI prints it as one line and exits 2."""
 

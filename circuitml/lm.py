@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuitml.errors import ConfigError
+from circuitml.errors import ConfigError, one_line
 
 __all__ = [
     "SHIPPED_LMS",
@@ -206,11 +206,8 @@ def load_lm(name_or_path: str | Path, *, device: str = "cpu"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModel.from_pretrained(str(path), local_files_only=True)
-    except (
-        Exception
-    ) as exc:  # transformers raises many types for a folder it cannot use (even dataclass errors)
-        from circuitml.untrusted import one_line
-
+    # transformers raises many types for a folder it cannot use (even dataclass validation errors)
+    except Exception as exc:
         raise ConfigError(
             f"language model {name_or_path}: cannot load model/tokenizer from {path} ({one_line(exc)})"
         ) from None

@@ -18,9 +18,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from circuitml.errors import CheckpointError, ConfigError
+from circuitml.errors import CheckpointError, ConfigError, one_line
 
-__all__ = ["check_built", "check_hf_folder", "check_sizes", "one_line", "stored_shapes", "typed_fields"]
+__all__ = ["check_built", "check_hf_folder", "check_sizes", "stored_shapes", "typed_fields"]
 
 # settings that count things that are stored (layers, experts, readers) and settings that are widths; head
 # counts allocate nothing (they split a width), and the meta build refuses a count that does not divide it
@@ -40,12 +40,6 @@ _HF_WIDTHS = (
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's type and message on one line (libraries' messages may span several, shortened)."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text if len(text) <= 300 else text[:297] + '...'}"
 
 
 def _typed(value: Any, hint: Any, where: str) -> Any:

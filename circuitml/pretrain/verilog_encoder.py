@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from circuitml.errors import ConfigError
+from circuitml.errors import ConfigError, one_line
 from circuitml.fileio import atomic_write, read_json, safetensors_bytes
 
 __all__ = ["BuiltinVerilogEncoder", "HFVerilogFeatures", "source_sha256"]
@@ -137,8 +137,6 @@ class HFVerilogFeatures:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
             model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
         except Exception as exc:  # transformers raises many types for a folder it cannot use
-            from circuitml.untrusted import one_line
-
             raise ConfigError(
                 f"model.verilog_encoder: {self.path}: cannot load model/tokenizer ({one_line(exc)})"
             ) from None

@@ -19,7 +19,7 @@ import torch
 from circuitml.datasets.squad import SquadAnswer, SquadExample
 from torch import Tensor
 
-from circuitml.errors import CheckpointError, ConfigError
+from circuitml.errors import CheckpointError, ConfigError, one_line
 
 __all__ = [
     "train_tokenizer",
@@ -99,8 +99,6 @@ def load_tokenizer(path: str | os.PathLike):
     """A fast tokenizer from a local directory (ours, or one saved with a DistilBERT/BERT checkpoint). It must
     encode a probe pair: a tokenizer that loads but cannot encode fails here, naming the folder."""
     from transformers import AutoTokenizer
-
-    from circuitml.untrusted import one_line
 
     path = Path(path)
     if not path.is_dir():

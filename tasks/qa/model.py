@@ -38,7 +38,7 @@ from circuitml.moe.stack import MoEStack, StackRun, build_router_stack
 from circuitml.moe.uoe import SelectiveMultiHeadAttention, UnionOfMLPExperts
 from torch import Tensor, nn
 
-from circuitml.errors import CheckpointError, ConfigError
+from circuitml.errors import CheckpointError, ConfigError, one_line
 
 __all__ = [
     "SwitchQAConfig",
@@ -455,8 +455,6 @@ class UpcycledHFQA(_QABase):
             try:
                 self.backbone = AutoModel.from_pretrained(config.init_from, local_files_only=True)
             except Exception as exc:  # transformers raises many types for a folder it cannot use
-                from circuitml.untrusted import one_line
-
                 raise CheckpointError(
                     f"{config.init_from}: expected a local DistilBERT/BERT checkpoint ({one_line(exc)})"
                 ) from None

@@ -46,10 +46,10 @@ from circuitml.tasks.qa.sentence_prior import SentenceEncoder, sentence_prior
 from circuitml.tasks.qa.verifier import AnswerVerifier, verifier_features
 from safetensors.torch import load_file, save_file
 
-from circuitml.errors import CheckpointError, ConfigError
+from circuitml.errors import CheckpointError, ConfigError, one_line
 from circuitml.fileio import read_json
 from circuitml.lm import SHIPPED_LMS, resolve_lm
-from circuitml.untrusted import check_built, check_sizes, one_line, stored_shapes, typed_fields
+from circuitml.untrusted import check_built, check_sizes, stored_shapes, typed_fields
 
 __all__ = [
     "QATrainConfig",
